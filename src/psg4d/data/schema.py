@@ -1,0 +1,560 @@
+"""The canonical 4D scene-graph schema that every reader, model, metric and viewer speaks.
+
+* :class:`Video4D` — RGB frames ``[T, H, W, 3]`` uint8, optional metric depth
+  ``[T, H, W]`` float32, optional intrinsics.
+* :class:`MaskTube` — one binary mask per frame, stored as COCO RLE
+  (pycocotools); a frame where the object is absent is ``None``.
+* :class:`ObjectTrack` — an object id, an (open-vocabulary) category, thing/stuff
+  and its mask tube.
+* :class:`Relation` — ``<subject, predicate, object>`` with a list of inclusive
+  ``[start, end]`` frame spans and, for predictions, a score.
+* :class:`SceneGraph4D` — one video's objects and relations (ground truth or a
+  ranked prediction), with the vocabularies used.
+
+JSON (de)serialisation round-trips exactly. :meth:`SceneGraph4D.validate` names
+the file and field of any inconsistency.
+
+Collections of scene graphs (a split's ground truth, a model's predictions) are
+stored as JSON Lines, one scene graph per line, so that they can be streamed a
+video at a time (:func:`save_scene_graphs`, :func:`iter_scene_graphs`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from psg4d.errors import DataError
+from psg4d.utils.io import atomic_path
+
+SCHEMA_VERSION = 1
+
+Span = tuple[int, int]  # inclusive [start, end] frame indices
+
+
+# --------------------------------------------------------------------------- RLE
+
+
+def rle_encode(mask: np.ndarray) -> dict:
+    """Binary ``[H, W]`` mask -> COCO RLE with ``counts`` as str (JSON-safe)."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8, copy=False)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def rle_encode_batch(masks: np.ndarray) -> list[dict]:
+    """``[T, H, W]`` binary masks -> list of T RLEs (one pycocotools call)."""
+    if masks.shape[0] == 0:
+        return []
+    arr = np.asfortranarray(np.moveaxis(masks.astype(np.uint8, copy=False), 0, -1))  # [H, W, T]
+    rles = mask_utils.encode(arr)
+    for r in rles:
+        r["counts"] = r["counts"].decode("ascii")
+    return list(rles)
+
+
+def _rle_for_coco(rle: dict) -> dict:
+    counts = rle["counts"]
+    if isinstance(counts, list):  # uncompressed RLE (COCO allows it)
+        return mask_utils.frPyObjects(rle, *rle["size"])
+    return {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
+def rle_decode(rle: dict) -> np.ndarray:
+    """COCO RLE -> bool ``[H, W]``."""
+    return mask_utils.decode(_rle_for_coco(rle)).astype(bool)
+
+
+def rle_area(rle: dict) -> int:
+    return int(mask_utils.area(_rle_for_coco(rle)))
+
+
+# --------------------------------------------------------------------------- video
+
+
+@dataclass
+class Video4D:
+    """An RGB-D (or RGB-only) video.
+
+    ``rgb``: ``[T, H, W, 3]`` uint8. ``depth``: ``[T, H, W]`` float32 metres, or
+    ``None`` for RGB-only input. ``intrinsics``: ``[3, 3]`` pinhole matrix or
+    ``None``. ``frame_indices``: the original frame number of each of the T
+    frames (sampling keeps track of where frames came from).
+    """
+
+    rgb: np.ndarray
+    depth: np.ndarray | None = None
+    intrinsics: np.ndarray | None = None
+    fps: float = 5.0
+    frame_indices: np.ndarray | None = None
+    video_id: str = ""
+
+    def __post_init__(self) -> None:
+        if self.frame_indices is None:
+            self.frame_indices = np.arange(self.rgb.shape[0] if self.rgb.ndim == 4 else 0)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.rgb.shape[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[2])
+
+    @property
+    def has_depth(self) -> bool:
+        return self.depth is not None
+
+    def validate(self, where: str | Path | None = None) -> "Video4D":
+        where = where or self.video_id or "video"
+        if self.rgb.ndim != 4 or self.rgb.shape[-1] != 3:
+            raise DataError(where, f"rgb must be [T, H, W, 3], got shape {tuple(self.rgb.shape)}", field="rgb")
+        if self.rgb.dtype != np.uint8:
+            raise DataError(where, f"rgb must be uint8, got {self.rgb.dtype}", field="rgb")
+        if self.num_frames == 0:
+            raise DataError(where, "video has no frames", field="rgb")
+        if self.depth is not None:
+            if self.depth.shape != self.rgb.shape[:3]:
+                raise DataError(
+                    where,
+                    f"depth shape {tuple(self.depth.shape)} does not match rgb frames {tuple(self.rgb.shape[:3])}"
+                    f" (RGB has {self.num_frames} frames, depth has {self.depth.shape[0] if self.depth.ndim else 0})",
+                    field="depth",
+                )
+            if not np.issubdtype(self.depth.dtype, np.floating):
+                raise DataError(where, f"depth must be float metres, got {self.depth.dtype}", field="depth")
+        if self.intrinsics is not None and np.asarray(self.intrinsics).shape != (3, 3):
+            raise DataError(where, "intrinsics must be a 3x3 matrix", field="intrinsics")
+        if len(self.frame_indices) != self.num_frames:
+            raise DataError(where, "frame_indices length differs from the number of frames", field="frame_indices")
+        return self
+
+    def slice(self, start: int, stop: int) -> "Video4D":
+        """Frames ``[start, stop)`` as a new Video4D (views, no copy)."""
+        return Video4D(
+            rgb=self.rgb[start:stop],
+            depth=None if self.depth is None else self.depth[start:stop],
+            intrinsics=self.intrinsics,
+            fps=self.fps,
+            frame_indices=self.frame_indices[start:stop],
+            video_id=self.video_id,
+        )
+
+
+# --------------------------------------------------------------------------- tubes
+
+
+@dataclass
+class MaskTube:
+    """Per-frame binary masks of one object as RLEs; ``None`` = absent in that frame."""
+
+    height: int
+    width: int
+    rles: list[dict | None]
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.rles)
+
+    @classmethod
+    def from_dense(cls, masks: np.ndarray, present: Sequence[bool] | None = None) -> "MaskTube":
+        """``[T, H, W]`` bool -> tube. Empty frames become ``None`` unless ``present`` says otherwise."""
+        masks = np.asarray(masks).astype(bool, copy=False)
+        T, H, W = masks.shape
+        rles: list[dict | None] = list(rle_encode_batch(masks))
+        nonempty = masks.reshape(T, -1).any(axis=1)
+        for t in range(T):
+            keep = bool(present[t]) if present is not None else bool(nonempty[t])
+            if not keep:
+                rles[t] = None
+        return cls(height=H, width=W, rles=rles)
+
+    @classmethod
+    def empty(cls, num_frames: int, height: int, width: int) -> "MaskTube":
+        return cls(height=height, width=width, rles=[None] * num_frames)
+
+    def frame(self, t: int) -> np.ndarray:
+        """bool ``[H, W]`` (all False where absent)."""
+        r = self.rles[t]
+        if r is None:
+            return np.zeros((self.height, self.width), dtype=bool)
+        return rle_decode(r)
+
+    def to_dense(self) -> np.ndarray:
+        """bool ``[T, H, W]``. Memory is T*H*W bytes: use :meth:`frame` on long videos."""
+        out = np.zeros((self.num_frames, self.height, self.width), dtype=bool)
+        idx = [t for t, r in enumerate(self.rles) if r is not None]
+        if idx:
+            dec = mask_utils.decode([_rle_for_coco(self.rles[t]) for t in idx])  # [H, W, n]
+            out[idx] = np.moveaxis(dec, -1, 0).astype(bool)
+        return out
+
+    def present(self) -> np.ndarray:
+        """bool ``[T]``: frames with a (non-None) mask."""
+        return np.array([r is not None for r in self.rles], dtype=bool)
+
+    def areas(self) -> np.ndarray:
+        """int64 ``[T]`` pixel areas (0 where absent)."""
+        out = np.zeros(self.num_frames, dtype=np.int64)
+        idx = [t for t, r in enumerate(self.rles) if r is not None]
+        if idx:
+            out[idx] = mask_utils.area([_rle_for_coco(self.rles[t]) for t in idx])
+        return out
+
+    def slice(self, start: int, stop: int) -> "MaskTube":
+        return MaskTube(self.height, self.width, self.rles[start:stop])
+
+    def to_json(self) -> dict:
+        return {"size": [self.height, self.width], "rles": self.rles}
+
+    @classmethod
+    def from_json(cls, d: dict, *, where: str = "tube") -> "MaskTube":
+        try:
+            h, w = d["size"]
+            rles = d["rles"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(where, f"tube needs 'size' [H, W] and 'rles': {e}") from None
+        return cls(height=int(h), width=int(w), rles=list(rles))
+
+
+# --------------------------------------------------------------------------- graph
+
+
+@dataclass
+class ObjectTrack:
+    """One object (thing or stuff) and its mask tube.
+
+    ``category`` is free text (open vocabulary). ``frame_categories`` optionally
+    holds a per-frame label (predicted tubes from per-frame segmenters); metrics
+    that need one label take their majority vote. ``score`` is a prediction's
+    confidence.
+    """
+
+    object_id: int
+    category: str
+    is_thing: bool = True
+    tube: MaskTube | None = None
+    frame_categories: list[str | None] | None = None
+    score: float | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    def majority_category(self) -> str:
+        if self.frame_categories:
+            votes = Counter(c for c in self.frame_categories if c is not None)
+            if votes:
+                # ties broken by first occurrence, so the answer is deterministic
+                best = max(votes.values())
+                for c in self.frame_categories:
+                    if c is not None and votes[c] == best:
+                        return c
+        return self.category
+
+    def to_json(self) -> dict:
+        d: dict[str, Any] = {"object_id": self.object_id, "category": self.category, "is_thing": self.is_thing}
+        if self.tube is not None:
+            d["tube"] = self.tube.to_json()
+        if self.frame_categories is not None:
+            d["frame_categories"] = self.frame_categories
+        if self.score is not None:
+            d["score"] = self.score
+        if self.attributes:
+            d["attributes"] = self.attributes
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict, *, where: str = "object") -> "ObjectTrack":
+        try:
+            return cls(
+                object_id=int(d["object_id"]),
+                category=str(d["category"]),
+                is_thing=bool(d.get("is_thing", True)),
+                tube=MaskTube.from_json(d["tube"], where=where) if d.get("tube") is not None else None,
+                frame_categories=d.get("frame_categories"),
+                score=None if d.get("score") is None else float(d["score"]),
+                attributes=dict(d.get("attributes") or {}),
+            )
+        except KeyError as e:
+            raise DataError(where, f"missing field {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise DataError(where, f"malformed object: {e}") from None
+
+
+@dataclass
+class Relation:
+    """``<subject, predicate, object>`` holding during inclusive frame ``spans``."""
+
+    subject_id: int
+    object_id: int
+    predicate: str
+    spans: list[Span] = field(default_factory=list)
+    score: float | None = None
+
+    def frames(self) -> np.ndarray:
+        """Sorted unique frame indices covered by the spans."""
+        if not self.spans:
+            return np.zeros(0, dtype=np.int64)
+        return np.unique(np.concatenate([np.arange(a, b + 1) for a, b in self.spans]))
+
+    def to_json(self) -> dict:
+        d: dict[str, Any] = {
+            "subject_id": self.subject_id,
+            "object_id": self.object_id,
+            "predicate": self.predicate,
+            "spans": [[int(a), int(b)] for a, b in self.spans],
+        }
+        if self.score is not None:
+            d["score"] = self.score
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict, *, where: str = "relation") -> "Relation":
+        try:
+            return cls(
+                subject_id=int(d["subject_id"]),
+                object_id=int(d["object_id"]),
+                predicate=str(d["predicate"]),
+                spans=[(int(a), int(b)) for a, b in d.get("spans", [])],
+                score=None if d.get("score") is None else float(d["score"]),
+            )
+        except KeyError as e:
+            raise DataError(where, f"missing field {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise DataError(where, f"malformed relation: {e}") from None
+
+
+def merge_spans(spans: Iterable[Span]) -> list[Span]:
+    """Sort and merge overlapping or touching inclusive spans."""
+    out: list[list[int]] = []
+    for a, b in sorted((int(a), int(b)) for a, b in spans):
+        if out and a <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+@dataclass
+class SceneGraph4D:
+    """One video's 4D panoptic scene graph (ground truth or prediction).
+
+    For predictions, ``relations`` is a ranked candidate list (highest score
+    first after :meth:`ranked`); several predicates per pair are allowed.
+    """
+
+    video_id: str
+    num_frames: int
+    height: int
+    width: int
+    objects: list[ObjectTrack] = field(default_factory=list)
+    relations: list[Relation] = field(default_factory=list)
+    object_vocab: list[str] | None = None
+    predicate_vocab: list[str] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # -- access
+    def object_by_id(self) -> dict[int, ObjectTrack]:
+        return {o.object_id: o for o in self.objects}
+
+    def ranked(self) -> list[Relation]:
+        """Relations sorted by descending score (stable; unscored keep order, last)."""
+        return sorted(
+            self.relations, key=lambda r: -r.score if r.score is not None and not math.isnan(r.score) else math.inf
+        )
+
+    # -- validation
+    def validate(self, where: str | Path | None = None, *, require_tubes: bool = False) -> "SceneGraph4D":
+        """Raise :class:`DataError` naming ``where`` (a file) and the field on any inconsistency."""
+        src = str(where) if where is not None else f"video {self.video_id!r}"
+        ctx = f"video {self.video_id!r}"
+        if self.num_frames <= 0:
+            raise DataError(src, f"{ctx}: num_frames must be positive, got {self.num_frames}", field="num_frames")
+        ids: set[int] = set()
+        for i, o in enumerate(self.objects):
+            f = f"objects[{i}]"
+            if o.object_id in ids:
+                raise DataError(src, f"{ctx}: duplicate object_id {o.object_id}", field=f)
+            ids.add(o.object_id)
+            if o.tube is None:
+                if require_tubes:
+                    raise DataError(src, f"{ctx}: object {o.object_id} has no mask tube", field=f)
+                continue
+            if (o.tube.height, o.tube.width) != (self.height, self.width):
+                raise DataError(
+                    src,
+                    f"{ctx}: mask size {o.tube.height}x{o.tube.width} does not match video {self.height}x{self.width}",
+                    field=f"{f}.tube",
+                )
+            if o.tube.num_frames != self.num_frames:
+                raise DataError(
+                    src,
+                    f"{ctx}: mask tube has {o.tube.num_frames} frames, video has {self.num_frames}",
+                    field=f"{f}.tube",
+                )
+            for t, r in enumerate(o.tube.rles):
+                if r is not None and list(r.get("size", [])) != [self.height, self.width]:
+                    raise DataError(src, f"{ctx}: frame {t} mask size {r.get('size')} mismatch", field=f"{f}.tube")
+            if o.frame_categories is not None and len(o.frame_categories) != self.num_frames:
+                raise DataError(src, f"{ctx}: frame_categories length != num_frames", field=f)
+        for i, r in enumerate(self.relations):
+            f = f"relations[{i}]"
+            for role, oid in (("subject", r.subject_id), ("object", r.object_id)):
+                if oid not in ids:
+                    raise DataError(src, f"{ctx}: {role} id {oid} is not an object of this video", field=f)
+            for a, b in r.spans:
+                if not (0 <= a <= b < self.num_frames):
+                    raise DataError(
+                        src, f"{ctx}: span [{a}, {b}] outside the video's frames [0, {self.num_frames - 1}]", field=f
+                    )
+            if r.score is not None and math.isnan(r.score):
+                raise DataError(src, f"{ctx}: score is NaN", field=f)
+        return self
+
+    # -- JSON
+    def to_json(self) -> dict:
+        d: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "video_id": self.video_id,
+            "num_frames": self.num_frames,
+            "height": self.height,
+            "width": self.width,
+            "objects": [o.to_json() for o in self.objects],
+            "relations": [r.to_json() for r in self.relations],
+        }
+        if self.object_vocab is not None:
+            d["object_vocab"] = self.object_vocab
+        if self.predicate_vocab is not None:
+            d["predicate_vocab"] = self.predicate_vocab
+        if self.meta:
+            d["meta"] = self.meta
+        return d
+
+    @classmethod
+    def from_json(cls, d: Any, *, where: str | Path = "scene graph") -> "SceneGraph4D":
+        where = str(where)
+        if not isinstance(d, dict):
+            raise DataError(where, f"a scene graph must be a JSON object, got {type(d).__name__}")
+        try:
+            vid = str(d["video_id"])
+            g = cls(
+                video_id=vid,
+                num_frames=int(d["num_frames"]),
+                height=int(d["height"]),
+                width=int(d["width"]),
+                objects=[
+                    ObjectTrack.from_json(o, where=f"{where}: video {vid!r}: objects[{i}]")
+                    for i, o in enumerate(d.get("objects", []))
+                ],
+                relations=[
+                    Relation.from_json(r, where=f"{where}: video {vid!r}: relations[{i}]")
+                    for i, r in enumerate(d.get("relations", []))
+                ],
+                object_vocab=d.get("object_vocab"),
+                predicate_vocab=d.get("predicate_vocab"),
+                meta=dict(d.get("meta") or {}),
+            )
+        except KeyError as e:
+            raise DataError(where, f"missing field {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise DataError(where, f"malformed scene graph: {e}") from None
+        return g
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically as JSON."""
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.to_json()))
+
+    @classmethod
+    def load(cls, path: str | Path, *, validate: bool = True) -> "SceneGraph4D":
+        path = Path(path)
+        d = _read_json(path)
+        g = cls.from_json(d, where=path)
+        return g.validate(path) if validate else g
+
+
+# --------------------------------------------------------------------------- collections
+
+
+def _read_json(path: Path) -> Any:
+    if not path.exists():
+        raise DataError(path, "file not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except UnicodeDecodeError:
+        raise DataError(path, "not a UTF-8 text file") from None
+
+
+def save_scene_graphs(path: str | Path, graphs: Iterable[SceneGraph4D]) -> int:
+    """Write scene graphs as JSON Lines (atomically); returns how many were written."""
+    n = 0
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            for g in graphs:
+                f.write(json.dumps(g.to_json()))
+                f.write("\n")
+                n += 1
+    return n
+
+
+def iter_scene_graphs(path: str | Path, *, validate: bool = True) -> Iterator[SceneGraph4D]:
+    """Stream scene graphs from a ``.jsonl`` file (one per line), a JSON list, a
+    JSON object with a ``scene_graphs`` list, or a single scene-graph JSON."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "file not found")
+    with open(path) as f:
+        first = f.read(1)
+        while first and first.isspace():
+            first = f.read(1)
+    if path.suffix == ".jsonl":
+        with open(path) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    d = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(path, f"line {lineno}: malformed JSON: {e.msg}") from None
+                g = SceneGraph4D.from_json(d, where=f"{path}:{lineno}")
+                yield g.validate(f"{path}:{lineno}") if validate else g
+        return
+    d = _read_json(path)
+    if isinstance(d, dict) and "scene_graphs" in d:
+        items = d["scene_graphs"]
+    elif isinstance(d, list):
+        items = d
+    else:
+        items = [d]
+    for i, item in enumerate(items):
+        g = SceneGraph4D.from_json(item, where=f"{path}[{i}]")
+        yield g.validate(path) if validate else g
+
+
+def load_scene_graphs(path: str | Path, *, validate: bool = True) -> dict[str, SceneGraph4D]:
+    """All scene graphs of a file keyed by video id (duplicate ids are an error)."""
+    out: dict[str, SceneGraph4D] = {}
+    for g in iter_scene_graphs(path, validate=validate):
+        if g.video_id in out:
+            raise DataError(path, f"video {g.video_id!r} appears twice")
+        out[g.video_id] = g
+    return out
+
+
+@dataclass
+class Sample:
+    """A video with its (ground-truth) scene graph, as readers yield them."""
+
+    video: Video4D
+    graph: SceneGraph4D
