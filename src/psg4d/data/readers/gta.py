@@ -1,0 +1,302 @@
+"""PSG4D-GTA (third-person RGB-D videos built from SAIL-VOS 3D): reader.
+
+Layout under the dataset root, following the public PSG4D code
+(``Jingkang50/PSG4D``: ``2d/datasets/datasets/psg4d.py`` and
+``3d_seg/dataset/sailvos3d/generate_3d_data.py``)::
+
+    sailvos3d.json                     annotation index (marker)
+    images/<video>/<frame>.bmp         RGB frames
+    depth/<video>/<frame>.npy          SAIL-VOS depth (see below)
+    visible/<video>/<frame>.npy        panoptic object-id map (public name)
+    masks/<video>/<frame>.npy          the same map, accepted under this name too
+    rage_matrices/<video>/<frame>.npz  optional GTA camera matrices (``P_inv``)
+
+Index::
+
+    {"objects": {"thing": [...], "stuff": [...]},   # or a flat "object" list
+     "predicate_classes": [...],                    # or "predicates"
+     "split": {"train": [video ids], "val": [...]},
+     "data": [{"video_id", "object": [{"object_id", "category"}],
+               "relations": [[subject_id, predicate, object_id, [start, end]]],
+               "meta": {"num_frames", "fps"?}}]}
+
+The per-video object list key is singular (``object``), as in the public code.
+Frame files are listed and sorted by their number (SAIL-VOS frame numbers need
+not start at 0); the number becomes ``frame_indices`` and ``meta.num_frames``
+must equal the count. Spans index the sorted frames and are inclusive; a
+relation may also give a list of spans ``[[a, b], ...]``; repeated triplets are
+merged into one relation.
+
+Mask values: 0 is unlabelled; a thing with ``object_id`` k is ``k``; a stuff
+object with ``object_id`` k is stored as ``k + STUFF_OFFSET`` (1000), keeping
+stuff regions clear of instance ids. An object is stuff when its category is
+listed under ``objects.stuff`` (for a flat class list: in :data:`GTA_STUFF_CLASSES`).
+
+Depth: SAIL-VOS stores ``depth = 6 * (z_ndc + 4e-5)``; when the frame's
+``rage_matrices`` file exists, depth is converted to metric camera depth with
+its ``P_inv`` (row-vector convention, as the public code); otherwise the
+``.npy`` values are taken to be metres already (the convention of datasets
+written in this layout by other tools).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from psg4d.data.readers._util import (
+    TubeBuilder,
+    as_int,
+    expect,
+    get_field,
+    load_npy,
+    load_npz_key,
+    load_rgb,
+    read_json,
+    safe_rel_path,
+)
+from psg4d.data.readers.base import DatasetReader
+from psg4d.data.schema import ObjectTrack, Relation, SceneGraph4D, Video4D, merge_spans
+from psg4d.errors import DataError
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "sailvos3d.json"
+IMAGE_DIR = "images"
+DEPTH_DIR = "depth"
+# Mask folder names, tried in order: the public code's name first.
+MASK_DIRS = ("visible", "masks")
+RAGE_DIR = "rage_matrices"
+STUFF_OFFSET = 1000
+DEFAULT_FPS = 5.0  # PSG4D-GTA is annotated at about 5 fps
+NDC_SCALE, NDC_SHIFT = 6.0, 4e-5  # z_ndc = depth / 6 - 4e-5 (public generate_3d_data.py)
+
+# Stuff classes of the public PSG4D-GTA class list, for indexes with a flat class list.
+GTA_STUFF_CLASSES = frozenset({"sky", "floor", "ceiling", "ground", "wall", "grass", "fence", "stair", "window"})
+
+
+class GTAReader(DatasetReader):
+    """Lazy reader of the PSG4D-GTA layout (see the module docstring)."""
+
+    format_name = "psg4d-gta"
+    marker = INDEX_FILE
+    has_depth = True
+
+    def __init__(self, root: str | Path):
+        super().__init__(root)
+        self._index_path = where = self.root / INDEX_FILE
+        index = read_json(where)
+        data = get_field(index, "data", where, types=list)
+        objs = index.get("objects", index.get("object"))
+        if isinstance(objs, dict):
+            self._things = [str(c) for c in get_field(objs, "thing", where, ctx="objects", types=list)]
+            self._stuff = [str(c) for c in get_field(objs, "stuff", where, ctx="objects", types=list)]
+        elif isinstance(objs, list):
+            self._things = [str(c) for c in objs if str(c) not in GTA_STUFF_CLASSES]
+            self._stuff = [str(c) for c in objs if str(c) in GTA_STUFF_CLASSES]
+        else:
+            raise DataError(where, "needs 'objects' {thing: [...], stuff: [...]} (or a flat 'object' class list)")
+        preds = index.get("predicate_classes", index.get("predicates"))
+        expect(isinstance(preds, list), where, "needs a 'predicate_classes' (or 'predicates') list")
+        self._predicates = [str(p) for p in preds]
+        self._entries: dict[str, dict] = {}
+        for i, e in enumerate(data):
+            vid = str(get_field(e, "video_id", where, ctx=f"data[{i}]", types=(str, int)))
+            safe_rel_path(vid, where)
+            if vid in self._entries:
+                raise DataError(where, f"data[{i}]: video {vid!r} appears twice")
+            self._entries[vid] = e
+        raw = index.get("split", index.get("splits"))
+        if raw is None:
+            self._splits = {"all": list(self._entries)}
+        else:
+            expect(isinstance(raw, dict), where, "'split' must map split names to video-id lists", field="split")
+            self._splits = {}
+            for name, ids in raw.items():
+                expect(isinstance(ids, list), where, f"split {name!r} must be a list", field="split")
+                for v in ids:
+                    expect(str(v) in self._entries, where, f"split {name!r} names unknown video {v!r}", field="split")
+                self._splits[str(name)] = [str(v) for v in ids]
+        self._frames_cache: dict[str, list[str]] = {}
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self._splits)
+
+    def video_ids(self, split: str | None = None) -> list[str]:
+        if split is None:
+            return list(self._entries)
+        if split not in self._splits:
+            raise DataError(self._index_path, f"no split {split!r} (splits: {', '.join(self._splits)})")
+        return list(self._splits[split])
+
+    @property
+    def object_vocab(self) -> list[str]:
+        return self._things + self._stuff
+
+    @property
+    def predicate_vocab(self) -> list[str]:
+        return list(self._predicates)
+
+    def _entry(self, video_id: str) -> dict:
+        if video_id not in self._entries:
+            raise DataError(self._index_path, f"unknown video id {video_id!r}")
+        return self._entries[video_id]
+
+    def num_frames(self, video_id: str) -> int:
+        meta = self._entry(video_id).get("meta") or {}
+        if "num_frames" in meta:
+            return as_int(meta["num_frames"], self._index_path, f"video {video_id!r}: meta.num_frames")
+        return len(self._frame_names(video_id))
+
+    def _mask_dir(self, video_id: str) -> Path:
+        for name in MASK_DIRS:
+            p = self.root / name / video_id
+            if p.is_dir():
+                return p
+        raise DataError(self.root / MASK_DIRS[0] / video_id, f"video {video_id!r}: mask folder not found (looked for {', '.join(MASK_DIRS)})")
+
+    def _frame_names(self, video_id: str) -> list[str]:
+        """Sorted frame stems from the mask folder (listing only; frames are not read)."""
+        if video_id not in self._frames_cache:
+            folder = self._mask_dir(video_id)
+            stems = [p.stem for p in folder.iterdir() if p.suffix == ".npy"]
+            for s in stems:
+                expect(s.isdigit(), folder / f"{s}.npy", "mask file name must be a frame number")
+            self._frames_cache[video_id] = sorted(stems, key=int)
+        return self._frames_cache[video_id]
+
+    def _checked_frames(self, video_id: str) -> list[str]:
+        names = self._frame_names(video_id)
+        expect(len(names) > 0, self._mask_dir(video_id), f"video {video_id!r}: no mask files")
+        meta = self._entry(video_id).get("meta") or {}
+        if "num_frames" in meta:
+            T = self.num_frames(video_id)
+            expect(
+                len(names) == T,
+                self._mask_dir(video_id),
+                f"video {video_id!r}: mask/frame count mismatch: {len(names)} mask files, index says {T} frames",
+            )
+        return names
+
+    # -- per video
+    def read_graph(self, video_id: str, *, with_masks: bool = True) -> SceneGraph4D:
+        """The scene graph; ``with_masks=False`` reads the index only (mask files
+        are listed, not read; tubes are ``None`` and the size is 0x0)."""
+        e = self._entry(video_id)
+        where = self._index_path
+        ctx = f"video {video_id!r}"
+        names = self._checked_frames(video_id)
+        T = len(names)
+        stuff = set(self._stuff)
+        raw_objs = get_field(e, "object", where, ctx=ctx, types=list)
+        objs: list[tuple[int, str, bool, int]] = []
+        for j, o in enumerate(raw_objs):
+            octx = f"{ctx}: object[{j}]"
+            oid = as_int(get_field(o, "object_id", where, ctx=octx), where, f"{octx}.object_id")
+            cat = str(get_field(o, "category", where, ctx=octx))
+            is_thing = cat not in stuff
+            objs.append((oid, cat, is_thing, oid if is_thing else oid + STUFF_OFFSET))
+
+        mask_dir = self._mask_dir(video_id)
+        builder: TubeBuilder | None = None
+        shape: tuple[int, int] | None = None
+        for t, stem in enumerate(names if with_masks else []):
+            p = mask_dir / f"{stem}.npy"
+            m = load_npy(p, what="mask")
+            expect(m.ndim == 2, p, f"mask must be a 2-D object-id map, got shape {m.shape}")
+            if shape is None:
+                shape = m.shape
+                builder = TubeBuilder([v for *_, v in objs], num_frames=T, height=shape[0], width=shape[1])
+            expect(m.shape == shape, p, f"mask shape mismatch: {m.shape} differs from frame 0's {shape}")
+            builder.add_frame(t, m)
+
+        objects = [
+            ObjectTrack(object_id=oid, category=cat, is_thing=thing, tube=builder.tube(v) if builder else None)
+            for oid, cat, thing, v in objs
+        ]
+        grouped: dict[tuple[int, int, str], list[tuple[int, int]]] = {}
+        for j, r in enumerate(e.get("relations", []) or []):
+            rctx = f"{ctx}: relations[{j}]"
+            expect(isinstance(r, list) and len(r) == 4, where, f"{rctx}: expected [subject_id, predicate, object_id, [start, end]]")
+            s = as_int(r[0], where, f"{rctx} subject")
+            o = as_int(r[2], where, f"{rctx} object")
+            pred = r[1] if isinstance(r[1], str) else self._pred_by_index(r[1], rctx)
+            grouped.setdefault((s, o, pred), []).extend(_spans(r[3], where, rctx))
+        relations = [Relation(s, o, p, merge_spans(sp)) for (s, o, p), sp in grouped.items()]
+        meta = e.get("meta") or {}
+        graph = SceneGraph4D(
+            video_id=video_id,
+            num_frames=T,
+            height=shape[0] if shape else 0,
+            width=shape[1] if shape else 0,
+            objects=objects,
+            relations=relations,
+            object_vocab=self.object_vocab,
+            predicate_vocab=self.predicate_vocab,
+            meta={"source_format": self.format_name, "fps": float(meta.get("fps", DEFAULT_FPS))},
+        )
+        return graph.validate(where)
+
+    def _pred_by_index(self, v: Any, rctx: str) -> str:
+        i = as_int(v, self._index_path, f"{rctx} predicate")
+        expect(0 <= i < len(self._predicates), self._index_path, f"{rctx}: predicate index {i} outside predicate_classes")
+        return self._predicates[i]
+
+    def read_video(self, video_id: str) -> Video4D:
+        names = self._checked_frames(video_id)
+        meta = self._entry(video_id).get("meta") or {}
+        frames, depths = [], []
+        for stem in names:
+            p = self.root / IMAGE_DIR / video_id / f"{stem}.bmp"
+            img = load_rgb(p)
+            if frames and img.shape != frames[0].shape:
+                raise DataError(p, f"frame size {img.shape[:2]} differs from frame 0's {frames[0].shape[:2]}")
+            frames.append(img)
+            dp = self.root / DEPTH_DIR / video_id / f"{stem}.npy"
+            d = load_npy(dp, what="depth").astype(np.float32)
+            expect(d.shape == img.shape[:2], dp, f"depth shape {d.shape} does not match frame shape {img.shape[:2]}")
+            rage = self.root / RAGE_DIR / video_id / f"{stem}.npz"
+            if rage.is_file():
+                d = ndc_depth_to_metres(d, load_npz_key(rage, "P_inv", what="camera matrix"))
+            depths.append(d)
+        video = Video4D(
+            rgb=np.stack(frames),
+            depth=np.stack(depths),
+            fps=float(meta.get("fps", DEFAULT_FPS)),
+            frame_indices=np.array([int(s) for s in names], dtype=np.int64),
+            video_id=video_id,
+        )
+        return video.validate(self._index_path)
+
+
+def _spans(raw: Any, where: Path, rctx: str) -> list[tuple[int, int]]:
+    expect(isinstance(raw, list) and len(raw) > 0, where, f"{rctx}: span must be [start, end] or [[start, end], ...]")
+    items = raw if isinstance(raw[0], list) else [raw]
+    out = []
+    for sp in items:
+        expect(isinstance(sp, list) and len(sp) == 2, where, f"{rctx}: span must be [start, end], got {sp!r}")
+        out.append((as_int(sp[0], where, f"{rctx} start"), as_int(sp[1], where, f"{rctx} end")))
+    return out
+
+
+def ndc_depth_to_metres(depth: np.ndarray, p_inv: np.ndarray) -> np.ndarray:
+    """SAIL-VOS depth -> metric camera depth (positive distance along the view axis).
+
+    Pixels map to NDC as in the public code (x: -1..1 left to right, y: 1..-1
+    top to bottom); points are row vectors, ``camera = ndc @ P_inv``.
+    """
+    H, W = depth.shape
+    yy, xx = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
+    x = 2.0 / max(W - 1, 1) * xx - 1.0
+    y = -2.0 / max(H - 1, 1) * yy + 1.0
+    z = depth / NDC_SCALE - NDC_SHIFT
+    ndc = np.stack([x, y, z, np.ones_like(z)], axis=-1).astype(np.float64)
+    cam = ndc @ np.asarray(p_inv, dtype=np.float64)
+    w = cam[..., 3]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        zc = np.where(np.abs(w) > 1e-12, cam[..., 2] / w, 0.0)
+    return np.abs(zc).astype(np.float32)

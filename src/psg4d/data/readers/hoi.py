@@ -1,0 +1,469 @@
+"""PSG4D-HOI (egocentric RGB-D videos built from HOI4D): reader and writer.
+
+Layout under the dataset root, as used by the public PSG4D code
+(``Jingkang50/PSG4D``, ``HOI/generate_video.py``)::
+
+    psg4d_hoi.json      {"data": [entry, ...], "split": {name: [video ids]},
+                         "predicate_classes": [...]}            (marker file)
+    hoi4d_id.json       {short id: HOI4D relative path}
+    categories.json     {"<class index>": class name}
+    HOI4D_release/<path>/align_rgb/<t:05d>.jpg     RGB frames (written q95, 4:4:4)
+    HOI4D_release/<path>/align_depth/<t:05d>.png   16-bit depth, millimetres
+    HOI4D_mask/<path>/mask/<t:05d>.npz             key "array": mask_id map,
+                                                   stored TRANSPOSED as [W, H]
+
+An entry: ``{"video_id": <HOI4D path>, "object": [{"object_id", "mask_id"}, ...],
+"relations": [[subject_id, object_id, predicate, start, end], ...]}``. The
+object key is singular, as in the public code. An object's class index is
+``mask_id % 1000`` into ``categories.json``. Each relation entry holds one
+inclusive span; several entries with the same triplet are several spans of one
+relation. ``predicate`` is a name (public data) or an index into
+``predicate_classes``.
+
+Where the public code is silent this module fixes the layout:
+
+* ``split`` (in ``psg4d_hoi.json``) lists short ids or HOI4D paths per split; a
+  file without it has the single split ``all``.
+* ``meta`` in an entry (``num_frames``, ``height``, ``width``, ``fps``,
+  optional ``intrinsics`` 3x3 and ``frame_indices``) is written by
+  :func:`write_hoi_video`; without it the frame count is the number of
+  ``align_rgb`` files and the size comes from the first mask.
+* An object may carry ``is_thing``; otherwise classes in :data:`HOI_STUFF_CLASSES`
+  are stuff and everything else is a thing.
+* The schema's video id is the short id of ``hoi4d_id.json`` (the HOI4D path
+  itself where the file has no short id for it).
+* Depth is optional: a video whose ``align_depth`` folder is absent is read
+  RGB-only (``depth=None``); a folder with missing files is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from psg4d.data.readers._util import (
+    TubeBuilder,
+    as_int,
+    count_files,
+    expect,
+    get_field,
+    load_image_array,
+    load_npz_key,
+    load_rgb,
+    paint_id_map,
+    read_json,
+    safe_rel_path,
+    save_image,
+    save_npz,
+)
+from psg4d.data.readers.base import DatasetReader
+from psg4d.data.schema import (
+    ObjectTrack,
+    Relation,
+    Sample,
+    SceneGraph4D,
+    Video4D,
+    merge_spans,
+)
+from psg4d.errors import DataError
+from psg4d.utils.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "psg4d_hoi.json"
+ID_FILE = "hoi4d_id.json"
+CATEGORY_FILE = "categories.json"
+RGB_ROOT = "HOI4D_release"
+MASK_ROOT = "HOI4D_mask"
+RGB_DIR = "align_rgb"
+DEPTH_DIR = "align_depth"
+MASK_DIR = "mask"
+MASK_KEY = "array"
+# mask_id = MASK_ID_STRIDE * instance + class index (the public code reads the class as mask_id % 1000)
+MASK_ID_STRIDE = 1000
+DEPTH_SCALE = 1000.0  # PNG units per metre (millimetres)
+DEFAULT_FPS = 15.0  # HOI4D is captured at 15 fps
+
+# HOI4D classes that are regions rather than countable objects.
+HOI_STUFF_CLASSES = frozenset(
+    {"no label", "noise", "ground", "void", "wall", "mural", "curtain", "carpet", "ceiling", "window", "pool"}
+)
+
+
+def _rgb_path(root: Path, rel: str, t: int) -> Path:
+    return root / RGB_ROOT / rel / RGB_DIR / f"{t:05d}.jpg"
+
+
+def _depth_path(root: Path, rel: str, t: int) -> Path:
+    return root / RGB_ROOT / rel / DEPTH_DIR / f"{t:05d}.png"
+
+
+def _mask_path(root: Path, rel: str, t: int) -> Path:
+    return root / MASK_ROOT / rel / MASK_DIR / f"{t:05d}.npz"
+
+
+class HOIReader(DatasetReader):
+    """Lazy reader of the PSG4D-HOI layout (see the module docstring)."""
+
+    format_name = "psg4d-hoi"
+    marker = INDEX_FILE
+    has_depth = True
+
+    def __init__(self, root: str | Path):
+        super().__init__(root)
+        self._index_path = self.root / INDEX_FILE
+        index = read_json(self._index_path)
+        data = get_field(index, "data", self._index_path, types=list)
+        cat_path = self.root / CATEGORY_FILE
+        self._categories = _parse_categories(read_json(cat_path), cat_path)
+
+        id_path = self.root / ID_FILE
+        path_to_short: dict[str, str] = {}
+        if id_path.exists():
+            ids = read_json(id_path)
+            expect(isinstance(ids, dict), id_path, "expected a JSON object {short id: HOI4D path}")
+            path_to_short = {str(v): str(k) for k, v in ids.items()}
+
+        self._entries: dict[str, dict] = {}
+        self._paths: dict[str, str] = {}
+        for i, e in enumerate(data):
+            rel = get_field(e, "video_id", self._index_path, ctx=f"data[{i}]", types=str)
+            rel = safe_rel_path(rel, self._index_path)
+            short = path_to_short.get(rel) or str(e.get("hoi4d_id") or rel)
+            if short in self._entries:
+                raise DataError(self._index_path, f"data[{i}]: video {short!r} appears twice")
+            self._entries[short] = e
+            self._paths[short] = rel
+        self._short_of_path = {rel: short for short, rel in self._paths.items()}
+
+        raw_pred = index.get("predicate_classes", index.get("predicates"))
+        if raw_pred is None:
+            seen: dict[str, None] = {}
+            for e in data:
+                for r in e.get("relations", []) or []:
+                    if isinstance(r, list) and len(r) == 5 and isinstance(r[2], str):
+                        seen.setdefault(r[2])
+            raw_pred = list(seen)
+        expect(isinstance(raw_pred, list), self._index_path, "'predicate_classes' must be a list of names")
+        self._predicates = [str(p) for p in raw_pred]
+
+        self._splits = _parse_splits(index.get("split", index.get("splits")), self._index_path, self._resolve_id)
+        if self._splits is None:
+            self._splits = {"all": list(self._entries)}
+
+    # -- index
+    def _resolve_id(self, key: Any) -> str | None:
+        key = str(key)
+        if key in self._entries:
+            return key
+        return self._short_of_path.get(key)
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self._splits)
+
+    def video_ids(self, split: str | None = None) -> list[str]:
+        if split is None:
+            return list(self._entries)
+        if split not in self._splits:
+            raise DataError(self._index_path, f"no split {split!r} (splits: {', '.join(self._splits)})")
+        return list(self._splits[split])
+
+    @property
+    def object_vocab(self) -> list[str]:
+        return list(self._categories)
+
+    @property
+    def predicate_vocab(self) -> list[str]:
+        return list(self._predicates)
+
+    def hoi4d_path(self, video_id: str) -> str:
+        self._entry(video_id)
+        return self._paths[video_id]
+
+    def _entry(self, video_id: str) -> dict:
+        if video_id not in self._entries:
+            raise DataError(self._index_path, f"unknown video id {video_id!r}")
+        return self._entries[video_id]
+
+    def num_frames(self, video_id: str) -> int:
+        """Frame count from the index (``meta.num_frames``), else by listing ``align_rgb``."""
+        entry = self._entry(video_id)
+        meta = entry.get("meta") or {}
+        if "num_frames" in meta:
+            return as_int(meta["num_frames"], self._index_path, f"video {video_id!r}: meta.num_frames")
+        folder = self.root / RGB_ROOT / self._paths[video_id] / RGB_DIR
+        n = count_files(folder, ".jpg")
+        expect(n > 0, folder, f"video {video_id!r}: no frames found")
+        return n
+
+    # -- per video
+    def read_graph(self, video_id: str, *, with_masks: bool = True) -> SceneGraph4D:
+        """The scene graph; ``with_masks=False`` reads the index only (no mask
+        files; tubes are ``None`` and the size is 0x0 unless the index has it)."""
+        entry = self._entry(video_id)
+        rel = self._paths[video_id]
+        where = self._index_path
+        ctx = f"video {video_id!r}"
+        T = self.num_frames(video_id)
+        meta = entry.get("meta") or {}
+
+        mask_folder = self.root / MASK_ROOT / rel / MASK_DIR
+        if with_masks:
+            n_masks = count_files(mask_folder, ".npz")
+            expect(
+                n_masks == T,
+                mask_folder,
+                f"{ctx}: mask/frame count mismatch: {n_masks} mask files for {T} frames",
+            )
+
+        raw_objects = get_field(entry, "object", where, ctx=ctx, types=list)
+        objects_meta: list[tuple[int, int, str, bool]] = []
+        for j, o in enumerate(raw_objects):
+            octx = f"{ctx}: object[{j}]"
+            oid = as_int(get_field(o, "object_id", where, ctx=octx), where, f"{octx}.object_id")
+            mid = as_int(get_field(o, "mask_id", where, ctx=octx), where, f"{octx}.mask_id")
+            cls = mid % MASK_ID_STRIDE
+            if cls >= len(self._categories) or not self._categories[cls]:
+                raise DataError(self.root / CATEGORY_FILE, f"{octx}: class index {cls} (mask_id {mid}) is not listed")
+            name = self._categories[cls]
+            is_thing = bool(o["is_thing"]) if "is_thing" in o else name not in HOI_STUFF_CLASSES
+            objects_meta.append((oid, mid, name, is_thing))
+
+        H = W = None
+        if "height" in meta and "width" in meta:
+            H = as_int(meta["height"], where, f"{ctx}: meta.height")
+            W = as_int(meta["width"], where, f"{ctx}: meta.width")
+        builder: TubeBuilder | None = None
+        for t in range(T if with_masks else 0):
+            p = _mask_path(self.root, rel, t)
+            arr = load_npz_key(p, MASK_KEY, what="mask")
+            expect(arr.ndim == 2, p, f"mask must be a 2-D [W, H] array, got shape {arr.shape}")
+            m = arr.T  # stored transposed ([W, H]) in the public data
+            if H is None:
+                H, W = m.shape
+            expect(
+                m.shape == (H, W),
+                p,
+                f"mask shape mismatch: transposed mask is {m.shape[0]}x{m.shape[1]}, video is {H}x{W}",
+            )
+            if builder is None:
+                builder = TubeBuilder([mid for _, mid, _, _ in objects_meta], num_frames=T, height=H, width=W)
+            builder.add_frame(t, m)
+        objects = [
+            ObjectTrack(
+                object_id=oid,
+                category=name,
+                is_thing=thing,
+                tube=builder.tube(mid) if builder is not None else None,
+                attributes={"mask_id": mid},
+            )
+            for oid, mid, name, thing in objects_meta
+        ]
+
+        grouped: dict[tuple[int, int, str], list[tuple[int, int]]] = {}
+        for j, r in enumerate(entry.get("relations", []) or []):
+            rctx = f"{ctx}: relations[{j}]"
+            expect(isinstance(r, list) and len(r) == 5, where, f"{rctx}: expected [subject, object, predicate, start, end]")
+            s = as_int(r[0], where, f"{rctx} subject")
+            o = as_int(r[1], where, f"{rctx} object")
+            pred = self._predicate_name(r[2], rctx)
+            a = as_int(r[3], where, f"{rctx} start")
+            b = as_int(r[4], where, f"{rctx} end")
+            grouped.setdefault((s, o, pred), []).append((a, b))
+        relations = [
+            Relation(subject_id=s, object_id=o, predicate=p, spans=merge_spans(sp)) for (s, o, p), sp in grouped.items()
+        ]
+        graph = SceneGraph4D(
+            video_id=video_id,
+            num_frames=T,
+            height=H or 0,
+            width=W or 0,
+            objects=objects,
+            relations=relations,
+            object_vocab=self.object_vocab,
+            predicate_vocab=self.predicate_vocab,
+            meta={"source_format": self.format_name, "hoi4d_path": rel},
+        )
+        return graph.validate(where)
+
+    def _predicate_name(self, v: Any, rctx: str) -> str:
+        if isinstance(v, str):
+            return v
+        idx = as_int(v, self._index_path, f"{rctx} predicate")
+        expect(
+            0 <= idx < len(self._predicates),
+            self._index_path,
+            f"{rctx}: predicate index {idx} outside predicate_classes (size {len(self._predicates)})",
+        )
+        return self._predicates[idx]
+
+    def read_video(self, video_id: str) -> Video4D:
+        entry = self._entry(video_id)
+        rel = self._paths[video_id]
+        T = self.num_frames(video_id)
+        meta = entry.get("meta") or {}
+        frames = []
+        for t in range(T):
+            p = _rgb_path(self.root, rel, t)
+            img = load_rgb(p)
+            if frames and img.shape != frames[0].shape:
+                raise DataError(p, f"frame size {img.shape[:2]} differs from frame 0's {frames[0].shape[:2]}")
+            frames.append(img)
+        rgb = np.stack(frames)
+        depth = None
+        depth_folder = self.root / RGB_ROOT / rel / DEPTH_DIR
+        if depth_folder.is_dir():
+            maps = []
+            for t in range(T):
+                p = _depth_path(self.root, rel, t)
+                d = load_image_array(p, what="depth")
+                expect(d.shape == rgb.shape[1:3], p, f"depth shape {d.shape} does not match frame shape {rgb.shape[1:3]}")
+                maps.append(d.astype(np.float32) / DEPTH_SCALE)
+            depth = np.stack(maps)
+        else:
+            log.debug("%s: no %s folder; reading RGB only", video_id, DEPTH_DIR)
+        intr = meta.get("intrinsics")
+        fidx = meta.get("frame_indices")
+        video = Video4D(
+            rgb=rgb,
+            depth=depth,
+            intrinsics=None if intr is None else np.asarray(intr, dtype=np.float64),
+            fps=float(meta.get("fps", DEFAULT_FPS)),
+            frame_indices=None if fidx is None else np.asarray(fidx, dtype=np.int64),
+            video_id=video_id,
+        )
+        return video.validate(self._index_path)
+
+
+def _parse_categories(raw: Any, where: Path) -> list[str]:
+    """``{"<index>": name}`` (public file) or a plain list -> list indexed by class.
+    Unused indices between listed ones become empty strings (never a valid class)."""
+    if isinstance(raw, list):
+        return [str(c) for c in raw]
+    expect(isinstance(raw, dict), where, "expected {class index: name} or a list of names")
+    out: dict[int, str] = {}
+    for k, v in raw.items():
+        try:
+            out[int(k)] = str(v)
+        except ValueError:
+            raise DataError(where, f"class index {k!r} is not an integer") from None
+    cats = [""] * (max(out) + 1 if out else 0)
+    for k, v in out.items():
+        expect(k >= 0, where, f"negative class index {k}")
+        cats[k] = v
+    return cats
+
+
+def _parse_splits(raw: Any, where: Path, resolve) -> dict[str, list[str]] | None:
+    if raw is None:
+        return None
+    expect(isinstance(raw, dict), where, "'split' must map split names to lists of video ids", field="split")
+    out: dict[str, list[str]] = {}
+    for name, ids in raw.items():
+        expect(isinstance(ids, list), where, f"split {name!r} must be a list of video ids", field="split")
+        vids = []
+        for k in ids:
+            v = resolve(k)
+            expect(v is not None, where, f"split {name!r} names unknown video {k!r}", field="split")
+            vids.append(v)
+        out[str(name)] = vids
+    return out
+
+
+# --------------------------------------------------------------------------- writer
+
+
+def write_hoi_video(root: Path, sample: Sample, *, categories: list[str], rel_path: str | None = None) -> dict:
+    """Write one video's frames (JPEG q95), depth (16-bit PNG mm) and masks
+    (transposed mask_id maps) under ``root``; return its ``psg4d_hoi.json`` entry.
+
+    Only per-video files are written, so videos can be written from parallel
+    worker processes; :func:`write_hoi_index` writes the shared index at the end.
+    Overlapping masks are refused (a mask_id map holds one object per pixel).
+    """
+    root = Path(root)
+    video, graph = sample.video, sample.graph
+    vid = graph.video_id or video.video_id
+    where = f"video {vid!r}"
+    video.validate(where)
+    graph.validate(where)
+    expect(
+        (graph.num_frames, graph.height, graph.width) == (video.num_frames, video.height, video.width),
+        where,
+        f"scene graph is {graph.num_frames}x{graph.height}x{graph.width} but video is "
+        f"{video.num_frames}x{video.height}x{video.width}",
+    )
+    expect(len(categories) <= MASK_ID_STRIDE, where, f"at most {MASK_ID_STRIDE} categories fit mask_id % {MASK_ID_STRIDE}")
+    rel = safe_rel_path(rel_path if rel_path is not None else vid, where)
+    cat_index = {c: i for i, c in enumerate(categories)}
+
+    objects = []
+    mask_ids: dict[int, int] = {}
+    for k, o in enumerate(graph.objects):
+        if o.category not in cat_index:
+            raise DataError(where, f"object {o.object_id}: category {o.category!r} is not in categories")
+        mid = MASK_ID_STRIDE * (k + 1) + cat_index[o.category]
+        mask_ids[o.object_id] = mid
+        objects.append({"object_id": o.object_id, "mask_id": mid, "category": o.category, "is_thing": o.is_thing})
+
+    T, H, W = video.num_frames, video.height, video.width
+    for t in range(T):
+        save_image(_rgb_path(root, rel, t), video.rgb[t], fmt="JPEG", quality=95, subsampling=0)
+        if video.depth is not None:
+            d = np.nan_to_num(video.depth[t], nan=0.0, posinf=0.0, neginf=0.0)
+            mm = np.clip(np.round(d * DEPTH_SCALE), 0, np.iinfo(np.uint16).max).astype(np.uint16)
+            save_image(_depth_path(root, rel, t), mm, fmt="PNG")
+        id_map = paint_id_map(
+            ((mask_ids[o.object_id], o.tube.frame(t)) for o in graph.objects if o.tube is not None),
+            (H, W),
+            where=where,
+            frame=t,
+            dtype=np.int32,
+        )
+        save_npz(_mask_path(root, rel, t), **{MASK_KEY: np.ascontiguousarray(id_map.T)})
+
+    relations = [
+        [r.subject_id, r.object_id, r.predicate, int(a), int(b)] for r in graph.relations for a, b in r.spans
+    ]
+    meta: dict[str, Any] = {"num_frames": T, "height": H, "width": W, "fps": float(video.fps)}
+    if video.intrinsics is not None:
+        meta["intrinsics"] = np.asarray(video.intrinsics, dtype=np.float64).tolist()
+    fidx = np.asarray(video.frame_indices)
+    if not np.array_equal(fidx, np.arange(T)):
+        meta["frame_indices"] = [int(i) for i in fidx]
+    if not math.isfinite(meta["fps"]):
+        raise DataError(where, f"fps must be finite, got {video.fps}")
+    return {"video_id": rel, "hoi4d_id": vid, "object": objects, "relations": relations, "meta": meta}
+
+
+def write_hoi_index(
+    root: Path,
+    entries: list[dict],
+    *,
+    categories: list[str],
+    predicates: list[str],
+    splits: dict[str, list[str]],
+) -> None:
+    """Write ``psg4d_hoi.json``, ``hoi4d_id.json`` and ``categories.json`` atomically.
+
+    ``splits`` lists short ids (the schema video ids). The marker file
+    ``psg4d_hoi.json`` is written last, so a half-written dataset is never detected.
+    """
+    root = Path(root)
+    known = {str(e.get("hoi4d_id", e.get("video_id"))) for e in entries}
+    for name, ids in splits.items():
+        for v in ids:
+            if str(v) not in known:
+                raise DataError(root / INDEX_FILE, f"split {name!r} names video {v!r} that has no entry")
+    id_map = {str(e.get("hoi4d_id", e["video_id"])): e["video_id"] for e in entries}
+    atomic_write_json(root / CATEGORY_FILE, {str(i): c for i, c in enumerate(categories)})
+    atomic_write_json(root / ID_FILE, id_map)
+    atomic_write_json(
+        root / INDEX_FILE,
+        {"data": entries, "split": {k: [str(v) for v in ids] for k, ids in splits.items()}, "predicate_classes": list(predicates)},
+    )

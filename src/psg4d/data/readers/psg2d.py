@@ -1,0 +1,329 @@
+"""2D Panoptic Scene Graphs (OpenPSG ``psg.json``): reader and writer.
+
+Layout (``Jingkang50/OpenPSG``): one annotation file ``psg.json`` (marker)::
+
+    {"thing_classes": [...], "stuff_classes": [...], "predicate_classes": [...],
+     "test_image_ids": [...],                 # OpenPSG's split; the rest is train
+     "data": [{"file_name", "height", "width", "image_id", "pan_seg_file_name",
+               "segments_info": [{"id", "category_id", "isthing", ...}],
+               "relations": [[subject_idx, object_idx, predicate_idx], ...]}]}
+
+``pan_seg_file_name`` is a COCO-panoptic PNG whose segment id is
+``R + 256*G + 256**2*B``; ``category_id`` indexes ``thing_classes +
+stuff_classes``; relation entries index ``segments_info`` and
+``predicate_classes``. OpenPSG keeps images and panoptic PNGs under its COCO
+folder; file names are resolved against the prefixes of :data:`IMAGE_PREFIXES`
+(relative to the folder holding ``psg.json``), first hit wins.
+
+Where OpenPSG is silent this module fixes the rest:
+
+* An explicit ``splits`` object ``{name: [image ids]}`` takes precedence over
+  ``test_image_ids``; with neither, every image is in the split ``all``.
+* A segment may carry ``object_id`` (written by :func:`write_psg_image`); when
+  every segment of an image has one, it becomes the schema object id, else the
+  segment's index in ``segments_info`` is.
+* Each image becomes a one-frame, depth-less scene graph whose relations span
+  ``[[0, 0]]``; the schema video id is ``str(image_id)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from psg4d.data.readers._util import (
+    as_int,
+    expect,
+    get_field,
+    load_image_array,
+    load_rgb,
+    paint_id_map,
+    read_json,
+    save_image,
+)
+from psg4d.data.readers.base import DatasetReader
+from psg4d.data.schema import MaskTube, ObjectTrack, Relation, Sample, SceneGraph4D, Video4D, rle_encode
+from psg4d.errors import DataError
+from psg4d.utils.io import atomic_write_json
+
+INDEX_FILE = "psg.json"
+# Tried in order for image and panoptic file names (OpenPSG: data/psg/psg.json + data/coco/...).
+IMAGE_PREFIXES = (".", "coco", "../coco")
+IMAGE_DIR = "images"
+PANOPTIC_DIR = "panoptic"
+
+
+def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
+    """COCO panoptic PNG ``[H, W, 3]`` -> segment ids ``R + 256*G + 256**2*B``."""
+    rgb = rgb.astype(np.int64)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+
+
+def id_to_rgb(ids: np.ndarray) -> np.ndarray:
+    ids = ids.astype(np.int64)
+    return np.stack([ids % 256, (ids // 256) % 256, (ids // 65536) % 256], axis=-1).astype(np.uint8)
+
+
+class PSGReader(DatasetReader):
+    """Lazy reader of OpenPSG's ``psg.json`` (see the module docstring)."""
+
+    format_name = "psg"
+    marker = INDEX_FILE
+    has_depth = False
+
+    def __init__(self, root: str | Path):
+        super().__init__(root)
+        self._index_path = self.root / INDEX_FILE
+        index = read_json(self._index_path)
+        where = self._index_path
+        data = get_field(index, "data", where, types=list)
+        self._things = [str(c) for c in get_field(index, "thing_classes", where, types=list)]
+        self._stuff = [str(c) for c in get_field(index, "stuff_classes", where, types=list)]
+        self._predicates = [str(c) for c in get_field(index, "predicate_classes", where, types=list)]
+        self._entries: dict[str, dict] = {}
+        for i, e in enumerate(data):
+            iid = str(get_field(e, "image_id", where, ctx=f"data[{i}]", types=(int, str)))
+            if iid in self._entries:
+                raise DataError(where, f"data[{i}]: image {iid!r} appears twice")
+            self._entries[iid] = e
+
+        def ids(raw: Any, what: str) -> list[str]:
+            expect(isinstance(raw, list), where, f"{what} must be a list of image ids")
+            out = [str(v) for v in raw]
+            for v in out:
+                expect(v in self._entries, where, f"{what} names unknown image {v!r}")
+            return out
+
+        if "splits" in index:
+            raw = index["splits"]
+            expect(isinstance(raw, dict), where, "'splits' must map split names to image-id lists")
+            self._splits = {str(k): ids(v, f"split {k!r}") for k, v in raw.items()}
+        elif "test_image_ids" in index:
+            test = ids(index["test_image_ids"], "test_image_ids")
+            test_set = set(test)
+            self._splits = {"train": [v for v in self._entries if v not in test_set], "test": test}
+        else:
+            self._splits = {"all": list(self._entries)}
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self._splits)
+
+    def video_ids(self, split: str | None = None) -> list[str]:
+        if split is None:
+            return list(self._entries)
+        if split not in self._splits:
+            raise DataError(self._index_path, f"no split {split!r} (splits: {', '.join(self._splits)})")
+        return list(self._splits[split])
+
+    @property
+    def object_vocab(self) -> list[str]:
+        return self._things + self._stuff
+
+    @property
+    def predicate_vocab(self) -> list[str]:
+        return list(self._predicates)
+
+    def num_frames(self, video_id: str) -> int:
+        self._entry(video_id)
+        return 1
+
+    def _entry(self, video_id: str) -> dict:
+        if video_id not in self._entries:
+            raise DataError(self._index_path, f"unknown image id {video_id!r}")
+        return self._entries[video_id]
+
+    def _resolve(self, name: str) -> Path:
+        for prefix in IMAGE_PREFIXES:
+            p = (self.root / prefix / name)
+            if p.is_file():
+                return p
+        return self.root / name
+
+    def read_graph(self, video_id: str, *, with_masks: bool = True) -> SceneGraph4D:
+        """The scene graph; ``with_masks=False`` skips the panoptic PNG (tubes ``None``)."""
+        e = self._entry(video_id)
+        where = self._index_path
+        ctx = f"image {video_id!r}"
+        H = as_int(get_field(e, "height", where, ctx=ctx), where, f"{ctx}: height")
+        W = as_int(get_field(e, "width", where, ctx=ctx), where, f"{ctx}: width")
+        segs = get_field(e, "segments_info", where, ctx=ctx, types=list)
+        seg_path = self._resolve(get_field(e, "pan_seg_file_name", where, ctx=ctx, types=str))
+        id_map = None
+        if with_masks:
+            png = load_image_array(seg_path, what="panoptic segmentation")
+            expect(png.ndim == 3 and png.shape[2] >= 3, seg_path, f"panoptic PNG must be RGB, got shape {png.shape}")
+            expect(
+                png.shape[:2] == (H, W),
+                seg_path,
+                f"mask shape mismatch: PNG is {png.shape[0]}x{png.shape[1]}, index says {H}x{W}",
+            )
+            id_map = rgb_to_id(png[..., :3])
+
+        use_own_ids = bool(segs) and all(isinstance(s, dict) and "object_id" in s for s in segs)
+        vocab = self.object_vocab
+        objects: list[ObjectTrack] = []
+        for j, s in enumerate(segs):
+            sctx = f"{ctx}: segments_info[{j}]"
+            sid = as_int(get_field(s, "id", where, ctx=sctx), where, f"{sctx}.id")
+            cid = as_int(get_field(s, "category_id", where, ctx=sctx), where, f"{sctx}.category_id")
+            expect(0 <= cid < len(vocab), where, f"{sctx}: category_id {cid} outside thing_classes + stuff_classes ({len(vocab)})")
+            is_thing = bool(s["isthing"]) if "isthing" in s else cid < len(self._things)
+            oid = as_int(s["object_id"], where, f"{sctx}.object_id") if use_own_ids else j
+            tube = None
+            if id_map is not None:
+                m = id_map == sid
+                tube = MaskTube(height=H, width=W, rles=[rle_encode(m) if m.any() else None])
+            objects.append(
+                ObjectTrack(object_id=oid, category=vocab[cid], is_thing=is_thing, tube=tube, attributes={"segment_id": sid})
+            )
+
+        relations: list[Relation] = []
+        seen: set[tuple[int, int, str]] = set()
+        for j, r in enumerate(e.get("relations", []) or []):
+            rctx = f"{ctx}: relations[{j}]"
+            expect(isinstance(r, list) and len(r) == 3, where, f"{rctx}: expected [subject_idx, object_idx, predicate_idx]")
+            si, oi, pi = (as_int(v, where, rctx) for v in r)
+            for role, k in (("subject", si), ("object", oi)):
+                expect(0 <= k < len(objects), where, f"{rctx}: unknown {role} segment index {k} ({len(objects)} segments)")
+            expect(0 <= pi < len(self._predicates), where, f"{rctx}: predicate index {pi} outside predicate_classes")
+            key = (objects[si].object_id, objects[oi].object_id, self._predicates[pi])
+            if key in seen:  # OpenPSG has a few duplicated triplets; one relation each
+                continue
+            seen.add(key)
+            relations.append(Relation(subject_id=key[0], object_id=key[1], predicate=key[2], spans=[(0, 0)]))
+        graph = SceneGraph4D(
+            video_id=video_id,
+            num_frames=1,
+            height=H,
+            width=W,
+            objects=objects,
+            relations=relations,
+            object_vocab=vocab,
+            predicate_vocab=self.predicate_vocab,
+            meta={"source_format": self.format_name, "file_name": e.get("file_name")},
+        )
+        return graph.validate(where)
+
+    def read_video(self, video_id: str) -> Video4D:
+        e = self._entry(video_id)
+        where = self._index_path
+        ctx = f"image {video_id!r}"
+        p = self._resolve(get_field(e, "file_name", where, ctx=ctx, types=str))
+        img = load_rgb(p)
+        H = as_int(get_field(e, "height", where, ctx=ctx), where, f"{ctx}: height")
+        W = as_int(get_field(e, "width", where, ctx=ctx), where, f"{ctx}: width")
+        expect(img.shape[:2] == (H, W), p, f"image is {img.shape[0]}x{img.shape[1]}, index says {H}x{W}")
+        return Video4D(rgb=img[None], depth=None, fps=1.0, video_id=video_id).validate(p)
+
+
+# --------------------------------------------------------------------------- writer
+
+
+def write_psg_image(
+    root: Path,
+    sample: Sample,
+    *,
+    image_id: int,
+    thing_classes: list[str],
+    stuff_classes: list[str],
+    predicate_classes: list[str],
+) -> dict:
+    """Write one single-frame sample as ``images/<id>.jpg`` (q95) and a COCO
+    panoptic PNG; return its ``psg.json`` entry (relations as index triples).
+
+    Segment ids are ``k + 1`` for the k-th object (0 is COCO's void). Only the
+    image's own files are written, so images can be written in parallel;
+    :func:`write_psg_index` writes ``psg.json`` at the end.
+    """
+    root = Path(root)
+    video, graph = sample.video, sample.graph
+    where = f"image {image_id} (video {graph.video_id!r})"
+    video.validate(where)
+    graph.validate(where)
+    expect(video.num_frames == 1 and graph.num_frames == 1, where, f"PSG images are single-frame, got {video.num_frames} frames")
+    expect((graph.height, graph.width) == (video.height, video.width), where, "scene graph and image sizes differ")
+    thing_idx = {c: i for i, c in enumerate(thing_classes)}
+    stuff_idx = {c: len(thing_classes) + i for i, c in enumerate(stuff_classes)}
+    pred_idx = {p: i for i, p in enumerate(predicate_classes)}
+
+    segs: list[dict] = []
+    masks: list[tuple[int, np.ndarray]] = []
+    index_of: dict[int, int] = {}
+    for k, o in enumerate(graph.objects):
+        table = thing_idx if o.is_thing else stuff_idx
+        if o.category not in table:
+            kind = "thing_classes" if o.is_thing else "stuff_classes"
+            raise DataError(where, f"object {o.object_id}: category {o.category!r} is not in {kind}")
+        m = o.tube.frame(0) if o.tube is not None else np.zeros((video.height, video.width), dtype=bool)
+        sid = k + 1
+        ys, xs = np.nonzero(m)
+        bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)] if len(xs) else [0, 0, 0, 0]
+        segs.append(
+            {
+                "id": sid,
+                "category_id": table[o.category],
+                "iscrowd": 0,
+                "isthing": int(o.is_thing),
+                "area": int(m.sum()),
+                "bbox": bbox,
+                "object_id": o.object_id,
+            }
+        )
+        masks.append((sid, m))
+        index_of[o.object_id] = k
+    id_map = paint_id_map(masks, (video.height, video.width), where=where, frame=0, dtype=np.int64)
+
+    relations = []
+    for r in graph.relations:
+        if r.predicate not in pred_idx:
+            raise DataError(where, f"predicate {r.predicate!r} is not in predicate_classes")
+        relations.append([index_of[r.subject_id], index_of[r.object_id], pred_idx[r.predicate]])
+
+    file_name = f"{IMAGE_DIR}/{image_id:012d}.jpg"
+    seg_name = f"{PANOPTIC_DIR}/{image_id:012d}.png"
+    save_image(root / file_name, video.rgb[0], fmt="JPEG", quality=95, subsampling=0)
+    save_image(root / seg_name, id_to_rgb(id_map), fmt="PNG")
+    return {
+        "file_name": file_name,
+        "height": video.height,
+        "width": video.width,
+        "image_id": str(image_id),
+        "pan_seg_file_name": seg_name,
+        "segments_info": segs,
+        "relations": relations,
+    }
+
+
+def write_psg_index(
+    root: Path,
+    entries: list[dict],
+    *,
+    thing_classes: list[str],
+    stuff_classes: list[str],
+    predicate_classes: list[str],
+    splits: dict[str, list[int]],
+) -> None:
+    """Write ``psg.json`` atomically: explicit ``splits`` plus OpenPSG's
+    ``test_image_ids`` (the ``test`` split, when there is one)."""
+    root = Path(root)
+    known = {str(e["image_id"]) for e in entries}
+    out_splits = {}
+    for name, ids in splits.items():
+        out_splits[name] = [str(v) for v in ids]
+        for v in out_splits[name]:
+            if v not in known:
+                raise DataError(root / INDEX_FILE, f"split {name!r} names image {v!r} that has no entry")
+    atomic_write_json(
+        root / INDEX_FILE,
+        {
+            "thing_classes": list(thing_classes),
+            "stuff_classes": list(stuff_classes),
+            "predicate_classes": list(predicate_classes),
+            "test_image_ids": out_splits.get("test", []),
+            "splits": out_splits,
+            "data": entries,
+        },
+    )

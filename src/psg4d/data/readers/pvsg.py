@@ -1,0 +1,217 @@
+"""PVSG (Panoptic Video Scene Graphs, OpenPVSG): reader. RGB only.
+
+Layout (``LilyDaytoy/OpenPVSG`` README, ``data/`` after ``unzip_and_extract.py``)::
+
+    pvsg.json                              annotation index (marker)
+    <source>/frames/<video>/<t:04d>.png    RGB frames (source: vidor, epic_kitchen, ego4d)
+    <source>/masks/<video>/<t:04d>.png     object-id maps (pixel value = object id, 0 = void)
+
+Index::
+
+    {"objects": {"thing": [...], "stuff": [...]}, "relations": [predicates],
+     "split": {<source>: {"train": [video ids], "val": [...]}},
+     "data": [{"video_id", "meta": {"height", "width", "fps", "num_frames"},
+               "objects": [{"object_id", "category", "is_thing"}],
+               "relations": [[subject_id, object_id, predicate, [[start, end], ...]]]}]}
+
+A video's ``<source>`` folder is the ``split`` key that lists it. Frame and
+mask files share a name, the frame number (``0000.png``, as the public loader
+reads it with ``int(stem)``); files are listed and sorted by that number, and
+their count must equal ``meta.num_frames``. Splits are
+merged across sources (``train``, ``val``). Spans are inclusive frame indices;
+one relation may hold several spans. A video not listed under any source is
+looked up directly under the root (``frames/<video>``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from psg4d.data.readers._util import (
+    TubeBuilder,
+    as_int,
+    expect,
+    get_field,
+    load_image_array,
+    load_rgb,
+    read_json,
+    safe_rel_path,
+)
+from psg4d.data.readers.base import DatasetReader
+from psg4d.data.schema import ObjectTrack, Relation, SceneGraph4D, Video4D, merge_spans
+from psg4d.errors import DataError
+
+INDEX_FILE = "pvsg.json"
+FRAME_DIR = "frames"
+MASK_DIR = "masks"
+FRAME_SUFFIX = ".png"
+DEFAULT_FPS = 5.0
+
+
+class PVSGReader(DatasetReader):
+    """Lazy reader of the OpenPVSG layout (see the module docstring)."""
+
+    format_name = "pvsg"
+    marker = INDEX_FILE
+    has_depth = False
+
+    def __init__(self, root: str | Path):
+        super().__init__(root)
+        self._index_path = where = self.root / INDEX_FILE
+        index = read_json(where)
+        objs = get_field(index, "objects", where, types=dict)
+        self._things = [str(c) for c in get_field(objs, "thing", where, ctx="objects", types=list)]
+        self._stuff = [str(c) for c in get_field(objs, "stuff", where, ctx="objects", types=list)]
+        self._predicates = [str(p) for p in get_field(index, "relations", where, types=list)]
+        self._entries: dict[str, dict] = {}
+        for i, e in enumerate(get_field(index, "data", where, types=list)):
+            vid = str(get_field(e, "video_id", where, ctx=f"data[{i}]", types=(str, int)))
+            safe_rel_path(vid, where)
+            if vid in self._entries:
+                raise DataError(where, f"data[{i}]: video {vid!r} appears twice")
+            self._entries[vid] = e
+        self._source: dict[str, str] = {}
+        self._splits: dict[str, list[str]] = {}
+        raw = index.get("split")
+        if raw is None:
+            self._splits = {"all": list(self._entries)}
+        else:
+            expect(isinstance(raw, dict), where, "'split' must be {source: {split: [video ids]}}", field="split")
+            for source, parts in raw.items():
+                safe_rel_path(str(source), where)
+                expect(isinstance(parts, dict), where, f"split {source!r} must map split names to lists", field="split")
+                for name, ids in parts.items():
+                    expect(isinstance(ids, list), where, f"split {source}/{name} must be a list", field="split")
+                    for v in ids:
+                        v = str(v)
+                        expect(v in self._entries, where, f"split {source}/{name} names unknown video {v!r}", field="split")
+                        self._source[v] = str(source)
+                        self._splits.setdefault(str(name), []).append(v)
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self._splits)
+
+    def video_ids(self, split: str | None = None) -> list[str]:
+        if split is None:
+            return list(self._entries)
+        if split not in self._splits:
+            raise DataError(self._index_path, f"no split {split!r} (splits: {', '.join(self._splits)})")
+        return list(self._splits[split])
+
+    @property
+    def object_vocab(self) -> list[str]:
+        return self._things + self._stuff
+
+    @property
+    def predicate_vocab(self) -> list[str]:
+        return list(self._predicates)
+
+    def _entry(self, video_id: str) -> dict:
+        if video_id not in self._entries:
+            raise DataError(self._index_path, f"unknown video id {video_id!r}")
+        return self._entries[video_id]
+
+    def _folder(self, kind: str, video_id: str) -> Path:
+        src = self._source.get(video_id)
+        return (self.root / src if src else self.root) / kind / video_id
+
+    def _meta(self, video_id: str) -> tuple[int, int, int, float]:
+        e = self._entry(video_id)
+        ctx = f"video {video_id!r}: meta"
+        m = get_field(e, "meta", self._index_path, ctx=f"video {video_id!r}", types=dict)
+        vals = [as_int(get_field(m, k, self._index_path, ctx=ctx), self._index_path, f"{ctx}.{k}") for k in ("num_frames", "height", "width")]
+        return vals[0], vals[1], vals[2], float(m.get("fps", DEFAULT_FPS))
+
+    def num_frames(self, video_id: str) -> int:
+        return self._meta(video_id)[0]
+
+    def _frame_stems(self, video_id: str, T: int) -> list[str]:
+        """Mask file names (without suffix) sorted by frame number; their count must be ``T``."""
+        folder = self._folder(MASK_DIR, video_id)
+        stems = [p.stem for p in folder.iterdir() if p.suffix == FRAME_SUFFIX] if folder.is_dir() else []
+        for s in stems:
+            expect(s.isdigit(), folder / f"{s}{FRAME_SUFFIX}", "mask file name must be a frame number")
+        expect(
+            len(stems) == T,
+            folder,
+            f"video {video_id!r}: mask/frame count mismatch: {len(stems)} mask files, index says {T} frames",
+        )
+        return sorted(stems, key=int)
+
+    def read_graph(self, video_id: str, *, with_masks: bool = True) -> SceneGraph4D:
+        """The scene graph; ``with_masks=False`` reads the index only (tubes ``None``)."""
+        e = self._entry(video_id)
+        where = self._index_path
+        ctx = f"video {video_id!r}"
+        T, H, W, fps = self._meta(video_id)
+        mask_folder = self._folder(MASK_DIR, video_id)
+        stems = self._frame_stems(video_id, T) if with_masks else []
+        objs = []
+        for j, o in enumerate(get_field(e, "objects", where, ctx=ctx, types=list)):
+            octx = f"{ctx}: objects[{j}]"
+            oid = as_int(get_field(o, "object_id", where, ctx=octx), where, f"{octx}.object_id")
+            expect(oid > 0, where, f"{octx}: object_id must be positive (0 is void in the masks)")
+            cat = str(get_field(o, "category", where, ctx=octx))
+            is_thing = bool(o["is_thing"]) if "is_thing" in o else cat not in set(self._stuff)
+            objs.append((oid, cat, is_thing))
+        builder = TubeBuilder([oid for oid, _, _ in objs], num_frames=T, height=H, width=W)
+        for t, stem in enumerate(stems):
+            p = mask_folder / f"{stem}{FRAME_SUFFIX}"
+            m = load_image_array(p, what="mask")
+            expect(m.ndim == 2, p, f"mask must be a single-channel id map, got shape {m.shape}")
+            expect(m.shape == (H, W), p, f"mask shape mismatch: {m.shape[0]}x{m.shape[1]}, index says {H}x{W}")
+            builder.add_frame(t, m)
+        objects = [
+            ObjectTrack(object_id=oid, category=c, is_thing=th, tube=builder.tube(oid) if with_masks else None)
+            for oid, c, th in objs
+        ]
+        grouped: dict[tuple[int, int, str], list[tuple[int, int]]] = {}
+        for j, r in enumerate(e.get("relations", []) or []):
+            rctx = f"{ctx}: relations[{j}]"
+            expect(
+                isinstance(r, list) and len(r) == 4 and isinstance(r[3], list),
+                where,
+                f"{rctx}: expected [subject_id, object_id, predicate, [[start, end], ...]]",
+            )
+            s, o = as_int(r[0], where, f"{rctx} subject"), as_int(r[1], where, f"{rctx} object")
+            pred = str(r[2])
+            spans = []
+            for sp in r[3]:
+                expect(isinstance(sp, list) and len(sp) == 2, where, f"{rctx}: span must be [start, end], got {sp!r}")
+                spans.append((as_int(sp[0], where, rctx), as_int(sp[1], where, rctx)))
+            grouped.setdefault((s, o, pred), []).extend(spans)
+        relations = [Relation(s, o, p, merge_spans(sp)) for (s, o, p), sp in grouped.items()]
+        graph = SceneGraph4D(
+            video_id=video_id,
+            num_frames=T,
+            height=H,
+            width=W,
+            objects=objects,
+            relations=relations,
+            object_vocab=self.object_vocab,
+            predicate_vocab=self.predicate_vocab,
+            meta={"source_format": self.format_name, "source": self._source.get(video_id), "fps": fps},
+        )
+        return graph.validate(where)
+
+    def read_video(self, video_id: str) -> Video4D:
+        T, H, W, fps = self._meta(video_id)
+        stems = self._frame_stems(video_id, T)
+        folder = self._folder(FRAME_DIR, video_id)
+        frames = []
+        for stem in stems:
+            p = folder / f"{stem}{FRAME_SUFFIX}"
+            img = load_rgb(p)
+            expect(img.shape[:2] == (H, W), p, f"frame is {img.shape[0]}x{img.shape[1]}, index says {H}x{W}")
+            frames.append(img)
+        video = Video4D(
+            rgb=np.stack(frames),
+            depth=None,
+            fps=fps,
+            frame_indices=np.array([int(s) for s in stems], dtype=np.int64),
+            video_id=video_id,
+        )
+        return video.validate(self._index_path)

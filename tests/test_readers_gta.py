@@ -1,0 +1,161 @@
+"""PSG4D-GTA reader: singular ``object`` key, +1000 stuff ids, frame numbering, depth, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from psg4d.data.readers.gta import GTAReader, ndc_depth_to_metres
+from psg4d.errors import DataError
+
+T, H, W = 3, 6, 10
+FRAMES = ["000010", "000012", "000014"]  # SAIL-VOS numbers need not start at 0
+
+
+def make_gta(root, *, mask_dir="visible", relations=None):
+    index = {
+        "objects": {"thing": ["person", "car"], "stuff": ["ground", "sky"]},
+        "predicate_classes": ["talking to", "standing on", "driving"],
+        "split": {"train": ["vid_a"], "val": []},
+        "data": [
+            {
+                "video_id": "vid_a",
+                "object": [
+                    {"object_id": 1, "category": "person"},
+                    {"object_id": 2, "category": "car"},
+                    {"object_id": 5, "category": "ground"},
+                ],
+                "relations": relations if relations is not None else [
+                    [1, "standing on", 5, [0, 1]],
+                    [1, "standing on", 5, [2, 2]],
+                    [1, "driving", 2, [[0, 0], [2, 2]]],
+                ],
+                "meta": {"num_frames": T, "fps": 5},
+            }
+        ],
+    }
+    (root / "sailvos3d.json").write_text(json.dumps(index))
+    for sub in ("images", "depth", mask_dir):
+        (root / sub / "vid_a").mkdir(parents=True)
+    for t, name in enumerate(FRAMES):
+        Image.fromarray(np.full((H, W, 3), 40 * t, np.uint8)).save(root / "images" / "vid_a" / f"{name}.bmp")
+        np.save(root / "depth" / "vid_a" / f"{name}.npy", np.full((H, W), 2.5 + t, np.float32))
+        m = np.zeros((H, W), np.int32)
+        m[4:, :] = 5 + 1000  # stuff object 5 ("ground") is stored as 1005
+        m[1:4, 1:3] = 1  # person
+        if t != 1:
+            m[0:2, 6:9] = 2  # car, absent in frame 1
+        m[0, 0] = 5  # a thing-style id 5 would be wrong for a stuff object: must not be read as the road
+        np.save(root / mask_dir / "vid_a" / f"{name}.npy", m)
+    return index
+
+
+def test_reads_objects_stuff_offset_and_relations(tmp_path):
+    make_gta(tmp_path)
+    r = GTAReader(tmp_path)
+    assert r.splits == ["train", "val"] and r.video_ids("train") == ["vid_a"] and r.video_ids("val") == []
+    assert r.object_vocab == ["person", "car", "ground", "sky"]
+    g = r.read_graph("vid_a")
+    assert (g.num_frames, g.height, g.width) == (T, H, W)
+    objs = g.object_by_id()
+    assert objs[5].category == "ground" and not objs[5].is_thing and objs[1].is_thing
+    road = objs[5].tube.to_dense()
+    assert road[:, 4:, :].all() and road.sum() == T * 2 * W  # the stray pixel valued 5 is not ground
+    assert objs[2].tube.present().tolist() == [True, False, True]
+    assert objs[1].tube.areas().tolist() == [6, 6, 6]
+    rels = {(x.subject_id, x.object_id, x.predicate): x.spans for x in g.relations}
+    assert rels == {(1, 5, "standing on"): [(0, 2)], (1, 2, "driving"): [(0, 0), (2, 2)]}
+
+
+def test_read_video_frame_indices_and_metric_depth(tmp_path):
+    make_gta(tmp_path)
+    v = GTAReader(tmp_path).read_video("vid_a")
+    assert v.rgb.shape == (T, H, W, 3) and v.frame_indices.tolist() == [10, 12, 14]
+    assert np.allclose(v.depth[:, 0, 0], [2.5, 3.5, 4.5])  # no rage_matrices: values are metres
+    assert v.fps == 5.0
+
+
+def test_rage_matrices_convert_ndc_depth(tmp_path):
+    make_gta(tmp_path)
+    near, far = 0.5, 100.0
+    # OpenGL-style projection (row vectors: ndc = cam @ P); z_cam = -d maps to z_ndc
+    P = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, -(far + near) / (far - near), -1],
+                  [0, 0, -2 * far * near / (far - near), 0]], dtype=np.float64)
+    d_true = 7.0
+    cam = np.array([0.0, 0.0, -d_true, 1.0]) @ P
+    z_ndc = cam[2] / cam[3]
+    stored = np.full((H, W), (z_ndc + 4e-5) * 6.0)
+    out = ndc_depth_to_metres(stored, np.linalg.inv(P))
+    assert np.allclose(out[H // 2, W // 2], d_true, rtol=1e-4)
+    (tmp_path / "rage_matrices" / "vid_a").mkdir(parents=True)
+    for name in FRAMES:
+        np.save(tmp_path / "depth" / "vid_a" / f"{name}.npy", stored.astype(np.float32))
+        np.savez(tmp_path / "rage_matrices" / "vid_a" / f"{name}.npz", P_inv=np.linalg.inv(P), P=P)
+    v = GTAReader(tmp_path).read_video("vid_a")
+    assert np.allclose(v.depth[:, H // 2, W // 2], d_true, rtol=1e-3)
+
+
+def test_masks_folder_name_and_flat_class_list(tmp_path):
+    index = make_gta(tmp_path, mask_dir="masks")
+    index.pop("objects")
+    index["object"] = ["person", "car", "ground", "sky"]
+    (tmp_path / "sailvos3d.json").write_text(json.dumps(index))
+    r = GTAReader(tmp_path)
+    g = r.read_graph("vid_a")
+    objs = g.object_by_id()
+    assert not objs[5].is_thing and objs[5].tube.areas().tolist() == [2 * W] * T
+    assert r.object_vocab == ["person", "car", "ground", "sky"]
+
+
+def _index(root):
+    return json.loads((root / "sailvos3d.json").read_text())
+
+
+def test_missing_frame_file(tmp_path):
+    make_gta(tmp_path)
+    (tmp_path / "images" / "vid_a" / "000012.bmp").unlink()
+    with pytest.raises(DataError, match=r"000012\.bmp.*missing frame file"):
+        GTAReader(tmp_path).read_video("vid_a")
+
+
+def test_mask_frame_count_mismatch(tmp_path):
+    make_gta(tmp_path)
+    (tmp_path / "visible" / "vid_a" / "000014.npy").unlink()
+    with pytest.raises(DataError, match=r"visible/vid_a.*mask/frame count mismatch: 2 mask files, index says 3"):
+        GTAReader(tmp_path).read_graph("vid_a")
+
+
+def test_mask_shape_mismatch(tmp_path):
+    make_gta(tmp_path)
+    np.save(tmp_path / "visible" / "vid_a" / "000012.npy", np.zeros((W, H), np.int32))
+    with pytest.raises(DataError, match=r"000012\.npy.*mask shape mismatch"):
+        GTAReader(tmp_path).read_graph("vid_a")
+
+
+def test_malformed_json(tmp_path):
+    make_gta(tmp_path)
+    (tmp_path / "sailvos3d.json").write_text("{]")
+    with pytest.raises(DataError, match=r"sailvos3d\.json.*malformed JSON"):
+        GTAReader(tmp_path)
+
+
+def test_unknown_object_and_span_outside(tmp_path):
+    make_gta(tmp_path, relations=[[1, "driving", 42, [0, 1]]])
+    with pytest.raises(DataError, match=r"sailvos3d\.json.*object id 42 is not an object"):
+        GTAReader(tmp_path).read_graph("vid_a")
+    other = tmp_path / "b"
+    other.mkdir()
+    make_gta(other, relations=[[1, "driving", 2, [1, 3]]])
+    with pytest.raises(DataError, match=r"sailvos3d\.json.*span \[1, 3\] outside"):
+        GTAReader(other).read_graph("vid_a")
+
+
+def test_plural_objects_key_in_a_video_is_an_error(tmp_path):
+    index = make_gta(tmp_path)
+    index["data"][0]["objects"] = index["data"][0].pop("object")
+    (tmp_path / "sailvos3d.json").write_text(json.dumps(index))
+    with pytest.raises(DataError, match=r"sailvos3d\.json.*missing field 'object'"):
+        GTAReader(tmp_path).read_graph("vid_a")
