@@ -142,3 +142,13 @@ def test_merge_spans_covers_same_frames(raw):
     assert {t for a, b in merged for t in range(a, b + 1)} == covered
     for (a1, b1), (a2, b2) in zip(merged, merged[1:]):
         assert b1 + 1 < a2
+
+
+def test_long_tube_areas_and_dense():
+    # pycocotools overflows on >255 RLEs in one call; the tube must chunk
+    T = 300
+    m = np.zeros((T, 4, 4), bool)
+    m[:, 1:3, 1:3] = True
+    tube = MaskTube.from_dense(m)
+    assert tube.areas().tolist() == [4] * T
+    assert np.array_equal(tube.to_dense(), m)

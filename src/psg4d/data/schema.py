@@ -195,9 +195,10 @@ class MaskTube:
         """bool ``[T, H, W]``. Memory is T*H*W bytes: use :meth:`frame` on long videos."""
         out = np.zeros((self.num_frames, self.height, self.width), dtype=bool)
         idx = [t for t, r in enumerate(self.rles) if r is not None]
-        if idx:
-            dec = mask_utils.decode([_rle_for_coco(self.rles[t]) for t in idx])  # [H, W, n]
-            out[idx] = np.moveaxis(dec, -1, 0).astype(bool)
+        for i in range(0, len(idx), 255):  # same uint8 limit as areas()
+            chunk = idx[i : i + 255]
+            dec = mask_utils.decode([_rle_for_coco(self.rles[t]) for t in chunk])  # [H, W, n]
+            out[chunk] = np.moveaxis(dec, -1, 0).astype(bool)
         return out
 
     def present(self) -> np.ndarray:
@@ -208,8 +209,10 @@ class MaskTube:
         """int64 ``[T]`` pixel areas (0 where absent)."""
         out = np.zeros(self.num_frames, dtype=np.int64)
         idx = [t for t, r in enumerate(self.rles) if r is not None]
-        if idx:
-            out[idx] = mask_utils.area([_rle_for_coco(self.rles[t]) for t in idx])
+        # pycocotools' area() overflows a uint8 counter (numpy 2) past 255 RLEs per call
+        for i in range(0, len(idx), 255):
+            chunk = idx[i : i + 255]
+            out[chunk] = mask_utils.area([_rle_for_coco(self.rles[t]) for t in chunk])
         return out
 
     def slice(self, start: int, stop: int) -> "MaskTube":

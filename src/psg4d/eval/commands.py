@@ -1,0 +1,103 @@
+"""``psg4d eval``: score predicted scene graphs against ground truth."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import typer
+
+from psg4d.data.schema import SceneGraph4D, iter_scene_graphs
+from psg4d.errors import ConfigError, Psg4dError
+from psg4d.eval.labelmap import LabelMap
+from psg4d.eval.metric import PROTOCOLS, evaluate, summary_table
+from psg4d.utils.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+def _ground_truth(gt: Path, split: str | None, *, split_is_for_gt: bool) -> tuple[Iterable[SceneGraph4D], dict]:
+    """GT graphs from a scene-graph file or a dataset folder, and vocabulary options for the metric."""
+    if not gt.exists():
+        raise ConfigError(f"{gt}: ground truth not found")
+    if not gt.is_dir():
+        if split is not None and split_is_for_gt:
+            raise ConfigError(f"--split selects a split of a dataset folder, but --gt {gt} is a scene-graph file")
+        return iter_scene_graphs(gt), {}
+    from psg4d.data.readers import open_dataset
+
+    reader = open_dataset(gt)
+    splits = list(reader.splits)
+    if split is None:
+        if len(splits) != 1:
+            raise ConfigError(f"{gt}: give --split, one of {', '.join(splits)}")
+        split = splits[0]
+    if split not in splits:
+        raise ConfigError(f"{gt}: no split {split!r}; the dataset has {', '.join(splits)}")
+    options: dict[str, Any] = {}
+    # the dataset's vocabularies fix the predicate list and tell which predicted labels are unmapped
+    if reader.predicate_vocab:
+        options["predicates"] = list(reader.predicate_vocab)
+    if reader.object_vocab:
+        options["objects"] = list(reader.object_vocab)
+    return reader.iter_graphs(split), options
+
+
+def _predictions(pred: Path | None, ckpt: Path | None, data: Path | None, split: str | None) -> Iterable[SceneGraph4D]:
+    if pred is not None:
+        return iter_scene_graphs(pred)
+    if data is None or split is None:
+        raise ConfigError("--ckpt needs --data DIR and --split S to know which videos to predict")
+    try:
+        from psg4d.infer.predictor import predict_split
+    except ImportError as e:
+        raise Psg4dError(f"the predictor is unavailable ({e}); score a prediction file with --pred instead") from None
+    return predict_split(ckpt, data, split)
+
+
+def eval_command(
+    pred: Optional[Path] = typer.Option(None, "--pred", help="Predicted scene graphs (.jsonl or .json)."),
+    gt: Optional[Path] = typer.Option(
+        None, "--gt", help="Ground truth: a scene-graph file or a dataset folder (default: --data)."
+    ),
+    protocol: str = typer.Option(
+        "pvsg", "--protocol", help="pvsg (published, OpenPVSG's) or volumetric (strict, recommended)."
+    ),
+    graph_constraint: bool = typer.Option(
+        False, "--graph-constraint", help="Keep only the best predicate per subject-object pair."
+    ),
+    label_map: Optional[Path] = typer.Option(
+        None, "--label-map", help='JSON {"objects": {free: vocab}, "predicates": {free: vocab}}.'
+    ),
+    split: Optional[str] = typer.Option(None, "--split", help="Split of a dataset folder (--gt / --data)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the full metrics (per predicate) as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON instead of the table."),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Predict with this checkpoint instead of --pred."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder to predict on (with --ckpt)."),
+) -> None:
+    """Triplet recall R@20/50/100 and mR@20/50/100 of predicted 4D scene graphs."""
+    if (pred is None) == (ckpt is None):
+        raise ConfigError("give exactly one of --pred FILE or --ckpt DIR (with --data and --split)")
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if gt is None:
+        if data is None:
+            raise ConfigError("give --gt (a scene-graph file or dataset folder)")
+        gt = data
+    gts, vocab = _ground_truth(gt, split, split_is_for_gt=ckpt is None)
+    lm = LabelMap.load(label_map) if label_map is not None else None
+    preds = _predictions(pred, ckpt, data, split)
+    result = evaluate(preds, gts, protocol=protocol, graph_constraint=graph_constraint, label_map=lm, **vocab)
+    result["inputs"] = {
+        "pred": str(pred) if pred is not None else None,
+        "ckpt": str(ckpt) if ckpt is not None else None,
+        "gt": str(gt),
+        "split": split,
+        "label_map": str(label_map) if label_map is not None else None,
+    }
+    if out is not None:
+        atomic_write_json(out, result, indent=2)
+        log.info("wrote %s", out)
+    typer.echo(json.dumps(result, indent=2) if as_json else summary_table(result))

@@ -1,0 +1,193 @@
+"""One video's prediction and ground truth, checked and turned into arrays.
+
+Both protocols score the same things: the ranked candidate triplets (cut to
+the largest K), the ground-truth relations, which candidate/GT pairs agree on
+all three labels, and the per-frame overlaps of the tubes involved.
+:func:`prepare_video` builds them once per video (:class:`PreparedVideo`); the
+protocols (:mod:`psg4d.eval.pvsg`, :mod:`psg4d.eval.volumetric`) are then
+array arithmetic on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from psg4d.data.schema import Relation, SceneGraph4D
+from psg4d.errors import DataError
+from psg4d.eval.geometry import TubeOverlap, span_masks, tube_overlaps
+from psg4d.eval.labelmap import IDENTITY, LabelMap, normalize_label
+
+#: rank given to a GT relation that no candidate hits
+NO_HIT = np.iinfo(np.int64).max
+
+
+@dataclass
+class PreparedVideo:
+    """Arrays for one video. ``C`` candidates (rank order), ``R`` GT relations, ``T`` frames.
+
+    ``cand_sub``/``cand_obj`` index rows of ``overlap`` (predicted tubes),
+    ``gt_sub``/``gt_obj`` its columns (GT tubes). ``label_match[c, r]``: the
+    candidate's subject category, object category and predicate all equal the
+    GT relation's.
+    """
+
+    video_id: str
+    num_frames: int
+    overlap: TubeOverlap
+    cand_sub: np.ndarray
+    cand_obj: np.ndarray
+    cand_frames: np.ndarray
+    gt_sub: np.ndarray
+    gt_obj: np.ndarray
+    gt_frames: np.ndarray
+    gt_predicates: list[str]
+    label_match: np.ndarray
+    unmapped_objects: int | None = None
+    unmapped_predicates: int | None = None
+    checked_objects: int = 0
+    checked_predicates: int = 0
+    unmapped_examples: set[str] = field(default_factory=set)
+
+
+def _check_pair(pred: SceneGraph4D, gt: SceneGraph4D) -> None:
+    vid = gt.video_id
+    where = f"prediction for video {vid!r}"
+    if pred.video_id != vid:
+        raise DataError(where, f"prediction is for video {pred.video_id!r}")
+    if pred.num_frames != gt.num_frames:
+        raise DataError(where, f"prediction has {pred.num_frames} frames, the ground truth has {gt.num_frames}")
+    if (pred.height, pred.width) != (gt.height, gt.width):
+        raise DataError(
+            where, f"prediction is {pred.height}x{pred.width}, the ground truth is {gt.height}x{gt.width}"
+        )
+    # validate() names tubes whose length differs from the video, NaN scores and dangling ids
+    pred.validate(where)
+
+
+def candidate_list(pred: SceneGraph4D, *, max_k: int, graph_constraint: bool) -> list[Relation]:
+    """The ranked candidates that can count at any K: rank by score (stable), optionally keep only
+    the best predicate per (subject, object) pair, cut to ``max_k``."""
+    ranked = pred.ranked()
+    if graph_constraint:
+        seen: set[tuple[int, int]] = set()
+        kept = []
+        for r in ranked:
+            key = (r.subject_id, r.object_id)
+            if key not in seen:
+                seen.add(key)
+                kept.append(r)
+        ranked = kept
+    return ranked[:max_k]
+
+
+def prepare_video(
+    pred: SceneGraph4D | None,
+    gt: SceneGraph4D,
+    *,
+    max_k: int,
+    graph_constraint: bool = False,
+    label_map: LabelMap = IDENTITY,
+    object_vocab: set[str] | None = None,
+    predicate_vocab: set[str] | None = None,
+) -> PreparedVideo:
+    """Check ``pred`` against ``gt`` (raising :class:`DataError` naming the video) and build the arrays.
+
+    ``pred=None`` (no prediction for this video) gives zero candidates. Vocabularies
+    (normalised labels) decide which predicted labels count as *unmapped*; ``None``
+    means unknown, and nothing is counted.
+    """
+    T = gt.num_frames
+    gt_where = f"ground truth for video {gt.video_id!r}"
+    gt.validate(gt_where)
+    gt_objs = gt.object_by_id()
+    gt_rels = gt.relations
+    gt_cols: dict[int, int] = {}
+    for i, r in enumerate(gt_rels):
+        for oid in (r.subject_id, r.object_id):
+            if oid not in gt_objs:
+                raise DataError(gt_where, f"relations[{i}] refers to object {oid}, which does not exist")
+            if gt_objs[oid].tube is None:
+                raise DataError(gt_where, f"object {oid} is in a relation but has no mask tube")
+            gt_cols.setdefault(oid, len(gt_cols))
+    gt_ids = list(gt_cols)
+
+    cands: list[Relation] = []
+    rows: dict[int, int] = {}
+    # a video without a prediction has nothing unmapped; None only where there is no vocabulary to check
+    result_unmapped: dict[str, int | None] = {
+        "objects": None if object_vocab is None else 0,
+        "predicates": None if predicate_vocab is None else 0,
+    }
+    checked = {"objects": 0, "predicates": 0}
+    examples: set[str] = set()
+    pred_label: dict[int, str] = {}
+    if pred is not None:
+        _check_pair(pred, gt)
+        for o in pred.objects:
+            pred_label[o.object_id] = label_map.object(o.majority_category())
+        pred_pred = [label_map.predicate(r.predicate) for r in pred.relations]
+        if object_vocab is not None:
+            bad = [o for o in pred.objects if pred_label[o.object_id] not in object_vocab]
+            result_unmapped["objects"] = len(bad)
+            checked["objects"] = len(pred.objects)
+            examples.update(f"object:{o.majority_category()}" for o in bad)
+        if predicate_vocab is not None:
+            bad_p = [r.predicate for r, p in zip(pred.relations, pred_pred) if p not in predicate_vocab]
+            result_unmapped["predicates"] = len(bad_p)
+            checked["predicates"] = len(pred.relations)
+            examples.update(f"predicate:{p}" for p in bad_p)
+        cands = candidate_list(pred, max_k=max_k, graph_constraint=graph_constraint)
+        for r in cands:
+            rows.setdefault(r.subject_id, len(rows))
+            rows.setdefault(r.object_id, len(rows))
+        pred_objs = pred.object_by_id()
+        pred_tubes = [pred_objs[i].tube for i in rows]
+    else:
+        pred_tubes = []
+
+    overlap = tube_overlaps(pred_tubes, [gt_objs[i].tube for i in gt_ids], T)
+
+    # labels interned to ints so the [C, R] agreement test is three integer comparisons
+    codes: dict[str, int] = {}
+
+    def code(s: str) -> int:
+        return codes.setdefault(s, len(codes))
+
+    gt_predicates = [normalize_label(r.predicate) for r in gt_rels]
+    g_lab = np.array(
+        [
+            (code(normalize_label(gt_objs[r.subject_id].majority_category())), code(p),
+             code(normalize_label(gt_objs[r.object_id].majority_category())))
+            for r, p in zip(gt_rels, gt_predicates)
+        ],
+        dtype=np.int64,
+    ).reshape(len(gt_rels), 3)
+    c_lab = np.array(
+        [
+            (code(pred_label[r.subject_id]), code(label_map.predicate(r.predicate)), code(pred_label[r.object_id]))
+            for r in cands
+        ],
+        dtype=np.int64,
+    ).reshape(len(cands), 3)
+    label_match = (c_lab[:, None, :] == g_lab[None, :, :]).all(-1)
+
+    return PreparedVideo(
+        video_id=gt.video_id,
+        num_frames=T,
+        overlap=overlap,
+        cand_sub=np.array([rows[r.subject_id] for r in cands], dtype=np.int64),
+        cand_obj=np.array([rows[r.object_id] for r in cands], dtype=np.int64),
+        cand_frames=span_masks([r.spans for r in cands], T),
+        gt_sub=np.array([gt_cols[r.subject_id] for r in gt_rels], dtype=np.int64),
+        gt_obj=np.array([gt_cols[r.object_id] for r in gt_rels], dtype=np.int64),
+        gt_frames=span_masks([r.spans for r in gt_rels], T),
+        gt_predicates=gt_predicates,
+        label_match=label_match,
+        unmapped_objects=result_unmapped["objects"],
+        unmapped_predicates=result_unmapped["predicates"],
+        checked_objects=checked["objects"],
+        checked_predicates=checked["predicates"],
+        unmapped_examples=examples,
+    )
