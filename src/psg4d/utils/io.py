@@ -38,12 +38,16 @@ def atomic_path(path: str | Path, *, suffix: str = "") -> Iterator[Path]:
         raise
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes, *, fsync: bool = True) -> None:
+    """``fsync=False`` for files inside a folder that is itself committed later
+    (per-frame files of a dataset whose index is written last): the rename still
+    makes each file all-or-nothing, without paying a disk flush per frame."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -103,10 +103,11 @@ def load_npz_key(path: Path, key: str, *, what: str) -> np.ndarray:
 
 
 def save_image(path: Path, arr: np.ndarray, *, fmt: str, **kwargs: Any) -> None:
-    """Encode with PIL in memory, then write atomically."""
+    """Encode with PIL in memory, then write atomically (no per-file fsync: a
+    dataset's frames are committed by the index file written last)."""
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format=fmt, **kwargs)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue(), fsync=False)
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:
