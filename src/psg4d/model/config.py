@@ -1,0 +1,116 @@
+"""``ModelConfig``: every setting of the 4D-LLM, and the named presets.
+
+:data:`MODEL_PRESETS` is the explicit table:
+
+* ``tiny`` — tiny encoder + random 4-layer Llama with the word-level tokenizer +
+  tiny SAM2-style decoder; trains on CPU in seconds.
+* ``smollm2-135m`` — tiny encoder/decoder, the pretrained SmolLM2-135M-Instruct
+  trained through LoRA.
+* ``full`` — the paper's sizes: ImageBind-Huge RGB and depth branches,
+  LLaMA-2-7B from a local folder (``checkpoints/llama-2-7b-hf``, LoRA), SAM2
+  Hiera-L decoder sizes and weights.
+
+``image_size`` and ``num_visual_tokens`` are the model-level truth: the encoder
+built from this config gets them (``resolved_encoder``), so an override such as
+``model.image_size=96`` cannot leave the encoder and collator disagreeing.
+``object_vocab``/``predicate_vocab`` are filled from the training data: they
+seed the ``tiny`` tokenizer, let the grammar split predicate from object words,
+and give the predictor its alternative predicates.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from psg4d.errors import ConfigError
+from psg4d.model.encoder import EncoderConfig
+from psg4d.model.llm import LLMConfig
+from psg4d.model.losses import LossConfig
+from psg4d.model.mask_decoder import MaskDecoderConfig
+from psg4d.model.projector import ProjectorConfig
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    mask_decoder: MaskDecoderConfig = field(default_factory=MaskDecoderConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    text_loss_weight: float = 1.0
+    mask_loss_weight: float = 1.0
+    num_visual_tokens: int = 64
+    max_frames: int = 8
+    image_size: int = 64
+    max_new_tokens: int = 256
+    object_vocab: list[str] = field(default_factory=list)
+    predicate_vocab: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.max_frames < 1 or self.image_size < 8 or self.num_visual_tokens < 1:
+            raise ConfigError(
+                f"model: max_frames ({self.max_frames}), image_size ({self.image_size}) and "
+                f"num_visual_tokens ({self.num_visual_tokens}) must be positive (image_size >= 8)"
+            )
+        if self.mask_decoder.in_dim != self.encoder.dim:
+            raise ConfigError(
+                f"model.mask_decoder.in_dim ({self.mask_decoder.in_dim}) must equal "
+                f"model.encoder.dim ({self.encoder.dim})"
+            )
+
+    def resolved_encoder(self) -> EncoderConfig:
+        return replace(self.encoder, image_size=self.image_size, max_tokens=self.num_visual_tokens)
+
+    def vocab_words(self) -> list[str]:
+        return [*self.object_vocab, *self.predicate_vocab]
+
+
+def _tiny() -> ModelConfig:
+    return ModelConfig(preset="tiny")
+
+
+def _smollm2() -> ModelConfig:
+    return ModelConfig(
+        preset="smollm2-135m",
+        llm=LLMConfig(name="smollm2-135m", freeze_llm=True, lora_rank=16, lora_alpha=32),
+    )
+
+
+def _full() -> ModelConfig:
+    enc = EncoderConfig.full()
+    return ModelConfig(
+        preset="full",
+        encoder=enc,
+        projector=ProjectorConfig(name="mlp2x_gelu"),
+        llm=LLMConfig(
+            name="checkpoints/llama-2-7b-hf",
+            freeze_llm=True,
+            lora_rank=64,
+            lora_alpha=128,
+            lora_dropout=0.05,
+            max_position_embeddings=4096,
+        ),
+        mask_decoder=MaskDecoderConfig.full(),
+        num_visual_tokens=enc.max_tokens,
+        image_size=enc.image_size,
+        max_frames=32,
+        max_new_tokens=512,
+    )
+
+
+MODEL_PRESETS: dict[str, Callable[[], ModelConfig]] = {
+    "tiny": _tiny,
+    "smollm2-135m": _smollm2,
+    "full": _full,
+}
+
+
+def model_preset(name: str) -> ModelConfig:
+    """A fresh copy of preset ``name``."""
+    factory = MODEL_PRESETS.get(name)
+    if factory is None:
+        raise ConfigError(f"unknown model preset {name!r}; options: {sorted(MODEL_PRESETS)}")
+    return copy.deepcopy(factory())

@@ -1,0 +1,571 @@
+"""PSG4DModel: the 4D-LLM (scene encoder -> projector -> LLM -> [Obj] -> mask-tube decoder).
+
+Training (teacher forcing), per sample::
+
+    <bos> [Video]*N_vis  prompt  subj [Obj] pred obj [Obj] 0 3 ; ...  <eos>
+          ^ visual tokens          ^ hidden state -> obj_proj -> TubeDecoder prompt
+
+* The collator writes ONE ``[Video]`` placeholder; :meth:`PSG4DModel.forward`
+  expands it to as many positions as the encoder produced tokens and scatters the
+  projected visual tokens into ``inputs_embeds`` at the positions whose id is the
+  placeholder id (LLaVA style), so any frame count up to ``max_frames`` works.
+* Text loss: next-token cross-entropy on the scene-graph tokens and ``<eos>``
+  only (bos, visual and prompt positions are labelled -100).
+* Mask loss: the last-layer hidden state at every position whose id is the
+  ``[Obj]`` id (looked up; never a fixed offset) is projected to a mask prompt;
+  the decoder's tube for it is compared with the GT tube of the object that
+  ``[Obj]`` occurrence refers to (``GrammarText.obj_ids``).
+
+Frame timeline: a batch is resampled to ``T = min(max frames in batch,
+max_frames)`` frames by nearest uniform indices; relation spans are remapped to
+that timeline (a span that falls between sampled frames snaps to the nearest
+one) and the model's span numbers always refer to it. ``frame_indices`` maps it
+back to source frames.
+
+Checkpoints (:meth:`save_pretrained`): ``config.json`` (``format: psg4d-model``
+and the ``ModelConfig``), ``model.safetensors`` and ``tokenizer/``. When the LLM
+is LoRA-wrapped, its frozen base weights are not stored (they are reloaded from
+the LLM source), only the adapters and the new tokens' rows.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from psg4d.config import from_dict, to_dict
+from psg4d.data.schema import Relation, Sample, SceneGraph4D, Video4D, merge_spans
+from psg4d.errors import CheckpointError, ConfigError, DataError
+from psg4d.model.config import ModelConfig
+from psg4d.model.encoder import build_encoder
+from psg4d.model.grammar import format_scene_graph
+from psg4d.model.llm import RANDOM_INIT_SOURCES, build_llm, load_tokenizer
+from psg4d.model.losses import mask_losses
+from psg4d.model.mask_decoder import build_mask_decoder
+from psg4d.model.projector import build_projector
+from psg4d.model.tokens import OBJ_TOKEN, PROMPT_TEXT, special_token_ids
+from psg4d.utils.io import atomic_dir, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "psg4d-model"
+CHECKPOINT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_DIR = "tokenizer"
+# Parameter-name fragments of peft's trainable parts; everything else under a
+# peft-wrapped LLM is the frozen base and is reloaded from the LLM source.
+_ADAPTER_MARKERS = ("lora_", "trainable_tokens", "modules_to_save")
+
+
+# --------------------------------------------------------------------------- frames
+
+
+def resample_indices(num_frames: int, target: int) -> np.ndarray:
+    """``target`` frame indices spread uniformly over ``[0, num_frames)`` (nearest)."""
+    if num_frames == target:
+        return np.arange(num_frames)
+    return np.rint(np.linspace(0, num_frames - 1, target)).astype(np.int64)
+
+
+def remap_spans(spans: Sequence[tuple[int, int]], idx: np.ndarray) -> list[tuple[int, int]]:
+    """Source-frame spans -> spans over the resampled timeline ``idx`` (source index per new frame)."""
+    out = []
+    for a, b in spans:
+        hit = np.nonzero((idx >= a) & (idx <= b))[0]
+        if hit.size == 0:  # the span fell between two sampled frames
+            j = int(np.argmin(np.abs(idx - (a + b) / 2)))
+            out.append((j, j))
+        else:
+            out.extend((int(j), int(j)) for j in hit)
+    return merge_spans(out)
+
+
+def video_tensors(video: Video4D, idx: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Frames ``idx`` of ``video`` -> rgb ``[T, 3, S, S]`` in [0, 1], depth ``[T, 1, S, S]`` metres or None."""
+    rgb = torch.from_numpy(np.ascontiguousarray(video.rgb[idx])).permute(0, 3, 1, 2).float() / 255.0
+    if rgb.shape[-2:] != (size, size):
+        rgb = F.interpolate(rgb, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    depth = None
+    if video.depth is not None:
+        depth = torch.from_numpy(np.ascontiguousarray(video.depth[idx], dtype=np.float32)).unsqueeze(1)
+        if depth.shape[-2:] != (size, size):
+            # nearest: averaging would blend metric depths across object edges (and invalid zeros)
+            depth = F.interpolate(depth, size=(size, size), mode="nearest")
+    return rgb, depth
+
+
+def tube_target(graph: SceneGraph4D, object_id: int, idx: np.ndarray, size: int) -> torch.Tensor | None:
+    """GT tube of ``object_id`` on frames ``idx`` -> bool ``[T, S, S]`` (None if it has no tube)."""
+    obj = graph.object_by_id()[object_id]
+    if obj.tube is None:
+        return None
+    masks = np.stack([obj.tube.frame(int(t)) for t in idx])  # [T, H, W] bool
+    m = torch.from_numpy(masks).float().unsqueeze(1)
+    if m.shape[-2:] != (size, size):
+        m = F.interpolate(m, size=(size, size), mode="area" if m.shape[-1] >= size else "nearest")
+    return m[:, 0] >= 0.5
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+@dataclass
+class VideoContext:
+    """An encoded video ready for decoding: the LLM prefix and the dense maps."""
+
+    prefix_embeds: torch.Tensor  # [1, P, H_llm] bos + visual tokens + prompt
+    dense: torch.Tensor  # [T, C, h, w] per-frame maps for the mask decoder
+    frame_indices: np.ndarray  # [T] source frame of each model frame
+    num_frames: int  # T, the model timeline
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    obj_hidden: torch.Tensor  # [N_objtok, H_llm] last-layer hidden state at each [Obj]
+    step_logprobs: list[float]  # log-probability of each generated token
+    context: VideoContext
+
+
+class PSG4DModel(nn.Module):
+    """See the module docstring. Build with :meth:`from_config` or :meth:`from_pretrained`."""
+
+    def __init__(
+        self,
+        *,
+        config: ModelConfig,
+        encoder: nn.Module,
+        projector: nn.Module,
+        llm: nn.Module,
+        obj_proj: nn.Module,
+        mask_decoder: nn.Module,
+        tokenizer: Any,
+    ):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.projector = projector
+        self.llm = llm
+        self.obj_proj = obj_proj
+        self.mask_decoder = mask_decoder
+        self.tokenizer = tokenizer
+        self.ids = special_token_ids(tokenizer)
+        rows = self.llm.get_input_embeddings().weight.shape[0]
+        if rows < len(tokenizer):
+            raise CheckpointError(f"LLM has {rows} embedding rows but the tokenizer has {len(tokenizer)} tokens")
+        self._prompt_ids = tokenizer.encode(" " + PROMPT_TEXT, add_special_tokens=False)
+        # KV-cache argument/output name: ``cache`` in recent transformers, ``past_key_values`` before
+        base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+        self._cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> "PSG4DModel":
+        encoder = build_encoder(cfg.resolved_encoder())
+        llm, tokenizer = build_llm(cfg.llm, vocab_words=cfg.vocab_words(), max_frames=cfg.max_frames)
+        hidden = llm.get_input_embeddings().weight.shape[1]
+        return cls(
+            config=cfg,
+            encoder=encoder,
+            projector=build_projector(cfg.projector.name, cfg.encoder.dim, hidden),
+            llm=llm,
+            obj_proj=nn.Linear(hidden, cfg.mask_decoder.transformer_dim),
+            mask_decoder=build_mask_decoder(cfg.mask_decoder),
+            tokenizer=tokenizer,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.obj_proj.weight.device
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.llm.get_input_embeddings().weight.shape[1])
+
+    # ---------------------------------------------------------------- collate
+    def prefix_ids(self) -> list[int]:
+        """``<bos>? [Video] prompt`` ids (one placeholder; expanded in forward)."""
+        bos = [] if self.ids.bos is None else [self.ids.bos]
+        return bos + [self.ids.video] + list(self._prompt_ids)
+
+    def target_ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode(" " + text, add_special_tokens=False) + [self.ids.eos]
+
+    def collate(self, samples: list[Sample]) -> dict[str, Any]:
+        """Samples -> batch (see the module docstring for the layout)."""
+        if not samples:
+            raise DataError(None, "cannot collate an empty list of samples")
+        cfg = self.config
+        for s in samples:
+            s.video.validate(s.video.video_id or s.graph.video_id)
+            if s.graph.num_frames != s.video.num_frames:
+                raise DataError(
+                    s.graph.video_id,
+                    f"scene graph has {s.graph.num_frames} frames but the video has {s.video.num_frames}",
+                    field="num_frames",
+                )
+        t = min(max(s.video.num_frames for s in samples), cfg.max_frames)
+        use_depth = all(s.video.depth is not None for s in samples)
+        if not use_depth and any(s.video.depth is not None for s in samples):
+            log.debug("mixed RGB-D and RGB-only samples in one batch: using RGB only")
+        predicates = cfg.predicate_vocab or None
+        rgbs, depths, seqs, labels, targets, valid, obj_ids, frame_idx = [], [], [], [], [], [], [], []
+        for s in samples:
+            idx = resample_indices(s.video.num_frames, t)
+            rgb, depth = video_tensors(s.video, idx, cfg.image_size)
+            rgbs.append(rgb)
+            depths.append(depth)
+            graph = self._resampled_graph(s.graph, idx)
+            gt = format_scene_graph(graph, predicates=predicates)
+            prefix, target = self.prefix_ids(), self.target_ids(gt.text)
+            n_obj = sum(1 for i in target if i == self.ids.obj)
+            if n_obj != len(gt.obj_ids):
+                raise DataError(
+                    s.graph.video_id, f"tokenized text has {n_obj} {OBJ_TOKEN} tokens, expected {len(gt.obj_ids)}"
+                )
+            seqs.append(prefix + target)
+            labels.append([-100] * len(prefix) + target)
+            tubes: dict[int, torch.Tensor | None] = {}
+            per_obj = []
+            for oid in gt.obj_ids:
+                if oid not in tubes:
+                    tubes[oid] = tube_target(s.graph, oid, idx, cfg.image_size)
+                per_obj.append(tubes[oid])
+            empty = torch.zeros(t, cfg.image_size, cfg.image_size, dtype=torch.bool)
+            targets.append(torch.stack([m if m is not None else empty for m in per_obj]) if per_obj
+                           else torch.zeros(0, t, cfg.image_size, cfg.image_size, dtype=torch.bool))
+            valid.append(torch.tensor([m is not None for m in per_obj], dtype=torch.bool))
+            obj_ids.append(list(gt.obj_ids))
+            frame_idx.append(torch.from_numpy(idx))
+        length = max(len(x) for x in seqs)
+        input_ids = torch.full((len(seqs), length), self.ids.pad, dtype=torch.long)
+        attention = torch.zeros((len(seqs), length), dtype=torch.long)
+        label_t = torch.full((len(seqs), length), -100, dtype=torch.long)
+        for i, (x, y) in enumerate(zip(seqs, labels)):
+            input_ids[i, : len(x)] = torch.tensor(x)
+            attention[i, : len(x)] = 1
+            label_t[i, : len(y)] = torch.tensor(y)
+        return {
+            "input_ids": input_ids,  # [B, L]
+            "attention_mask": attention,  # [B, L]
+            "labels": label_t,  # [B, L]
+            "rgb": torch.stack(rgbs),  # [B, T, 3, S, S]
+            "depth": torch.stack(depths) if use_depth else None,  # [B, T, 1, S, S]
+            "mask_targets": targets,  # B x [N_obj, T, S, S] bool
+            "mask_valid": valid,  # B x [N_obj] bool
+            "obj_ids": obj_ids,
+            "frame_indices": frame_idx,  # B x [T]
+        }
+
+    def _resampled_graph(self, graph: SceneGraph4D, idx: np.ndarray) -> SceneGraph4D:
+        rels = [
+            Relation(r.subject_id, r.object_id, r.predicate, remap_spans(r.spans, idx)) for r in graph.relations
+        ]
+        return SceneGraph4D(
+            video_id=graph.video_id, num_frames=len(idx), height=graph.height, width=graph.width,
+            objects=graph.objects, relations=rels,
+        )
+
+    # ---------------------------------------------------------------- forward
+    def _embed(self, input_ids: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        """``input_ids [B, L']`` (placeholder already expanded), ``visual [B, N_vis, H]`` -> ``[B, L', H]``."""
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        where = input_ids == self.ids.video  # [B, L']
+        if int(where.sum()) != visual.shape[0] * visual.shape[1]:
+            raise ValueError(
+                f"{int(where.sum())} placeholder positions (id {self.ids.video}) for "
+                f"{visual.shape[0] * visual.shape[1]} visual tokens"
+            )
+        return embeds.masked_scatter(where.unsqueeze(-1), visual.to(embeds.dtype))
+
+    @staticmethod
+    def _expand(x: torch.Tensor, where: torch.Tensor, n_vis: int, fill: int | None) -> torch.Tensor:
+        """Repeat each row's single placeholder position (``where [B, L]``) ``n_vis`` times;
+        ``fill`` replaces the value there (None keeps it)."""
+        rows = []
+        for i in range(x.shape[0]):
+            pos = torch.nonzero(where[i]).flatten()
+            if pos.numel() != 1:
+                raise ValueError(f"row {i} has {pos.numel()} video placeholders, expected 1")
+            p = int(pos)
+            mid = x[i, p : p + 1].expand(n_vis) if fill is None else x.new_full((n_vis,), fill)
+            rows.append(torch.cat([x[i, :p], mid, x[i, p + 1 :]]))
+        return torch.stack(rows)
+
+    def encode(self, rgb: torch.Tensor, depth: torch.Tensor | None):
+        enc = self.encoder(rgb, depth)
+        return enc, self.projector(enc.tokens)  # visual: [B, N_vis, H_llm]
+
+    def forward(
+        self,
+        *,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        rgb: torch.Tensor,
+        depth: torch.Tensor | None = None,
+        mask_targets: list[torch.Tensor] | None = None,
+        mask_valid: list[torch.Tensor] | None = None,
+        **meta: Any,
+    ) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        enc, visual = self.encode(rgb, depth)
+        n_vis = visual.shape[1]
+        where = input_ids == self.ids.video  # [B, L], one placeholder per row
+        ids = self._expand(input_ids, where, n_vis, None)  # [B, L']
+        am = self._expand(attention_mask, where, n_vis, 1)
+        lab = self._expand(labels, where, n_vis, -100)
+        out = self.llm(inputs_embeds=self._embed(ids, visual), attention_mask=am, output_hidden_states=True)
+        logits = out.logits[:, :-1].float()  # [B, L'-1, V]
+        loss_text = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1), ignore_index=-100)
+        hidden = out.hidden_states[-1]  # [B, L', H]
+
+        parts: dict[str, list[torch.Tensor]] = {"focal": [], "dice": [], "iou": [], "total": []}
+        weights = []
+        for b in range(ids.shape[0]):
+            pos = torch.nonzero(ids[b] == self.ids.obj).flatten()  # [N_b]
+            if mask_targets is None or pos.numel() == 0:
+                continue
+            target = mask_targets[b]
+            if target.shape[0] != pos.numel():
+                raise ValueError(f"sample {b}: {pos.numel()} {OBJ_TOKEN} tokens but {target.shape[0]} mask targets")
+            keep = mask_valid[b] if mask_valid is not None else torch.ones(pos.numel(), dtype=torch.bool)
+            keep = keep.to(pos.device)
+            if not bool(keep.any()):
+                continue
+            prompts = self.obj_proj(hidden[b, pos[keep]])  # [N, D_prompt]
+            mask_logits, iou_pred = self.mask_decoder(enc.dense[b], prompts)  # [N, T, h, w], [N, T]
+            losses = mask_losses(mask_logits, iou_pred, target[keep.to(target.device)], cfg=cfg.loss)
+            for k in parts:
+                parts[k].append(losses[k])
+            weights.append(float(keep.sum()))
+        if weights:
+            w = torch.tensor(weights, device=hidden.device)
+            mask = {k: (torch.stack(v) * w).sum() / w.sum() for k, v in parts.items()}
+        else:
+            # keep every submodule in the graph (DDP) with an exact zero
+            zero = enc.dense.sum() * 0 + sum(p.sum() * 0 for p in self.obj_proj.parameters())
+            mask = {k: zero for k in parts}
+        loss = cfg.text_loss_weight * loss_text + cfg.mask_loss_weight * mask["total"]
+        return {
+            "loss": loss,
+            "loss_text": loss_text,
+            "loss_mask": mask["total"],
+            "loss_focal": mask["focal"],
+            "loss_dice": mask["dice"],
+            "loss_iou": mask["iou"],
+        }
+
+    # -------------------------------------------------------------- inference
+    def model_frames(self, video: Video4D) -> np.ndarray:
+        return resample_indices(video.num_frames, min(video.num_frames, self.config.max_frames))
+
+    @torch.no_grad()
+    def encode_video(self, video: Video4D) -> VideoContext:
+        video.validate(video.video_id or "video")
+        idx = self.model_frames(video)
+        rgb, depth = video_tensors(video, idx, self.config.image_size)
+        dev = self.device
+        enc, visual = self.encode(rgb[None].to(dev), None if depth is None else depth[None].to(dev))
+        prefix = torch.tensor([self.prefix_ids()], device=dev)
+        ids = self._expand(prefix, prefix == self.ids.video, visual.shape[1], None)
+        return VideoContext(
+            prefix_embeds=self._embed(ids, visual),
+            dense=enc.dense[0],
+            frame_indices=np.asarray(video.frame_indices)[idx],
+            num_frames=len(idx),
+        )
+
+    def _banned(self) -> list[int]:
+        banned = {self.ids.video, self.ids.pad} - {self.ids.eos}
+        if self.ids.bos is not None and self.ids.bos != self.ids.eos:
+            banned.add(self.ids.bos)
+        return sorted(banned)
+
+    @torch.no_grad()
+    def generate(self, video: Video4D | VideoContext, *, max_new_tokens: int | None = None) -> Generation:
+        """Greedy decoding with the KV cache; collects the hidden state at every generated ``[Obj]``."""
+        ctx = video if isinstance(video, VideoContext) else self.encode_video(video)
+        max_new = max_new_tokens or self.config.max_new_tokens
+        banned = torch.tensor(self._banned(), device=self.device, dtype=torch.long)
+        embeds, past = ctx.prefix_embeds, None
+        length = embeds.shape[1]
+        tokens: list[int] = []
+        logps: list[float] = []
+        obj_hidden: list[torch.Tensor] = []
+        emb_layer = self.llm.get_input_embeddings()
+        while True:
+            am = torch.ones(1, length, dtype=torch.long, device=self.device)
+            out = self.llm(inputs_embeds=embeds, attention_mask=am, use_cache=True, output_hidden_states=True,
+                           **{self._cache_arg: past})
+            past = getattr(out, self._cache_arg)
+            if tokens and tokens[-1] == self.ids.obj:
+                obj_hidden.append(out.hidden_states[-1][0, -1])  # the hidden state *at* the [Obj] input
+            if len(tokens) == max_new:
+                break  # this last pass only supplied the final [Obj]'s hidden state
+            logits = out.logits[0, -1].float()
+            logits[banned] = float("-inf")
+            logp = torch.log_softmax(logits, dim=-1)
+            nxt = int(torch.argmax(logp))
+            tokens.append(nxt)
+            logps.append(float(logp[nxt]))
+            if nxt == self.ids.eos or (len(tokens) == max_new and nxt != self.ids.obj):
+                break
+            embeds = emb_layer(torch.tensor([[nxt]], device=self.device))
+            length += 1
+        hidden = torch.stack(obj_hidden) if obj_hidden else torch.zeros(0, self.hidden_size, device=self.device)
+        return Generation(
+            text=self.decode_grammar(tokens), token_ids=tokens, obj_hidden=hidden, step_logprobs=logps, context=ctx
+        )
+
+    def decode_grammar(self, token_ids: Sequence[int]) -> str:
+        """Token ids -> grammar text whose ``[Obj]`` occurrences are exactly the ``[Obj]`` tokens.
+
+        Segments between ``[Obj]`` tokens are decoded separately and any literal
+        "[Obj]" spelled out of ordinary pieces is broken up, so the parser's
+        ``[Obj]`` indices line up with the token positions.
+        """
+        segs: list[list[int]] = [[]]
+        for t in token_ids:
+            if t == self.ids.obj:
+                segs.append([])
+            elif t != self.ids.eos:
+                segs[-1].append(t)
+        texts = [self.tokenizer.decode(s, skip_special_tokens=True).replace(OBJ_TOKEN, "[ Obj ]") for s in segs]
+        return f" {OBJ_TOKEN} ".join(t.strip() for t in texts).strip()
+
+    def text_ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode(" " + text, add_special_tokens=False)
+
+    @torch.no_grad()
+    def score_continuations(
+        self, ctx: VideoContext, context_ids: Sequence[int], continuations: Sequence[Sequence[int]], *,
+        batch_size: int = 32,
+    ) -> list[float]:
+        """Sum of log-probabilities of each continuation after ``prefix + context_ids`` (teacher forced)."""
+        emb_layer = self.llm.get_input_embeddings()
+        ctx_ids = list(context_ids)
+        scores: list[float] = []
+        for s in range(0, len(continuations), batch_size):
+            chunk = [list(c) for c in continuations[s : s + batch_size]]
+            n = len(chunk)
+            longest = max(len(c) for c in chunk)
+            ids = torch.full((n, len(ctx_ids) + longest), self.ids.pad, dtype=torch.long, device=self.device)
+            am = torch.zeros(n, ctx.prefix_embeds.shape[1] + ids.shape[1], dtype=torch.long, device=self.device)
+            for i, c in enumerate(chunk):
+                row = ctx_ids + c
+                ids[i, : len(row)] = torch.tensor(row, device=self.device)
+                am[i, : ctx.prefix_embeds.shape[1] + len(row)] = 1
+            embeds = torch.cat([ctx.prefix_embeds.expand(n, -1, -1), emb_layer(ids)], dim=1)  # [n, P+L, H]
+            logp = torch.log_softmax(self.llm(inputs_embeds=embeds, attention_mask=am).logits.float(), dim=-1)
+            start = ctx.prefix_embeds.shape[1] + len(ctx_ids)  # position of the first continuation token
+            for i, c in enumerate(chunk):
+                pos = torch.arange(start - 1, start - 1 + len(c), device=self.device)
+                tgt = torch.tensor(c, device=self.device)
+                scores.append(float(logp[i, pos, tgt].sum()))
+        return scores
+
+    @torch.no_grad()
+    def decode_masks(self, ctx: VideoContext, obj_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``obj_hidden [N, H]`` -> ``(mask_logits [N, T, h, w], iou_pred [N, T])``."""
+        return self.mask_decoder(ctx.dense, self.obj_proj(obj_hidden.to(self.obj_proj.weight.dtype)))
+
+    # ------------------------------------------------------------ checkpoints
+    def _stored_state(self) -> dict[str, torch.Tensor]:
+        """State dict to write, without tied duplicates and without the frozen base weights of a
+        LoRA-wrapped *pretrained* LLM (they are reloaded from its source; a random ``tiny`` base,
+        or base weights someone unfroze, are stored)."""
+        skip_frozen_base = hasattr(self.llm, "peft_config") and self.config.llm.name not in RANDOM_INIT_SOURCES
+        # remove_duplicate=False: a tied lm_head is a second name for the frozen embedding matrix
+        params = self.llm.named_parameters(remove_duplicate=False)
+        frozen = {f"llm.{n}" for n, p in params if not p.requires_grad}
+        out: dict[str, torch.Tensor] = {}
+        seen: set[int] = set()
+        for k, v in self.state_dict().items():
+            if skip_frozen_base and k in frozen and not any(m in k for m in _ADAPTER_MARKERS):
+                continue
+            ptr = v.data_ptr()
+            if ptr in seen and v.numel() > 0:
+                continue  # tied weight (e.g. lm_head = embed_tokens): restored by tying
+            seen.add(ptr)
+            out[k] = v.detach().contiguous().cpu()
+        return out
+
+    def save_pretrained(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        with atomic_dir(path) as tmp:
+            save_file(self._stored_state(), str(tmp / WEIGHTS_FILE), metadata={"format": CHECKPOINT_FORMAT})
+            self.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
+            atomic_write_json(
+                tmp / CONFIG_FILE,
+                {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": to_dict(self.config)},
+                indent=2,
+            )
+
+    @staticmethod
+    def read_config(path: str | Path) -> ModelConfig:
+        """The ``ModelConfig`` of checkpoint folder ``path`` (CheckpointError if it is not one)."""
+        path = Path(path)
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: checkpoint folder not found")
+        cfg_file = path / CONFIG_FILE
+        if not cfg_file.exists():
+            raise CheckpointError(f"{cfg_file}: missing; {path} is not a psg4d checkpoint")
+        try:
+            meta = json.loads(cfg_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{cfg_file}: malformed JSON ({e})") from None
+        if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{cfg_file}: not a psg4d checkpoint (expected \"format\": \"{CHECKPOINT_FORMAT}\")")
+        if meta.get("version") != CHECKPOINT_VERSION:
+            raise CheckpointError(f"{cfg_file}: checkpoint version {meta.get('version')} != {CHECKPOINT_VERSION}")
+        try:
+            return from_dict(ModelConfig, meta.get("model") or {}, where=str(cfg_file))
+        except ConfigError as e:
+            raise CheckpointError(str(e)) from None
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "PSG4DModel":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        cfg = cls.read_config(path)
+        weights = path / WEIGHTS_FILE
+        if not weights.exists():
+            raise CheckpointError(f"{weights}: missing from the checkpoint")
+        tok_dir = path / TOKENIZER_DIR
+        if not (tok_dir / "tokenizer.json").exists():
+            raise CheckpointError(f"{tok_dir / 'tokenizer.json'}: missing from the checkpoint")
+        try:
+            state = load_file(str(weights))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{weights}: unreadable or corrupted ({e})") from None
+        model = cls.from_config(cfg)
+        saved_tok = load_tokenizer(tok_dir)
+        if saved_tok.get_vocab() != model.tokenizer.get_vocab():
+            raise CheckpointError(f"{tok_dir}: tokenizer vocabulary differs from the one the config builds")
+        expected = set(model._stored_state())
+        missing = sorted(expected - set(state))
+        unexpected = sorted(set(state) - set(model.state_dict()))
+        if missing or unexpected:
+            raise CheckpointError(f"{weights}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
+        try:
+            model.load_state_dict(state, strict=False)
+        except RuntimeError as e:
+            raise CheckpointError(f"{weights}: tensors do not fit the configured model: {e}") from None
+        model.eval()
+        return model
