@@ -26,6 +26,13 @@ app = typer.Typer(
 # (command name, module, attribute). A Typer object is mounted as a command group;
 # a function as a single command. Explicit table: no discovery by folder names.
 COMMANDS: list[tuple[str, str, str]] = [
+    ("demo", "psg4d.demo", "demo_command"),
+    ("synth", "psg4d.data.synth.commands", "synth"),
+    ("data", "psg4d.data.commands", "data_app"),
+    ("train", "psg4d.train.commands", "train_command"),
+    ("predict", "psg4d.infer.commands", "predict_command"),
+    ("eval", "psg4d.eval.commands", "eval_command"),
+    ("viz", "psg4d.viz.commands", "viz_command"),
 ]
 
 

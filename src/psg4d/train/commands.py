@@ -1,0 +1,52 @@
+"""``psg4d train``: run an experiment preset (stages, data, model) with overrides.
+
+Runs unchanged under ``torchrun`` (``python -m torch.distributed.run
+--nproc_per_node N -m psg4d.cli train ...``); only rank 0 prints.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from psg4d.errors import ConfigError
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def resolve_config(path: str) -> Path:
+    """A config file path, or the name of a shipped preset (``hoi_tiny`` / ``hoi_tiny.yaml``)."""
+    p = Path(path).expanduser()
+    if p.exists():
+        return p
+    name = p.name if p.suffix in (".yaml", ".yml") else p.name + ".yaml"
+    shipped = PRESET_DIR / name
+    if shipped.exists():
+        return shipped
+    presets = sorted(q.stem for q in PRESET_DIR.glob("*.yaml"))
+    raise ConfigError(f"{path}: config file not found (shipped presets: {presets})")
+
+
+def train_command(
+    config: str = typer.Option(..., "--config", "-c", help="Experiment YAML, or a shipped preset name (hoi_tiny, ...)."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override a config key: --set train.lr=1e-4 --set data.root=runs/synth_hoi (repeatable)."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Output folder (default: output_dir of the config)."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from OUT's last checkpoints."),
+) -> None:
+    """Train the 4D-LLM through the experiment's stages; writes checkpoints and metrics.jsonl."""
+    from psg4d.train.loop import train
+    from psg4d.train.stages import load_experiment
+
+    cfg = load_experiment(resolve_config(config), list(overrides))
+    result = train(cfg, out_dir=out, resume=resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        for st in result.stages:
+            state = "already done" if st.skipped else f"{st.steps} steps in {st.wall_s:.0f} s"
+            loss = f"{st.final_loss:.4f}" if st.final_loss is not None else "n/a"
+            val = ", ".join(f"{k} {v:.4f}" for k, v in sorted(st.val.items()))
+            typer.echo(f"stage {st.name}: {state}, final loss {loss}{'; ' + val if val else ''}")
+        typer.echo(f"final model: {result.final_dir}")

@@ -1,0 +1,781 @@
+"""The training loop: one readable loop shared by every stage kind.
+
+``train(cfg)`` runs the experiment's stages in order. Per stage: build the
+model (from the stage's init weights, or from its ``last`` checkpoint when
+resuming), freeze everything outside the stage's trainable prefixes, build
+AdamW with per-prefix learning rates and a warmup + decay schedule, then loop:
+gradient accumulation, autocast, gradient clipping, a ``metrics.jsonl`` record
+per ``log_every`` steps, periodic validation and checkpoints, and a final
+checkpoint. Under torchrun (``WORLD_SIZE>1``) the model is wrapped in DDP or
+FSDP and only rank 0 writes files.
+
+The model contract: ``forward(**batch) -> dict`` with a scalar ``loss`` (other
+scalar entries are logged as loss parts), ``collate(list[Sample]) -> batch``,
+``save_pretrained(dir)`` and ``from_pretrained(dir)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from psg4d.config import save_yaml
+from psg4d.data.schema import Sample
+from psg4d.errors import CheckpointError, ConfigError
+from psg4d.train import checkpoint as ckpt
+from psg4d.train import distributed as dist_utils
+from psg4d.train.data import DatasetOpener, MixtureDataset, MixtureSampler, build_mixture, collect_vocab
+from psg4d.train.distributed import DistInfo
+from psg4d.train.stages import INIT_PREVIOUS, ExperimentConfig, StageConfig, TrainConfig, check_local_weights
+from psg4d.utils.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+EXPERIMENT_FILE = "experiment.yaml"
+
+ModelFactory = Callable[[Any], nn.Module]
+
+
+class Validator(Protocol):
+    """Called on rank 0 with the unwrapped model in eval mode; returns scalar metrics."""
+
+    def __call__(self, model: nn.Module, *, stage: StageConfig, step: int) -> dict[str, float]: ...
+
+
+# Called after every optimizer step (after any checkpoint of that step); tests use
+# it to interrupt a run at a chosen step.
+StepHook = Callable[[int], None]
+
+
+@dataclass(kw_only=True)
+class StageResult:
+    name: str
+    final_dir: Path
+    steps: int
+    final_loss: float | None
+    resumed_from_step: int | None = None
+    skipped: bool = False
+    val: dict[str, float] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+@dataclass(kw_only=True)
+class TrainResult:
+    out_dir: Path
+    stages: list[StageResult]
+
+    @property
+    def final_dir(self) -> Path:
+        return self.stages[-1].final_dir
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _adamw(groups: list[dict], t: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+
+
+def _sgd(groups: list[dict], t: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=t.lr, momentum=t.betas[0], weight_decay=t.weight_decay)
+
+
+OPTIMIZERS: dict[str, Callable[[list[dict], TrainConfig], torch.optim.Optimizer]] = {
+    "adamw": _adamw,
+    "sgd": _sgd,
+}
+
+# Decay shape after warmup: progress in [0, 1] -> multiplier in [0, 1].
+SCHEDULERS: dict[str, Callable[[float], float]] = {
+    "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * p)),
+    "linear": lambda p: 1.0 - p,
+    "constant": lambda p: 1.0,
+}
+
+AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, t: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    if t.scheduler not in SCHEDULERS:
+        raise ConfigError(f"train.scheduler: unknown {t.scheduler!r}; valid: {sorted(SCHEDULERS)}")
+    shape = SCHEDULERS[t.scheduler]
+    warmup, floor = t.warmup_steps, t.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return floor + (1.0 - floor) * shape(progress)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
+    if mode == "auto":
+        # bf16 needs no loss scaling; CPU autocast is slower than fp32 on most CPUs.
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    if mode not in AMP_DTYPES:
+        raise ConfigError(f"train.amp: unknown {mode!r}; valid: ['auto', {', '.join(map(repr, AMP_DTYPES))}]")
+    if mode == "fp16" and device.type != "cuda":
+        raise ConfigError("train.amp=fp16 needs a CUDA device (use bf16 or off on CPU)")
+    return AMP_DTYPES[mode]
+
+
+# --------------------------------------------------------------------------- params
+
+
+def _clean_name(name: str) -> str:
+    # Wrappers insert these into parameter names; prefixes are given on the bare model.
+    return name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "").removeprefix("module.")
+
+
+def _matches(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def top_level_modules(model: nn.Module) -> list[str]:
+    return sorted({n.split(".", 1)[0] for n, _ in model.named_parameters()})
+
+
+def set_trainable(model: nn.Module, prefixes: list[str]) -> tuple[int, int]:
+    """Freeze parameters outside ``prefixes``; returns (trainable, total) counts.
+
+    A parameter the model froze itself (e.g. LoRA base weights) stays frozen:
+    a stage only narrows what the model leaves trainable.
+    """
+    named = list(model.named_parameters())
+    for prefix in prefixes:
+        if not any(_matches(n, prefix) for n, _ in named):
+            raise ConfigError(
+                f"trainable prefix {prefix!r} matches no parameter; the model's modules: {top_level_modules(model)}"
+            )
+    n_train = n_total = 0
+    for n, p in named:
+        keep = p.requires_grad and any(_matches(n, pre) for pre in prefixes)
+        p.requires_grad_(keep)
+        n_total += p.numel()
+        n_train += p.numel() if keep else 0
+    if n_train == 0:
+        raise ConfigError(f"trainable prefixes {prefixes} leave no trainable parameter")
+    return n_train, n_total
+
+
+def param_groups(model: nn.Module, stage: StageConfig, t: TrainConfig) -> list[dict]:
+    """One group per (learning rate, decay): longest matching ``stage.lr`` prefix wins;
+    biases and norm weights (1-D) get no weight decay."""
+    by_prefix = sorted(stage.lr.items(), key=lambda kv: -len(kv[0]))
+    used: set[str] = set()
+    groups: dict[tuple[str, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        clean = _clean_name(name)
+        matching = [(pre, lr) for pre, lr in by_prefix if _matches(clean, pre)]
+        prefix, lr = matching[0] if matching else ("", t.lr)
+        used.update(pre for pre, _ in matching)
+        decay = p.ndim >= 2
+        g = groups.setdefault(
+            (prefix, decay),
+            {"params": [], "lr": lr, "weight_decay": t.weight_decay if decay else 0.0, "name": prefix or "default"},
+        )
+        g["params"].append(p)
+    unused = sorted(set(stage.lr) - used)
+    if unused:
+        raise ConfigError(f"stage {stage.name!r}: lr prefixes {unused} match no trainable parameter")
+    return list(groups.values())
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [to_device(v, device) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(to_device(v, device) for v in obj)
+    return obj
+
+
+def _scalar_parts(out: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v.detach().float().item())
+        for k, v in out.items()
+        if k != "loss" and isinstance(v, torch.Tensor) and v.numel() == 1
+    }
+
+
+def default_model_factory(model_cfg: Any) -> nn.Module:
+    from psg4d.model.psg4d_llm import PSG4DModel
+
+    return PSG4DModel.from_config(model_cfg)
+
+
+class MetricsLog:
+    """``metrics.jsonl`` of one stage: one JSON object per line, appended by rank 0."""
+
+    def __init__(self, path: Path, *, enabled: bool):
+        self.path = path
+        self.enabled = enabled
+
+    def reset(self, keep_until_step: int | None) -> list[dict[str, Any]]:
+        """Start fresh (None) or keep only records up to a resumed step: a killed run
+        may have logged steps after its last checkpoint, which the resumed run redoes.
+        Returns the kept records."""
+        kept: list[dict[str, Any]] = []
+        if keep_until_step is not None and self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by the kill
+                if rec.get("step", 0) <= keep_until_step:
+                    kept.append(rec)
+        if self.enabled:
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        return kept
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a ``metrics.jsonl`` (training records have ``loss``, validation ones ``val``)."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+class DefaultValidator:
+    """Val loss on up to ``max_videos`` val videos and, when enabled, R@K / mR@K of
+    the Predictor's scene graphs on the same videos."""
+
+    def __init__(
+        self,
+        *,
+        dataset: MixtureDataset,
+        device: torch.device,
+        amp: torch.dtype | None,
+        batch_size: int,
+        recall: bool,
+        protocol: str,
+    ):
+        self.dataset = dataset
+        self.device = device
+        self.amp = amp
+        self.batch_size = batch_size
+        self.recall = recall
+        self.protocol = protocol
+
+    def _samples(self) -> list[Sample]:
+        return [self.dataset[i] for i in range(len(self.dataset))]
+
+    def __call__(self, model: nn.Module, *, stage: StageConfig, step: int) -> dict[str, float]:
+        samples = self._samples()
+        losses: list[float] = []
+        with torch.no_grad(), _autocast(self.device, self.amp):
+            for i in range(0, len(samples), self.batch_size):
+                batch = to_device(model.collate(samples[i : i + self.batch_size]), self.device)
+                losses.append(float(model(**batch)["loss"].float().item()))
+        metrics = {"val_loss": float(np.mean(losses))}
+        if self.recall:
+            from psg4d.eval import evaluate
+            from psg4d.infer.predictor import Predictor
+
+            predictor = Predictor(model=model)
+            preds = [predictor.predict(s.video) for s in samples]
+            scores = evaluate(preds, {s.graph.video_id: s.graph for s in samples}, protocol=self.protocol)
+            metrics.update({k: float(v) for k, v in scores.items() if isinstance(v, (int, float))})
+        return metrics
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(
+    cfg: ExperimentConfig,
+    *,
+    out_dir: str | Path | None = None,
+    resume: bool = True,
+    model_factory: ModelFactory | None = None,
+    validator: Validator | None = None,
+    opener: DatasetOpener | None = None,
+    step_hook: StepHook | None = None,
+) -> TrainResult:
+    """Run every stage of ``cfg``; resume from ``last`` checkpoints when ``resume``.
+
+    ``model_factory(model_config) -> nn.Module`` defaults to
+    ``PSG4DModel.from_config``; ``validator`` defaults to val loss + R@K on
+    ``data.val``; ``opener(path, format)`` defaults to ``open_dataset``.
+    """
+    out = Path(out_dir or cfg.output_dir)
+    info = dist_utils.init_distributed(cfg.train.device)
+    try:
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        if model_factory is None:
+            check_local_weights(cfg.model)
+        cfg = with_data_vocab(cfg, opener)
+        if info.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            save_yaml(cfg, out / EXPERIMENT_FILE)
+        results: list[StageResult] = []
+        for index, stage in enumerate(cfg.stages):
+            prev_final = results[-1].final_dir if results else None
+            runner = _StageRun(
+                cfg=cfg,
+                stage=stage,
+                index=index,
+                out=out,
+                info=info,
+                resume=resume,
+                init_previous=prev_final,
+                model_factory=model_factory or default_model_factory,
+                validator=validator,
+                opener=opener,
+                step_hook=step_hook,
+            )
+            results.append(runner.run())
+        if info.is_main:
+            _link(out / ckpt.FINAL, results[-1].final_dir)
+        dist_utils.barrier(info)
+        return TrainResult(out_dir=out, stages=results)
+    finally:
+        dist_utils.shutdown(info)
+
+
+def with_data_vocab(cfg: ExperimentConfig, opener: DatasetOpener | None = None) -> ExperimentConfig:
+    """Fill a model config's empty ``object_vocab`` / ``predicate_vocab`` from the data.
+
+    They seed the tiny tokenizer and the grammar, so they are fixed once for the
+    whole experiment (all stages' training sources and the val sources) and every
+    stage builds the same tokenizer; set them in the config to pin them.
+    """
+    model = cfg.model
+    wanted = [a for a in ("object_vocab", "predicate_vocab") if hasattr(model, a) and not getattr(model, a)]
+    if not wanted:
+        return cfg
+    sources = [s for stage in cfg.stages for s in cfg.stage_data(stage)] + list(cfg.data.val)
+    objects, predicates = collect_vocab(sources, cfg.data, opener=opener)
+    found = {"object_vocab": objects, "predicate_vocab": predicates}
+    log.info("vocabularies from the data: %d object and %d predicate categories", len(objects), len(predicates))
+    return dataclasses.replace(cfg, model=dataclasses.replace(model, **{a: found[a] for a in wanted}))
+
+
+def _link(link: Path, target: Path) -> None:
+    """``link`` -> ``target`` as a relative symlink, swapped in atomically."""
+    tmp = link.with_name(f".{link.name}.tmp")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(target.relative_to(link.parent))
+    tmp.replace(link)
+
+
+class _StageRun:
+    """State of one stage's run (kept on an object so the loop body reads top to bottom)."""
+
+    def __init__(
+        self,
+        *,
+        cfg: ExperimentConfig,
+        stage: StageConfig,
+        index: int,
+        out: Path,
+        info: DistInfo,
+        resume: bool,
+        init_previous: Path | None,
+        model_factory: ModelFactory,
+        validator: Validator | None,
+        opener: DatasetOpener | None,
+        step_hook: StepHook | None,
+    ):
+        self.cfg, self.stage, self.index, self.info = cfg, stage, index, info
+        self.t = cfg.train
+        self.dir = out / stage.name
+        self.resume = resume
+        self.init_previous = init_previous
+        self.model_factory = model_factory
+        self.validator = validator
+        self.opener = opener
+        self.step_hook = step_hook
+        self.metrics = MetricsLog(self.dir / METRICS_FILE, enabled=info.is_main)
+
+    # -- setup
+    def _final_done(self) -> dict | None:
+        meta = self.dir / ckpt.FINAL / ckpt.TRAINER_META
+        if self.resume and meta.exists() and (self.dir / ckpt.FINAL / ckpt.MODEL_WEIGHTS).exists():
+            return json.loads(meta.read_text())
+        return None
+
+    def _clear(self) -> None:
+        """Remove this stage's artefacts from an earlier run (only ours: checkpoints, metrics)."""
+        if not self.info.is_main or not self.dir.exists():
+            return
+        for _, p in ckpt.step_checkpoints(self.dir):
+            shutil.rmtree(p)
+        for name in (ckpt.LAST, ckpt.FINAL):
+            p = self.dir / name
+            if p.is_symlink():
+                p.unlink()
+            elif p.is_dir():
+                shutil.rmtree(p)
+        log.warning("stage %s: starting over (--no-resume): removed earlier checkpoints in %s", self.stage.name, self.dir)
+
+    def _init_dir(self) -> Path | None:
+        init = self.stage.init
+        if init is None:
+            return None
+        path = self.init_previous if init == INIT_PREVIOUS else Path(init).expanduser()
+        if path is None or not (path / ckpt.MODEL_WEIGHTS).exists():
+            raise CheckpointError(
+                f"stage {self.stage.name!r}: init checkpoint {path} not found (expected {ckpt.MODEL_WEIGHTS} in it)"
+            )
+        return path
+
+    def _build_model(self, last: Path | None) -> nn.Module:
+        # Same init on every rank (DDP also broadcasts rank 0's weights; FSDP does not).
+        seed_everything(self.cfg.seed + 1000 * self.index)
+        model = self.model_factory(self.cfg.model_config_for(self.stage))
+        for attr in ("collate", "save_pretrained", "forward"):
+            if not callable(getattr(model, attr, None)):
+                raise ConfigError(f"model {type(model).__name__} lacks {attr}(); see psg4d.train.loop's model contract")
+        if last is not None:
+            ckpt.load_model_weights(model, last)
+        else:
+            init = self._init_dir()
+            if init is not None:
+                ckpt.load_model_weights(model, init, allow_missing=self.stage.kind_spec.new_modules)
+                log.info("stage %s: initial weights from %s", self.stage.name, init)
+        n_train, n_total = set_trainable(model, self.stage.trainable_prefixes())
+        log.info(
+            "stage %s (%s): %s of %s parameters train (%s)",
+            self.stage.name, self.stage.kind, f"{n_train:,}", f"{n_total:,}", ", ".join(self.stage.trainable_prefixes()),
+        )
+        return model.to(self.info.device)
+
+    # -- run
+    def run(self) -> StageResult:
+        stage, info, t = self.stage, self.info, self.t
+        self.dataset = build_mixture(self.cfg.stage_data(stage), self.cfg.data, opener=self.opener)
+        self.sampler = MixtureSampler(
+            self.dataset, seed=self.cfg.seed + self.index, num_replicas=info.world_size, rank=info.rank
+        )
+        batches_per_epoch = -(-self.sampler.per_rank // t.batch_size)
+        steps_per_epoch = max(1, batches_per_epoch // t.grad_accum)
+        total = stage.max_steps if stage.max_steps is not None else math.ceil(stage.epochs * steps_per_epoch)
+
+        done = self._final_done()
+        # A longer schedule than the finished one (raised max_steps) continues from `last`.
+        if done is not None and int(done.get("step", 0)) >= total:
+            log.info("stage %s already finished (%s); skipping", stage.name, self.dir / ckpt.FINAL)
+            return StageResult(
+                name=stage.name, final_dir=self.dir / ckpt.FINAL, steps=int(done.get("step", 0)),
+                final_loss=done.get("final_loss"), skipped=True, val=done.get("val", {}),
+            )
+        last = ckpt.find_last(self.dir) if self.resume else None
+        if not self.resume:
+            self._clear()
+        dist_utils.barrier(info)
+        if info.is_main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+
+        model = self._build_model(last)
+        self.wrapped = dist_utils.wrap_model(
+            model, info, parallel=t.parallel, find_unused_parameters=t.find_unused_parameters
+        )
+        self.model = model
+        self.collate = model.collate
+        self.amp = resolve_amp(t.amp, info.device)
+
+        if t.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"train.optimizer: unknown {t.optimizer!r}; valid: {sorted(OPTIMIZERS)}")
+        self.optimizer = OPTIMIZERS[t.optimizer](param_groups(self.wrapped, stage, t), t)
+        self.scheduler = build_scheduler(self.optimizer, t, total)
+        self.scaler = torch.amp.GradScaler(info.device.type) if self.amp == torch.float16 else None
+
+        step, self.epoch, self.batch_in_epoch, elapsed0 = 0, 0, 0, 0.0
+        # Each rank draws its own dropout/sampling noise.
+        seed_everything(self.cfg.seed + 1000 * self.index + 1 + info.rank)
+        if last is not None:
+            step, elapsed0 = self._restore(last)
+            log.info("stage %s: resuming from %s at step %d of %d", stage.name, last, step, total)
+        resumed_from = step if last is not None else None
+        kept = self.metrics.reset(step if last is not None else None)
+        val_fn = self.validator or self._default_validator()
+
+        log.info(
+            "stage %s: %d steps, %d videos, batch %d x accum %d x %d ranks, %d steps per epoch",
+            stage.name, total, len(self.dataset), t.batch_size, t.grad_accum, info.world_size, steps_per_epoch,
+        )
+        bar = tqdm(
+            total=total, initial=step, desc=stage.name, disable=not (info.is_main and t.progress),
+            dynamic_ncols=True, mininterval=1.0,
+        )
+        batches = self._batches()
+        start_time = time.monotonic()
+        start_step = step
+        window: list[float] = []
+        window_parts: dict[str, list[float]] = defaultdict(list)
+        last_loss: float | None = next((r["loss"] for r in reversed(kept) if "loss" in r), None)
+        self.wrapped.train()
+        while step < total:
+            lr = max(self.scheduler.get_last_lr())  # the rate this step uses
+            loss, parts, grad_norm = self._train_step(batches)
+            step += 1
+            window.append(loss)
+            for k, v in parts.items():
+                window_parts[k].append(v)
+            if step % t.log_every == 0 or step == total:
+                now = time.monotonic() - start_time
+                last_loss = self._log_train(
+                    step=step, total=total, window=window, parts=window_parts, lr=lr, grad_norm=grad_norm,
+                    time_s=elapsed0 + now, steps_per_s=(step - start_step) / max(now, 1e-9), bar_shown=not bar.disable,
+                )
+                window.clear()
+                window_parts.clear()
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+            bar.update(1)
+            if t.val_every and step % t.val_every == 0 and step < total:
+                self._validate(val_fn, step)
+            if t.save_every and step % t.save_every == 0 and step < total:
+                self._save(step, elapsed0 + time.monotonic() - start_time)
+            if self.step_hook is not None:
+                self.step_hook(step)
+        bar.close()
+        wall = elapsed0 + time.monotonic() - start_time
+        val = self._validate(val_fn, step)
+        if last is None or step > resumed_from:
+            self._save(step, wall)
+        final = self._save_final(step, last_loss, val, wall)
+        return StageResult(
+            name=stage.name, final_dir=final, steps=step, final_loss=last_loss,
+            resumed_from_step=resumed_from, val=val, wall_s=wall,
+        )
+
+    def _log_train(
+        self, *, step: int, total: int, window: list[float], parts: dict[str, list[float]], lr: float,
+        grad_norm: float | None, time_s: float, steps_per_s: float, bar_shown: bool,
+    ) -> float:
+        """Write one metrics record (loss averaged over the window and the ranks); returns that loss."""
+        mean_loss = dist_utils.mean_across_ranks(float(np.mean(window)), self.info)
+        rec: dict[str, Any] = {
+            "stage": self.stage.name, "step": step, "epoch": self.epoch, "loss": mean_loss, "lr": lr,
+            "time_s": round(time_s, 3), "steps_per_s": round(steps_per_s, 4),
+        }
+        if grad_norm is not None:
+            rec["grad_norm"] = grad_norm
+        rec.update({k: float(np.mean(v)) for k, v in parts.items()})
+        self.metrics.write(rec)
+        if not bar_shown and self.info.is_main:
+            log.info("stage %s step %d/%d loss %.4f lr %.2e", self.stage.name, step, total, mean_loss, lr)
+        return mean_loss
+
+    def _batches(self) -> Iterator[Any]:
+        """Batches forever, epoch after epoch, starting at the restored position."""
+        t = self.t
+        while True:
+            self.sampler.set_epoch(self.epoch)
+            self.sampler.set_start(self.batch_in_epoch * t.batch_size)
+            # A loader-owned generator: otherwise each new iterator draws its worker
+            # base seed from the global RNG, and a resumed run would drift from a straight one.
+            gen = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.epoch)
+            loader = DataLoader(
+                self.dataset, batch_size=t.batch_size, sampler=self.sampler, collate_fn=self.collate,
+                num_workers=self.cfg.data.num_workers, generator=gen,
+                persistent_workers=False, pin_memory=self.info.device.type == "cuda",
+            )
+            for batch in loader:
+                self.batch_in_epoch += 1
+                yield batch
+            self.epoch += 1
+            self.batch_in_epoch = 0
+
+    def _train_step(self, batches: Iterator[Any]) -> tuple[float, dict[str, float], float | None]:
+        t, info = self.t, self.info
+        total_loss = 0.0
+        parts: dict[str, float] = defaultdict(float)
+        for micro in range(t.grad_accum):
+            batch = to_device(next(batches), info.device)
+            # Gradients are all-reduced only on the last micro-batch of a step.
+            sync = (
+                self.wrapped.no_sync()
+                if info.distributed and micro < t.grad_accum - 1 and hasattr(self.wrapped, "no_sync")
+                else contextlib.nullcontext()
+            )
+            with sync:
+                with _autocast(info.device, self.amp):
+                    out = self.wrapped(**batch)
+                loss = out["loss"]
+                if not torch.isfinite(loss.detach()).all():
+                    raise FloatingPointError(
+                        f"stage {self.stage.name!r}: loss is {loss.item()} at step {self.scheduler.last_epoch + 1}"
+                        " (lower the learning rate or check the data)"
+                    )
+                scaled = loss / t.grad_accum
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            total_loss += float(loss.detach().float().item()) / t.grad_accum
+            for k, v in _scalar_parts(out).items():
+                parts[k] += v / t.grad_accum
+        grad_norm = None
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if t.max_grad_norm:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            if dist_utils.is_fsdp(self.wrapped):
+                norm = self.wrapped.clip_grad_norm_(t.max_grad_norm)
+            else:
+                norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+            grad_norm = float(norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total_loss, dict(parts), grad_norm
+
+    # -- validation
+    def _default_validator(self) -> Validator | None:
+        if not self.cfg.data.val:
+            return None
+        if not self.info.is_main:
+            return None
+        if self.t.val_recall and importlib.util.find_spec("psg4d.infer.predictor") is None:
+            raise ConfigError(
+                "train.val_recall=true needs psg4d.infer.predictor (R@K of predicted scene graphs);"
+                " set train.val_recall=false to validate with the val loss only"
+            )
+        dataset = build_mixture(self.cfg.data.val, self.cfg.data, opener=self.opener, max_videos=self.t.val_max_videos)
+        return DefaultValidator(
+            dataset=dataset, device=self.info.device, amp=self.amp, batch_size=self.t.batch_size,
+            recall=self.t.val_recall, protocol=self.t.val_protocol,
+        )
+
+    def _validate(self, val_fn: Validator | None, step: int) -> dict[str, float]:
+        has_val = self.validator is not None or bool(self.cfg.data.val)
+        if not has_val:
+            return {}
+        metrics: dict[str, float] = {}
+        # Collective under FSDP (all ranks gather the full weights); rank 0 evaluates.
+        with dist_utils.full_params(self.wrapped) as model:
+            if self.info.is_main and val_fn is not None:
+                model.eval()
+                try:
+                    metrics = dict(val_fn(model, stage=self.stage, step=step))
+                finally:
+                    model.train()
+        dist_utils.barrier(self.info)
+        if self.info.is_main:
+            self.metrics.write({"stage": self.stage.name, "step": step, "val": metrics})
+            log.info(
+                "stage %s step %d validation: %s",
+                self.stage.name, step, ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())),
+            )
+        return metrics
+
+    # -- checkpoints
+    def _progress(self, elapsed: float) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "elapsed_s": float(elapsed),
+                "world_size": self.info.world_size}
+
+    def _optimizer_state(self) -> dict:
+        if dist_utils.is_fsdp(self.wrapped):
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            return FSDP.optim_state_dict(self.wrapped, self.optimizer)
+        return self.optimizer.state_dict()
+
+    def _save(self, step: int, elapsed: float) -> None:
+        info = self.info
+        rngs = dist_utils.gather_objects(ckpt.capture_rng(), info)
+        optim_state = self._optimizer_state()
+        with dist_utils.full_params(self.wrapped) as model:
+            if info.is_main:
+                target = self.dir / ckpt.step_dir_name(step)
+                ckpt.save_checkpoint(
+                    target, model=model, optimizer=optim_state, scheduler=self.scheduler, step=step, rng=rngs,
+                    data_position=self._progress(elapsed), scaler=self.scaler,
+                    meta={"stage": self.stage.name, "kind": self.stage.kind},
+                )
+                ckpt.point_last(self.dir, target)
+                removed = ckpt.prune_checkpoints(self.dir, self.t.keep_last)
+                log.info("stage %s: checkpoint %s%s", self.stage.name, target,
+                         f" (removed {len(removed)} older)" if removed else "")
+        dist_utils.barrier(info)
+
+    def _save_final(self, step: int, loss: float | None, val: dict[str, float], wall: float) -> Path:
+        final = self.dir / ckpt.FINAL
+        with dist_utils.full_params(self.wrapped) as model:
+            if self.info.is_main:
+                ckpt.save_checkpoint(
+                    final, model=model, optimizer=None, scheduler=None, step=step, rng=None,
+                    meta={"stage": self.stage.name, "kind": self.stage.kind, "complete": True,
+                          "final_loss": loss, "val": val, "wall_s": round(wall, 3)},
+                )
+                log.info("stage %s finished: %d steps, loss %s, final model in %s", self.stage.name, step,
+                         f"{loss:.4f}" if loss is not None else "n/a", final)
+        dist_utils.barrier(self.info)
+        return final
+
+    def _restore(self, last: Path) -> tuple[int, float]:
+        state = ckpt.load_training_state(last)
+        optim_state = state["optimizer"]
+        if dist_utils.is_fsdp(self.wrapped):
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            optim_state = FSDP.optim_state_dict_to_load(self.wrapped, self.optimizer, optim_state)
+        try:
+            self.optimizer.load_state_dict(optim_state)
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{last}: optimizer state does not fit this stage's parameters: {e}") from None
+        if state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        progress = state["data"]
+        self.epoch = int(progress.get("epoch", 0))
+        self.batch_in_epoch = int(progress.get("batch_in_epoch", 0))
+        rngs = state["rng"]
+        if progress.get("world_size", 1) != self.info.world_size:
+            log.warning(
+                "resuming a %s-process run on %d processes: data order and noise will differ from an uninterrupted run",
+                progress.get("world_size"), self.info.world_size,
+            )
+        if rngs:
+            ckpt.restore_rng(rngs[self.info.rank] if self.info.rank < len(rngs) else rngs[0])
+        return int(state["step"]), float(progress.get("elapsed_s", 0.0))

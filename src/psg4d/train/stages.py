@@ -1,0 +1,276 @@
+"""Training stages as data, and the experiment config that strings them together.
+
+A stage is a :class:`StageConfig`: which modules of the model train (name
+prefixes), their learning rates, the dataset mix, where the weights start from
+and for how long. What a stage *kind* means (its default trainable modules,
+whether it may lift 2D data into 4D, which modules it adds to the model) is one
+row of :data:`STAGE_KINDS`, so the 2D-to-4D transfer adds its stages
+(``estimator_fit``, ``pseudo4d_init``, ``transfer_2d``, ``finetune_4d``) as rows
+that run on the same loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from psg4d.config import apply_overrides, from_dict, load_yaml, to_dict
+from psg4d.errors import ConfigError
+from psg4d.model.config import ModelConfig
+
+# "previous": the final weights of the stage before this one in `stages`.
+INIT_PREVIOUS = "previous"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageKind:
+    """What a kind of stage is allowed to do (one row of :data:`STAGE_KINDS`)."""
+
+    description: str
+    # Module-name prefixes that train when a stage does not list its own.
+    default_trainable: tuple[str, ...]
+    # Whether its data mix may hold 2D datasets lifted to 4D by the estimators.
+    lifts_2d: bool = False
+    # Modules this stage adds to the model: weights for them may be missing from
+    # the init checkpoint (they start from their own initialisation).
+    new_modules: tuple[str, ...] = ()
+
+
+# The stage that needs the estimators to lift 2D scene graphs into 4D; named in
+# the error a 4D-only stage gives for `lift_2d: true`.
+LIFT_2D_STAGE = "transfer_2d"
+
+STAGE_KINDS: dict[str, StageKind] = {
+    "4d_init": StageKind(
+        description="stage 1: train the 4D-LLM on 4D scenes with gold 4D scene graphs",
+        default_trainable=("projector", "llm", "obj_proj", "mask_decoder"),
+    ),
+}
+
+
+@dataclass(kw_only=True)
+class DataSourceConfig:
+    """One dataset of a mix: ``path`` (relative paths resolve against ``data.root``),
+    optional reader ``format`` (None: detected by its marker file), ``split``, and
+    the sampling ``weight`` relative to the other sources."""
+
+    path: str
+    format: str | None = None
+    split: str = "train"
+    weight: float = 1.0
+    lift_2d: bool = False
+    # Use only the first N videos of the split (None: all).
+    max_videos: int | None = None
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Data shared by all stages: the default training mix and the validation sources."""
+
+    root: str = ""
+    train: list[DataSourceConfig] = field(default_factory=list)
+    val: list[DataSourceConfig] = field(default_factory=list)
+    # Datasets with at most this many videos are held in memory after first read.
+    cache_max_videos: int = 256
+    num_workers: int = 0
+
+    def resolve(self, source: DataSourceConfig) -> Path:
+        p = Path(source.path).expanduser()
+        return p if p.is_absolute() or not self.root else Path(self.root).expanduser() / p
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Optimisation and bookkeeping shared by all stages (per-process batch size)."""
+
+    batch_size: int = 1
+    grad_accum: int = 1
+    optimizer: str = "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    scheduler: str = "cosine"
+    warmup_steps: int = 0
+    # The schedule decays to lr * min_lr_ratio.
+    min_lr_ratio: float = 0.0
+    max_grad_norm: float | None = 1.0
+    # auto: bf16 autocast on CUDA, off on CPU.
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    # auto: cuda:LOCAL_RANK when CUDA is available, else cpu.
+    device: str = "auto"
+    num_threads: int | None = None
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    find_unused_parameters: bool = False
+    log_every: int = 1
+    # 0: validate only at the end of a stage.
+    val_every: int = 0
+    val_max_videos: int = 8
+    # Compute R@K / mR@K with the Predictor during validation (besides val loss).
+    val_recall: bool = True
+    val_protocol: str = "pvsg"
+    save_every: int = 100
+    # Numbered step checkpoints kept per stage (`last` always points at the newest).
+    keep_last: int = 2
+    progress: bool = True
+
+
+@dataclass(kw_only=True)
+class StageConfig:
+    """One training stage. Exactly one of ``max_steps`` / ``epochs`` sets its length."""
+
+    name: str
+    kind: str = "4d_init"
+    # Module-name prefixes that train; empty: the kind's default.
+    trainable: list[str] = field(default_factory=list)
+    # Learning rate per module-name prefix (longest prefix wins); others use train.lr.
+    lr: dict[str, float] = field(default_factory=dict)
+    # The training mix; empty: data.train.
+    data: list[DataSourceConfig] = field(default_factory=list)
+    # None: fresh model; "previous": the previous stage's final weights; else a checkpoint folder.
+    init: str | None = None
+    max_steps: int | None = None
+    epochs: float | None = None
+    # Overrides of model.loss fields for this stage (e.g. {mask_dice: 0.5}).
+    loss_weights: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def kind_spec(self) -> StageKind:
+        return STAGE_KINDS[self.kind]
+
+    def trainable_prefixes(self) -> list[str]:
+        return list(self.trainable) or list(self.kind_spec.default_trainable)
+
+
+@dataclass(kw_only=True)
+class ExperimentConfig:
+    model: ModelConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    stages: list[StageConfig] = field(default_factory=list)
+    output_dir: str = "runs/experiment"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        validate_experiment(self)
+
+    def stage_data(self, stage: StageConfig) -> list[DataSourceConfig]:
+        return stage.data or self.data.train
+
+    def model_config_for(self, stage: StageConfig) -> ModelConfig:
+        """The model config with the stage's loss-weight overrides applied."""
+        if not stage.loss_weights:
+            return self.model
+        loss = getattr(self.model, "loss", None)
+        if loss is None or not dataclasses.is_dataclass(loss):
+            raise ConfigError(f"stage {stage.name!r}: loss_weights given but the model config has no `loss` section")
+        valid = {f.name for f in dataclasses.fields(loss)}
+        unknown = sorted(set(stage.loss_weights) - valid)
+        if unknown:
+            raise ConfigError(f"stage {stage.name!r}: unknown loss weight(s) {unknown}; valid: {sorted(valid)}")
+        return dataclasses.replace(self.model, loss=dataclasses.replace(loss, **stage.loss_weights))
+
+
+def validate_experiment(cfg: ExperimentConfig) -> None:
+    """Raise ConfigError on anything that would otherwise fail mid-run."""
+    t = cfg.train
+    if not cfg.stages:
+        raise ConfigError("stages: an experiment needs at least one stage")
+    for name, value in (("batch_size", t.batch_size), ("grad_accum", t.grad_accum), ("log_every", t.log_every)):
+        if value < 1:
+            raise ConfigError(f"train.{name} must be >= 1, got {value}")
+    if t.keep_last < 1:
+        raise ConfigError(f"train.keep_last must be >= 1, got {t.keep_last}")
+    seen: set[str] = set()
+    for i, s in enumerate(cfg.stages):
+        where = f"stages[{i}] ({s.name!r})"
+        if s.kind not in STAGE_KINDS:
+            raise ConfigError(f"{where}: unknown stage kind {s.kind!r}; valid kinds: {sorted(STAGE_KINDS)}")
+        if not s.name or "/" in s.name or s.name.startswith("."):
+            raise ConfigError(f"{where}: stage name must be a plain folder name")
+        if s.name in seen:
+            raise ConfigError(f"{where}: duplicate stage name")
+        seen.add(s.name)
+        if (s.max_steps is None) == (s.epochs is None):
+            raise ConfigError(f"{where}: set exactly one of max_steps and epochs")
+        if s.max_steps is not None and s.max_steps < 1:
+            raise ConfigError(f"{where}: max_steps must be >= 1")
+        if s.epochs is not None and s.epochs <= 0:
+            raise ConfigError(f"{where}: epochs must be > 0")
+        if s.init == INIT_PREVIOUS and i == 0:
+            raise ConfigError(f"{where}: init 'previous' but this is the first stage")
+        for prefix, lr in s.lr.items():
+            if lr < 0:
+                raise ConfigError(f"{where}: lr[{prefix!r}] must be >= 0")
+        sources = cfg.stage_data(s)
+        if not sources:
+            raise ConfigError(f"{where}: no training data (set data.train or the stage's data)")
+        for j, src in enumerate(sources):
+            if src.weight <= 0:
+                raise ConfigError(f"{where}: data[{j}] weight must be > 0, got {src.weight}")
+            if src.lift_2d and not s.kind_spec.lifts_2d:
+                raise ConfigError(
+                    f"{where}: data[{j}] ({src.path}) has lift_2d: true, but a {s.kind!r} stage trains on 4D data only;"
+                    f" lifting 2D scene graphs to 4D needs the depth/4D estimators of the {LIFT_2D_STAGE!r} stage"
+                )
+        cfg.model_config_for(s)
+
+
+# Model-config fields that name local weight files/folders the user provides
+# (dotted path -> is the value a local path? given the value).
+LOCAL_WEIGHT_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "encoder.weights_path": lambda v: bool(v),
+    "mask_decoder.weights_path": lambda v: bool(v),
+    # Names like "tiny" / "smollm2-135m" are built-in sources; anything else is a local folder.
+    "llm.name": lambda v: bool(v) and _is_local_llm(str(v)),
+}
+
+
+def _is_local_llm(name: str) -> bool:
+    from psg4d.model.llm import LLM_SOURCES
+
+    return name not in LLM_SOURCES
+
+
+def check_local_weights(model_cfg: Any) -> None:
+    """Fail in seconds, naming the field, when a configured local weight path is missing
+    (rather than after building half of a large model)."""
+    for dotted, is_local in LOCAL_WEIGHT_FIELDS.items():
+        node: Any = model_cfg
+        for part in dotted.split("."):
+            node = getattr(node, part, None)
+        if node is None or not is_local(node):
+            continue
+        path = Path(str(node)).expanduser()
+        if not path.exists():
+            raise ConfigError(
+                f"model.{dotted}: {path} not found; download the weights and point the config at them"
+                f" (e.g. --set model.{dotted}=/path/to/{path.name})"
+            )
+
+
+def load_experiment(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """YAML preset (with ``_base_``) + ``key=value`` overrides -> :class:`ExperimentConfig`."""
+    data: dict[str, Any] = load_yaml(path) if path is not None else {}
+    data = apply_overrides(data, overrides)
+    if "model" not in data:
+        raise ConfigError(f"{path or 'config'}: missing the `model` section")
+    data["model"] = resolve_model_preset(data["model"])
+    return from_dict(ExperimentConfig, data, where=str(path) if path else "config")
+
+
+def resolve_model_preset(model: Any) -> Any:
+    """``model: {preset: NAME, ...}`` -> the named preset's settings with the given keys merged over them."""
+    if not isinstance(model, dict) or "preset" not in model:
+        return model
+    from psg4d.model.config import model_preset
+
+    return _merge(to_dict(model_preset(str(model["preset"]))), model)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

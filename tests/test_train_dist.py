@@ -1,0 +1,193 @@
+"""Real processes: a run killed with SIGKILL resumes to the same curve, and a
+two-process torchrun (gloo, CPU) trains with disjoint data shards."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_train_toy import ToyOpener, toy_experiment, toy_factory
+
+from psg4d.train import checkpoint as ckpt
+from psg4d.train.loop import read_metrics, train
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+# Runs train() on the toy experiment; the config is passed as JSON in argv[1].
+SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    from pathlib import Path
+    import torch
+    from psg4d.config import from_dict
+    from psg4d.train.loop import train
+    from psg4d.train.stages import ExperimentConfig
+    from test_train_toy import ToyModel, ToyOpener
+
+    args = json.loads(sys.argv[1])
+    cfg = from_dict(ExperimentConfig, args["cfg"])
+    rank = int(os.environ.get("RANK", "0"))
+    built = []
+
+    class Recording(ToyModel):
+        def collate(self, samples):
+            with open(Path(args["record"]) / f"seen_rank{rank}.txt", "a") as f:
+                f.writelines(s.video.video_id + "\\n" for s in samples)
+            return super().collate(samples)
+
+    def factory(model_cfg):
+        built.append(Recording(sleep_s=args["sleep_s"]))
+        return built[-1]
+
+    train(cfg, out_dir=args["out"], model_factory=factory, opener=ToyOpener())
+    torch.save(built[-1].state_dict(), Path(args["record"]) / f"weights_rank{rank}.pt")
+    """
+)
+
+
+def _cfg_dict(cfg) -> dict:
+    from psg4d.config import to_dict
+
+    return to_dict(cfg)
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _torchrun(script: Path, args: dict) -> str:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(script), json.dumps(args)]
+    # own process group, so a hang can be cleaned up with the workers torchrun started
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"torchrun timed out:\n{output[-3000:]}")
+    assert proc.returncode == 0, output[-3000:]
+    return output
+
+
+def _losses(path):
+    return [(r["step"], r["loss"]) for r in read_metrics(path) if "loss" in r]
+
+
+def test_sigkilled_run_resumes_to_the_same_loss_curve(tmp_path):
+    cfg = toy_experiment(tmp_path, stages=[{"name": "s1", "trainable": ["encoder", "llm", "mask_decoder"],
+                                             "max_steps": 60}])
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    args = {"cfg": _cfg_dict(cfg), "out": str(tmp_path / "killed"), "record": str(rec), "sleep_s": 0.05}
+    proc = subprocess.Popen([sys.executable, str(script), json.dumps(args)], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = tmp_path / "killed" / "s1" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            if metrics.exists() and metrics.stat().st_size and _losses(metrics)[-1][0] >= 23:
+                break
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.05)
+        else:
+            pytest.fail("the run did not reach step 23")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = _losses(metrics)[-1][0]
+    assert killed_at < 60 and not (tmp_path / "killed" / "s1" / "final").exists()
+    assert ckpt.find_last(tmp_path / "killed" / "s1") is not None
+
+    res = train(cfg, out_dir=tmp_path / "killed", model_factory=toy_factory(), opener=ToyOpener())
+    assert res.stages[0].resumed_from_step is not None and res.stages[0].resumed_from_step % 5 == 0
+    train(cfg, out_dir=tmp_path / "straight", model_factory=toy_factory(), opener=ToyOpener())
+    straight = _losses(tmp_path / "straight" / "s1" / "metrics.jsonl")
+    resumed = _losses(metrics)
+    assert [s for s, _ in resumed] == list(range(1, 61))
+    for (_, a), (_, b) in zip(straight, resumed):
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-7)
+
+
+def test_torchrun_two_processes_shard_data_and_write_one_checkpoint(tmp_path):
+    cfg = toy_experiment(tmp_path, stages=[{"name": "s1", "trainable": ["encoder", "llm", "mask_decoder"],
+                                             "max_steps": 6}], train__save_every=3)
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    args = {"cfg": _cfg_dict(cfg), "out": str(tmp_path / "ddp"), "record": str(rec), "sleep_s": 0.0}
+    _torchrun(script, args)
+
+    # each rank saw its own half of every epoch (12 videos, 3 batches of 2 per rank per epoch)
+    seen = [(rec / f"seen_rank{r}.txt").read_text().split() for r in range(2)]
+    train_ids = [f"a_tr{i:03d}" for i in range(12)]
+    for epoch in range(2):
+        shard = [set(s[6 * epoch : 6 * epoch + 6]) & set(train_ids) for s in seen]
+        assert len(shard[0]) == len(shard[1]) == 6 and not shard[0] & shard[1]
+        assert shard[0] | shard[1] == set(train_ids)
+    # DDP kept the replicas identical
+    w0, w1 = (torch.load(rec / f"weights_rank{r}.pt", weights_only=True) for r in range(2))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+
+    # one writer: the same checkpoint layout as a single-process run, RNG state of both ranks
+    train(cfg, out_dir=tmp_path / "single", model_factory=toy_factory(), opener=ToyOpener())
+    layout = {
+        name: sorted(p.name for p in (tmp_path / name / "s1").iterdir()) for name in ("ddp", "single")
+    }
+    assert layout["ddp"] == layout["single"]
+    for sub in ("last", "final"):
+        assert sorted(os.listdir(tmp_path / "ddp" / "s1" / sub)) == sorted(os.listdir(tmp_path / "single" / "s1" / sub))
+    state = ckpt.load_training_state(tmp_path / "ddp" / "s1" / "last")
+    assert len(state["rng"]) == 2 and state["data"]["world_size"] == 2
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
+    losses = _losses(tmp_path / "ddp" / "s1" / "metrics.jsonl")
+    assert [s for s, _ in losses] == list(range(1, 7))
+    val = [r for r in read_metrics(tmp_path / "ddp" / "s1" / "metrics.jsonl") if "val" in r]
+    assert len(val) == 1 and val[0]["val"]["val_loss"] > 0
+
+
+def test_fsdp_on_cpu_is_a_config_error():
+    from psg4d.errors import ConfigError
+    from psg4d.train.distributed import DistInfo, wrap_model
+
+    info = DistInfo(rank=0, local_rank=0, world_size=2, device=torch.device("cpu"))
+    with pytest.raises(ConfigError, match="fsdp needs CUDA"):
+        wrap_model(torch.nn.Linear(2, 2), info, parallel="fsdp", find_unused_parameters=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="FSDP over two processes needs two GPUs")
+def test_torchrun_fsdp_trains_saves_full_weights_and_resumes(tmp_path):
+    from test_train_toy import ToyModel
+
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    for steps in (4, 6):
+        cfg = toy_experiment(tmp_path, stages=[{"name": "s1", "trainable": ["encoder", "llm", "mask_decoder"],
+                                                 "max_steps": steps}], train__save_every=3, train__parallel="fsdp")
+        args = {"cfg": _cfg_dict(cfg), "out": str(tmp_path / "fsdp"), "record": str(rec), "sleep_s": 0.0}
+        _torchrun(script, args)
+    losses = _losses(tmp_path / "fsdp" / "s1" / "metrics.jsonl")
+    assert [s for s, _ in losses] == list(range(1, 7))
+    state = ckpt.load_training_state(tmp_path / "fsdp" / "s1" / "last")
+    assert state["step"] == 6 and state["optimizer"]["state"]
+    full = ToyModel.from_pretrained(tmp_path / "fsdp" / "s1" / "final")  # gathered, unsharded weights
+    assert full.encoder.weight.shape == (16, 6)

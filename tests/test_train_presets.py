@@ -1,0 +1,136 @@
+"""The shipped experiment presets and the ``psg4d train`` command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from psg4d.cli import main
+from psg4d.errors import ConfigError
+from psg4d.train.commands import PRESET_DIR, resolve_config
+from psg4d.train.stages import ExperimentConfig, check_local_weights, load_experiment
+
+PRESETS = {"hoi_tiny": "tiny", "hoi_smollm2": "smollm2-135m", "hoi_full": "full", "gta_full": "full"}
+
+
+def test_shipped_presets_are_the_expected_set():
+    assert sorted(p.stem for p in PRESET_DIR.glob("*.yaml")) == sorted(PRESETS)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_loads_into_an_experiment(name):
+    cfg = load_experiment(resolve_config(name))
+    assert isinstance(cfg, ExperimentConfig)
+    assert cfg.model.preset == PRESETS[name]
+    assert [s.kind for s in cfg.stages] == ["4d_init"]
+    assert cfg.data.train and cfg.data.val
+    if name == "hoi_tiny":
+        assert cfg.train.device == "cpu" and cfg.train.num_threads == 2 and cfg.data.root == "runs/synth_hoi"
+    if name.endswith("_full"):
+        # the preset's model settings are the named preset's (paper sizes), with local paths on top
+        assert cfg.model.encoder.backbone == "imagebind" and cfg.model.llm.freeze_llm
+        assert "encoder" not in cfg.stages[0].trainable_prefixes()
+
+
+@pytest.mark.parametrize("name", ["hoi_full", "gta_full"])
+def test_full_presets_name_the_missing_local_weights(name, tmp_path):
+    cfg = load_experiment(resolve_config(name))
+    with pytest.raises(ConfigError, match=r"model\.encoder\.weights_path: checkpoints/imagebind_huge\.pth not found"):
+        check_local_weights(cfg.model)
+    weights = tmp_path / "ib.pth"
+    weights.write_bytes(b"")
+    sam = tmp_path / "sam.pt"
+    sam.write_bytes(b"")
+    cfg = load_experiment(
+        resolve_config(name), [f"model.encoder.weights_path={weights}", f"model.mask_decoder.weights_path={sam}"]
+    )
+    with pytest.raises(ConfigError, match=r"model\.llm\.name: checkpoints/llama-2-7b-hf not found.*--set model\.llm\.name="):
+        check_local_weights(cfg.model)
+
+
+def test_repo_root_configs_folder_is_the_shipped_presets():
+    root_configs = PRESET_DIR.parent.parent.parent / "configs"
+    assert (root_configs / "hoi_tiny.yaml").resolve() == (PRESET_DIR / "hoi_tiny.yaml").resolve()
+
+
+def test_cli_reports_missing_weights_as_an_error_line(capsys):
+    assert main(["train", "--config", "hoi_full"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: model.encoder.weights_path") and "Traceback" not in err
+
+
+def test_cli_unknown_config_lists_presets(capsys):
+    assert main(["train", "--config", "nope.yaml"]) == 2
+    assert "shipped presets: ['gta_full', 'hoi_full', 'hoi_smollm2', 'hoi_tiny']" in capsys.readouterr().err
+
+
+def test_cli_missing_synthetic_world_says_how_to_make_it(tmp_path, capsys):
+    assert main(["train", "--config", "hoi_tiny", "--set", f"data.root={tmp_path / 'none'}"]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "psg4d synth --preset hoi" in err
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    from psg4d.data.synth.generate import SynthConfig, generate
+
+    root = tmp_path_factory.mktemp("synth_hoi")
+    generate(SynthConfig(preset="hoi", videos=6, images=0, frames=4, size=32, workers=1), root, progress=False)
+    return root
+
+
+def _tiny_cli(world, out, steps):
+    return main([
+        "train", "--config", str(PRESET_DIR / "hoi_tiny.yaml"),
+        "--set", f"data.root={world}",
+        "--set", f"stages=[{{name: 4d_init, trainable: [encoder, projector, llm, obj_proj, mask_decoder], max_steps: {steps}}}]",
+        "--set", "model.image_size=32", "--set", "model.max_frames=4",
+        "--set", "train.val_recall=false", "--set", "train.val_max_videos=1", "--set", "train.batch_size=1",
+        "--out", str(out),
+    ])
+
+
+def test_tiny_preset_trains_one_step_of_the_real_model_through_the_cli(tiny_world, tmp_path, capsys, caplog):
+    out = tmp_path / "run"
+    code = _tiny_cli(tiny_world, out, 1)
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "stage 4d_init: 1 steps" in printed and f"final model: {out / '4d_init' / 'final'}" in printed
+    from psg4d.model.psg4d_llm import PSG4DModel
+    from psg4d.train.loop import read_metrics
+
+    recs = read_metrics(out / "4d_init" / "metrics.jsonl")
+    assert recs[0]["step"] == 1 and recs[0]["loss"] > 0 and "loss_text" in recs[0] and "loss_mask" in recs[0]
+    assert recs[-1]["val"]["val_loss"] > 0
+    model = PSG4DModel.from_pretrained(out / "final")
+    # the vocabularies came from the synthetic world's reader
+    assert model.config.predicate_vocab and model.config.object_vocab
+    meta = json.loads((out / "4d_init" / "final" / "trainer.json").read_text())
+    assert meta["complete"] and meta["step"] == 1
+
+    # a longer schedule continues from the real model's checkpoint (weights + optimizer state)
+    caplog.set_level("INFO", logger="psg4d.train")
+    assert _tiny_cli(tiny_world, out, 2) == 0
+    recs = read_metrics(out / "4d_init" / "metrics.jsonl")
+    assert [r["step"] for r in recs if "loss" in r] == [1, 2]
+    assert any("resuming from" in r.getMessage() and "at step 1 of 2" in r.getMessage() for r in caplog.records)
+
+
+def test_default_validation_reports_recall_of_predicted_scene_graphs(tiny_world, tmp_path):
+    from psg4d.train.loop import train
+
+    cfg = load_experiment(
+        PRESET_DIR / "hoi_tiny.yaml",
+        [
+            f"data.root={tiny_world}",
+            "stages=[{name: 4d_init, trainable: [encoder, projector, llm, obj_proj, mask_decoder], max_steps: 1}]",
+            "model.image_size=32", "model.max_frames=4", "model.max_new_tokens=32",
+            "train.val_recall=true", "train.val_max_videos=1", "train.batch_size=1",
+        ],
+    )
+    res = train(cfg, out_dir=tmp_path / "run")
+    val = res.stages[0].val
+    assert val["val_loss"] > 0 and val["num_videos"] == 1
+    assert {"R@20", "R@50", "R@100", "mR@20", "mR@50", "mR@100"} <= set(val)
+    assert all(0.0 <= val[k] <= 100.0 for k in ("R@20", "mR@100"))
