@@ -152,3 +152,24 @@ def test_long_tube_areas_and_dense():
     tube = MaskTube.from_dense(m)
     assert tube.areas().tolist() == [4] * T
     assert np.array_equal(tube.to_dense(), m)
+
+
+def test_atomic_outputs_are_not_private(tmp_path):
+    import stat
+
+    from psg4d.utils.io import atomic_dir, atomic_write_text
+
+    atomic_write_text(tmp_path / "a.txt", "x")
+    with atomic_dir(tmp_path / "d") as d:
+        (d / "f").write_text("y")
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) & 0o044
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) & 0o055
+
+
+def test_spans_from_mask():
+    from psg4d.data.schema import spans_from_mask
+
+    m = np.array([1, 1, 0, 1, 0, 0, 1, 1, 1], bool)
+    assert spans_from_mask(m) == [(0, 1), (3, 3), (6, 8)]
+    assert spans_from_mask(m, min_len=2) == [(0, 1), (6, 8)]
+    assert spans_from_mask(np.zeros(4, bool)) == []

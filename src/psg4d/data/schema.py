@@ -347,6 +347,15 @@ def merge_spans(spans: Iterable[Span]) -> list[Span]:
     return [(a, b) for a, b in out]
 
 
+def spans_from_mask(frames: np.ndarray, *, min_len: int = 1) -> list[Span]:
+    """Inclusive ``[start, end]`` runs of True in a bool ``[T]`` vector (runs shorter than ``min_len`` dropped)."""
+    m = np.asarray(frames, dtype=bool)
+    d = np.diff(np.concatenate([[0], m.astype(np.int8), [0]]))
+    starts = np.flatnonzero(d == 1)
+    ends = np.flatnonzero(d == -1) - 1
+    return [(int(a), int(b)) for a, b in zip(starts, ends) if b - a + 1 >= min_len]
+
+
 @dataclass
 class SceneGraph4D:
     """One video's 4D panoptic scene graph (ground truth or prediction).

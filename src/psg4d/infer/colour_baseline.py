@@ -26,7 +26,7 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from psg4d.data.schema import MaskTube, ObjectTrack, Relation, SceneGraph4D, Video4D
+from psg4d.data.schema import MaskTube, ObjectTrack, Relation, SceneGraph4D, Video4D, spans_from_mask
 from psg4d.infer.video_io import Frame
 
 DEFAULT_PALETTE: dict[str, tuple[int, int, int]] = {
@@ -79,17 +79,6 @@ def frame_relations(
         with np.errstate(invalid="ignore"):
             out["in front of"] = depth_a + depth_margin < depth_b  # NaN (absent) compares False
     return {p: v & both for p, v in out.items()}
-
-
-def _runs(frames: np.ndarray) -> list[tuple[int, int]]:
-    """Inclusive [start, end] runs of True in a bool vector."""
-    idx = np.flatnonzero(frames)
-    if len(idx) == 0:
-        return []
-    breaks = np.flatnonzero(np.diff(idx) > 1)
-    starts = np.concatenate([[idx[0]], idx[breaks + 1]])
-    ends = np.concatenate([idx[breaks], [idx[-1]]])
-    return [(int(a), int(b)) for a, b in zip(starts, ends)]
 
 
 class ColourSegmentationPredictor:
@@ -149,7 +138,7 @@ class ColourSegmentationPredictor:
                 holds = frame_relations(boxes[a], boxes[b], depths[a], depths[b], self.depth_margin)
                 for p in PREDICATES:
                     if p in holds:
-                        spans = _runs(holds[p])
+                        spans = spans_from_mask(holds[p])
                         if spans:
                             relations.append(Relation(i, j, p, spans, score=float(holds[p].sum() / n_both)))
         relations.sort(key=lambda r: (-(r.score or 0.0), r.subject_id, r.object_id, r.predicate))

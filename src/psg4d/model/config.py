@@ -46,6 +46,10 @@ class ModelConfig:
     max_frames: int = 8
     image_size: int = 64
     max_new_tokens: int = 256
+    # [Obj] occurrences decoded into tubes per training sample (a random subset; 0: all).
+    # Each object is mentioned in several triplets, so a few prompts per video carry the
+    # mask signal at a fraction of the decoder's cost, which dominates a tiny model's step.
+    max_mask_prompts: int = 0
     object_vocab: list[str] = field(default_factory=list)
     predicate_vocab: list[str] = field(default_factory=list)
 
@@ -69,7 +73,7 @@ class ModelConfig:
 
 
 def _tiny() -> ModelConfig:
-    return ModelConfig(preset="tiny")
+    return ModelConfig(preset="tiny", max_mask_prompts=8)
 
 
 def _smollm2() -> ModelConfig:

@@ -342,6 +342,12 @@ class PSG4DModel(nn.Module):
                 raise ValueError(f"sample {b}: {pos.numel()} {OBJ_TOKEN} tokens but {target.shape[0]} mask targets")
             keep = mask_valid[b] if mask_valid is not None else torch.ones(pos.numel(), dtype=torch.bool)
             keep = keep.to(pos.device)
+            if self.training and 0 < cfg.max_mask_prompts < int(keep.sum()):
+                # a random subset of the valid [Obj] occurrences (torch RNG: resumable)
+                chosen = torch.nonzero(keep).flatten()
+                chosen = chosen[torch.randperm(chosen.numel())[: cfg.max_mask_prompts].to(chosen.device)]
+                keep = torch.zeros_like(keep)
+                keep[chosen] = True
             if not bool(keep.any()):
                 continue
             prompts = self.obj_proj(hidden[b, pos[keep]])  # [N, D_prompt]

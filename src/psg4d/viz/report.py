@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from psg4d.data.schema import Relation, SceneGraph4D, Video4D, rle_decode, rle_encode
+from psg4d.data.schema import Relation, SceneGraph4D, Video4D, rle_decode, rle_encode, spans_from_mask
 from psg4d.errors import DataError
 from psg4d.utils.io import atomic_write_text
 from psg4d.viz.overlay import check_alignment, hex_colour, object_colours
@@ -239,7 +239,7 @@ def graph_svg(graph: SceneGraph4D, relations: list[Relation], colours: dict[int,
     for o in objs:
         x, y = pos[o.object_id]
         tube = o.tube
-        present = "" if tube is None else _spans_attr(_present_spans(tube.present()))
+        present = "" if tube is None else _spans_attr(spans_from_mask(tube.present()))
         # the name goes radially outside the circle of nodes, away from the edges
         rx, ry = x - W / 2, y - H / 2
         rn = math.hypot(rx, ry) or 1.0
@@ -257,16 +257,6 @@ def graph_svg(graph: SceneGraph4D, relations: list[Relation], colours: dict[int,
         "orient='auto-start-reverse'><path d='M0,0 L10,5 L0,10 z'/></marker></defs>"
         + "".join(edges) + "".join(nodes) + "</svg>"
     )
-
-
-def _present_spans(present: np.ndarray) -> list[tuple[int, int]]:
-    idx = np.flatnonzero(present)
-    if len(idx) == 0:
-        return []
-    breaks = np.flatnonzero(np.diff(idx) > 1)
-    starts = np.concatenate([[idx[0]], idx[breaks + 1]])
-    ends = np.concatenate([idx[breaks], [idx[-1]]])
-    return [(int(a), int(b)) for a, b in zip(starts, ends)]
 
 
 def timeline_svg(rows: list[TimelineRow], num_frames: int, colours: dict[int, tuple[int, int, int]],

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import abc
 from pathlib import Path
-from typing import ClassVar, Iterator
+from typing import Any, ClassVar, Iterator
 
 from psg4d.data.schema import Sample, SceneGraph4D, Video4D
+from psg4d.errors import DataError
 
 
 class DatasetReader(abc.ABC):
@@ -61,3 +62,34 @@ class DatasetReader(abc.ABC):
     def iter_graphs(self, split: str | None = None) -> Iterator[SceneGraph4D]:
         for vid in self.video_ids(split):
             yield self.read_graph(vid)
+
+
+class IndexedReader(DatasetReader):
+    """A reader whose annotation index maps video ids to entries.
+
+    Subclasses fill, while opening, ``_index_path`` (the index file, named in
+    errors), ``_entries`` (video id -> its annotation entry, in dataset order) and
+    ``_splits`` (split name -> video ids).
+    """
+
+    _index_path: Path
+    _entries: dict[str, Any]
+    _splits: dict[str, list[str]]
+    # What an id names in messages ("video", "image").
+    item_name: ClassVar[str] = "video"
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self._splits)
+
+    def video_ids(self, split: str | None = None) -> list[str]:
+        if split is None:
+            return list(self._entries)
+        if split not in self._splits:
+            raise DataError(self._index_path, f"no split {split!r} (splits: {', '.join(self._splits)})")
+        return list(self._splits[split])
+
+    def _entry(self, video_id: str) -> Any:
+        if video_id not in self._entries:
+            raise DataError(self._index_path, f"unknown {self.item_name} id {video_id!r}")
+        return self._entries[video_id]

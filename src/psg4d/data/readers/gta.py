@@ -58,7 +58,7 @@ from psg4d.data.readers._util import (
     read_json,
     safe_rel_path,
 )
-from psg4d.data.readers.base import DatasetReader
+from psg4d.data.readers.base import IndexedReader
 from psg4d.data.schema import ObjectTrack, Relation, SceneGraph4D, Video4D, merge_spans
 from psg4d.errors import DataError
 
@@ -78,7 +78,7 @@ NDC_SCALE, NDC_SHIFT = 6.0, 4e-5  # z_ndc = depth / 6 - 4e-5 (public generate_3d
 GTA_STUFF_CLASSES = frozenset({"sky", "floor", "ceiling", "ground", "wall", "grass", "fence", "stair", "window"})
 
 
-class GTAReader(DatasetReader):
+class GTAReader(IndexedReader):
     """Lazy reader of the PSG4D-GTA layout (see the module docstring)."""
 
     format_name = "psg4d-gta"
@@ -123,28 +123,12 @@ class GTAReader(DatasetReader):
         self._frames_cache: dict[str, list[str]] = {}
 
     @property
-    def splits(self) -> list[str]:
-        return list(self._splits)
-
-    def video_ids(self, split: str | None = None) -> list[str]:
-        if split is None:
-            return list(self._entries)
-        if split not in self._splits:
-            raise DataError(self._index_path, f"no split {split!r} (splits: {', '.join(self._splits)})")
-        return list(self._splits[split])
-
-    @property
     def object_vocab(self) -> list[str]:
         return self._things + self._stuff
 
     @property
     def predicate_vocab(self) -> list[str]:
         return list(self._predicates)
-
-    def _entry(self, video_id: str) -> dict:
-        if video_id not in self._entries:
-            raise DataError(self._index_path, f"unknown video id {video_id!r}")
-        return self._entries[video_id]
 
     def num_frames(self, video_id: str) -> int:
         meta = self._entry(video_id).get("meta") or {}

@@ -60,7 +60,7 @@ from psg4d.data.readers._util import (
     save_image,
     save_npz,
 )
-from psg4d.data.readers.base import DatasetReader
+from psg4d.data.readers.base import IndexedReader
 from psg4d.data.schema import (
     ObjectTrack,
     Relation,
@@ -106,7 +106,7 @@ def _mask_path(root: Path, rel: str, t: int) -> Path:
     return root / MASK_ROOT / rel / MASK_DIR / f"{t:05d}.npz"
 
 
-class HOIReader(DatasetReader):
+class HOIReader(IndexedReader):
     """Lazy reader of the PSG4D-HOI layout (see the module docstring)."""
 
     format_name = "psg4d-hoi"
@@ -163,17 +163,6 @@ class HOIReader(DatasetReader):
         return self._short_of_path.get(key)
 
     @property
-    def splits(self) -> list[str]:
-        return list(self._splits)
-
-    def video_ids(self, split: str | None = None) -> list[str]:
-        if split is None:
-            return list(self._entries)
-        if split not in self._splits:
-            raise DataError(self._index_path, f"no split {split!r} (splits: {', '.join(self._splits)})")
-        return list(self._splits[split])
-
-    @property
     def object_vocab(self) -> list[str]:
         return list(self._categories)
 
@@ -184,11 +173,6 @@ class HOIReader(DatasetReader):
     def hoi4d_path(self, video_id: str) -> str:
         self._entry(video_id)
         return self._paths[video_id]
-
-    def _entry(self, video_id: str) -> dict:
-        if video_id not in self._entries:
-            raise DataError(self._index_path, f"unknown video id {video_id!r}")
-        return self._entries[video_id]
 
     def num_frames(self, video_id: str) -> int:
         """Frame count from the index (``meta.num_frames``), else by listing ``align_rgb``."""

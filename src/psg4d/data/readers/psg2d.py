@@ -43,7 +43,7 @@ from psg4d.data.readers._util import (
     read_json,
     save_image,
 )
-from psg4d.data.readers.base import DatasetReader
+from psg4d.data.readers.base import IndexedReader
 from psg4d.data.schema import MaskTube, ObjectTrack, Relation, Sample, SceneGraph4D, Video4D, rle_encode
 from psg4d.errors import DataError
 from psg4d.utils.io import atomic_write_json
@@ -66,12 +66,13 @@ def id_to_rgb(ids: np.ndarray) -> np.ndarray:
     return np.stack([ids % 256, (ids // 256) % 256, (ids // 65536) % 256], axis=-1).astype(np.uint8)
 
 
-class PSGReader(DatasetReader):
+class PSGReader(IndexedReader):
     """Lazy reader of OpenPSG's ``psg.json`` (see the module docstring)."""
 
     format_name = "psg"
     marker = INDEX_FILE
     has_depth = False
+    item_name = "image"
 
     def __init__(self, root: str | Path):
         super().__init__(root)
@@ -108,17 +109,6 @@ class PSGReader(DatasetReader):
             self._splits = {"all": list(self._entries)}
 
     @property
-    def splits(self) -> list[str]:
-        return list(self._splits)
-
-    def video_ids(self, split: str | None = None) -> list[str]:
-        if split is None:
-            return list(self._entries)
-        if split not in self._splits:
-            raise DataError(self._index_path, f"no split {split!r} (splits: {', '.join(self._splits)})")
-        return list(self._splits[split])
-
-    @property
     def object_vocab(self) -> list[str]:
         return self._things + self._stuff
 
@@ -129,11 +119,6 @@ class PSGReader(DatasetReader):
     def num_frames(self, video_id: str) -> int:
         self._entry(video_id)
         return 1
-
-    def _entry(self, video_id: str) -> dict:
-        if video_id not in self._entries:
-            raise DataError(self._index_path, f"unknown image id {video_id!r}")
-        return self._entries[video_id]
 
     def _resolve(self, name: str) -> Path:
         for prefix in IMAGE_PREFIXES:

@@ -39,7 +39,7 @@ from psg4d.data.readers._util import (
     read_json,
     safe_rel_path,
 )
-from psg4d.data.readers.base import DatasetReader
+from psg4d.data.readers.base import IndexedReader
 from psg4d.data.schema import ObjectTrack, Relation, SceneGraph4D, Video4D, merge_spans
 from psg4d.errors import DataError
 
@@ -50,7 +50,7 @@ FRAME_SUFFIX = ".png"
 DEFAULT_FPS = 5.0
 
 
-class PVSGReader(DatasetReader):
+class PVSGReader(IndexedReader):
     """Lazy reader of the OpenPVSG layout (see the module docstring)."""
 
     format_name = "pvsg"
@@ -91,28 +91,12 @@ class PVSGReader(DatasetReader):
                         self._splits.setdefault(str(name), []).append(v)
 
     @property
-    def splits(self) -> list[str]:
-        return list(self._splits)
-
-    def video_ids(self, split: str | None = None) -> list[str]:
-        if split is None:
-            return list(self._entries)
-        if split not in self._splits:
-            raise DataError(self._index_path, f"no split {split!r} (splits: {', '.join(self._splits)})")
-        return list(self._splits[split])
-
-    @property
     def object_vocab(self) -> list[str]:
         return self._things + self._stuff
 
     @property
     def predicate_vocab(self) -> list[str]:
         return list(self._predicates)
-
-    def _entry(self, video_id: str) -> dict:
-        if video_id not in self._entries:
-            raise DataError(self._index_path, f"unknown video id {video_id!r}")
-        return self._entries[video_id]
 
     def _folder(self, kind: str, video_id: str) -> Path:
         src = self._source.get(video_id)

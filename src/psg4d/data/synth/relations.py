@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from psg4d.data.schema import Relation
+from psg4d.data.schema import Relation, spans_from_mask
 from psg4d.data.synth.script import (
     ROLE_AGENT,
     ROLE_FURNITURE,
@@ -63,14 +63,10 @@ def velocity(x: np.ndarray) -> np.ndarray:
 
 def runs_to_spans(mask: np.ndarray, min_span: int, frame_ids: np.ndarray | None = None) -> list[tuple[int, int]]:
     """Inclusive spans of the true runs of ``mask`` at least ``min_span`` long."""
-    m = np.asarray(mask, dtype=bool)
-    if not m.any():
-        return []
-    d = np.diff(np.concatenate([[0], m.astype(np.int8), [0]]))
-    starts = np.nonzero(d == 1)[0]
-    ends = np.nonzero(d == -1)[0] - 1
-    ids = np.arange(len(m)) if frame_ids is None else frame_ids
-    return [(int(ids[a]), int(ids[b])) for a, b in zip(starts, ends) if b - a + 1 >= min_span]
+    spans = spans_from_mask(mask, min_len=min_span)
+    if frame_ids is None:
+        return spans
+    return [(int(frame_ids[a]), int(frame_ids[b])) for a, b in spans]
 
 
 def support_of(scene: Scene, subject: Entity, eps: float) -> np.ndarray:
