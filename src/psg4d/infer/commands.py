@@ -1,4 +1,10 @@
-"""``psg4d predict``: a trained checkpoint + an RGB(-D) video -> a ranked 4D scene graph (JSON)."""
+"""``psg4d predict``: a trained checkpoint + an RGB(-D) video -> a ranked 4D scene graph (JSON).
+
+``--rgb`` is a folder of frames, a video file, or a folder of video files (batch
+mode: ``--out`` is then a folder and each video gives ``OUT/<name>.json``).
+Mask tubes are stored in the JSON as per-frame COCO RLEs; ``--report`` adds the
+visual HTML report next to each prediction.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,21 @@ from typing import Optional
 
 import typer
 
+from psg4d.errors import DataError
+
 log = logging.getLogger(__name__)
+
+
+def _video_files(folder: Path) -> list[Path]:
+    from psg4d.infer.video_io import VIDEO_EXTS
+
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTS)
 
 
 def predict_command(
     ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint folder written by training (save_pretrained)."),
-    rgb: Path = typer.Option(..., "--rgb", help="Folder of RGB frames (png/jpg) or a video file."),
-    out: Path = typer.Option(..., "--out", help="Output scene-graph JSON."),
+    rgb: Path = typer.Option(..., "--rgb", help="Folder of RGB frames, a video file, or a folder of video files."),
+    out: Path = typer.Option(..., "--out", help="Output scene-graph JSON (a folder in batch mode)."),
     depth: Optional[Path] = typer.Option(None, "--depth", help="Folder of depth frames (.npy metres or 16-bit png)."),
     depth_scale: float = typer.Option(1000.0, "--depth-scale", help="16-bit depth png units per metre."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Resample the video to this frame rate first."),
@@ -24,24 +38,37 @@ def predict_command(
     size: Optional[int] = typer.Option(None, "--size", help="Resize frames so the shorter side is SIZE."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Generation length limit."),
     candidates: int = typer.Option(300, "--candidates", help="Keep at most this many ranked relations."),
+    report: bool = typer.Option(False, "--report", help="Also write the HTML report next to each prediction."),
 ) -> None:
-    """Predict the 4D scene graph of one video and write it as JSON."""
+    """Predict the 4D scene graph of one video (or a folder of videos) and write it as JSON."""
+    from tqdm import tqdm
+
     from psg4d.infer.predictor import Predictor, PredictorConfig
     from psg4d.infer.video_io import load_video
     from psg4d.model.psg4d_llm import PSG4DModel
 
+    batch = rgb.is_dir() and bool(_video_files(rgb))
+    if batch and depth is not None:
+        raise DataError(depth, "--depth is for a single video; batch mode over a folder of videos is RGB-only")
+    sources = _video_files(rgb) if batch else [rgb]
+    if depth is None:
+        log.warning(
+            "no depth given: RGB-only mode. The encoder's aggregator uses the RGB branch alone; depth is not"
+            " estimated (the 2D-to-4D transfer's depth estimator is not part of this checkpoint)."
+        )
     model = PSG4DModel.from_pretrained(ckpt)
-    video = load_video(
-        rgb,
-        depth=depth,
-        depth_scale=depth_scale,
-        fps=fps,
-        max_frames=max_frames or model.config.max_frames,
-        size=size,
-    )
-    predictor = Predictor(
-        model=model, config=PredictorConfig(max_new_tokens=max_new_tokens, max_candidates=candidates)
-    )
-    graph = predictor.predict(video)
-    graph.save(out)
-    log.info("%s: %d objects, %d ranked relations -> %s", video.video_id, len(graph.objects), len(graph.relations), out)
+    predictor = Predictor(model=model, config=PredictorConfig(max_new_tokens=max_new_tokens, max_candidates=candidates))
+    for src in tqdm(sources, desc="predict", unit="video", disable=not batch):
+        video = load_video(
+            src, depth=depth, depth_scale=depth_scale, fps=fps, max_frames=max_frames or model.config.max_frames,
+            size=size,
+        )
+        graph = predictor.predict(video)
+        target = out / f"{src.stem}.json" if batch else out
+        graph.save(target)
+        if report:
+            from psg4d.viz.report import write_report
+
+            write_report(target.with_suffix(".html"), graph, video)
+        log.info("%s: %d objects, %d ranked relations -> %s", video.video_id, len(graph.objects),
+                 len(graph.relations), target)
