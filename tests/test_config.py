@@ -53,3 +53,14 @@ def test_bad_override_and_missing_file(tmp_path):
         apply_overrides({"name": "x"}, ["name.sub=1"])
     with pytest.raises(ConfigError, match="not found"):
         load_config(Outer, tmp_path / "nope.yaml")
+
+
+def test_override_list_items_by_index():
+    data = {"stages": [{"name": "a", "steps": 1}, {"name": "b", "steps": 2}]}
+    out = apply_overrides(data, ["stages.1.steps=5", "stages.0.name=first"])
+    assert out["stages"] == [{"name": "first", "steps": 1}, {"name": "b", "steps": 5}]
+    assert data["stages"][1]["steps"] == 2  # the input is not modified
+    with pytest.raises(ConfigError, match="not an index of a list of 2 items"):
+        apply_overrides(data, ["stages.2.steps=1"])
+    with pytest.raises(ConfigError, match="not an index"):
+        apply_overrides(data, ["stages.x.steps=1"])

@@ -97,11 +97,15 @@ def test_forward_backward_reaches_every_submodule():
     assert [t.shape[0] for t in batch["mask_targets"]] == [len(i) for i in batch["obj_ids"]] == [8, 8]
     prefix = len(model.prefix_ids())
     assert (batch["labels"][:, :prefix] == -100).all()
+    # multi-hot of the categories each sample contains, in object_vocab order
+    for b, s in enumerate((make_sample(0), make_sample(1))):
+        present = {model.config.object_vocab[i] for i in torch.nonzero(batch["tags"][b]).flatten().tolist()}
+        assert present == {o.category for o in s.graph.objects}
     out = model(**batch)
-    assert set(out) >= {"loss", "loss_text", "loss_focal", "loss_dice", "loss_iou"}
+    assert set(out) >= {"loss", "loss_text", "loss_focal", "loss_dice", "loss_iou", "loss_tag"}
     assert all(torch.isfinite(v) for v in out.values())
     out["loss"].backward()
-    for name in ("encoder", "projector", "llm", "obj_proj", "mask_decoder"):
+    for name in ("encoder", "projector", "llm", "obj_proj", "mask_decoder", "tag_head"):
         grads = [p.grad for p in getattr(model, name).parameters() if p.grad is not None]
         assert grads and any(float(g.abs().sum()) > 0 for g in grads), name
         assert all(torch.isfinite(g).all() for g in grads), name

@@ -11,6 +11,7 @@ the file); the child's keys are merged over the base's, recursively.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -148,8 +149,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a plain dict."""
-    data = _merge({}, data)
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a copy of a plain dict;
+    a numeric part indexes a list (``stages.0.max_steps=100``)."""
+    data = copy.deepcopy(data)
     for ov in overrides or []:
         if "=" not in ov:
             raise ConfigError(f"override {ov!r} must look like key.path=value")
@@ -158,17 +160,31 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"override {ov!r}: value is not valid YAML: {e}") from None
-        node = data
+        node: Any = data
         parts = key.strip().split(".")
         for p in parts[:-1]:
+            if isinstance(node, list):  # `stages.0.max_steps`: a list item by index
+                node = node[_list_index(node, p, ov)]
+                continue
             nxt = node.get(p)
             if nxt is None:
                 nxt = node[p] = {}
-            if not isinstance(nxt, dict):
+            if not isinstance(nxt, (dict, list)):
                 raise ConfigError(f"override {ov!r}: {p!r} is not a section")
             node = nxt
-        node[parts[-1]] = value
+        if isinstance(node, list):
+            node[_list_index(node, parts[-1], ov)] = value
+        elif isinstance(node, dict):
+            node[parts[-1]] = value
+        else:
+            raise ConfigError(f"override {ov!r}: {parts[-2]!r} is not a section")
     return data
+
+
+def _list_index(items: list, part: str, ov: str) -> int:
+    if not part.lstrip("-").isdigit() or not -len(items) <= int(part) < len(items):
+        raise ConfigError(f"override {ov!r}: {part!r} is not an index of a list of {len(items)} items")
+    return int(part)
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:

@@ -50,6 +50,12 @@ class ModelConfig:
     # Each object is mentioned in several triplets, so a few prompts per video carry the
     # mask signal at a fraction of the decoder's cost, which dominates a tiny model's step.
     max_mask_prompts: int = 0
+    # Weight of the auxiliary tagging loss: a linear head on the projected visual tokens
+    # predicts which object categories the video contains (max over tokens, multi-label
+    # BCE). It makes visual tokens carry category evidence early in training, before the
+    # LLM has learned to read them; otherwise a randomly initialised LLM settles on the
+    # training set's most frequent graph. 0 disables the head (no parameters).
+    tag_loss_weight: float = 0.0
     object_vocab: list[str] = field(default_factory=list)
     predicate_vocab: list[str] = field(default_factory=list)
 
@@ -73,7 +79,7 @@ class ModelConfig:
 
 
 def _tiny() -> ModelConfig:
-    return ModelConfig(preset="tiny", max_mask_prompts=8)
+    return ModelConfig(preset="tiny", max_mask_prompts=8, tag_loss_weight=1.0)
 
 
 def _smollm2() -> ModelConfig:

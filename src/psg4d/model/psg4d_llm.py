@@ -151,6 +151,7 @@ class PSG4DModel(nn.Module):
         obj_proj: nn.Module,
         mask_decoder: nn.Module,
         tokenizer: Any,
+        tag_head: nn.Module | None = None,
     ):
         super().__init__()
         self.config = config
@@ -159,6 +160,7 @@ class PSG4DModel(nn.Module):
         self.llm = llm
         self.obj_proj = obj_proj
         self.mask_decoder = mask_decoder
+        self.tag_head = tag_head  # visual tokens -> object-category logits (auxiliary loss); optional
         self.tokenizer = tokenizer
         self.ids = special_token_ids(tokenizer)
         rows = self.llm.get_input_embeddings().weight.shape[0]
@@ -183,6 +185,7 @@ class PSG4DModel(nn.Module):
             obj_proj=nn.Linear(hidden, cfg.mask_decoder.transformer_dim),
             mask_decoder=build_mask_decoder(cfg.mask_decoder),
             tokenizer=tokenizer,
+            tag_head=nn.Linear(hidden, len(cfg.object_vocab)) if cfg.tag_loss_weight > 0 and cfg.object_vocab else None,
         )
 
     @property
@@ -220,8 +223,13 @@ class PSG4DModel(nn.Module):
         if not use_depth and any(s.video.depth is not None for s in samples):
             log.debug("mixed RGB-D and RGB-only samples in one batch: using RGB only")
         predicates = cfg.predicate_vocab or None
+        vocab_index = {c: i for i, c in enumerate(cfg.object_vocab)}
+        tags = torch.zeros(len(samples), len(cfg.object_vocab))  # [B, V_obj] multi-hot categories present
         rgbs, depths, seqs, labels, targets, valid, obj_ids, frame_idx = [], [], [], [], [], [], [], []
-        for s in samples:
+        for b, s in enumerate(samples):
+            for o in s.graph.objects:
+                if o.category in vocab_index:
+                    tags[b, vocab_index[o.category]] = 1.0
             idx = resample_indices(s.video.num_frames, t)
             rgb, depth = video_tensors(s.video, idx, cfg.image_size)
             rgbs.append(rgb)
@@ -266,6 +274,7 @@ class PSG4DModel(nn.Module):
             "mask_valid": valid,  # B x [N_obj] bool
             "obj_ids": obj_ids,
             "frame_indices": frame_idx,  # B x [T]
+            "tags": tags,  # [B, V_obj]
         }
 
     def _resampled_graph(self, graph: SceneGraph4D, idx: np.ndarray) -> SceneGraph4D:
@@ -317,6 +326,7 @@ class PSG4DModel(nn.Module):
         depth: torch.Tensor | None = None,
         mask_targets: list[torch.Tensor] | None = None,
         mask_valid: list[torch.Tensor] | None = None,
+        tags: torch.Tensor | None = None,
         **meta: Any,
     ) -> dict[str, torch.Tensor]:
         cfg = self.config
@@ -364,6 +374,11 @@ class PSG4DModel(nn.Module):
             zero = enc.dense.sum() * 0 + sum(p.sum() * 0 for p in self.obj_proj.parameters())
             mask = {k: zero for k in parts}
         loss = cfg.text_loss_weight * loss_text + cfg.mask_loss_weight * mask["total"]
+        extra: dict[str, torch.Tensor] = {}
+        if self.tag_head is not None and tags is not None:
+            tag_logits = self.tag_head(visual).amax(dim=1).float()  # [B, V_obj]: any token may carry a category
+            extra["loss_tag"] = F.binary_cross_entropy_with_logits(tag_logits, tags.to(tag_logits))
+            loss = loss + cfg.tag_loss_weight * extra["loss_tag"]
         return {
             "loss": loss,
             "loss_text": loss_text,
@@ -371,6 +386,7 @@ class PSG4DModel(nn.Module):
             "loss_focal": mask["focal"],
             "loss_dice": mask["dice"],
             "loss_iou": mask["iou"],
+            **extra,
         }
 
     # -------------------------------------------------------------- inference

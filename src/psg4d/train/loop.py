@@ -480,10 +480,13 @@ class _StageRun:
             if init is not None:
                 ckpt.load_model_weights(model, init, allow_missing=self.stage.kind_spec.new_modules)
                 log.info("stage %s: initial weights from %s", self.stage.name, init)
-        n_train, n_total = set_trainable(model, self.stage.trainable_prefixes())
+        prefixes = self.stage.trainable_prefixes()
+        present = top_level_modules(model)
+        prefixes += [p for p in self.stage.kind_spec.optional_trainable if p in present and p not in prefixes]
+        n_train, n_total = set_trainable(model, prefixes)
         log.info(
             "stage %s (%s): %s of %s parameters train (%s)",
-            self.stage.name, self.stage.kind, f"{n_train:,}", f"{n_total:,}", ", ".join(self.stage.trainable_prefixes()),
+            self.stage.name, self.stage.kind, f"{n_train:,}", f"{n_total:,}", ", ".join(prefixes),
         )
         return model.to(self.info.device)
 

@@ -36,6 +36,9 @@ class StageKind:
     # Modules this stage adds to the model: weights for them may be missing from
     # the init checkpoint (they start from their own initialisation).
     new_modules: tuple[str, ...] = ()
+    # Modules that train whenever the model has them (auxiliary heads that only some
+    # model configs build, e.g. the 4D-LLM's `tag_head`).
+    optional_trainable: tuple[str, ...] = ()
 
 
 # The stage that needs the estimators to lift 2D scene graphs into 4D; named in
@@ -46,6 +49,7 @@ STAGE_KINDS: dict[str, StageKind] = {
     "4d_init": StageKind(
         description="stage 1: train the 4D-LLM on 4D scenes with gold 4D scene graphs",
         default_trainable=("projector", "llm", "obj_proj", "mask_decoder"),
+        optional_trainable=("tag_head",),
     ),
 }
 
