@@ -304,3 +304,26 @@ def test_smollm2_pretrained_train_step_and_generate(tmp_path):
     assert (tmp_path / "ck" / "model.safetensors").stat().st_size < 100_000_000  # base weights not stored
     again = PSG4DModel.from_pretrained(tmp_path / "ck")
     assert again.generate(make_sample(0).video, max_new_tokens=6).token_ids == gen.token_ids
+
+
+def test_tag_tokens_enter_the_llm_input_after_the_visual_tokens():
+    torch.manual_seed(0)
+    model = PSG4DModel.from_config(tiny_config(tag_tokens=3))
+    base = PSG4DModel.from_config(tiny_config())
+    sample = make_sample(0)
+    enc, visual, tag_logits = model.encode(*[t for t in (model.collate([sample])["rgb"], None)])
+    _, visual_base, _ = base.encode(base.collate([sample])["rgb"], None)
+    assert visual.shape[1] == visual_base.shape[1] + 3 and tag_logits.shape == (1, len(CATS))
+    # each tag token is (probability x) the mean embedding of one category name's words
+    names = model._category_ids
+    emb = model.llm.get_input_embeddings().weight
+    probs = torch.sigmoid(tag_logits[0])
+    top = probs.topk(3)
+    for k in range(3):
+        ids = names[top.indices[k]][names[top.indices[k]] >= 0]
+        assert torch.allclose(visual[0, -3 + k], top.values[k] * emb[ids].mean(0), atol=1e-5)
+    out = model(**model.collate([sample, make_sample(1)]))
+    out["loss"].backward()
+    assert model.tag_head.weight.grad is not None and torch.isfinite(out["loss"])
+    ctx = model.encode_video(sample.video)
+    assert ctx.prefix_embeds.shape[1] == len(model.prefix_ids()) - 1 + visual.shape[1]

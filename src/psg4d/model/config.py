@@ -56,6 +56,16 @@ class ModelConfig:
     # LLM has learned to read them; otherwise a randomly initialised LLM settles on the
     # training set's most frequent graph. 0 disables the head (no parameters).
     tag_loss_weight: float = 0.0
+    # Training only: probability of replacing each teacher-forced scene-graph input token
+    # (not [Obj], not the labels) by the unknown token. A small LLM trained from scratch
+    # otherwise learns to continue memorised graphs from their first words and never needs
+    # to read the visual tokens.
+    input_token_dropout: float = 0.0
+    # Object tags as LLM input (Oscar-style): the tagging head's K most probable categories
+    # enter after the visual tokens, each as its name's mean word embedding scaled by its
+    # probability, so the LLM can copy category words instead of first learning to decode
+    # them from visual features. 0: off. Needs tag_loss_weight > 0.
+    tag_tokens: int = 0
     object_vocab: list[str] = field(default_factory=list)
     predicate_vocab: list[str] = field(default_factory=list)
 
@@ -65,6 +75,8 @@ class ModelConfig:
                 f"model: max_frames ({self.max_frames}), image_size ({self.image_size}) and "
                 f"num_visual_tokens ({self.num_visual_tokens}) must be positive (image_size >= 8)"
             )
+        if self.tag_tokens > 0 and self.tag_loss_weight <= 0:
+            raise ConfigError("model.tag_tokens needs model.tag_loss_weight > 0 (the tagging head picks the tags)")
         if self.mask_decoder.in_dim != self.encoder.dim:
             raise ConfigError(
                 f"model.mask_decoder.in_dim ({self.mask_decoder.in_dim}) must equal "

@@ -112,6 +112,10 @@ class TokenMerger(nn.Module):
         self.spatial_pos = nn.Parameter(torch.zeros(grid * grid, dim))
         nn.init.trunc_normal_(self.spatial_pos, std=0.02)
         self.time_proj = nn.Linear(dim, dim)
+        # Zero-init: a randomly projected sinusoid is as large as the content and, shared by
+        # every video, makes all videos' tokens look alike; the time signal grows as it is needed.
+        nn.init.zeros_(self.time_proj.weight)
+        nn.init.zeros_(self.time_proj.bias)
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, fused: torch.Tensor, hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -167,6 +167,14 @@ class PSG4DModel(nn.Module):
         if rows < len(tokenizer):
             raise CheckpointError(f"LLM has {rows} embedding rows but the tokenizer has {len(tokenizer)} tokens")
         self._prompt_ids = tokenizer.encode(" " + PROMPT_TEXT, add_special_tokens=False)
+        cat_ids = [tokenizer.encode(" " + c, add_special_tokens=False) for c in config.object_vocab]
+        width = max((len(c) for c in cat_ids), default=1)
+        # [V_obj, W] word ids of each category name (-1 pads), for the tag tokens
+        self.register_buffer(
+            "_category_ids",
+            torch.tensor([c + [-1] * (width - len(c)) for c in cat_ids] or [[-1]], dtype=torch.long),
+            persistent=False,
+        )
         # KV-cache argument/output name: ``cache`` in recent transformers, ``past_key_values`` before
         base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
         self._cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
@@ -313,8 +321,26 @@ class PSG4DModel(nn.Module):
         return torch.stack(rows)
 
     def encode(self, rgb: torch.Tensor, depth: torch.Tensor | None):
+        """-> (encoder output, LLM input tokens ``[B, N_vis (+K tags), H_llm]``, tag logits ``[B, V_obj]`` | None)."""
         enc = self.encoder(rgb, depth)
-        return enc, self.projector(enc.tokens)  # visual: [B, N_vis, H_llm]
+        visual = self.projector(enc.tokens)  # [B, N_vis, H_llm]
+        tag_logits = None
+        if self.tag_head is not None:
+            tag_logits = self.tag_head(visual).amax(dim=1).float()  # [B, V_obj]: any token may carry a category
+            if self.config.tag_tokens > 0:
+                visual = torch.cat([visual, self._tag_tokens(tag_logits).to(visual.dtype)], dim=1)
+        return enc, visual, tag_logits
+
+    def _tag_tokens(self, tag_logits: torch.Tensor) -> torch.Tensor:
+        """Top-K tags ``[B, K, H_llm]``: probability x mean input embedding of the category's words."""
+        emb = self.llm.get_input_embeddings()
+        ids = self._category_ids.to(tag_logits.device)  # [V_obj, W] padded with -1
+        valid = ids >= 0
+        words = emb(ids.clamp(min=0)) * valid.unsqueeze(-1)  # [V_obj, W, H]
+        names = words.sum(1) / valid.sum(1, keepdim=True).clamp(min=1)  # [V_obj, H]
+        probs = torch.sigmoid(tag_logits)  # [B, V_obj]
+        top = probs.topk(min(self.config.tag_tokens, probs.shape[1]), dim=1)
+        return top.values.unsqueeze(-1) * names[top.indices]  # [B, K, H]
 
     def forward(
         self,
@@ -330,13 +356,21 @@ class PSG4DModel(nn.Module):
         **meta: Any,
     ) -> dict[str, torch.Tensor]:
         cfg = self.config
-        enc, visual = self.encode(rgb, depth)
+        enc, visual, tag_logits = self.encode(rgb, depth)
         n_vis = visual.shape[1]
         where = input_ids == self.ids.video  # [B, L], one placeholder per row
         ids = self._expand(input_ids, where, n_vis, None)  # [B, L']
         am = self._expand(attention_mask, where, n_vis, 1)
         lab = self._expand(labels, where, n_vis, -100)
-        out = self.llm(inputs_embeds=self._embed(ids, visual), attention_mask=am, output_hidden_states=True)
+        inp = ids
+        if self.training and cfg.input_token_dropout > 0:
+            unk = self.tokenizer.unk_token_id
+            if unk is None:
+                raise ConfigError("model.input_token_dropout needs a tokenizer with an unknown token")
+            drop = (torch.rand(ids.shape, device=ids.device) < cfg.input_token_dropout) & (lab != -100)
+            drop &= ids != self.ids.obj  # [Obj] positions carry the mask prompts
+            inp = ids.masked_fill(drop, unk)
+        out = self.llm(inputs_embeds=self._embed(inp, visual), attention_mask=am, output_hidden_states=True)
         logits = out.logits[:, :-1].float()  # [B, L'-1, V]
         loss_text = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1), ignore_index=-100)
         hidden = out.hidden_states[-1]  # [B, L', H]
@@ -375,8 +409,7 @@ class PSG4DModel(nn.Module):
             mask = {k: zero for k in parts}
         loss = cfg.text_loss_weight * loss_text + cfg.mask_loss_weight * mask["total"]
         extra: dict[str, torch.Tensor] = {}
-        if self.tag_head is not None and tags is not None:
-            tag_logits = self.tag_head(visual).amax(dim=1).float()  # [B, V_obj]: any token may carry a category
+        if tag_logits is not None and tags is not None:
             extra["loss_tag"] = F.binary_cross_entropy_with_logits(tag_logits, tags.to(tag_logits))
             loss = loss + cfg.tag_loss_weight * extra["loss_tag"]
         return {
@@ -399,7 +432,7 @@ class PSG4DModel(nn.Module):
         idx = self.model_frames(video)
         rgb, depth = video_tensors(video, idx, self.config.image_size)
         dev = self.device
-        enc, visual = self.encode(rgb[None].to(dev), None if depth is None else depth[None].to(dev))
+        enc, visual, _ = self.encode(rgb[None].to(dev), None if depth is None else depth[None].to(dev))
         prefix = torch.tensor([self.prefix_ids()], device=dev)
         ids = self._expand(prefix, prefix == self.ids.video, visual.shape[1], None)
         return VideoContext(
