@@ -11,7 +11,7 @@ from psg4d.errors import ConfigError
 from psg4d.train.commands import PRESET_DIR, resolve_config
 from psg4d.train.stages import ExperimentConfig, check_local_weights, load_experiment
 
-PRESETS = {"hoi_tiny": "tiny", "hoi_smollm2": "smollm2-135m", "hoi_full": "full", "gta_full": "full"}
+PRESETS = {"hoi_tiny": "tiny", "hoi_lite0": "tiny", "hoi_smollm2": "smollm2-135m", "hoi_full": "full", "gta_full": "full"}
 
 
 def test_shipped_presets_are_the_expected_set():
@@ -27,6 +27,12 @@ def test_preset_loads_into_an_experiment(name):
     assert cfg.data.train and cfg.data.val
     if name == "hoi_tiny":
         assert cfg.train.device == "cpu" and cfg.train.num_threads == 2 and cfg.data.root == "runs/synth_hoi"
+    if name == "hoi_lite0":
+        # pretrained backbones stay frozen; their fusion and merging train
+        assert cfg.model.encoder.backbone == "efficientnet_lite0" and cfg.model.encoder.pretrained
+        prefixes = cfg.stages[0].trainable_prefixes()
+        assert "encoder" not in prefixes and {"encoder.fusion", "encoder.merger"} <= set(prefixes)
+        assert cfg.model.tag_tokens > 0 and cfg.model.input_token_dropout > 0
     if name.endswith("_full"):
         # the preset's model settings are the named preset's (paper sizes), with local paths on top
         assert cfg.model.encoder.backbone == "imagebind" and cfg.model.llm.freeze_llm
@@ -62,7 +68,7 @@ def test_cli_reports_missing_weights_as_an_error_line(capsys):
 
 def test_cli_unknown_config_lists_presets(capsys):
     assert main(["train", "--config", "nope.yaml"]) == 2
-    assert "shipped presets: ['gta_full', 'hoi_full', 'hoi_smollm2', 'hoi_tiny']" in capsys.readouterr().err
+    assert "shipped presets: ['gta_full', 'hoi_full', 'hoi_lite0', 'hoi_smollm2', 'hoi_tiny']" in capsys.readouterr().err
 
 
 def test_cli_missing_synthetic_world_says_how_to_make_it(tmp_path, capsys):

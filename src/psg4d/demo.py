@@ -22,7 +22,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -34,22 +34,26 @@ from psg4d.utils.io import atomic_write_json
 log = logging.getLogger(__name__)
 
 PRESET_DIR = Path(psg4d.__file__).parent / "configs"
-# Training preset per LLM choice: an explicit table, so `--llm` never guesses a file name.
-LLM_PRESETS: dict[str, str] = {"tiny": "hoi_tiny.yaml", "smollm2-135m": "hoi_smollm2.yaml"}
+# Training preset per model choice: an explicit table, so `--model` never guesses a file name.
+MODEL_CHOICES: dict[str, str] = {
+    "tiny": "hoi_tiny.yaml",  # own tiny encoder + tiny Llama, all from scratch
+    "lite0": "hoi_lite0.yaml",  # frozen pretrained EfficientNet-Lite0 branches + tiny Llama
+    "smollm2-135m": "hoi_smollm2.yaml",  # tiny encoder + pretrained SmolLM2-135M-Instruct (LoRA)
+}
 
 
 @dataclass(kw_only=True)
 class DemoConfig:
     out: Path = Path("runs/demo")
     preset: str = "hoi"
-    videos: int = 48
+    videos: int = 120
     images: int = 200
-    frames: int = 8
+    frames: int = 16
     size: int = 64
     seed: int = 0
-    llm: str = "tiny"
-    # None: the training preset's own length.
-    steps: int | None = None
+    model: str = "tiny"
+    # None: the training preset's own length (thousands of steps; the demo default is short).
+    steps: int | None = 400
     workers: int = 0
     overrides: list[str] = field(default_factory=list)
 
@@ -87,10 +91,10 @@ def _train(cfg: DemoConfig, data_dir: Path, model_dir: Path):
     from psg4d.train.loop import train
     from psg4d.train.stages import load_experiment
 
-    if cfg.llm not in LLM_PRESETS:
-        raise ConfigError(f"unknown --llm {cfg.llm!r}; choose one of {sorted(LLM_PRESETS)}")
+    if cfg.model not in MODEL_CHOICES:
+        raise ConfigError(f"unknown --model {cfg.model!r}; choose one of {sorted(MODEL_CHOICES)}")
     overrides = [f"data.root={data_dir.resolve()}", f"output_dir={model_dir.resolve()}", f"seed={cfg.seed}"]
-    exp = load_experiment(PRESET_DIR / LLM_PRESETS[cfg.llm], overrides + list(cfg.overrides))
+    exp = load_experiment(PRESET_DIR / MODEL_CHOICES[cfg.model], overrides + list(cfg.overrides))
     if cfg.steps is not None:
         for stage in exp.stages:
             stage.max_steps, stage.epochs = cfg.steps, None
@@ -180,12 +184,12 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
 
 def demo_command(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder (reused if it exists)."),
-    videos: int = typer.Option(48, help="Synthetic 4D videos (split 70/15/15)."),
+    videos: int = typer.Option(120, help="Synthetic 4D videos (split 70/15/15)."),
     images: int = typer.Option(200, help="Synthetic 2D scene-graph images."),
-    frames: int = typer.Option(8, help="Frames per video."),
+    frames: int = typer.Option(16, help="Frames per video."),
     size: int = typer.Option(64, help="Frame size in pixels."),
-    steps: Optional[int] = typer.Option(None, help="Training steps (default: the preset's)."),
-    llm: str = typer.Option("tiny", help=f"LLM: {', '.join(LLM_PRESETS)}."),
+    steps: int = typer.Option(400, help="Training steps (0: the preset's full length)."),
+    model: str = typer.Option("tiny", help=f"Model preset: {', '.join(MODEL_CHOICES)}."),
     seed: int = typer.Option(0, help="Seed of the world and the training run."),
     workers: int = typer.Option(0, help="Synthesis processes (0: all cores)."),
     set_: list[str] = typer.Option([], "--set", help="Training-config override key=value (repeatable)."),
@@ -193,7 +197,7 @@ def demo_command(
     """Synthesise a small world, train the tiny 4D-LLM, evaluate it and write a visual report."""
     res = run_demo(
         DemoConfig(
-            out=out, videos=videos, images=images, frames=frames, size=size, steps=steps, llm=llm,
+            out=out, videos=videos, images=images, frames=frames, size=size, steps=steps or None, model=model,
             seed=seed, workers=workers, overrides=list(set_),
         )
     )

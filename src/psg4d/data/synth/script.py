@@ -911,7 +911,6 @@ def _push_pull(
 ) -> None:
     """Walk to a floor object, put a hand on its near side, then walk forward (push) or
     backward (pull) facing it; the object slides with the hand."""
-    T = pl.T
     stand = _approach_point(pl, obj, 0.30)
     _walk(pl, stand, platform, speed)
     if pl.frames_left < 4:
