@@ -83,7 +83,8 @@ def _synth(cfg: DemoConfig, data_dir: Path) -> None:
         log.info("reusing synthetic world in %s", data_dir)
         return
     summary = generate(synth_cfg, data_dir)
-    log.info("synthesised %s", summary)
+    log.info("synthesised videos %s and images %s (%d frames in %.1fs)", summary.videos, summary.images,
+             summary.frames, summary.seconds)
     atomic_write_json(stamp, to_dict(synth_cfg))
 
 
