@@ -246,3 +246,16 @@ def test_missing_data_path_names_the_path(tmp_path):
     cfg = toy_experiment(tmp_path, data__train=[{"path": "not_there"}])
     with pytest.raises(ConfigError, match="not_there does not exist"):
         _run(cfg, tmp_path / "out")
+
+
+def test_frozen_submodules_stay_in_eval_mode():
+    from psg4d.train.loop import train_mode
+
+    net = torch.nn.Sequential(torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 2), torch.nn.Dropout(0.5))
+    for p in net[0].parameters():
+        p.requires_grad_(False)
+    train_mode(net)
+    assert not net[0].training and net[1].training and net[2].training
+    before = net[0].running_mean.clone()
+    net(torch.randn(8, 3) + 5)
+    assert torch.equal(net[0].running_mean, before)  # a frozen backbone keeps its statistics

@@ -206,6 +206,17 @@ def param_groups(model: nn.Module, stage: StageConfig, t: TrainConfig) -> list[d
 # --------------------------------------------------------------------------- helpers
 
 
+def train_mode(model: nn.Module) -> nn.Module:
+    """``model.train()``, except submodules whose parameters are all frozen stay in eval mode:
+    a frozen pretrained backbone must keep its BatchNorm statistics and skip its dropout."""
+    model.train()
+    for module in model.modules():
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params):
+            module.eval()
+    return model
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -554,7 +565,7 @@ class _StageRun:
         window: list[float] = []
         window_parts: dict[str, list[float]] = defaultdict(list)
         last_loss: float | None = next((r["loss"] for r in reversed(kept) if "loss" in r), None)
-        self.wrapped.train()
+        train_mode(self.wrapped)
         while step < total:
             lr = max(self.scheduler.get_last_lr())  # the rate this step uses
             loss, parts, grad_norm = self._train_step(batches)
@@ -701,7 +712,7 @@ class _StageRun:
                 try:
                     metrics = dict(val_fn(model, stage=self.stage, step=step))
                 finally:
-                    model.train()
+                    train_mode(model)
         dist_utils.barrier(self.info)
         if self.info.is_main:
             self.metrics.write({"stage": self.stage.name, "step": step, "val": metrics})
