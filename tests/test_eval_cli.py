@@ -12,7 +12,7 @@ from test_eval_support import CATS, PREDS, noisy_prediction, perfect_prediction,
 
 import psg4d.data.readers as readers
 from psg4d.cli import main
-from psg4d.data.schema import save_scene_graphs
+from psg4d.data.schema import iter_scene_graphs, save_scene_graphs
 from psg4d.eval import evaluate
 
 
@@ -97,9 +97,9 @@ def test_eval_dataset_folder_and_ckpt(split_files, monkeypatch, capsys):
     monkeypatch.setattr(readers, "open_dataset", lambda path, format=None: reader, raising=False)
     calls = []
 
-    def predict_split(ckpt_dir, data_path, split):
+    def predict_split(ckpt_dir, data_path, split, limit=None, progress=False):
         calls.append((str(ckpt_dir), str(data_path), split))
-        return iter(preds)
+        return iter(preds if limit is None else preds[:limit])
 
     fake = types.ModuleType("psg4d.infer.predictor")
     fake.predict_split = predict_split
@@ -115,6 +115,17 @@ def test_eval_dataset_folder_and_ckpt(split_files, monkeypatch, capsys):
     assert json.loads(capsys.readouterr().out)["mR@50"] == pytest.approx(expected["mR@50"])
     assert main(["eval", "--pred", str(d / "pred.jsonl"), "--gt", str(data)]) == 2  # two splits, none chosen
     assert "--split" in capsys.readouterr().err
+
+    # --limit: the first video only, of the predictions and of the ground truth; --save-pred keeps them
+    saved = d / "saved.jsonl"
+    assert main(["eval", "--ckpt", str(d / "ckpt"), "--data", str(data), "--split", "val", "--json",
+                 "--limit", "1", "--save-pred", str(saved)]) == 0
+    got = json.loads(capsys.readouterr().out)
+    first = evaluate(preds[:1], gts[:1], predicates=PREDS, objects=CATS)
+    assert got["R@50"] == pytest.approx(first["R@50"])
+    assert [g.video_id for g in iter_scene_graphs(saved)] == [preds[0].video_id]
+    assert main(["eval", "--pred", str(saved), "--gt", str(data), "--split", "val", "--limit", "0"]) == 2
+    assert main(["eval", "--pred", str(saved), "--gt", str(data), "--split", "val", "--save-pred", "x"]) == 2
 
 
 def test_eval_ckpt_without_predictor(split_files, monkeypatch, capsys):

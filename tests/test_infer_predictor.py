@@ -181,3 +181,31 @@ def test_predict_real_video_rgb_only_and_batch_folder(trained_ckpt, tmp_path):
     assert sorted(p.name for p in outdir.iterdir()) == ["a.json", "b.json"]
     assert main(["predict", "--ckpt", str(ckpt), "--rgb", str(videos), "--depth", str(videos),
                  "--out", str(outdir)]) == 2
+
+
+def test_tagged_objects_the_text_skipped_get_tubes():
+    from test_model_psg4d import make_sample as _make
+
+    torch.manual_seed(0)
+    model = PSG4DModel.from_config(tiny_config(tag_words=True, tag_word_noise=0.0, obj_cls_loss_weight=1.0))
+    sample = _make(0)
+    overfit(model, sample, steps=30)
+    predictor = Predictor(model=model)
+    ctx = model.encode_video(sample.video)
+    ctx.tags = ["person", "table"]  # "table" is in no generated triplet
+    gen = model.generate(ctx, max_new_tokens=40)
+    owner = np.arange(sample.video.num_frames)
+    named = [("person", np.zeros((4, 32, 32), bool), 0.5)]
+    extra = predictor._tag_objects(ctx, gen, named, sample.video, owner)
+    assert [e[0] for e in extra] == ["table"]
+    assert extra[0][1].shape == (4, 32, 32) and extra[0][1].dtype == bool and np.isfinite(extra[0][2])
+    # the same hidden state a teacher-forced mention gives
+    context = [i for i in gen.token_ids if i != model.ids.eos] + model.text_ids(";")
+    hidden = model.obj_hidden_after(ctx, context, ["table", "person"])
+    assert hidden.shape == (2, model.hidden_size)
+    logits, _ = model.decode_masks(ctx, hidden[:1])
+    from psg4d.model.mask_decoder import upsample_to
+
+    assert np.array_equal((upsample_to(logits[0], (32, 32)) > 0).numpy(), extra[0][1])
+    pred = predictor.predict(sample.video)
+    assert "tags" in pred.meta

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from psg4d.errors import CheckpointError, DataError
 from psg4d.model.config import model_preset
 from psg4d.model.grammar import canonical_triplets, format_scene_graph, parse_scene_graph
 from psg4d.model.llm import LLMConfig
-from psg4d.model.psg4d_llm import PSG4DModel, remap_spans, resample_indices
+from psg4d.model.psg4d_llm import PSG4DModel, remap_spans, resample_indices, sample_prompts, semantic_target
 
 CATS = ["person", "water dispenser", "cup", "table"]
 # 17 predicates: 3 objects give 6 ordered pairs x 17 = 102 ranked candidates (R@100 needs >= 100)
@@ -52,21 +53,35 @@ def tiny_config(**kw):
     cfg.llm = LLMConfig(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=256)
     cfg.object_vocab, cfg.predicate_vocab = list(CATS), list(PREDS)
     cfg.image_size, cfg.max_frames = 32, 4
+    # 32x32 frames give 8x8 maps: a 4x4 token grid (no merging at 4 frames) and no segmentation
+    # loss keep the one-sample overfit stable at the tests' high learning rate
+    cfg.encoder = replace(cfg.encoder, merge_grid=4)
+    cfg.seg_loss_weight = 0.0
+    cfg.tag_words, cfg.tag_source, cfg.obj_cls_loss_weight = False, "head", 0.0  # tested on their own below
     for k, v in kw.items():
         setattr(cfg, k, v)
     return cfg
 
 
 def overfit(model: PSG4DModel, sample: Sample, steps: int, lr: float = 6e-3) -> dict:
+    """A few high-lr steps on one sample. The trajectory is sensitive to float summation order,
+    so the thread count is pinned (other tests change it) and gradients are clipped as the
+    training loop does (train.max_grad_norm)."""
     torch.manual_seed(0)
-    batch = model.collate([sample])
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    model.train()
-    for _ in range(steps):
-        out = model(**batch)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        batch = model.collate([sample])
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+        model.train()
+        for _ in range(steps):
+            out = model(**batch)
+            opt.zero_grad()
+            out["loss"].backward()
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
     model.eval()
     return {k: float(v.detach()) for k, v in out.items()}
 
@@ -91,7 +106,7 @@ def trained():
 
 def test_forward_backward_reaches_every_submodule():
     torch.manual_seed(0)
-    model = PSG4DModel.from_config(tiny_config())
+    model = PSG4DModel.from_config(tiny_config(seg_loss_weight=1.0, tag_words=True, obj_cls_loss_weight=1.0))
     batch = model.collate([make_sample(0), make_sample(1)])
     assert batch["rgb"].shape == (2, 4, 3, 32, 32) and batch["depth"].shape == (2, 4, 1, 32, 32)
     assert [t.shape[0] for t in batch["mask_targets"]] == [len(i) for i in batch["obj_ids"]] == [8, 8]
@@ -102,10 +117,11 @@ def test_forward_backward_reaches_every_submodule():
         present = {model.config.object_vocab[i] for i in torch.nonzero(batch["tags"][b]).flatten().tolist()}
         assert present == {o.category for o in s.graph.objects}
     out = model(**batch)
-    assert set(out) >= {"loss", "loss_text", "loss_focal", "loss_dice", "loss_iou", "loss_tag"}
+    assert set(out) >= {"loss", "loss_text", "loss_focal", "loss_dice", "loss_iou", "loss_tag", "loss_seg",
+                        "loss_obj_cls"}
     assert all(torch.isfinite(v) for v in out.values())
     out["loss"].backward()
-    for name in ("encoder", "projector", "llm", "obj_proj", "mask_decoder", "tag_head"):
+    for name in ("encoder", "projector", "llm", "obj_proj", "mask_decoder", "tag_head", "seg_head", "obj_cls_head"):
         grads = [p.grad for p in getattr(model, name).parameters() if p.grad is not None]
         assert grads and any(float(g.abs().sum()) > 0 for g in grads), name
         assert all(torch.isfinite(g).all() for g in grads), name
@@ -327,3 +343,212 @@ def test_tag_tokens_enter_the_llm_input_after_the_visual_tokens():
     assert model.tag_head.weight.grad is not None and torch.isfinite(out["loss"])
     ctx = model.encode_video(sample.video)
     assert ctx.prefix_embeds.shape[1] == len(model.prefix_ids()) - 1 + visual.shape[1]
+
+
+def test_semantic_target_paints_each_objects_category():
+    sample = make_sample(0)
+    vocab = {c: i for i, c in enumerate(CATS)}
+    sem = semantic_target(sample.graph, np.arange(4), 32, vocab)  # [T, S, S]
+    assert sem.shape == (4, 32, 32) and sem.dtype == torch.long
+    expected = np.full((4, 32, 32), len(CATS))
+    for o in sample.graph.objects:  # disjoint boxes; the person is absent in the last frame
+        expected[o.tube.to_dense()] = vocab[o.category]
+    assert np.array_equal(sem.numpy(), expected)
+    assert (sem[3] != vocab["person"]).all() and (sem[0] == vocab["person"]).sum() == 80
+    # resampled frames and a smaller size: nearest, so a box stays a box
+    small = semantic_target(sample.graph, np.array([0, 3]), 16, vocab)
+    assert small.shape == (2, 16, 16) and (small[0] == vocab["person"]).sum() == 20
+    # categories outside the vocabulary are unlabelled
+    assert (semantic_target(sample.graph, np.arange(4), 32, {"cup": 0}) <= 1).all()
+
+
+def test_sample_prompts_takes_every_object_before_repeats():
+    obj_ids = [5, 5, 5, 7, 5, 9, 7, 5]
+    keep = torch.tensor([True, True, True, True, True, True, True, False])
+    for seed in range(20):
+        torch.manual_seed(seed)
+        chosen = sample_prompts(keep, obj_ids, 3)
+        assert int(chosen.sum()) == 3 and not chosen[7]
+        assert sorted(obj_ids[i] for i in torch.nonzero(chosen).flatten().tolist()) == [5, 7, 9]
+        five = sample_prompts(keep, obj_ids, 5)
+        objs = [obj_ids[i] for i in torch.nonzero(five).flatten().tolist()]
+        assert int(five.sum()) == 5 and set(objs) == {5, 7, 9} and not five[7]
+    # without object ids: a plain random subset of the valid occurrences
+    assert int(sample_prompts(keep, None, 4).sum()) == 4
+
+
+def test_segmentation_loss_hand_computed():
+    """Uniform logits cost exactly log(C) whatever the class balance (weights average to 1)."""
+    torch.manual_seed(0)
+    model = PSG4DModel.from_config(tiny_config(seg_loss_weight=1.0))
+    n_cls = len(CATS) + 1
+    assert model.seg_head.out_channels == n_cls
+    with torch.no_grad():
+        model.seg_head.weight.zero_()
+        model.seg_head.bias.zero_()
+    batch = model.collate([make_sample(0), make_sample(1)])
+    assert batch["semantic"].shape == (2, 4, 32, 32)
+    dense = torch.randn(2, 4, model.config.encoder.dim, 8, 8)
+    loss = model.segmentation_loss(dense, batch["semantic"])
+    assert abs(float(loss) - float(np.log(n_cls))) < 1e-5
+    # labels constant over each 4x4 cell (one-hot soft targets) and a head that reads them from
+    # the features with logit margin 20: the loss is ~ (C - 1) e^-20
+    cells = torch.randint(0, n_cls, (2, 4, 8, 8), generator=torch.Generator().manual_seed(1))
+    semantic = cells.repeat_interleave(4, -1).repeat_interleave(4, -2)  # [2, 4, 32, 32]
+    dense = torch.zeros_like(dense)
+    dense[:, :, :n_cls] = torch.nn.functional.one_hot(cells, n_cls).permute(0, 1, 4, 2, 3).float()
+    with torch.no_grad():
+        model.seg_head.weight[:, :n_cls, 0, 0] = 20 * torch.eye(n_cls)
+    assert float(model.segmentation_loss(dense, semantic)) < 1e-6
+    # the wrong class everywhere costs the margin
+    wrong = (cells + 1) % n_cls
+    dense[:, :, :n_cls] = torch.nn.functional.one_hot(wrong, n_cls).permute(0, 1, 4, 2, 3).float()
+    assert float(model.segmentation_loss(dense, semantic)) == pytest.approx(20.0, abs=1e-3)
+
+
+def test_tag_words_prefix_noise_and_prediction():
+    torch.manual_seed(0)
+    model = PSG4DModel.from_config(tiny_config(tag_words=True, tag_word_noise=0.0))
+    tok = model.tokenizer
+    # vocabulary order (person, water dispenser, cup, table), whatever order they are given in
+    text = tok.decode(model.prefix_ids(["cup", "person", "cup"]))
+    assert text == "<s> [Video] objects : person , cup scene graph :"
+    assert tok.decode(model.prefix_ids()) == "<s> [Video] scene graph :"
+    assert tok.decode(model.prefix_ids([])) == "<s> [Video] objects : scene graph :"
+    # training tags: noise 0 -> exactly the vocabulary categories present; noise 1 -> all dropped, one absent added
+    assert model.training_tags(["cup", "person", "kettle", "cup"]) == ["cup", "person"]
+    model.config.tag_word_noise = 1.0
+    for _ in range(5):
+        noisy = model.training_tags(["cup", "person"])
+        assert len(noisy) == 1 and noisy[0] in {"water dispenser", "table"}
+    model.config.tag_word_noise = 0.0
+    # prediction: probability >= tag_threshold (0.5) in vocabulary order
+    assert model.predicted_tags(torch.tensor([3.0, -1.0, 0.0, -0.1])) == ["person", "cup"]
+    # the collated prompt (eval mode: ground truth, no noise) and the inference prompt (predicted tags)
+    sample = make_sample(0)
+    model.eval()
+    batch = model.collate([sample])
+    prefix_len = len(model.prefix_ids(["person", "water dispenser", "cup"]))
+    assert tok.decode(batch["input_ids"][0][:prefix_len]) == (
+        "<s> [Video] objects : person , water dispenser , cup scene graph :")
+    with torch.no_grad():
+        model.tag_head.bias.copy_(torch.tensor([-20.0, 20.0, -20.0, 20.0]))  # logits ~ bias
+        model.tag_head.weight.zero_()
+    ctx = model.encode_video(sample.video)
+    assert ctx.tags == ["water dispenser", "table"]
+    n_vis = ctx.prefix_embeds.shape[1] - len(model.prefix_ids(ctx.tags)) + 1
+    assert n_vis == 64  # the visual tokens, then exactly the tag words and the prompt
+
+
+def test_obj_category_loss_hand_computed():
+    torch.manual_seed(0)
+    model = PSG4DModel.from_config(tiny_config(obj_cls_loss_weight=1.0))
+    with torch.no_grad():
+        model.obj_cls_head.weight.zero_()
+        model.obj_cls_head.bias.zero_()
+    sample = make_sample(0)
+    batch = model.collate([sample])
+    cats = {o.object_id: o.category for o in sample.graph.objects}
+    assert batch["obj_categories"][0].tolist() == [CATS.index(cats[i]) for i in batch["obj_ids"][0]]
+    out = model(**batch)
+    assert float(out["loss_obj_cls"]) == pytest.approx(np.log(len(CATS)), abs=1e-5)
+    # only "cup" is right: logit 30 for it everywhere -> loss ~30 on the others, 0 on the cups
+    with torch.no_grad():
+        model.obj_cls_head.bias[CATS.index("cup")] = 30.0
+    n_cup = sum(cats[i] == "cup" for i in batch["obj_ids"][0])
+    n = len(batch["obj_ids"][0])
+    assert float(model(**batch)["loss_obj_cls"]) == pytest.approx(30.0 * (n - n_cup) / n, abs=1e-3)
+
+
+def test_tag_words_model_overfits_and_generates_from_predicted_tags():
+    torch.manual_seed(0)
+    model = PSG4DModel.from_config(tiny_config(tag_words=True, tag_word_noise=0.0, obj_cls_loss_weight=1.0))
+    sample = make_sample(0)
+    losses = overfit(model, sample, steps=80)
+    assert losses["loss_text"] < 0.1 and losses["loss_obj_cls"] < 0.5, losses
+    ctx = model.encode_video(sample.video)
+    assert sorted(ctx.tags) == sorted(o.category for o in sample.graph.objects)
+    gen = model.generate(ctx, max_new_tokens=80)
+    gt = format_scene_graph(model._resampled_graph(sample.graph, np.arange(4)))
+    assert gen.text == gt.text
+
+
+class _ScriptedLLM(torch.nn.Module):
+    """Stands in for the LLM in ``generate``: emits ``script`` token by token (one per pass),
+    hidden state = the pass number, so dropped [Obj] states can be identified."""
+
+    def __init__(self, real, script: list[int]):
+        super().__init__()
+        self.real, self.script, self.calls = real, script, 0
+
+    def get_input_embeddings(self):
+        return self.real.get_input_embeddings()
+
+    def forward(self, *, inputs_embeds, attention_mask, use_cache=True, output_hidden_states=True, **cache):
+        from types import SimpleNamespace
+
+        vocab = self.real.get_input_embeddings().weight.shape[0]
+        n = inputs_embeds.shape[1]
+        logits = torch.zeros(1, n, vocab)
+        logits[0, -1, self.script[min(self.calls, len(self.script) - 1)]] = 10.0
+        hidden = torch.full((1, n, inputs_embeds.shape[-1]), float(self.calls))
+        self.calls += 1
+        return SimpleNamespace(logits=logits, hidden_states=(hidden,), cache=None, past_key_values=None)
+
+
+def test_generate_drops_repeated_triplets_and_stops_on_a_loop():
+    torch.manual_seed(0)
+    model = PSG4DModel.from_config(tiny_config()).eval()
+    trip = model.text_ids("cup [Obj] on table [Obj] 0 1")
+    other = model.text_ids("person [Obj] holding cup [Obj] 1 3")
+    sep = model.text_ids(";")
+    script = trip + sep + other + sep + trip + sep + trip + sep + other + sep + trip + sep + trip + sep
+    model.llm = _ScriptedLLM(model.llm, script + [model.ids.eos])
+    ctx = model.encode_video(make_sample(0).video)
+    gen = model.generate(ctx, max_new_tokens=200, max_repeats=3)
+    assert gen.text == "cup [Obj] on table [Obj] 0 1 ; person [Obj] holding cup [Obj] 1 3 ;"
+    assert len(gen.step_logprobs) == len(gen.token_ids) == 2 * (len(trip) + 1)
+    # [Obj] states of the kept triplets only: passes right after each kept [Obj] was fed
+    obj_pos = [i for i, t in enumerate(gen.token_ids) if t == model.ids.obj]
+    assert gen.obj_hidden[:, 0].tolist() == [float(p + 1) for p in obj_pos]
+    # without dropping, the repeats stay (up to the token limit)
+    model.llm.calls = 0
+    gen = model.generate(ctx, max_new_tokens=len(script), max_repeats=None)
+    assert gen.text.count("cup [Obj] on table [Obj] 0 1") == 5
+
+
+def test_segmentation_tags_from_the_argmax_area():
+    from psg4d.errors import ConfigError
+
+    torch.manual_seed(0)
+    model = PSG4DModel.from_config(tiny_config(tag_words=True, seg_loss_weight=1.0, tag_source="segmentation",
+                                               tag_min_area=0.1))
+    n_cls = len(CATS) + 1
+    # a head that copies channel c of the features to class c: the argmax is the feature's argmax
+    with torch.no_grad():
+        model.seg_head.weight.zero_()
+        model.seg_head.bias.zero_()
+        model.seg_head.weight[:, :n_cls, 0, 0] = torch.eye(n_cls)
+    dense = torch.zeros(2, model.config.encoder.dim, 8, 8)  # [T, D, h, w]
+    dense[:, len(CATS)] = 1.0  # unlabelled everywhere ...
+    dense[:, 2, :4, :4] = 5.0  # ... but "cup" on a quarter of both frames
+    dense[0, 0, 0, 0] = 5.0  # "person" on 1 cell of one frame: 1/128 of the clip, under 0.1
+    assert model.segmentation_tags(dense) == ["cup"]
+    model.config.tag_min_area = 0.005
+    assert model.segmentation_tags(dense) == ["person", "cup"]
+    # the inference prompt uses them
+    ctx = model.encode_video(make_sample(0).video)
+    with torch.no_grad():
+        expected = model.segmentation_tags(model.encode(*[t[None] for t in _video(model)])[0].dense[0])
+    assert ctx.tags == expected
+    with pytest.raises(ConfigError, match="tag_source"):
+        tiny_config(tag_words=True, tag_source="detector").__post_init__()
+    with pytest.raises(ConfigError, match="seg_loss_weight"):
+        tiny_config(tag_words=True, tag_source="segmentation", seg_loss_weight=0.0).__post_init__()
+
+
+def _video(model):
+    from psg4d.model.psg4d_llm import video_tensors
+
+    video = make_sample(0).video
+    return video_tensors(video, model.model_frames(video), model.config.image_size)

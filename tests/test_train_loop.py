@@ -259,3 +259,27 @@ def test_frozen_submodules_stay_in_eval_mode():
     before = net[0].running_mean.clone()
     net(torch.randn(8, 3) + 5)
     assert torch.equal(net[0].running_mean, before)  # a frozen backbone keeps its statistics
+
+
+def test_a_failing_final_validation_keeps_the_training(tmp_path):
+    """The last step's checkpoint is written before the final validation; a rerun only validates."""
+    cfg = toy_experiment(tmp_path)
+
+    def broken(model, *, stage, step):
+        raise RuntimeError("validator bug")
+
+    with pytest.raises(RuntimeError, match="validator bug"):
+        _run(cfg, tmp_path / "out", validator=broken)
+    stage_dir = tmp_path / "out" / "s1"
+    assert os.readlink(stage_dir / "last") == "step_00000012" and not (stage_dir / "final").exists()
+    calls = []
+
+    def working(model, *, stage, step):
+        calls.append(step)
+        return {"val_loss": 1.0}
+
+    res = _run(cfg, tmp_path / "out", validator=working)
+    assert res.stages[0].steps == 12 and calls == [12]
+    assert len(_losses(stage_dir / "metrics.jsonl")) == 12  # no step trained twice
+    a, b = _weights(stage_dir / "final"), _weights(stage_dir / "last")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -26,13 +26,13 @@ def test_preset_loads_into_an_experiment(name):
     assert [s.kind for s in cfg.stages] == ["4d_init"]
     assert cfg.data.train and cfg.data.val
     if name == "hoi_tiny":
-        assert cfg.train.device == "cpu" and cfg.train.num_threads == 2 and cfg.data.root == "runs/synth_hoi"
+        assert cfg.train.device == "cpu" and cfg.train.num_threads == 2 and cfg.data.root == "runs/synth_hoi_big"
     if name == "hoi_lite0":
         # pretrained backbones stay frozen; their fusion and merging train
         assert cfg.model.encoder.backbone == "efficientnet_lite0" and cfg.model.encoder.pretrained
         prefixes = cfg.stages[0].trainable_prefixes()
         assert "encoder" not in prefixes and {"encoder.fusion", "encoder.merger"} <= set(prefixes)
-        assert cfg.model.tag_tokens > 0 and cfg.model.input_token_dropout > 0
+        assert cfg.model.tag_words and cfg.model.tag_tokens == 0 and cfg.model.input_token_dropout > 0
     if name.endswith("_full"):
         # the preset's model settings are the named preset's (paper sizes), with local paths on top
         assert cfg.model.encoder.backbone == "imagebind" and cfg.model.llm.freeze_llm

@@ -32,6 +32,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("train", "psg4d.train.commands", "train_command"),
     ("predict", "psg4d.infer.commands", "predict_command"),
     ("eval", "psg4d.eval.commands", "eval_command"),
+    ("diagnose", "psg4d.infer.commands", "diagnose_command"),
     ("viz", "psg4d.viz.commands", "viz_command"),
 ]
 

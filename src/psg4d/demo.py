@@ -102,7 +102,13 @@ def _train(cfg: DemoConfig, data_dir: Path, model_dir: Path):
     return train(exp, out_dir=model_dir, resume=True)
 
 
-def _evaluate(ckpt: Path, data_4d: Path, eval_dir: Path) -> dict[str, Any]:
+def evaluate_with_baseline(
+    ckpt: Path, data_4d: Path, eval_dir: Path, *, split: str = "test", limit: int | None = None
+) -> dict[str, Any]:
+    """Predict ``split`` (its first ``limit`` videos) with ``ckpt``, score model and frequency
+    baseline under both protocols; writes ``predictions_<split>.jsonl`` and ``metrics.json``."""
+    from itertools import islice
+
     from psg4d.data.readers import open_dataset
     from psg4d.data.schema import iter_scene_graphs, save_scene_graphs
     from psg4d.eval import evaluate
@@ -110,9 +116,9 @@ def _evaluate(ckpt: Path, data_4d: Path, eval_dir: Path) -> dict[str, Any]:
     from psg4d.infer.predictor import predict_split
 
     reader = open_dataset(data_4d)
-    gts = {g.video_id: g for g in reader.iter_graphs("test")}
-    preds_path = eval_dir / "predictions_test.jsonl"
-    save_scene_graphs(preds_path, predict_split(ckpt, data_4d, "test"))
+    gts = {g.video_id: g for g in islice(reader.iter_graphs(split), limit)}
+    preds_path = eval_dir / f"predictions_{split}.jsonl"
+    save_scene_graphs(preds_path, predict_split(ckpt, data_4d, split, limit=limit, progress=True))
     baseline = FrequencyBaseline().fit(reader.iter_graphs("train"))
     metrics: dict[str, Any] = {"model": {}, "frequency_baseline": {}}
     for protocol in ("pvsg", "volumetric"):
@@ -169,7 +175,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
 
     t0 = time.perf_counter()
     log.info("[3/4] evaluating on the test split")
-    metrics = _evaluate(ckpt, data_dir / "4d", eval_dir)
+    metrics = evaluate_with_baseline(ckpt, data_dir / "4d", eval_dir)
     seconds["eval"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

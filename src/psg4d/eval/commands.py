@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any, Iterable, Optional
 
 import typer
 
-from psg4d.data.schema import SceneGraph4D, iter_scene_graphs
+from psg4d.data.schema import SceneGraph4D, iter_scene_graphs, save_scene_graphs
 from psg4d.errors import ConfigError, Psg4dError
 from psg4d.eval.labelmap import LabelMap
 from psg4d.eval.metric import PROTOCOLS, evaluate, summary_table
@@ -18,14 +19,17 @@ from psg4d.utils.io import atomic_write_json
 log = logging.getLogger(__name__)
 
 
-def _ground_truth(gt: Path, split: str | None, *, split_is_for_gt: bool) -> tuple[Iterable[SceneGraph4D], dict]:
+def _ground_truth(
+    gt: Path, split: str | None, *, split_is_for_gt: bool, limit: int | None = None
+) -> tuple[Iterable[SceneGraph4D], dict]:
     """GT graphs from a scene-graph file or a dataset folder, and vocabulary options for the metric."""
     if not gt.exists():
         raise ConfigError(f"{gt}: ground truth not found")
     if not gt.is_dir():
         if split is not None and split_is_for_gt:
             raise ConfigError(f"--split selects a split of a dataset folder, but --gt {gt} is a scene-graph file")
-        return iter_scene_graphs(gt), {}
+        graphs = iter_scene_graphs(gt)
+        return (graphs if limit is None else itertools.islice(graphs, limit)), {}
     from psg4d.data.readers import open_dataset
 
     reader = open_dataset(gt)
@@ -42,19 +46,23 @@ def _ground_truth(gt: Path, split: str | None, *, split_is_for_gt: bool) -> tupl
         options["predicates"] = list(reader.predicate_vocab)
     if reader.object_vocab:
         options["objects"] = list(reader.object_vocab)
-    return reader.iter_graphs(split), options
+    graphs = reader.iter_graphs(split)
+    return (graphs if limit is None else itertools.islice(graphs, limit)), options
 
 
-def _predictions(pred: Path | None, ckpt: Path | None, data: Path | None, split: str | None) -> Iterable[SceneGraph4D]:
+def _predictions(
+    pred: Path | None, ckpt: Path | None, data: Path | None, split: str | None, limit: int | None = None
+) -> Iterable[SceneGraph4D]:
     if pred is not None:
-        return iter_scene_graphs(pred)
+        graphs = iter_scene_graphs(pred)
+        return graphs if limit is None else itertools.islice(graphs, limit)
     if data is None or split is None:
         raise ConfigError("--ckpt needs --data DIR and --split S to know which videos to predict")
     try:
         from psg4d.infer.predictor import predict_split
     except ImportError as e:
         raise Psg4dError(f"the predictor is unavailable ({e}); score a prediction file with --pred instead") from None
-    return predict_split(ckpt, data, split)
+    return predict_split(ckpt, data, split, limit=limit, progress=True)
 
 
 def eval_command(
@@ -76,6 +84,12 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print the JSON instead of the table."),
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Predict with this checkpoint instead of --pred."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder to predict on (with --ckpt)."),
+    limit: Optional[int] = typer.Option(
+        None, "--limit", help="Score only the first N videos (of the split, and of --pred in file order)."
+    ),
+    save_pred: Optional[Path] = typer.Option(
+        None, "--save-pred", help="With --ckpt: also write the predictions (.jsonl), e.g. to score another protocol."
+    ),
 ) -> None:
     """Triplet recall R@20/50/100 and mR@20/50/100 of predicted 4D scene graphs."""
     if (pred is None) == (ckpt is None):
@@ -86,9 +100,17 @@ def eval_command(
         if data is None:
             raise ConfigError("give --gt (a scene-graph file or dataset folder)")
         gt = data
-    gts, vocab = _ground_truth(gt, split, split_is_for_gt=ckpt is None)
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be positive, got {limit}")
+    if save_pred is not None and ckpt is None:
+        raise ConfigError("--save-pred needs --ckpt (with --pred the predictions are already a file)")
+    gts, vocab = _ground_truth(gt, split, split_is_for_gt=ckpt is None, limit=limit)
     lm = LabelMap.load(label_map) if label_map is not None else None
-    preds = _predictions(pred, ckpt, data, split)
+    preds = _predictions(pred, ckpt, data, split, limit)
+    if save_pred is not None:
+        preds = list(preds)
+        save_scene_graphs(save_pred, preds)
+        log.info("wrote %d predictions to %s", len(preds), save_pred)
     result = evaluate(preds, gts, protocol=protocol, graph_constraint=graph_constraint, label_map=lm, **vocab)
     result["inputs"] = {
         "pred": str(pred) if pred is not None else None,

@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from psg4d.errors import DataError
+from psg4d.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -72,3 +72,35 @@ def predict_command(
             write_report(target.with_suffix(".html"), graph, video)
         log.info("%s: %d objects, %d ranked relations -> %s", video.video_id, len(graph.objects),
                  len(graph.relations), target)
+
+
+def diagnose_command(
+    ckpt: Path = typer.Option(..., "--ckpt", help="Checkpoint folder written by training."),
+    data: Path = typer.Option(..., "--data", help="Dataset folder (any supported format)."),
+    split: str = typer.Option("val", "--split", help="Split to draw the videos from."),
+    limit: int = typer.Option(8, "--limit", help="Number of videos (the grounding table is limit x limit)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the numbers as JSON."),
+) -> None:
+    """Does the LLM read the video (grounding gap), and how good are masks from the ground-truth text?"""
+    from psg4d.data.readers import open_dataset
+    from psg4d.infer.diagnostics import format_reports, grounding, teacher_forced_masks
+    from psg4d.model.psg4d_llm import PSG4DModel
+    from psg4d.utils.io import atomic_write_json
+
+    if limit < 2:
+        raise ConfigError(f"--limit must be at least 2 (got {limit}): the grounding table compares videos")
+    model = PSG4DModel.from_pretrained(ckpt)
+    reader = open_dataset(data)
+    if split not in reader.splits:
+        raise DataError(data, f"no split {split!r}; the dataset has {', '.join(reader.splits)}")
+    samples = [reader.read(v) for v in reader.video_ids(split)[:limit]]
+    if len(samples) < 2:
+        raise DataError(data, f"split {split!r} has {len(samples)} video(s); the grounding table needs 2")
+    g = grounding(model, samples)
+    m = teacher_forced_masks(model, samples)
+    typer.echo(format_reports(g, m))
+    if json_out is not None:
+        atomic_write_json(json_out, {
+            "grounding_gap": g.gap, "grounding_top1": g.top1, "logprob": g.logprob.tolist(),
+            "tf_mask_hit": m.hit, "tf_mask_hit_per_category": m.per_category,
+        }, indent=2)

@@ -13,7 +13,11 @@ Steps of :meth:`Predictor.predict`:
    category (case-insensitive) whose tube has vIoU >= ``merge_viou`` with it
    (two empty tubes count as equal); otherwise it starts a new object. An
    object keeps the tube of its first occurrence; its score is that tube's mean
-   predicted IoU.
+   predicted IoU. (1b) With ``model.tag_words``, every tagged category that no
+   generated triplet mentions becomes an object too: its tube comes from the
+   ``[Obj]`` hidden state of ``<tag> [Obj]`` teacher-forced after the generated
+   text (``tag_objects``), so an object the greedy text skipped can still take
+   part in the pairings of step 3.
 3. Ranked relations. A candidate's score is the log-probability, under the LLM
    and given the video, of its text ``subject [Obj] predicate object [Obj]``
    (span numbers excluded: they locate a relation, they do not decide whether
@@ -59,8 +63,11 @@ class PredictorConfig:
     merge_viou: float = 0.5
     max_new_tokens: int | None = None  # None: the model config's
     max_candidates: int = 300
-    max_new_pairs: int = 30
+    max_new_pairs: int = 80
     score_batch_size: int = 32
+    # Objects the tagging head found (model.tag_words) but the generation never mentioned get a
+    # tube from a teacher-forced "<tag> [Obj]" after the generated text, and join the pairings.
+    tag_objects: bool = True
 
 
 @dataclass
@@ -156,6 +163,8 @@ class Predictor:
             occurrences.setdefault(t.subject_obj_index, t.subject)
             occurrences.setdefault(t.object_obj_index, t.object)
         assign, objects = self._merge_objects(occurrences, tubes, ious)
+        if cfg.tag_objects and ctx.tags:
+            objects += self._tag_objects(ctx, gen, objects, video, owner)
 
         obj_pos = [i for i, tid in enumerate(gen.token_ids) if tid == model.ids.obj]
         predicates = self._predicates(triplets)
@@ -200,6 +209,24 @@ class Predictor:
         ranked = sorted(cands.values(), key=lambda c: -c.score)[: cfg.max_candidates]
         return self._scene_graph(video, gen, parsed.dropped, objects, ranked, owner)
 
+    def _tag_objects(self, ctx, gen: Generation, objects, video: Video4D, owner: np.ndarray):
+        """(category, tube, score) for each tag no generated object has (step 1b of the module docstring)."""
+        model = self.model
+        named = {cat.lower() for cat, _, _ in objects}
+        missing = [t for t in ctx.tags if t.lower() not in named]
+        if not missing:
+            return []
+        context = [i for i in gen.token_ids if i != model.ids.eos]
+        if context:
+            context = context + model.text_ids(TRIPLET_SEP)
+        hidden = model.obj_hidden_after(ctx, context, missing, batch_size=self.config.score_batch_size)
+        logits, iou = model.decode_masks(ctx, hidden)  # [N, T_m, h, w], [N, T_m]
+        out = []
+        for k, tag in enumerate(missing):
+            up = upsample_to(logits[k], (video.height, video.width))
+            out.append((tag, (up > self.config.mask_threshold).cpu().numpy()[owner], float(iou[k].float().mean())))
+        return out
+
     @staticmethod
     def _pair_span(pa: np.ndarray, pb: np.ndarray) -> tuple[int, int]:
         for frames in (pa & pb, pa | pb):
@@ -232,19 +259,23 @@ class Predictor:
             relations=relations,
             object_vocab=list(cfg.object_vocab) or None,
             predicate_vocab=list(cfg.predicate_vocab) or None,
-            meta={"generated_text": gen.text, "dropped_triplets": dropped, "num_generated_tokens": len(gen.token_ids)},
+            meta={"generated_text": gen.text, "dropped_triplets": dropped, "num_generated_tokens": len(gen.token_ids),
+                  **({"tags": list(gen.context.tags)} if gen.context.tags is not None else {})},
         )
 
 
 def predict_split(
     ckpt_dir: str | Path, data_path: str | Path, split: str, *, limit: int | None = None,
-    config: PredictorConfig | None = None,
+    config: PredictorConfig | None = None, progress: bool = False,
 ) -> Iterator[SceneGraph4D]:
-    """Predict every video of ``split`` of the dataset at ``data_path`` (lazily, one at a time)."""
+    """Predict every video of ``split`` of the dataset at ``data_path`` (lazily, one at a time;
+    ``progress``: a tqdm bar)."""
+    from tqdm import tqdm
+
     from psg4d.data.readers import open_dataset
 
     predictor = Predictor(model=PSG4DModel.from_pretrained(ckpt_dir), config=config)
     reader = open_dataset(data_path)
     ids = reader.video_ids(split)
-    for vid in ids if limit is None else ids[:limit]:
+    for vid in tqdm(ids if limit is None else ids[:limit], desc="predict", unit="video", disable=not progress):
         yield predictor.predict(reader.read_video(vid))

@@ -52,7 +52,7 @@ from psg4d.model.llm import RANDOM_INIT_SOURCES, build_llm, load_tokenizer
 from psg4d.model.losses import mask_losses
 from psg4d.model.mask_decoder import build_mask_decoder
 from psg4d.model.projector import build_projector
-from psg4d.model.tokens import OBJ_TOKEN, PROMPT_TEXT, special_token_ids
+from psg4d.model.tokens import OBJ_TOKEN, PROMPT_TEXT, TAG_PROMPT_TEXT, TAG_SEP, TRIPLET_SEP, special_token_ids
 from psg4d.utils.io import atomic_dir, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,44 @@ def tube_target(graph: SceneGraph4D, object_id: int, idx: np.ndarray, size: int)
     return m[:, 0] >= 0.5
 
 
+def semantic_target(graph: SceneGraph4D, idx: np.ndarray, size: int, vocab_index: dict[str, int]) -> torch.Tensor:
+    """Category index per pixel on frames ``idx`` -> long ``[T, S, S]``; ``len(vocab_index)``
+    where no object of the vocabulary is (unlabelled, or a category outside the vocabulary)."""
+    none = len(vocab_index)
+    out = torch.full((len(idx), size, size), none, dtype=torch.long)
+    for obj in graph.objects:
+        c = vocab_index.get(obj.category)
+        if c is None or obj.tube is None:
+            continue
+        m = torch.from_numpy(np.stack([obj.tube.frame(int(t)) for t in idx])).float().unsqueeze(1)  # [T, 1, H, W]
+        if m.shape[-2:] != (size, size):
+            m = F.interpolate(m, size=(size, size), mode="nearest")
+        out[m[:, 0] >= 0.5] = c
+    return out
+
+
+def sample_prompts(keep: torch.Tensor, obj_ids: Sequence[int] | None, k: int) -> torch.Tensor:
+    """A random ``k`` of the valid ``[Obj]`` occurrences (``keep [N]`` bool), every distinct object
+    before any second mention of one (torch RNG: resumable).
+
+    An object is mentioned once per triplet, so a uniform draw mostly picks the table and the
+    hand, which are in most triplets, and rarely the small objects whose masks are hard."""
+    chosen = torch.nonzero(keep).flatten()
+    chosen = chosen[torch.randperm(chosen.numel()).to(chosen.device)]
+    if obj_ids is not None:
+        seen: set[int] = set()
+        first = []
+        for i in chosen.tolist():
+            first.append(obj_ids[i] not in seen)
+            seen.add(obj_ids[i])
+        # stable: first mentions (in random order) ahead of repeats
+        order = torch.argsort(torch.tensor([0 if f else 1 for f in first]), stable=True)
+        chosen = chosen[order.to(chosen.device)]
+    out = torch.zeros_like(keep)
+    out[chosen[:k]] = True
+    return out
+
+
 # --------------------------------------------------------------------------- outputs
 
 
@@ -127,6 +165,7 @@ class VideoContext:
     dense: torch.Tensor  # [T, C, h, w] per-frame maps for the mask decoder
     frame_indices: np.ndarray  # [T] source frame of each model frame
     num_frames: int  # T, the model timeline
+    tags: list[str] | None = None  # the tag words in the prompt (model.tag_words)
 
 
 @dataclass
@@ -152,6 +191,8 @@ class PSG4DModel(nn.Module):
         mask_decoder: nn.Module,
         tokenizer: Any,
         tag_head: nn.Module | None = None,
+        seg_head: nn.Module | None = None,
+        obj_cls_head: nn.Module | None = None,
     ):
         super().__init__()
         self.config = config
@@ -161,12 +202,16 @@ class PSG4DModel(nn.Module):
         self.obj_proj = obj_proj
         self.mask_decoder = mask_decoder
         self.tag_head = tag_head  # visual tokens -> object-category logits (auxiliary loss); optional
+        self.seg_head = seg_head  # dense maps -> per-cell category logits (auxiliary loss); optional
+        self.obj_cls_head = obj_cls_head  # [Obj] hidden state -> category logits (auxiliary loss); optional
         self.tokenizer = tokenizer
         self.ids = special_token_ids(tokenizer)
         rows = self.llm.get_input_embeddings().weight.shape[0]
         if rows < len(tokenizer):
             raise CheckpointError(f"LLM has {rows} embedding rows but the tokenizer has {len(tokenizer)} tokens")
         self._prompt_ids = tokenizer.encode(" " + PROMPT_TEXT, add_special_tokens=False)
+        self._tag_prompt_ids = tokenizer.encode(" " + TAG_PROMPT_TEXT, add_special_tokens=False)
+        self._tag_sep_ids = tokenizer.encode(" " + TAG_SEP, add_special_tokens=False)
         cat_ids = [tokenizer.encode(" " + c, add_special_tokens=False) for c in config.object_vocab]
         width = max((len(c) for c in cat_ids), default=1)
         # [V_obj, W] word ids of each category name (-1 pads), for the tag tokens
@@ -194,6 +239,11 @@ class PSG4DModel(nn.Module):
             mask_decoder=build_mask_decoder(cfg.mask_decoder),
             tokenizer=tokenizer,
             tag_head=nn.Linear(hidden, len(cfg.object_vocab)) if cfg.tag_loss_weight > 0 and cfg.object_vocab else None,
+            # one class per category plus "unlabelled" (pixels no object covers)
+            seg_head=nn.Conv2d(cfg.encoder.dim, len(cfg.object_vocab) + 1, 1)
+            if cfg.seg_loss_weight > 0 and cfg.object_vocab else None,
+            obj_cls_head=nn.Linear(hidden, len(cfg.object_vocab))
+            if cfg.obj_cls_loss_weight > 0 and cfg.object_vocab else None,
         )
 
     @property
@@ -205,10 +255,45 @@ class PSG4DModel(nn.Module):
         return int(self.llm.get_input_embeddings().weight.shape[1])
 
     # ---------------------------------------------------------------- collate
-    def prefix_ids(self) -> list[int]:
-        """``<bos>? [Video] prompt`` ids (one placeholder; expanded in forward)."""
+    def prefix_ids(self, tags: Sequence[str] | None = None) -> list[int]:
+        """``<bos>? [Video] (objects : t1 , t2 ...)? prompt`` ids (one placeholder; expanded in forward).
+
+        ``tags`` (``model.tag_words``; None: without the tag words) are written in
+        ``object_vocab`` order so their order carries no information of its own."""
         bos = [] if self.ids.bos is None else [self.ids.bos]
-        return bos + [self.ids.video] + list(self._prompt_ids)
+        tag_ids: list[int] = []
+        if tags is not None:
+            order = {c: i for i, c in enumerate(self.config.object_vocab)}
+            tag_ids = list(self._tag_prompt_ids)
+            for k, tag in enumerate(sorted(set(tags), key=lambda c: (order.get(c, len(order)), c))):
+                tag_ids += (list(self._tag_sep_ids) if k else []) + self.text_ids(tag)
+        return bos + [self.ids.video] + tag_ids + list(self._prompt_ids)
+
+    def training_tags(self, categories: Sequence[str]) -> list[str]:
+        """Ground-truth categories with ``tag_word_noise`` (torch RNG, so resumable): each dropped
+        with that probability, and one absent vocabulary category added with it."""
+        p = self.config.tag_word_noise
+        vocab = set(self.config.object_vocab)
+        present = [c for c in dict.fromkeys(categories) if c in vocab]
+        if p <= 0:
+            return present
+        kept = [c for c in present if float(torch.rand(())) >= p]
+        absent = [c for c in self.config.object_vocab if c not in present]
+        if absent and float(torch.rand(())) < p:
+            kept.append(absent[int(torch.randint(len(absent), ()))])
+        return kept
+
+    def segmentation_tags(self, dense: torch.Tensor) -> list[str]:
+        """``dense [T, D, h, w]`` -> the categories that are the segmentation head's per-cell argmax
+        over at least ``tag_min_area`` of the frame (mean over frames), in vocabulary order."""
+        winner = self.seg_head(dense).argmax(1)  # [T, h, w]; the last class is "unlabelled"
+        area = F.one_hot(winner, self.seg_head.out_channels).float().mean(dim=(0, 1, 2))  # [C]
+        return [c for c, a in zip(self.config.object_vocab, area.tolist()) if a >= self.config.tag_min_area]
+
+    def predicted_tags(self, tag_logits: torch.Tensor) -> list[str]:
+        """``tag_logits [V_obj]`` -> the categories with probability >= ``tag_threshold``."""
+        probs = torch.sigmoid(tag_logits.float())
+        return [c for c, p in zip(self.config.object_vocab, probs.tolist()) if p >= self.config.tag_threshold]
 
     def target_ids(self, text: str) -> list[int]:
         return self.tokenizer.encode(" " + text, add_special_tokens=False) + [self.ids.eos]
@@ -233,7 +318,8 @@ class PSG4DModel(nn.Module):
         predicates = cfg.predicate_vocab or None
         vocab_index = {c: i for i, c in enumerate(cfg.object_vocab)}
         tags = torch.zeros(len(samples), len(cfg.object_vocab))  # [B, V_obj] multi-hot categories present
-        rgbs, depths, seqs, labels, targets, valid, obj_ids, frame_idx = [], [], [], [], [], [], [], []
+        rgbs, depths, seqs, labels, targets, valid, obj_ids, frame_idx, semantic = [], [], [], [], [], [], [], [], []
+        obj_cats = []
         for b, s in enumerate(samples):
             for o in s.graph.objects:
                 if o.category in vocab_index:
@@ -244,7 +330,11 @@ class PSG4DModel(nn.Module):
             depths.append(depth)
             graph = self._resampled_graph(s.graph, idx)
             gt = format_scene_graph(graph, predicates=predicates)
-            prefix, target = self.prefix_ids(), self.target_ids(gt.text)
+            tag_words = None
+            if cfg.tag_words:
+                tag_words = self.training_tags([o.category for o in s.graph.objects]) if self.training else [
+                    o.category for o in s.graph.objects if o.category in vocab_index]
+            prefix, target = self.prefix_ids(tag_words), self.target_ids(gt.text)
             n_obj = sum(1 for i in target if i == self.ids.obj)
             if n_obj != len(gt.obj_ids):
                 raise DataError(
@@ -263,7 +353,11 @@ class PSG4DModel(nn.Module):
                            else torch.zeros(0, t, cfg.image_size, cfg.image_size, dtype=torch.bool))
             valid.append(torch.tensor([m is not None for m in per_obj], dtype=torch.bool))
             obj_ids.append(list(gt.obj_ids))
+            cats = {o.object_id: o.category for o in s.graph.objects}
+            obj_cats.append(torch.tensor([vocab_index.get(cats[i], -100) for i in gt.obj_ids], dtype=torch.long))
             frame_idx.append(torch.from_numpy(idx))
+            if self.seg_head is not None:
+                semantic.append(semantic_target(s.graph, idx, cfg.image_size, vocab_index))
         length = max(len(x) for x in seqs)
         input_ids = torch.full((len(seqs), length), self.ids.pad, dtype=torch.long)
         attention = torch.zeros((len(seqs), length), dtype=torch.long)
@@ -283,6 +377,8 @@ class PSG4DModel(nn.Module):
             "obj_ids": obj_ids,
             "frame_indices": frame_idx,  # B x [T]
             "tags": tags,  # [B, V_obj]
+            "semantic": torch.stack(semantic) if semantic else None,  # [B, T, S, S] category index, V_obj: none
+            "obj_categories": obj_cats,  # B x [N_obj] object_vocab index of each [Obj] (-100: not in it)
         }
 
     def _resampled_graph(self, graph: SceneGraph4D, idx: np.ndarray) -> SceneGraph4D:
@@ -353,6 +449,9 @@ class PSG4DModel(nn.Module):
         mask_targets: list[torch.Tensor] | None = None,
         mask_valid: list[torch.Tensor] | None = None,
         tags: torch.Tensor | None = None,
+        semantic: torch.Tensor | None = None,
+        obj_ids: list[list[int]] | None = None,
+        obj_categories: list[torch.Tensor] | None = None,
         **meta: Any,
     ) -> dict[str, torch.Tensor]:
         cfg = self.config
@@ -387,11 +486,7 @@ class PSG4DModel(nn.Module):
             keep = mask_valid[b] if mask_valid is not None else torch.ones(pos.numel(), dtype=torch.bool)
             keep = keep.to(pos.device)
             if self.training and 0 < cfg.max_mask_prompts < int(keep.sum()):
-                # a random subset of the valid [Obj] occurrences (torch RNG: resumable)
-                chosen = torch.nonzero(keep).flatten()
-                chosen = chosen[torch.randperm(chosen.numel())[: cfg.max_mask_prompts].to(chosen.device)]
-                keep = torch.zeros_like(keep)
-                keep[chosen] = True
+                keep = sample_prompts(keep, obj_ids[b] if obj_ids is not None else None, cfg.max_mask_prompts)
             if not bool(keep.any()):
                 continue
             prompts = self.obj_proj(hidden[b, pos[keep]])  # [N, D_prompt]
@@ -412,6 +507,20 @@ class PSG4DModel(nn.Module):
         if tag_logits is not None and tags is not None:
             extra["loss_tag"] = F.binary_cross_entropy_with_logits(tag_logits, tags.to(tag_logits))
             loss = loss + cfg.tag_loss_weight * extra["loss_tag"]
+        if self.obj_cls_head is not None and obj_categories is not None:
+            pos = ids == self.ids.obj  # [B, L'] in order, matching obj_categories
+            target = torch.cat([c.to(hidden.device) for c in obj_categories])  # [N_all]
+            logits_obj = self.obj_cls_head(hidden[pos]).float()  # [N_all, V_obj]
+            if target.numel() != logits_obj.shape[0]:
+                raise ValueError(f"{logits_obj.shape[0]} {OBJ_TOKEN} tokens but {target.numel()} object categories")
+            if bool((target >= 0).any()):
+                extra["loss_obj_cls"] = F.cross_entropy(logits_obj, target, ignore_index=-100)
+            else:  # keep the head in the graph (DDP) with an exact zero
+                extra["loss_obj_cls"] = logits_obj.sum() * 0
+            loss = loss + cfg.obj_cls_loss_weight * extra["loss_obj_cls"]
+        if self.seg_head is not None and semantic is not None:
+            extra["loss_seg"] = self.segmentation_loss(enc.dense, semantic)
+            loss = loss + cfg.seg_loss_weight * extra["loss_seg"]
         return {
             "loss": loss,
             "loss_text": loss_text,
@@ -421,6 +530,32 @@ class PSG4DModel(nn.Module):
             "loss_iou": mask["iou"],
             **extra,
         }
+
+    def teacher_forced_hidden(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, visual: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Collated ``input_ids [B, L]`` (one placeholder each) + ``visual [B, N_vis, H]`` ->
+        (expanded ids ``[B, L']``, last-layer hidden states ``[B, L', H]``), no dropout."""
+        where = input_ids == self.ids.video
+        ids = self._expand(input_ids, where, visual.shape[1], None)
+        am = self._expand(attention_mask, where, visual.shape[1], 1)
+        out = self.llm(inputs_embeds=self._embed(ids, visual), attention_mask=am, output_hidden_states=True)
+        return ids, out.hidden_states[-1]
+
+    def segmentation_loss(self, dense: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
+        """Class-balanced soft cross-entropy of ``seg_head(dense [B, T, D, h, w])`` against
+        ``semantic [B, T, S, S]`` (category index per pixel) pooled to ``h x w`` area fractions."""
+        b, t, d, h, w = dense.shape
+        n_cls = self.seg_head.out_channels
+        logits = self.seg_head(dense.reshape(b * t, d, h, w)).float()  # [B*T, C, h, w]
+        onehot = F.one_hot(semantic.reshape(b * t, *semantic.shape[-2:]).to(dense.device), n_cls)
+        soft = F.adaptive_avg_pool2d(onehot.permute(0, 3, 1, 2).float(), (h, w))  # [B*T, C, h, w]
+        # Inverse-sqrt class frequency (batch counts), normalised to mean weight 1 per cell:
+        # the table and walls would otherwise drown objects of a few pixels.
+        counts = soft.sum(dim=(0, 2, 3))  # [C]
+        weight = (counts.sum() / (counts + 1.0)).sqrt()
+        weight = weight * counts.sum() / (weight * counts).sum().clamp(min=1e-6)
+        return F.cross_entropy(logits, soft, weight=weight)
 
     # -------------------------------------------------------------- inference
     def model_frames(self, video: Video4D) -> np.ndarray:
@@ -432,14 +567,20 @@ class PSG4DModel(nn.Module):
         idx = self.model_frames(video)
         rgb, depth = video_tensors(video, idx, self.config.image_size)
         dev = self.device
-        enc, visual, _ = self.encode(rgb[None].to(dev), None if depth is None else depth[None].to(dev))
-        prefix = torch.tensor([self.prefix_ids()], device=dev)
+        enc, visual, tag_logits = self.encode(rgb[None].to(dev), None if depth is None else depth[None].to(dev))
+        tags = None
+        if self.config.tag_words and self.config.tag_source == "segmentation" and self.seg_head is not None:
+            tags = self.segmentation_tags(enc.dense[0])
+        elif self.config.tag_words and tag_logits is not None:
+            tags = self.predicted_tags(tag_logits[0])
+        prefix = torch.tensor([self.prefix_ids(tags)], device=dev)
         ids = self._expand(prefix, prefix == self.ids.video, visual.shape[1], None)
         return VideoContext(
             prefix_embeds=self._embed(ids, visual),
             dense=enc.dense[0],
             frame_indices=np.asarray(video.frame_indices)[idx],
             num_frames=len(idx),
+            tags=tags,
         )
 
     def _banned(self) -> list[int]:
@@ -449,9 +590,20 @@ class PSG4DModel(nn.Module):
         return sorted(banned)
 
     @torch.no_grad()
-    def generate(self, video: Video4D | VideoContext, *, max_new_tokens: int | None = None) -> Generation:
-        """Greedy decoding with the KV cache; collects the hidden state at every generated ``[Obj]``."""
+    def generate(
+        self, video: Video4D | VideoContext, *, max_new_tokens: int | None = None, max_repeats: int | None = 3
+    ) -> Generation:
+        """Greedy decoding with the KV cache; collects the hidden state at every generated ``[Obj]``.
+
+        A small greedy LM easily loops on one triplet. A triplet whose tokens repeat an earlier
+        one exactly is dropped from the output (tokens, log-probabilities and ``[Obj]`` states),
+        and after ``max_repeats`` such repeats in a row decoding stops (None: never drop)."""
         ctx = video if isinstance(video, VideoContext) else self.encode_video(video)
+        sep_ids = {ids[0] for ids in (self.text_ids(TRIPLET_SEP), self.tokenizer.encode(TRIPLET_SEP,
+                   add_special_tokens=False)) if len(ids) == 1}
+        seen: set[tuple[int, ...]] = set()
+        start, repeats = 0, 0  # first token of the current triplet; repeats in a row
+        passes = 0  # dropped repeats do not count towards max_new; this bounds the work anyway
         max_new = max_new_tokens or self.config.max_new_tokens
         banned = torch.tensor(self._banned(), device=self.device, dtype=torch.long)
         embeds, past = ctx.prefix_embeds, None
@@ -467,7 +619,8 @@ class PSG4DModel(nn.Module):
             past = getattr(out, self._cache_arg)
             if tokens and tokens[-1] == self.ids.obj:
                 obj_hidden.append(out.hidden_states[-1][0, -1])  # the hidden state *at* the [Obj] input
-            if len(tokens) == max_new:
+            passes += 1
+            if len(tokens) >= max_new or passes > 2 * max_new:
                 break  # this last pass only supplied the final [Obj]'s hidden state
             logits = out.logits[0, -1].float()
             logits[banned] = float("-inf")
@@ -475,7 +628,22 @@ class PSG4DModel(nn.Module):
             nxt = int(torch.argmax(logp))
             tokens.append(nxt)
             logps.append(float(logp[nxt]))
-            if nxt == self.ids.eos or (len(tokens) == max_new and nxt != self.ids.obj):
+            if max_repeats is not None and (nxt in sep_ids or nxt == self.ids.eos):
+                triplet = tuple(tokens[start:-1])
+                if triplet and triplet in seen:
+                    n_obj = sum(1 for t in triplet if t == self.ids.obj)
+                    cut = len(tokens) - 1 if nxt == self.ids.eos else len(tokens)  # keep <eos>
+                    del tokens[start:cut], logps[start:cut]
+                    if n_obj:
+                        del obj_hidden[-n_obj:]
+                    repeats += 1
+                else:
+                    seen.add(triplet)
+                    repeats = 0
+                start = len(tokens)
+                if repeats >= max_repeats > 0:
+                    break
+            if nxt == self.ids.eos or (len(tokens) >= max_new and nxt != self.ids.obj):
                 break
             embeds = emb_layer(torch.tensor([[nxt]], device=self.device))
             length += 1
@@ -530,6 +698,31 @@ class PSG4DModel(nn.Module):
                 tgt = torch.tensor(c, device=self.device)
                 scores.append(float(logp[i, pos, tgt].sum()))
         return scores
+
+    @torch.no_grad()
+    def obj_hidden_after(
+        self, ctx: VideoContext, context_ids: Sequence[int], phrases: Sequence[str], *, batch_size: int = 32
+    ) -> torch.Tensor:
+        """Last-layer hidden state at ``[Obj]`` after ``prefix + context_ids + "<phrase> [Obj]"``, per
+        phrase: ``[N, H]``. Lets the predictor ask for the tube of an object the generation did not
+        mention (e.g. a tagged category), exactly as a generated mention would prompt it."""
+        emb_layer = self.llm.get_input_embeddings()
+        rows = [list(context_ids) + self.text_ids(f"{p} {OBJ_TOKEN}") for p in phrases]
+        out: list[torch.Tensor] = []
+        p_len = ctx.prefix_embeds.shape[1]
+        for s in range(0, len(rows), batch_size):
+            chunk = rows[s : s + batch_size]
+            longest = max(len(r) for r in chunk)
+            ids = torch.full((len(chunk), longest), self.ids.pad, dtype=torch.long, device=self.device)
+            am = torch.zeros(len(chunk), p_len + longest, dtype=torch.long, device=self.device)
+            for i, r in enumerate(chunk):
+                ids[i, : len(r)] = torch.tensor(r, device=self.device)
+                am[i, : p_len + len(r)] = 1
+            embeds = torch.cat([ctx.prefix_embeds.expand(len(chunk), -1, -1), emb_layer(ids)], dim=1)
+            hidden = self.llm(inputs_embeds=embeds, attention_mask=am, output_hidden_states=True).hidden_states[-1]
+            last = torch.tensor([p_len + len(r) - 1 for r in chunk], device=self.device)
+            out.append(hidden[torch.arange(len(chunk), device=self.device), last])  # [n, H]
+        return torch.cat(out) if out else torch.zeros(0, self.hidden_size, device=self.device)
 
     @torch.no_grad()
     def decode_masks(self, ctx: VideoContext, obj_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

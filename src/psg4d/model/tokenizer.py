@@ -28,6 +28,7 @@ from psg4d.model.tokens import (
     EOS_TOKEN,
     PAD_TOKEN,
     PROMPT_TEXT,
+    TAG_PROMPT_TEXT,
     TRIPLET_SEP,
     UNK_TOKEN,
 )
@@ -52,7 +53,7 @@ def build_word_tokenizer(words: Iterable[str], *, max_frames: int) -> PreTrained
         add("##" + c)
     for i in range(max_frames):
         add(str(i))
-    for w in sorted({w.lower() for phrase in [*words, PROMPT_TEXT] for w in phrase.split()}):
+    for w in sorted({w.lower() for phrase in [*words, PROMPT_TEXT, TAG_PROMPT_TEXT] for w in phrase.split()}):
         add(w)
 
     tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token=UNK_TOKEN, max_input_chars_per_word=200))

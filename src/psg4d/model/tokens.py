@@ -40,6 +40,10 @@ ADDED_SPECIAL_TOKENS: tuple[str, ...] = (OBJ_TOKEN, VIDEO_TOKEN)
 # The instruction after the visual tokens. Short on purpose: the tiny tokenizer
 # spells unknown words with character pieces.
 PROMPT_TEXT = "scene graph :"
+# With ``model.tag_words``: the tagged categories, written before PROMPT_TEXT as
+# ``objects : mug , jar , tissue box`` (Oscar-style object tags as words).
+TAG_PROMPT_TEXT = "objects :"
+TAG_SEP = ","
 
 
 @dataclass(frozen=True)

@@ -319,6 +319,15 @@ class DefaultValidator:
                 batch = to_device(model.collate(samples[i : i + self.batch_size]), self.device)
                 losses.append(float(model(**batch)["loss"].float().item()))
         metrics = {"val_loss": float(np.mean(losses))}
+        from psg4d.model.psg4d_llm import PSG4DModel
+
+        if isinstance(model, PSG4DModel) and len(samples) >= 2:
+            # cheap (teacher forced) and says what R@K cannot: whether the LLM reads the
+            # video at all, and the mask quality perfect text would get
+            from psg4d.infer.diagnostics import grounding, teacher_forced_masks
+
+            metrics["val_grounding_gap"] = grounding(model, samples[:4]).gap
+            metrics["val_tf_mask_hit"] = teacher_forced_masks(model, samples).hit
         if self.recall:
             from psg4d.eval import evaluate
             from psg4d.infer.predictor import Predictor
@@ -591,9 +600,11 @@ class _StageRun:
                 self.step_hook(step)
         bar.close()
         wall = elapsed0 + time.monotonic() - start_time
-        val = self._validate(val_fn, step)
+        # resumable checkpoint first: a failure in the final validation must not lose the training
+        # (a rerun resumes at the last step, validates and writes `final`)
         if last is None or step > resumed_from:
             self._save(step, wall)
+        val = self._validate(val_fn, step)
         final = self._save_final(step, last_loss, val, wall)
         return StageResult(
             name=stage.name, final_dir=final, steps=step, final_loss=last_loss,

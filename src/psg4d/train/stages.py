@@ -49,7 +49,7 @@ STAGE_KINDS: dict[str, StageKind] = {
     "4d_init": StageKind(
         description="stage 1: train the 4D-LLM on 4D scenes with gold 4D scene graphs",
         default_trainable=("projector", "llm", "obj_proj", "mask_decoder"),
-        optional_trainable=("tag_head",),
+        optional_trainable=("tag_head", "seg_head", "obj_cls_head"),
     ),
 }
 
