@@ -672,31 +672,38 @@ class PSG4DModel(nn.Module):
         return self.tokenizer.encode(" " + text, add_special_tokens=False)
 
     @torch.no_grad()
+    def _after_prefix(self, ctx: VideoContext, rows: Sequence[Sequence[int]], batch_size: int, *,
+                      hidden: bool = False):
+        """Teacher-force ``prefix + row`` for each row, ``batch_size`` rows at a time (right-padded).
+        Yields ``(start, end, out)`` per chunk: the rows' index range and the LLM output."""
+        emb_layer = self.llm.get_input_embeddings()
+        p_len = ctx.prefix_embeds.shape[1]
+        for s in range(0, len(rows), batch_size):
+            chunk = rows[s : s + batch_size]
+            longest = max(len(r) for r in chunk)
+            ids = torch.full((len(chunk), longest), self.ids.pad, dtype=torch.long, device=self.device)
+            am = torch.zeros(len(chunk), p_len + longest, dtype=torch.long, device=self.device)
+            for i, r in enumerate(chunk):
+                ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long, device=self.device)
+                am[i, : p_len + len(r)] = 1
+            embeds = torch.cat([ctx.prefix_embeds.expand(len(chunk), -1, -1), emb_layer(ids)], dim=1)  # [n, P+L, H]
+            yield s, s + len(chunk), self.llm(inputs_embeds=embeds, attention_mask=am, output_hidden_states=hidden)
+
+    @torch.no_grad()
     def score_continuations(
         self, ctx: VideoContext, context_ids: Sequence[int], continuations: Sequence[Sequence[int]], *,
         batch_size: int = 32,
     ) -> list[float]:
         """Sum of log-probabilities of each continuation after ``prefix + context_ids`` (teacher forced)."""
-        emb_layer = self.llm.get_input_embeddings()
         ctx_ids = list(context_ids)
+        conts = [list(c) for c in continuations]
+        start = ctx.prefix_embeds.shape[1] + len(ctx_ids)  # position of the first continuation token
         scores: list[float] = []
-        for s in range(0, len(continuations), batch_size):
-            chunk = [list(c) for c in continuations[s : s + batch_size]]
-            n = len(chunk)
-            longest = max(len(c) for c in chunk)
-            ids = torch.full((n, len(ctx_ids) + longest), self.ids.pad, dtype=torch.long, device=self.device)
-            am = torch.zeros(n, ctx.prefix_embeds.shape[1] + ids.shape[1], dtype=torch.long, device=self.device)
-            for i, c in enumerate(chunk):
-                row = ctx_ids + c
-                ids[i, : len(row)] = torch.tensor(row, device=self.device)
-                am[i, : ctx.prefix_embeds.shape[1] + len(row)] = 1
-            embeds = torch.cat([ctx.prefix_embeds.expand(n, -1, -1), emb_layer(ids)], dim=1)  # [n, P+L, H]
-            logp = torch.log_softmax(self.llm(inputs_embeds=embeds, attention_mask=am).logits.float(), dim=-1)
-            start = ctx.prefix_embeds.shape[1] + len(ctx_ids)  # position of the first continuation token
-            for i, c in enumerate(chunk):
+        for a, b, out in self._after_prefix(ctx, [ctx_ids + c for c in conts], batch_size):
+            logp = torch.log_softmax(out.logits.float(), dim=-1)
+            for i, c in enumerate(conts[a:b]):
                 pos = torch.arange(start - 1, start - 1 + len(c), device=self.device)
-                tgt = torch.tensor(c, device=self.device)
-                scores.append(float(logp[i, pos, tgt].sum()))
+                scores.append(float(logp[i, pos, torch.tensor(c, device=self.device)].sum()))
         return scores
 
     @torch.no_grad()
@@ -706,22 +713,12 @@ class PSG4DModel(nn.Module):
         """Last-layer hidden state at ``[Obj]`` after ``prefix + context_ids + "<phrase> [Obj]"``, per
         phrase: ``[N, H]``. Lets the predictor ask for the tube of an object the generation did not
         mention (e.g. a tagged category), exactly as a generated mention would prompt it."""
-        emb_layer = self.llm.get_input_embeddings()
         rows = [list(context_ids) + self.text_ids(f"{p} {OBJ_TOKEN}") for p in phrases]
-        out: list[torch.Tensor] = []
         p_len = ctx.prefix_embeds.shape[1]
-        for s in range(0, len(rows), batch_size):
-            chunk = rows[s : s + batch_size]
-            longest = max(len(r) for r in chunk)
-            ids = torch.full((len(chunk), longest), self.ids.pad, dtype=torch.long, device=self.device)
-            am = torch.zeros(len(chunk), p_len + longest, dtype=torch.long, device=self.device)
-            for i, r in enumerate(chunk):
-                ids[i, : len(r)] = torch.tensor(r, device=self.device)
-                am[i, : p_len + len(r)] = 1
-            embeds = torch.cat([ctx.prefix_embeds.expand(len(chunk), -1, -1), emb_layer(ids)], dim=1)
-            hidden = self.llm(inputs_embeds=embeds, attention_mask=am, output_hidden_states=True).hidden_states[-1]
-            last = torch.tensor([p_len + len(r) - 1 for r in chunk], device=self.device)
-            out.append(hidden[torch.arange(len(chunk), device=self.device), last])  # [n, H]
+        out: list[torch.Tensor] = []
+        for a, b, res in self._after_prefix(ctx, rows, batch_size, hidden=True):
+            last = torch.tensor([p_len + len(r) - 1 for r in rows[a:b]], device=self.device)
+            out.append(res.hidden_states[-1][torch.arange(b - a, device=self.device), last])  # [n, H]
         return torch.cat(out) if out else torch.zeros(0, self.hidden_size, device=self.device)
 
     @torch.no_grad()
