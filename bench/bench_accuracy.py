@@ -44,7 +44,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    metrics = evaluate_with_baseline(args.ckpt, args.data, args.out, split=args.split, limit=args.limit)
+    metrics = evaluate_with_baseline(args.ckpt, args.data, args.out, split=args.split, limit=args.limit,
+                                     threads=args.threads)
     seconds = time.perf_counter() - t0
     result: dict = {
         "ckpt": str(args.ckpt), "data": str(args.data), "split": args.split, "videos": args.limit,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from psg4d.data.synth.generate import SynthConfig, generate, simulate_scene, simulate_video
 from psg4d.data.synth.render import render
-from psg4d.data.synth.script import scene_primitives
+from psg4d.data.synth.primitives import scene_primitives
 
 
 def _best(fn, repeats: int) -> tuple[float, float]:

@@ -3,7 +3,7 @@ from typing import Literal
 
 import pytest
 
-from psg4d.config import apply_overrides, from_dict, load_config, save_yaml, to_dict
+from psg4d.config import apply_overrides, from_dict, load_yaml, merge_dicts, save_yaml, to_dict
 from psg4d.errors import ConfigError
 
 
@@ -25,11 +25,22 @@ class Outer:
 def test_yaml_base_and_overrides(tmp_path):
     (tmp_path / "base.yaml").write_text("name: base\ninner: {width: 16, lrs: {llm: 0.001}}\n")
     (tmp_path / "child.yaml").write_text("_base_: base.yaml\ninner: {act: relu}\n")
-    cfg = load_config(Outer, tmp_path / "child.yaml", ["inner.lrs.encoder=1e-4", "steps=[3]"])
+    data = apply_overrides(load_yaml(tmp_path / "child.yaml"), ["inner.lrs.encoder=1e-4", "steps=[3]"])
+    cfg = from_dict(Outer, data)
     assert cfg == Outer(name="base", inner=Inner(16, "relu", {"llm": 0.001, "encoder": 1e-4}), steps=[3])
     save_yaml(cfg, tmp_path / "out.yaml")
-    assert load_config(Outer, tmp_path / "out.yaml") == cfg
+    assert from_dict(Outer, load_yaml(tmp_path / "out.yaml")) == cfg
     assert to_dict(cfg)["inner"]["width"] == 16
+
+
+def test_merge_dicts_recurses_into_mappings_and_keeps_its_inputs():
+    base = {"a": {"x": 1, "y": {"p": 1}}, "b": [1, 2]}
+    over = {"a": {"y": {"q": 2}}, "b": [3]}
+    assert merge_dicts(base, over) == {"a": {"x": 1, "y": {"p": 1, "q": 2}}, "b": [3]}
+    assert base == {"a": {"x": 1, "y": {"p": 1}}, "b": [1, 2]}
+    # a mapping over a scalar (or a scalar over a mapping) replaces it
+    assert merge_dicts({"a": 1}, {"a": {"x": 2}}) == {"a": {"x": 2}}
+    assert merge_dicts({"a": {"x": 2}}, {"a": None}) == {"a": None}
 
 
 @pytest.mark.parametrize(
@@ -51,8 +62,8 @@ def test_bad_override_and_missing_file(tmp_path):
         apply_overrides({}, ["noequals"])
     with pytest.raises(ConfigError, match="not a section"):
         apply_overrides({"name": "x"}, ["name.sub=1"])
-    with pytest.raises(ConfigError, match="not found"):
-        load_config(Outer, tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
+        load_yaml(tmp_path / "nope.yaml")
 
 
 def test_override_list_items_by_index():

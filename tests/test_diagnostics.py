@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from psg4d.infer.diagnostics import format_reports, grounding, teacher_forced_masks
+from psg4d.model.generation import SceneGraphGenerator
 from psg4d.model.psg4d_llm import PSG4DModel
 from test_model_psg4d import make_sample, tiny_config
 
@@ -20,7 +21,7 @@ def model():
 
 def test_grounding_gap_and_top1_hand_computed(model, monkeypatch):
     samples = [make_sample(0), make_sample(1), make_sample(2)]
-    n_tok = [len(model.collate([s])["labels"][0].ne(-100).nonzero()) for s in samples]
+    n_tok = [int(model.collate([s])["target_mask"][0].sum()) for s in samples]
     # log p(text i | video j): text 0 prefers its own video, texts 1 and 2 prefer video 0
     table = np.array([[-10.0, -16.0, -13.0], [-5.0, -8.0, -6.0], [-2.0, -3.0, -4.0]])
     calls = iter(range(3))
@@ -30,7 +31,7 @@ def test_grounding_gap_and_top1_hand_computed(model, monkeypatch):
         assert context_ids == [] and [len(c) for c in conts] == n_tok
         return list(table[:, j])
 
-    monkeypatch.setattr(model, "score_continuations", fake_scores)
+    monkeypatch.setattr(SceneGraphGenerator, "score_continuations", lambda self, *a, **k: fake_scores(*a, **k))
     rep = grounding(model, samples)
     assert np.array_equal(rep.logprob, table)
     own_minus_others = [(-10 + 14.5) / n_tok[0], (-8 + 5.5) / n_tok[1], (-4 + 2.5) / n_tok[2]]
@@ -65,14 +66,19 @@ class _OracleDecoder(nn.Module):
         super().__init__()
         self.targets, self.flip_first = targets, flip_first
 
-    def forward(self, dense, prompts):
+    def decode(self, dense, prompts):
+        from psg4d.model.mask_decoder import TubeDecoderOutput
+
         h, w = dense.shape[-2:]
         t = torch.nn.functional.interpolate(self.targets.float(), size=(4 * h, 4 * w), mode="nearest")
         logits = torch.where(t > 0.5, 10.0, -10.0)
         if self.flip_first:
             logits[0] = -logits[0]
         assert prompts.shape[0] == logits.shape[0]
-        return logits, torch.zeros(logits.shape[:2])
+        return TubeDecoderOutput(logits, torch.zeros(logits.shape[:2]), torch.full(logits.shape[:2], 10.0))
+
+    def gate_absent(self, out):
+        return out.mask_logits
 
 
 def test_teacher_forced_masks_scores_the_decoded_tubes(model):

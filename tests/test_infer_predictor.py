@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 
 from psg4d.data.schema import SceneGraph4D
-from psg4d.infer.predictor import Predictor, PredictorConfig, tube_viou
+from psg4d.data.masks import dense_tube_viou, rle_encode_batch
+from psg4d.infer.predictor import Predictor, PredictorConfig, Tube
+from psg4d.model.generation import SceneGraphGenerator
 from psg4d.model.psg4d_llm import PSG4DModel
 from test_model_psg4d import PREDS, make_sample, overfit, tiny_config, trained_model
 
@@ -55,12 +57,18 @@ def test_tube_shapes_and_duplicate_merging(trained_ckpt):
     far = np.roll(box, 4, axis=1)  # disjoint
     predictor = Predictor(model=model, config=PredictorConfig(merge_viou=0.5))
     occ = {0: "cup", 1: "table", 2: "Cup", 3: "cup", 5: "table"}
-    tubes = [box, box, shifted, far, box, box]
-    assign, objects = predictor._merge_objects(occ, tubes, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    tubes = [Tube(rle_encode_batch(m), s) for m, s in
+             zip([box, box, shifted, far, box, box], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6])]
+    assign, objects = predictor._merge_objects(occ, tubes, np.ones(4))
     assert assign == {0: 0, 1: 1, 2: 0, 3: 2, 5: 1}
-    assert [(c, s) for c, _, s in objects] == [("cup", 0.1), ("table", 0.2), ("cup", 0.4)]
-    assert tube_viou(np.zeros((2, 3, 3), bool), np.zeros((2, 3, 3), bool)) == 1.0
-    assert tube_viou(box, shifted) == pytest.approx(0.6)
+    assert [(c, t.score) for c, t in objects] == [("cup", 0.1), ("table", 0.2), ("cup", 0.4)]
+    # model frames stand for several video frames: vIoU is weighted by how many
+    half = box.copy()
+    half[2:] = False  # agrees with box on frames 0-1 only: vIoU 32/64 unweighted
+    assert predictor._merge_objects({0: "cup", 1: "cup"}, [Tube(rle_encode_batch(box), 0), Tube(
+        rle_encode_batch(half), 0)], np.ones(4))[0] == {0: 0, 1: 0}  # 0.5 >= merge_viou
+    assert predictor._merge_objects({0: "cup", 1: "cup"}, [Tube(rle_encode_batch(box), 0), Tube(
+        rle_encode_batch(half), 0)], np.array([1, 1, 3, 3]))[0] == {0: 0, 1: 1}  # 32/(32+96) = 0.25
 
 
 @pytest.mark.slow
@@ -74,7 +82,7 @@ def test_tubes_follow_the_objects_after_longer_training():
     gt = {o.category: o.tube.to_dense() for o in sample.graph.objects}
     assert sorted(o.category for o in pred.objects) == sorted(gt)
     for o in pred.objects:
-        assert tube_viou(o.tube.to_dense(), gt[o.category]) > 0.5, o.category
+        assert dense_tube_viou(o.tube.to_dense(), gt[o.category]) > 0.5, o.category
 
 
 def test_other_frame_counts_and_rgb_only(trained_ckpt):
@@ -183,7 +191,7 @@ def test_predict_real_video_rgb_only_and_batch_folder(trained_ckpt, tmp_path):
                  "--out", str(outdir)]) == 2
 
 
-def test_tagged_objects_the_text_skipped_get_tubes():
+def test_tagged_objects_the_text_skipped_get_tubes(monkeypatch):
     from test_model_psg4d import make_sample as _make
 
     torch.manual_seed(0)
@@ -191,21 +199,117 @@ def test_tagged_objects_the_text_skipped_get_tubes():
     sample = _make(0)
     overfit(model, sample, steps=30)
     predictor = Predictor(model=model)
-    ctx = model.encode_video(sample.video)
-    ctx.tags = ["person", "table"]  # "table" is in no generated triplet
-    gen = model.generate(ctx, max_new_tokens=40)
-    owner = np.arange(sample.video.num_frames)
-    named = [("person", np.zeros((4, 32, 32), bool), 0.5)]
-    extra = predictor._tag_objects(ctx, gen, named, sample.video, owner)
-    assert [e[0] for e in extra] == ["table"]
-    assert extra[0][1].shape == (4, 32, 32) and extra[0][1].dtype == bool and np.isfinite(extra[0][2])
-    # the same hidden state a teacher-forced mention gives
-    context = [i for i in gen.token_ids if i != model.ids.eos] + model.text_ids(";")
-    hidden = model.obj_hidden_after(ctx, context, ["table", "person"])
+    # the model tags "table", which is in no generated triplet
+    monkeypatch.setattr(model, "inference_tags", lambda dense, tag_logits: ["person", "table"])
+    generator = predictor.generator
+    ctx = generator.encode_video(sample.video)
+    gen = generator.generate(ctx)
+    assert "table" not in gen.text
+    pred = predictor.predict(sample.video)
+    assert pred.meta["tags"] == ["person", "table"]
+    tables = [o for o in pred.objects if o.category == "table"]
+    assert len(tables) == 1 and np.isfinite(tables[0].score)
+    # its tube is the one the [Obj] state of a teacher-forced "table [Obj]" after the text decodes
+    context = gen.context_after(model.ids.eos) + model.prompt.text_ids(";")
+    hidden = generator.obj_hidden_after(ctx, context, ["table", "person"])
     assert hidden.shape == (2, model.hidden_size)
-    logits, _ = model.decode_masks(ctx, hidden[:1])
+    logits, _ = generator.decode_masks(ctx, hidden[:1])
     from psg4d.model.mask_decoder import upsample_to
 
-    assert np.array_equal((upsample_to(logits[0], (32, 32)) > 0).numpy(), extra[0][1])
-    pred = predictor.predict(sample.video)
-    assert "tags" in pred.meta
+    expected = (upsample_to(logits[0], (32, 32)) > 0).numpy()  # [T, H, W], model frames = video frames here
+    assert np.array_equal(tables[0].tube.to_dense(), expected)
+    # and it takes part in the pairings
+    table_id = tables[0].object_id
+    assert any(table_id in (r.subject_id, r.object_id) for r in pred.relations)
+
+
+def _compare_predictions(a: SceneGraph4D, b: SceneGraph4D, tol: float = 1e-4) -> None:
+    """Same objects and tubes, same candidates (subject, object, predicate, spans), scores within ``tol``."""
+    assert [(o.category, o.tube.rles) for o in a.objects] == [(o.category, o.tube.rles) for o in b.objects]
+    ka = {(r.subject_id, r.object_id, r.predicate): r for r in a.relations}
+    kb = {(r.subject_id, r.object_id, r.predicate): r for r in b.relations}
+    assert ka.keys() == kb.keys()
+    for k in ka:
+        assert ka[k].spans == kb[k].spans, k
+        assert abs(ka[k].score - kb[k].score) <= tol, (k, ka[k].score, kb[k].score)
+
+
+def test_cached_scoring_gives_the_uncached_predictions(trained_ckpt):
+    """The KV-cached candidate scoring is the uncached reference, to 1e-4 on every score."""
+    model, sample, _ = trained_ckpt
+    for video in (sample.video, make_sample(3, frames=6).video, make_sample(4, frames=3, depth=False).video):
+        preds = [Predictor(model=model, config=PredictorConfig(cached_scoring=c, max_candidates=10_000,
+                                                               score_batch_size=7)).predict(video)
+                 for c in (True, False)]
+        assert len(preds[0].relations) >= 30  # generated triplets, their alternatives and new pairs
+        _compare_predictions(*preds)
+
+
+def test_cached_and_uncached_teacher_forcing_agree(trained_ckpt):
+    model, sample, _ = trained_ckpt
+    cached, uncached = SceneGraphGenerator(model), SceneGraphGenerator(model, cached=False)
+    ctx = cached.encode_video(sample.video)
+    text = model.prompt.text_ids
+    context = text("person [Obj] holding cup [Obj] 1 3 ;")
+    conts = [text("cup"), text("water dispenser [Obj] next to"), [model.ids.eos], text("person [Obj] on table [Obj]")]
+    for ctx_ids in ([], context):
+        for bs in (1, 3, 32):  # full, partial and single-row chunks
+            a = cached.score_continuations(ctx, ctx_ids, conts, batch_size=bs)
+            b = uncached.score_continuations(ctx, ctx_ids, conts, batch_size=bs)
+            np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
+        ha = cached.obj_hidden_after(ctx, ctx_ids, ["cup", "water dispenser", "table"], batch_size=2)
+        hb = uncached.obj_hidden_after(ctx, ctx_ids, ["cup", "water dispenser", "table"], batch_size=2)
+        torch.testing.assert_close(ha, hb, atol=1e-4, rtol=0)
+    # the score of a text is the sum of its greedy step log-probabilities
+    gen = cached.generate(ctx, max_new_tokens=20)
+    total = cached.score_continuations(ctx, [], [gen.token_ids])[0]
+    assert total == pytest.approx(sum(gen.step_logprobs), abs=1e-4)
+    # several contexts in one call: prefixes of what generation read run on its cache, others alone
+    requests = [(gen.context_ids[:k], conts) for k in (0, 3, len(gen.context_ids))] + [(context, conts[:2])]
+    assert ctx.kv is not None and ctx.kv.serves(requests[1][0]) and not ctx.kv.serves(context)
+    many = cached.score_many(ctx, requests)
+    for (ctx_ids, cs), got in zip(requests, many):
+        np.testing.assert_allclose(got, uncached.score_continuations(ctx, ctx_ids, cs), atol=1e-4, rtol=0)
+
+
+def test_shared_heads():
+    from psg4d.model.packing import shared_head_lengths
+
+    conts = [[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 6], [7, 8], [1, 2, 3]]
+    # longest prefix shared with any other continuation, leaving at least one token of tail
+    assert shared_head_lengths(conts) == [3, 3, 2, 0, 2]
+    assert shared_head_lengths([[4]]) == [0] and shared_head_lengths([]) == []
+
+
+def test_rescoring_reads_the_context_generation_read():
+    """A dropped repeat stays in what the LLM read: re-scoring a later triplet in the recorded
+    context gives its greedy log-probability; the trimmed text would not."""
+    torch.manual_seed(0)
+    model = PSG4DModel.from_config(tiny_config())
+    sample = make_sample(0)
+    a, b = "person [Obj] holding cup [Obj] 1 3", "cup [Obj] next to water dispenser [Obj] 0 0"
+    target = model.prompt.target_ids(f"{a} ; {a} ; {b}")  # the LLM learns to repeat a before b
+    batch = model.collate([sample])
+    batch.update(target_ids=torch.tensor([target]), target_mask=torch.ones(1, len(target), dtype=torch.long),
+                 mask_targets=None, obj_categories=None)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    model.train()
+    for _ in range(150):
+        loss = model(**batch)["loss_text"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if loss.item() < 0.01:
+            break
+    generator = SceneGraphGenerator(model)
+    gen = generator.generate(sample.video, max_new_tokens=60)
+    assert gen.text == f"{a} ; {b}"  # the repeat was dropped from the output ...
+    sep = model.prompt.text_ids(";")
+    assert gen.context_ids == model.prompt.text_ids(f"{a} ; {a} ; {b}")  # ... but not from what was read
+    start = len(model.prompt.text_ids(a)) + len(sep)  # first token of b in the output
+    b_ids = gen.token_ids[start:-1]
+    greedy = sum(gen.step_logprobs[start:-1])
+    read = generator.score_continuations(gen.context, gen.context_before(start), [b_ids])[0]
+    assert read == pytest.approx(greedy, abs=1e-4)
+    trimmed = generator.score_continuations(gen.context, gen.token_ids[:start], [b_ids])[0]
+    assert abs(trimmed - greedy) > 1e-3  # what the predictor scored against before

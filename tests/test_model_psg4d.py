@@ -14,7 +14,9 @@ from psg4d.errors import CheckpointError, DataError
 from psg4d.model.config import model_preset
 from psg4d.model.grammar import canonical_triplets, format_scene_graph, parse_scene_graph
 from psg4d.model.llm import LLMConfig
-from psg4d.model.psg4d_llm import PSG4DModel, remap_spans, resample_indices, sample_prompts, semantic_target
+from psg4d.model.batching import remap_spans, resample_indices, resampled_graph, semantic_target, video_tensors
+from psg4d.model.generation import SceneGraphGenerator
+from psg4d.model.psg4d_llm import PSG4DModel, sample_prompts
 
 CATS = ["person", "water dispenser", "cup", "table"]
 # 17 predicates: 3 objects give 6 ordered pairs x 17 = 102 ranked candidates (R@100 needs >= 100)
@@ -63,10 +65,12 @@ def tiny_config(**kw):
     return cfg
 
 
-def overfit(model: PSG4DModel, sample: Sample, steps: int, lr: float = 6e-3) -> dict:
-    """A few high-lr steps on one sample. The trajectory is sensitive to float summation order,
-    so the thread count is pinned (other tests change it) and gradients are clipped as the
-    training loop does (train.max_grad_norm)."""
+def overfit(model: PSG4DModel, sample: Sample, steps: int, lr: float = 6e-3, *, until=None,
+            check_every: int = 10) -> dict:
+    """High-lr steps on one sample: ``steps``, or with ``until(model) -> bool`` (checked in eval mode
+    every ``check_every`` steps) until it holds, at most ``steps``. The trajectory is sensitive to
+    float summation order, so the thread count is pinned (other tests change it) and gradients are
+    clipped as the training loop does (train.max_grad_norm)."""
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -74,16 +78,33 @@ def overfit(model: PSG4DModel, sample: Sample, steps: int, lr: float = 6e-3) -> 
         batch = model.collate([sample])
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
         model.train()
-        for _ in range(steps):
+        for step in range(1, steps + 1):
             out = model(**batch)
             opt.zero_grad()
             out["loss"].backward()
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
             opt.step()
+            if until is not None and step % check_every == 0:
+                model.eval()
+                done = until(model)
+                model.train()
+                if done:
+                    break
     finally:
         torch.set_num_threads(threads)
     model.eval()
-    return {k: float(v.detach()) for k, v in out.items()}
+    return {k: float(v.detach()) for k, v in out.items()} | {"steps": step}
+
+
+def generates_ground_truth(sample: Sample):
+    """``until`` for :func:`overfit`: greedy generation writes exactly the sample's graph text."""
+    gt = format_scene_graph(resampled_graph(sample.graph, np.arange(sample.video.num_frames)))
+
+    def check(model: PSG4DModel) -> bool:
+        with torch.no_grad():
+            return SceneGraphGenerator(model).generate(sample.video, max_new_tokens=80).text == gt.text
+
+    return check
 
 
 _TRAINED: dict[str, tuple] = {}
@@ -95,7 +116,10 @@ def trained_model() -> tuple[PSG4DModel, Sample, dict]:
         torch.manual_seed(0)
         model = PSG4DModel.from_config(tiny_config())
         sample = make_sample(0)
-        _TRAINED["tiny"] = (model, sample, overfit(model, sample, steps=55))
+        # until the text is memorised, not a fixed step count: the trajectory depends on the
+        # machine's float summation order
+        _TRAINED["tiny"] = (model, sample, overfit(model, sample, steps=200, check_every=10,
+                                                   until=generates_ground_truth(sample)))
     return _TRAINED["tiny"]
 
 
@@ -110,8 +134,16 @@ def test_forward_backward_reaches_every_submodule():
     batch = model.collate([make_sample(0), make_sample(1)])
     assert batch["rgb"].shape == (2, 4, 3, 32, 32) and batch["depth"].shape == (2, 4, 1, 32, 32)
     assert [t.shape[0] for t in batch["mask_targets"]] == [len(i) for i in batch["obj_ids"]] == [8, 8]
-    prefix = len(model.prefix_ids())
-    assert (batch["labels"][:, :prefix] == -100).all()
+    # labels: -100 on bos, visual tokens and prompt; the target text (and <eos>) after it
+    with torch.no_grad():
+        keys = ("target_ids", "target_mask", "rgb", "depth", "disparity_scale", "gold_tags")
+        tf = model.teacher_forced(**{k: batch[k] for k in keys})
+    for b in range(2):
+        n_target = int(batch["target_mask"][b].sum())
+        labelled = tf.labels[b][tf.labels[b] != -100]
+        assert labelled.tolist() == batch["target_ids"][b][:n_target].tolist()
+        first = int(torch.nonzero(tf.labels[b] != -100)[0])
+        assert tf.ids[b][first:first + n_target].tolist() == labelled.tolist()
     # multi-hot of the categories each sample contains, in object_vocab order
     for b, s in enumerate((make_sample(0), make_sample(1))):
         present = {model.config.object_vocab[i] for i in torch.nonzero(batch["tags"][b]).flatten().tolist()}
@@ -128,22 +160,44 @@ def test_forward_backward_reaches_every_submodule():
 
 
 def test_obj_hidden_states_are_gathered_by_token_id():
-    """Moving the [Obj] tokens (longer category names) must move the hidden states used."""
-    model = PSG4DModel.from_config(tiny_config())
+    """Each [Obj] occurrence's mask prompt is the hidden state at ITS position: moving the [Obj]
+    tokens (a longer category name) moves the states the decoder gets, and sample b's prompts are
+    exactly its own rows of the LLM output (not a fixed offset, not another sample's)."""
+    torch.manual_seed(0)
+    model = PSG4DModel.from_config(tiny_config()).eval()
     a, b = make_sample(0), make_sample(0)
     b.graph.objects[0].category = "tall person with a hat"
     batch = model.collate([a, b])
+    with torch.no_grad():
+        tf = model.teacher_forced(**{k: batch[k] for k in ("target_ids", "target_mask", "rgb", "depth",
+                                                          "disparity_scale")})
     obj = model.ids.obj
-    pos_a = (batch["input_ids"][0] == obj).nonzero().flatten()
-    pos_b = (batch["input_ids"][1] == obj).nonzero().flatten()
-    assert len(pos_a) == len(pos_b) and not torch.equal(pos_a, pos_b)
-    assert torch.isfinite(model(**batch)["loss"])
+    pos_a = (tf.ids[0] == obj).nonzero().flatten()
+    pos_b = (tf.ids[1] == obj).nonzero().flatten()
+    assert len(pos_a) == len(pos_b) == len(batch["obj_ids"][0]) and not torch.equal(pos_a, pos_b)
+    # record what the decoder is prompted with during the loss
+    seen: list[torch.Tensor] = []
+    decode = model.mask_decoder.decode
+    model.mask_decoder.decode = lambda dense, prompts: (seen.append(prompts), decode(dense, prompts))[1]
+    try:
+        with torch.no_grad():
+            model(**batch)
+    finally:
+        del model.mask_decoder.decode
+    assert len(seen) == 2
+    with torch.no_grad():
+        for sample, pos, prompts in ((0, pos_a, seen[0]), (1, pos_b, seen[1])):
+            torch.testing.assert_close(prompts, model.obj_proj(tf.hidden[sample, pos]))
+            # and each row is its own position's state: the states at different [Obj] differ
+            assert not torch.allclose(prompts[0], prompts[1])
+        # sample b's states differ from a's where the token positions moved
+        assert not torch.allclose(seen[0], seen[1])
 
 
 def test_overfits_one_sample_and_generation_parses_back(trained):
     model, sample, losses = trained
-    assert losses["loss_text"] < 0.1, losses
-    gen = model.generate(sample.video, max_new_tokens=80)
+    assert losses["loss_text"] < 0.1 and losses["steps"] < 200, losses
+    gen = SceneGraphGenerator(model).generate(sample.video, max_new_tokens=80)
     parsed = parse_scene_graph(gen.text, predicates=PREDS, num_frames=4)
     gt = format_scene_graph(sample.graph)
     rows = sorted((t.start, t.end, gt.obj_ids[t.subject_obj_index], t.predicate, gt.obj_ids[t.object_obj_index])
@@ -158,11 +212,12 @@ def test_save_load_gives_identical_outputs(trained, tmp_path):
     model.save_pretrained(tmp_path / "ckpt")
     assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {"config.json", "model.safetensors", "tokenizer"}
     again = PSG4DModel.from_pretrained(tmp_path / "ckpt")
-    g1, g2 = model.generate(sample.video, max_new_tokens=40), again.generate(sample.video, max_new_tokens=40)
+    gen1, gen2 = SceneGraphGenerator(model), SceneGraphGenerator(again)
+    g1, g2 = gen1.generate(sample.video, max_new_tokens=40), gen2.generate(sample.video, max_new_tokens=40)
     assert g1.token_ids == g2.token_ids
     torch.testing.assert_close(g1.obj_hidden, g2.obj_hidden)
-    m1, _ = model.decode_masks(g1.context, g1.obj_hidden)
-    m2, _ = again.decode_masks(g2.context, g2.obj_hidden)
+    m1, _ = gen1.decode_masks(g1.context, g1.obj_hidden)
+    m2, _ = gen2.decode_masks(g2.context, g2.obj_hidden)
     torch.testing.assert_close(m1, m2)
 
 
@@ -236,7 +291,7 @@ def test_rgb_depth_frame_mismatch_is_a_data_error(trained):
     with pytest.raises(DataError, match="RGB has 4 frames, depth has 2"):
         model.collate([s])
     with pytest.raises(DataError, match="depth"):
-        model.generate(s.video)
+        SceneGraphGenerator(model).generate(s.video)
     bad = make_sample(4)
     bad.graph.num_frames = 7
     with pytest.raises(DataError, match="7 frames"):
@@ -250,7 +305,7 @@ def test_frame_counts_differ_from_training(trained):
     assert batch["rgb"].shape[:2] == (2, 4) and batch["depth"] is None
     assert torch.isfinite(model(**batch)["loss"])
     for s in (long, short):
-        gen = model.generate(s.video, max_new_tokens=12)
+        gen = SceneGraphGenerator(model).generate(s.video, max_new_tokens=12)
         assert gen.context.num_frames == min(s.video.num_frames, 4)
 
 
@@ -314,12 +369,12 @@ def test_smollm2_pretrained_train_step_and_generate(tmp_path):
     assert trainable and all("lora_" in n or "trainable_tokens" in n for n in trainable)
     losses = overfit(model, make_sample(0), steps=1, lr=1e-4)
     assert np.isfinite(losses["loss"])
-    gen = model.generate(make_sample(0).video, max_new_tokens=6)
+    gen = SceneGraphGenerator(model).generate(make_sample(0).video, max_new_tokens=6)
     assert 1 <= len(gen.token_ids) <= 6
     model.save_pretrained(tmp_path / "ck")
     assert (tmp_path / "ck" / "model.safetensors").stat().st_size < 100_000_000  # base weights not stored
     again = PSG4DModel.from_pretrained(tmp_path / "ck")
-    assert again.generate(make_sample(0).video, max_new_tokens=6).token_ids == gen.token_ids
+    assert SceneGraphGenerator(again).generate(make_sample(0).video, max_new_tokens=6).token_ids == gen.token_ids
 
 
 def test_tag_tokens_enter_the_llm_input_after_the_visual_tokens():
@@ -341,8 +396,8 @@ def test_tag_tokens_enter_the_llm_input_after_the_visual_tokens():
     out = model(**model.collate([sample, make_sample(1)]))
     out["loss"].backward()
     assert model.tag_head.weight.grad is not None and torch.isfinite(out["loss"])
-    ctx = model.encode_video(sample.video)
-    assert ctx.prefix_embeds.shape[1] == len(model.prefix_ids()) - 1 + visual.shape[1]
+    ctx = SceneGraphGenerator(model).encode_video(sample.video)
+    assert ctx.prefix_embeds.shape[1] == len(model.prompt.prefix_ids()) - 1 + visual.shape[1]
 
 
 def test_semantic_target_paints_each_objects_category():
@@ -409,35 +464,64 @@ def test_segmentation_loss_hand_computed():
 def test_tag_words_prefix_noise_and_prediction():
     torch.manual_seed(0)
     model = PSG4DModel.from_config(tiny_config(tag_words=True, tag_word_noise=0.0))
-    tok = model.tokenizer
+    tok, prompt = model.tokenizer, model.prompt
     # vocabulary order (person, water dispenser, cup, table), whatever order they are given in
-    text = tok.decode(model.prefix_ids(["cup", "person", "cup"]))
+    text = tok.decode(prompt.prefix_ids(["cup", "person", "cup"]))
     assert text == "<s> [Video] objects : person , cup scene graph :"
-    assert tok.decode(model.prefix_ids()) == "<s> [Video] scene graph :"
-    assert tok.decode(model.prefix_ids([])) == "<s> [Video] objects : scene graph :"
+    assert tok.decode(prompt.prefix_ids()) == "<s> [Video] scene graph :"
+    assert tok.decode(prompt.prefix_ids([])) == "<s> [Video] objects : scene graph :"
     # training tags: noise 0 -> exactly the vocabulary categories present; noise 1 -> all dropped, one absent added
-    assert model.training_tags(["cup", "person", "kettle", "cup"]) == ["cup", "person"]
-    model.config.tag_word_noise = 1.0
+    assert prompt.training_tags(["cup", "person", "kettle", "cup"]) == ["cup", "person"]
+    prompt.tag_word_noise = 1.0
     for _ in range(5):
-        noisy = model.training_tags(["cup", "person"])
+        noisy = prompt.training_tags(["cup", "person"])
         assert len(noisy) == 1 and noisy[0] in {"water dispenser", "table"}
-    model.config.tag_word_noise = 0.0
+    prompt.tag_word_noise = 0.0
     # prediction: probability >= tag_threshold (0.5) in vocabulary order
     assert model.predicted_tags(torch.tensor([3.0, -1.0, 0.0, -0.1])) == ["person", "cup"]
-    # the collated prompt (eval mode: ground truth, no noise) and the inference prompt (predicted tags)
-    sample = make_sample(0)
-    model.eval()
-    batch = model.collate([sample])
-    prefix_len = len(model.prefix_ids(["person", "water dispenser", "cup"]))
-    assert tok.decode(batch["input_ids"][0][:prefix_len]) == (
-        "<s> [Video] objects : person , water dispenser , cup scene graph :")
     with torch.no_grad():
         model.tag_head.bias.copy_(torch.tensor([-20.0, 20.0, -20.0, 20.0]))  # logits ~ bias
         model.tag_head.weight.zero_()
-    ctx = model.encode_video(sample.video)
+    model.eval()
+    ctx = SceneGraphGenerator(model).encode_video(make_sample(0).video)
     assert ctx.tags == ["water dispenser", "table"]
-    n_vis = ctx.prefix_embeds.shape[1] - len(model.prefix_ids(ctx.tags)) + 1
+    n_vis = ctx.prefix_embeds.shape[1] - len(prompt.prefix_ids(ctx.tags)) + 1
     assert n_vis == 64  # the visual tokens, then exactly the tag words and the prompt
+
+
+def _prompt_words(model, tf, b: int) -> str:
+    """The decoded prompt (after the visual tokens) of sample ``b`` of a teacher-forced pass."""
+    ids = tf.ids[b][tf.labels[b] == -100].tolist()  # everything before the target (and padding)
+    return model.tokenizer.decode([i for i in ids if i not in (model.ids.video, model.ids.pad)])
+
+
+def test_validation_prompt_holds_predicted_tags_not_the_ground_truth():
+    """Eval-mode teacher forcing (val loss, teacher-forced mask hit) writes the model's own tags
+    into the prompt, exactly what inference writes; only training sees the gold tags."""
+    torch.manual_seed(0)
+    model = PSG4DModel.from_config(tiny_config(tag_words=True, tag_word_noise=0.0))
+    with torch.no_grad():
+        model.tag_head.bias.copy_(torch.tensor([-20.0, 20.0, -20.0, 20.0]))  # predicts water dispenser, table
+        model.tag_head.weight.zero_()
+    sample = make_sample(0)  # contains person, water dispenser, cup
+    batch = model.collate([sample])
+    keys = ("target_ids", "target_mask", "rgb", "depth", "disparity_scale", "gold_tags")
+    model.eval()
+    with torch.no_grad():
+        tf = model.teacher_forced(**{k: batch[k] for k in keys})
+        val_loss = model(**batch)["loss"]
+    assert tf.prompt_tags == [["water dispenser", "table"]]
+    assert _prompt_words(model, tf, 0) == "<s> objects : water dispenser , table scene graph :"
+    ctx = SceneGraphGenerator(model).encode_video(sample.video)
+    assert tf.prompt_tags[0] == ctx.tags  # what inference writes
+    # the val loss does not depend on the gold categories
+    batch_wrong = dict(batch, gold_tags=[["cup"]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch_wrong)["loss"], val_loss)
+    model.train()
+    with torch.no_grad():
+        tf = model.teacher_forced(**{k: batch[k] for k in keys})
+    assert _prompt_words(model, tf, 0) == "<s> objects : person , water dispenser , cup scene graph :"
 
 
 def test_obj_category_loss_hand_computed():
@@ -466,10 +550,11 @@ def test_tag_words_model_overfits_and_generates_from_predicted_tags():
     sample = make_sample(0)
     losses = overfit(model, sample, steps=80)
     assert losses["loss_text"] < 0.1 and losses["loss_obj_cls"] < 0.5, losses
-    ctx = model.encode_video(sample.video)
+    generator = SceneGraphGenerator(model)
+    ctx = generator.encode_video(sample.video)
     assert sorted(ctx.tags) == sorted(o.category for o in sample.graph.objects)
-    gen = model.generate(ctx, max_new_tokens=80)
-    gt = format_scene_graph(model._resampled_graph(sample.graph, np.arange(4)))
+    gen = generator.generate(ctx, max_new_tokens=80)
+    gt = format_scene_graph(resampled_graph(sample.graph, np.arange(4)))
     assert gen.text == gt.text
 
 
@@ -484,7 +569,7 @@ class _ScriptedLLM(torch.nn.Module):
     def get_input_embeddings(self):
         return self.real.get_input_embeddings()
 
-    def forward(self, *, inputs_embeds, attention_mask, use_cache=True, output_hidden_states=True, **cache):
+    def forward(self, *, inputs_embeds, attention_mask=None, use_cache=True, output_hidden_states=False, **cache):
         from types import SimpleNamespace
 
         vocab = self.real.get_input_embeddings().weight.shape[0]
@@ -499,13 +584,15 @@ class _ScriptedLLM(torch.nn.Module):
 def test_generate_drops_repeated_triplets_and_stops_on_a_loop():
     torch.manual_seed(0)
     model = PSG4DModel.from_config(tiny_config()).eval()
-    trip = model.text_ids("cup [Obj] on table [Obj] 0 1")
-    other = model.text_ids("person [Obj] holding cup [Obj] 1 3")
-    sep = model.text_ids(";")
+    text = model.prompt.text_ids
+    trip = text("cup [Obj] on table [Obj] 0 1")
+    other = text("person [Obj] holding cup [Obj] 1 3")
+    sep = text(";")
     script = trip + sep + other + sep + trip + sep + trip + sep + other + sep + trip + sep + trip + sep
+    ctx = SceneGraphGenerator(model).encode_video(make_sample(0).video)
     model.llm = _ScriptedLLM(model.llm, script + [model.ids.eos])
-    ctx = model.encode_video(make_sample(0).video)
-    gen = model.generate(ctx, max_new_tokens=200, max_repeats=3)
+    generator = SceneGraphGenerator(model)
+    gen = generator.generate(ctx, max_new_tokens=200, max_repeats=3)
     assert gen.text == "cup [Obj] on table [Obj] 0 1 ; person [Obj] holding cup [Obj] 1 3 ;"
     assert len(gen.step_logprobs) == len(gen.token_ids) == 2 * (len(trip) + 1)
     # [Obj] states of the kept triplets only: passes right after each kept [Obj] was fed
@@ -513,7 +600,7 @@ def test_generate_drops_repeated_triplets_and_stops_on_a_loop():
     assert gen.obj_hidden[:, 0].tolist() == [float(p + 1) for p in obj_pos]
     # without dropping, the repeats stay (up to the token limit)
     model.llm.calls = 0
-    gen = model.generate(ctx, max_new_tokens=len(script), max_repeats=None)
+    gen = generator.generate(ctx, max_new_tokens=len(script), max_repeats=None)
     assert gen.text.count("cup [Obj] on table [Obj] 0 1") == 5
 
 
@@ -537,7 +624,7 @@ def test_segmentation_tags_from_the_argmax_area():
     model.config.tag_min_area = 0.005
     assert model.segmentation_tags(dense) == ["person", "cup"]
     # the inference prompt uses them
-    ctx = model.encode_video(make_sample(0).video)
+    ctx = SceneGraphGenerator(model).encode_video(make_sample(0).video)
     with torch.no_grad():
         expected = model.segmentation_tags(model.encode(*[t[None] for t in _video(model)])[0].dense[0])
     assert ctx.tags == expected
@@ -548,7 +635,49 @@ def test_segmentation_tags_from_the_argmax_area():
 
 
 def _video(model):
-    from psg4d.model.psg4d_llm import video_tensors
-
     video = make_sample(0).video
-    return video_tensors(video, model.model_frames(video), model.config.image_size)
+    idx = resample_indices(video.num_frames, min(video.num_frames, model.config.max_frames))
+    return video_tensors(video, idx, model.config.image_size)
+
+
+def test_presence_head_trains_and_empties_absent_frames():
+    """With SAM2's object-presence head (pred_obj_scores, the full preset's setting) the loss
+    supervises it, every trainable decoder parameter gets a gradient (DDP needs no
+    find_unused_parameters) and inference empties the frames it scores absent."""
+    from psg4d.model.mask_decoder import NO_OBJECT_LOGIT, TubeDecoderOutput
+
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    # the full preset's decoder layout (presence head, memory attention), at the tiny width
+    cfg.mask_decoder = replace(cfg.mask_decoder, pred_obj_scores=True, pred_obj_scores_mlp=True, memory_layers=1)
+    model = PSG4DModel.from_config(cfg)
+    assert model.mask_decoder.has_presence_head
+    batch = model.collate([make_sample(0)])
+    out = model(**batch)
+    assert "loss_presence" in out and float(out["loss_presence"].detach()) > 0
+    out["loss"].backward()
+    unused = model.unused_parameters()
+    for name, p in model.named_parameters():
+        if p.requires_grad and name not in unused:
+            assert p.grad is not None, name  # nothing trainable is left out of the graph
+    head = [p.grad for n, p in model.mask_decoder.named_parameters() if "obj_score" in n]
+    assert head and all(float(g.abs().sum()) > 0 for g in head)
+    # the person (object 0) is absent in the last frame: a presence head that learned that gates it
+    model.eval()
+    mask_logits = torch.full((2, 4, 8, 8), 5.0)
+    object_logits = torch.tensor([[3.0, 3.0, 3.0, -3.0], [3.0, -1.0, 3.0, 3.0]])
+    gated = model.mask_decoder.gate_absent(TubeDecoderOutput(mask_logits, torch.zeros(2, 4), object_logits))
+    assert (gated[0, 3] == NO_OBJECT_LOGIT).all() and (gated[1, 1] == NO_OBJECT_LOGIT).all()
+    assert (gated[0, :3] == 5.0).all() and (gated[1, [0, 2, 3]] == 5.0).all()
+    generator = SceneGraphGenerator(model)
+    ctx = generator.encode_video(make_sample(0).video)
+    hidden = torch.randn(3, model.hidden_size)
+    with torch.inference_mode():  # the generator's outputs are inference tensors
+        decoded = model.mask_decoder.decode(ctx.dense, model.obj_proj(hidden))
+    logits, _ = generator.decode_masks(ctx, hidden)
+    absent = decoded.object_logits < 0  # [3, T]
+    assert torch.equal(logits[absent], torch.full_like(logits[absent], NO_OBJECT_LOGIT))
+    torch.testing.assert_close(logits[~absent], decoded.mask_logits[~absent])
+    # without the head nothing is gated
+    plain = PSG4DModel.from_config(tiny_config())
+    assert not plain.mask_decoder.has_presence_head and "loss_presence" not in plain(**plain.collate([make_sample(0)]))

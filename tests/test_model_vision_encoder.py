@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from psg4d.errors import ConfigError
-from psg4d.model.encoder import EncoderConfig, SceneEncoder, build_encoder
+from psg4d.data.schema import Video4D
+from psg4d.errors import ConfigError, DataError
+from psg4d.model.encoder import EncoderConfig, SceneEncoder, build_encoder, disparity_scale_of
 from psg4d.model.fusion import GatedFusion
 from psg4d.model.merging import TokenMerger, bipartite_merge
 
@@ -85,16 +87,87 @@ def test_depth_normalisation_is_disparity(encoder):
     out = enc.normalize_depth(d)
     expected = (torch.tensor([0.5, 0.0, 0.0, 10.0]).view(1, 1, 2, 2) - 0.5) / 0.5
     torch.testing.assert_close(out, expected)
+    # the inverse-metres scheme has no camera: a clip's disparity scale changes nothing
+    torch.testing.assert_close(enc.normalize_depth(d, torch.tensor([40.0])), expected)
     rgb = torch.ones(1, 3, 64, 64)
     n = encoder.normalize_rgb(rgb)
     torch.testing.assert_close(n[0, :, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))
 
 
+def _omnivore(disparity_px: float) -> float:
+    """Omnivore's DepthNorm(max_depth=75, clamp) + Normalize(0.0418, 0.0295), by hand."""
+    return (min(max(disparity_px, 0.01), 75.0) / 75.0 - 0.0418) / 0.0295
+
+
+def test_omnivore_disparity_hand_computed():
+    enc = build_encoder(EncoderConfig(depth_norm="omnivore_disparity", image_size=2))
+    d = torch.tensor([1.0, 2.0, 0.5, 60.0]).view(1, 1, 2, 2)
+    out = enc.normalize_depth(d, torch.tensor([518.9 * 0.075]))
+    # 1 m -> 38.9 px, 2 m -> 19.5 px; 0.5 m -> 77.8 px clamped to 75; 60 m clipped to 50 m -> 0.78 px
+    expected = [_omnivore(38.9175), _omnivore(19.45875), _omnivore(75.0), _omnivore(38.9175 / 50)]
+    torch.testing.assert_close(out.flatten(), torch.tensor(expected))
+    assert abs(float(out[0, 0, 0, 0]) - 16.17) < 0.01  # what the frozen trunk sees at 1 m (not 1.0)
+    assert float(out[0, 0, 1, 0]) == pytest.approx((1 - 0.0418) / 0.0295, rel=1e-6)
+    # no scale: the documented default camera (Kinect v1 fx 518.857901 px, baseline 0.075 m)
+    default = enc.normalize_depth(torch.ones(1, 1, 2, 2))
+    torch.testing.assert_close(default, torch.full((1, 1, 2, 2), _omnivore(518.857901 * 0.075)))
+    # per-image scales
+    two = enc.normalize_depth(torch.ones(2, 1, 2, 2), torch.tensor([10.0, 20.0]))
+    torch.testing.assert_close(two[:, 0, 0, 0], torch.tensor([_omnivore(10.0), _omnivore(20.0)]))
+
+
+def test_omnivore_invalid_depth_is_far():
+    enc = build_encoder(EncoderConfig(depth_norm="omnivore_disparity", image_size=2))
+    d = torch.tensor([0.0, float("inf"), float("nan"), -1.0]).view(1, 1, 2, 2)
+    out = enc.normalize_depth(d, torch.tensor([38.9]))
+    # disparity 0 before DepthNorm, whose floor of 0.01 px then applies
+    torch.testing.assert_close(out, torch.full((1, 1, 2, 2), _omnivore(0.01)))
+    assert torch.isfinite(out).all()
+
+
+def test_disparity_scale_per_clip_through_forward():
+    torch.manual_seed(0)
+    enc = build_encoder(EncoderConfig(depth_norm="omnivore_disparity"))
+    rgb, depth = _clip(b=2, t=2)
+    scale = torch.tensor([20.0, 60.0])
+    both = enc(rgb, depth, disparity_scale=scale)
+    for i in range(2):
+        alone = enc(rgb[i : i + 1], depth[i : i + 1], disparity_scale=scale[i : i + 1])
+        torch.testing.assert_close(both.depth_feats[i], alone.depth_feats[0], rtol=1e-4, atol=1e-5)
+    default = torch.full((2,), 518.857901 * 0.075)
+    torch.testing.assert_close(enc(rgb, depth).depth_feats, enc(rgb, depth, disparity_scale=default).depth_feats)
+    assert not torch.allclose(both.depth_feats, enc(rgb, depth).depth_feats)
+    with pytest.raises(ValueError, match="disparity_scale"):
+        enc(rgb, depth, disparity_scale=torch.ones(2, 2))
+
+
+def test_disparity_scale_of_video():
+    cfg = EncoderConfig.full()
+    rgb = np.zeros((3, 480, 640, 3), np.uint8)
+    k = np.array([[600.0, 0, 320], [0, 601.0, 240], [0, 0, 1]])
+    assert disparity_scale_of(Video4D(rgb=rgb), cfg) == pytest.approx(518.857901 * 0.075)
+    assert disparity_scale_of(Video4D(rgb=rgb, intrinsics=k), cfg) == pytest.approx(600.0 * 0.075)
+    v = Video4D(rgb=rgb, intrinsics=k, depth_baseline=0.095).validate()
+    assert disparity_scale_of(v, cfg) == pytest.approx(600.0 * 0.095)
+    assert disparity_scale_of(Video4D(rgb=rgb, depth_baseline=0.05), cfg) == pytest.approx(518.857901 * 0.05)
+    assert v.slice(1, 2).depth_baseline == 0.095
+    with pytest.raises(DataError, match="depth_baseline"):
+        Video4D(rgb=rgb, depth_baseline=0.0).validate()
+    with pytest.raises(DataError, match="depth_baseline"):
+        Video4D(rgb=rgb, depth_baseline=float("nan")).validate()
+    with pytest.raises(DataError, match="intrinsics"):
+        disparity_scale_of(Video4D(rgb=rgb, intrinsics=np.zeros((3, 3)), video_id="clip"), cfg)
+
+
 def test_config_errors():
     with pytest.raises(ConfigError, match="tiny"):
         build_encoder(EncoderConfig(backbone="resnet"))
-    with pytest.raises(ConfigError, match="options"):
-        EncoderConfig.preset("huge")
+    with pytest.raises(ConfigError, match="inverse_metres"):
+        EncoderConfig(depth_norm="metres")
+    with pytest.raises(ConfigError, match="default_baseline_m"):
+        EncoderConfig(default_baseline_m=0.0)
+    assert EncoderConfig.full().depth_norm == "omnivore_disparity"
+    assert EncoderConfig.efficientnet_lite0().depth_norm == "inverse_metres"
     enc = build_encoder(EncoderConfig(use_depth=False))
     assert enc.depth_branch is None
     rgb, depth = _clip(b=1, t=2)

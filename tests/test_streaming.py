@@ -13,7 +13,7 @@ from psg4d.data.schema import MaskTube, ObjectTrack, Relation, SceneGraph4D, Vid
 from psg4d.errors import ConfigError, DataError
 from psg4d.infer.colour_baseline import ColourSegmentationPredictor, block_positions, moving_blocks
 from psg4d.infer.streaming import StreamingPredictor
-from psg4d.infer.video_io import Frame, windows_from_frames
+from psg4d.data.video_io import Frame, windows_from_frames
 
 
 def _centroid_x(tube: MaskTube, t: int) -> float:
@@ -184,9 +184,9 @@ def test_peak_memory_flat_in_video_length(tmp_path):
 
 def test_real_model_predictor_plugs_in(tmp_path):
     """The model's window predictor (an untrained tiny PSG4DModel) runs under the streaming stitcher."""
-    predictor_mod = pytest.importorskip("psg4d.infer.predictor", reason="psg4d.infer.predictor not available")
     import torch
 
+    from psg4d.infer import predictor as predictor_mod
     from psg4d.model.config import model_preset
     from psg4d.model.psg4d_llm import PSG4DModel
 

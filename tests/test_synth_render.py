@@ -10,7 +10,7 @@ import pytest
 from psg4d.data.synth.camera import Camera
 from psg4d.data.synth.generate import SynthConfig, simulate_scene
 from psg4d.data.synth.render import Lighting, Primitive, intersect, render
-from psg4d.data.synth.script import scene_primitives
+from psg4d.data.synth.primitives import scene_primitives
 
 LIGHT = Lighting(direction=(0.0, -0.5, 0.866), ambient=0.4, diffuse=0.6, tint=(1.0, 1.0, 1.0))
 RED, BLUE, GRAY = np.array([0.9, 0.1, 0.1]), np.array([0.1, 0.1, 0.9]), np.array([0.5, 0.5, 0.5])

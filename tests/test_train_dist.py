@@ -21,7 +21,10 @@ from psg4d.train.loop import read_metrics, train
 
 TESTS_DIR = Path(__file__).resolve().parent
 
-# Runs train() on the toy experiment; the config is passed as JSON in argv[1].
+# The stages below train encoder, llm and mask_decoder; the toy declares the rest pretrained.
+PRETRAINED = ("projector", "obj_proj")
+
+# Runs train() on the toy experiment; the config and the toy's settings are passed as JSON in argv[1].
 SCRIPT = textwrap.dedent(
     """
     import json, os, sys
@@ -44,7 +47,7 @@ SCRIPT = textwrap.dedent(
             return super().collate(samples)
 
     def factory(model_cfg):
-        built.append(Recording(sleep_s=args["sleep_s"]))
+        built.append(Recording(sleep_s=args["sleep_s"], pretrained=tuple(args["pretrained"])))
         return built[-1]
 
     train(cfg, out_dir=args["out"], model_factory=factory, opener=ToyOpener())
@@ -93,7 +96,8 @@ def test_sigkilled_run_resumes_to_the_same_loss_curve(tmp_path):
     script.write_text(SCRIPT)
     rec = tmp_path / "rec"
     rec.mkdir()
-    args = {"cfg": _cfg_dict(cfg), "out": str(tmp_path / "killed"), "record": str(rec), "sleep_s": 0.05}
+    args = {"cfg": _cfg_dict(cfg), "out": str(tmp_path / "killed"), "record": str(rec), "sleep_s": 0.05,
+            "pretrained": PRETRAINED}
     proc = subprocess.Popen([sys.executable, str(script), json.dumps(args)], env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     metrics = tmp_path / "killed" / "s1" / "metrics.jsonl"
@@ -114,9 +118,9 @@ def test_sigkilled_run_resumes_to_the_same_loss_curve(tmp_path):
     assert killed_at < 60 and not (tmp_path / "killed" / "s1" / "final").exists()
     assert ckpt.find_last(tmp_path / "killed" / "s1") is not None
 
-    res = train(cfg, out_dir=tmp_path / "killed", model_factory=toy_factory(), opener=ToyOpener())
+    res = train(cfg, out_dir=tmp_path / "killed", model_factory=toy_factory(pretrained=PRETRAINED), opener=ToyOpener())
     assert res.stages[0].resumed_from_step is not None and res.stages[0].resumed_from_step % 5 == 0
-    train(cfg, out_dir=tmp_path / "straight", model_factory=toy_factory(), opener=ToyOpener())
+    train(cfg, out_dir=tmp_path / "straight", model_factory=toy_factory(pretrained=PRETRAINED), opener=ToyOpener())
     straight = _losses(tmp_path / "straight" / "s1" / "metrics.jsonl")
     resumed = _losses(metrics)
     assert [s for s, _ in resumed] == list(range(1, 61))
@@ -131,7 +135,8 @@ def test_torchrun_two_processes_shard_data_and_write_one_checkpoint(tmp_path):
     script.write_text(SCRIPT)
     rec = tmp_path / "rec"
     rec.mkdir()
-    args = {"cfg": _cfg_dict(cfg), "out": str(tmp_path / "ddp"), "record": str(rec), "sleep_s": 0.0}
+    args = {"cfg": _cfg_dict(cfg), "out": str(tmp_path / "ddp"), "record": str(rec), "sleep_s": 0.0,
+            "pretrained": PRETRAINED}
     _torchrun(script, args)
 
     # each rank saw its own half of every epoch (12 videos, 3 batches of 2 per rank per epoch)
@@ -146,7 +151,7 @@ def test_torchrun_two_processes_shard_data_and_write_one_checkpoint(tmp_path):
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
 
     # one writer: the same checkpoint layout as a single-process run, RNG state of both ranks
-    train(cfg, out_dir=tmp_path / "single", model_factory=toy_factory(), opener=ToyOpener())
+    train(cfg, out_dir=tmp_path / "single", model_factory=toy_factory(pretrained=PRETRAINED), opener=ToyOpener())
     layout = {
         name: sorted(p.name for p in (tmp_path / name / "s1").iterdir()) for name in ("ddp", "single")
     }
@@ -183,7 +188,8 @@ def test_torchrun_fsdp_trains_saves_full_weights_and_resumes(tmp_path):
     for steps in (4, 6):
         cfg = toy_experiment(tmp_path, stages=[{"name": "s1", "trainable": ["encoder", "llm", "mask_decoder"],
                                                  "max_steps": steps}], train__save_every=3, train__parallel="fsdp")
-        args = {"cfg": _cfg_dict(cfg), "out": str(tmp_path / "fsdp"), "record": str(rec), "sleep_s": 0.0}
+        args = {"cfg": _cfg_dict(cfg), "out": str(tmp_path / "fsdp"), "record": str(rec), "sleep_s": 0.0,
+            "pretrained": PRETRAINED}
         _torchrun(script, args)
     losses = _losses(tmp_path / "fsdp" / "s1" / "metrics.jsonl")
     assert [s for s, _ in losses] == list(range(1, 7))

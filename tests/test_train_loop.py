@@ -7,11 +7,12 @@ import os
 
 import pytest
 import torch
-from test_train_toy import ToyModel, ToyOpener, toy_experiment, toy_factory
+from test_train_toy import PREDICATES, ToyModel, ToyOpener, ToyReader, toy_experiment, toy_factory
 
+from psg4d.data.schema import MaskTube, ObjectTrack, Relation, SceneGraph4D
 from psg4d.errors import CheckpointError, ConfigError
 from psg4d.train import checkpoint as ckpt
-from psg4d.train.loop import build_scheduler, param_groups, read_metrics, set_trainable, train
+from psg4d.train.loop import build_scheduler, param_groups, read_metrics, set_trainable, train, with_data_vocab
 from psg4d.train.stages import TrainConfig
 
 
@@ -133,7 +134,7 @@ def test_only_trainable_prefixes_change_and_lr_groups_apply(tmp_path):
     init = {}
 
     def factory(model_cfg):
-        m = ToyModel()
+        m = ToyModel(pretrained=("encoder", "projector", "obj_proj"))
         init.update({k: v.clone() for k, v in m.state_dict().items()})
         return m
 
@@ -180,8 +181,9 @@ def test_grad_accumulation_matches_a_larger_batch(tmp_path):
     common = dict(stages=[{"name": "s1", "trainable": ["encoder", "llm"], "max_steps": 3}])
     big = toy_experiment(tmp_path, train__batch_size=4, **common)
     acc = toy_experiment(tmp_path, train__batch_size=2, train__grad_accum=2, **common)
-    _run(big, tmp_path / "big", factory=toy_factory(dropout=0.0))
-    _run(acc, tmp_path / "acc", factory=toy_factory(dropout=0.0))
+    frozen = ("projector", "obj_proj", "mask_decoder")
+    _run(big, tmp_path / "big", factory=toy_factory(dropout=0.0, pretrained=frozen))
+    _run(acc, tmp_path / "acc", factory=toy_factory(dropout=0.0, pretrained=frozen))
     a, b = _weights(tmp_path / "big" / "s1" / "final"), _weights(tmp_path / "acc" / "s1" / "final")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     la, lb = _losses(tmp_path / "big" / "s1" / "metrics.jsonl"), _losses(tmp_path / "acc" / "s1" / "metrics.jsonl")
@@ -219,7 +221,7 @@ def test_two_stages_chain_through_previous(tmp_path):
              "data": [{"path": "b", "weight": 1.0}]},
         ],
     )
-    res = _run(cfg, tmp_path / "out")
+    res = _run(cfg, tmp_path / "out", factory=toy_factory(pretrained=("projector", "llm", "obj_proj")))
     assert [s.name for s in res.stages] == ["first", "second"]
     a, b = _weights(tmp_path / "out" / "first" / "final"), _weights(tmp_path / "out" / "second" / "final")
     assert torch.equal(a["encoder.weight"], b["encoder.weight"])  # carried over, frozen in stage 2
@@ -283,3 +285,37 @@ def test_a_failing_final_validation_keeps_the_training(tmp_path):
     assert len(_losses(stage_dir / "metrics.jsonl")) == 12  # no step trained twice
     a, b = _weights(stage_dir / "final"), _weights(stage_dir / "last")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _WiderReader(ToyReader):
+    """A dataset with one more object category and one more predicate than the toy's (in every
+    graph), and a declared category ("lamp") that none of its graphs holds."""
+
+    @property
+    def object_vocab(self) -> list[str]:
+        return [*super().object_vocab, "sofa", "lamp"]
+
+    @property
+    def predicate_vocab(self) -> list[str]:
+        return [*super().predicate_vocab, "sitting on"]
+
+    def read_graph(self, video_id: str, *, with_masks: bool = True) -> SceneGraph4D:
+        g = super().read_graph(video_id, with_masks=with_masks)
+        g.objects.append(ObjectTrack(object_id=3, category="sofa", tube=MaskTube.empty(4, 8, 8) if with_masks else None))
+        g.relations.append(Relation(subject_id=0, object_id=3, predicate="sitting on", spans=[(0, 3)]))
+        return g
+
+
+def test_vocabularies_come_from_the_training_data_only(tmp_path):
+    def opener(path, fmt):
+        return (_WiderReader if path.name == "b" else ToyReader)(path)
+
+    val_only = toy_experiment(tmp_path, data__val=[{"path": "b", "split": "val"}])
+    model = with_data_vocab(val_only, opener).model
+    assert model.object_vocab == ["person", "cup", "table"] and model.predicate_vocab == PREDICATES
+    # a stage's own training mix counts
+    trained = toy_experiment(tmp_path, stages=[{"name": "s1", "max_steps": 1, "data": [{"path": "a"}, {"path": "b"}]}])
+    model = with_data_vocab(trained, opener).model
+    # what its training graphs hold, not everything it declares ("lamp" is in none)
+    assert model.object_vocab == ["person", "cup", "table", "sofa"]
+    assert model.predicate_vocab[-1] == "sitting on" and set(model.predicate_vocab) <= {*PREDICATES, "sitting on"}

@@ -32,17 +32,40 @@ def test_preset_loads_into_an_experiment(name):
         assert cfg.model.encoder.backbone == "efficientnet_lite0" and cfg.model.encoder.pretrained
         prefixes = cfg.stages[0].trainable_prefixes()
         assert "encoder" not in prefixes and {"encoder.fusion", "encoder.merger"} <= set(prefixes)
+        # the branches' LayerNorm + Linear heads start random on top of the pretrained backbones
+        assert {f"encoder.{b}_branch.{h}" for b in ("rgb", "depth") for h in ("norm", "proj")} <= set(prefixes)
         assert cfg.model.tag_words and cfg.model.tag_tokens == 0 and cfg.model.input_token_dropout > 0
     if name.endswith("_full"):
         # the preset's model settings are the named preset's (paper sizes), with local paths on top
         assert cfg.model.encoder.backbone == "imagebind" and cfg.model.llm.freeze_llm
-        assert "encoder" not in cfg.stages[0].trainable_prefixes()
+        # ImageBind fills both branches (trunks and heads); the fusion gates and token merger start random
+        prefixes = cfg.stages[0].trainable_prefixes()
+        assert "encoder" not in prefixes and {"encoder.fusion", "encoder.merger"} <= set(prefixes)
+
+
+@pytest.mark.parametrize(
+    ("name", "pretrained"),
+    [("hoi_tiny", []), ("hoi_lite0", ["encoder.depth_branch.backbone", "encoder.rgb_branch.backbone"])],
+)
+def test_preset_stage_freezes_only_parameters_that_hold_weights(name, pretrained):
+    """The loop's frozen-parameter check passes on the model the preset builds."""
+    import dataclasses
+
+    from psg4d.model.psg4d_llm import PSG4DModel
+    from psg4d.train.params import check_frozen_initialised, set_trainable, top_level_modules
+
+    cfg = load_experiment(resolve_config(name))
+    model = PSG4DModel.from_config(dataclasses.replace(cfg.model, object_vocab=["cup", "person"], predicate_vocab=["on"]))
+    stage = cfg.stages[0]
+    set_trainable(model, stage.trainable_prefixes(top_level_modules(model)))
+    assert check_frozen_initialised(model, stage_name=stage.name, init_names=()).pretrained == pretrained
 
 
 @pytest.mark.parametrize("name", ["hoi_full", "gta_full"])
 def test_full_presets_name_the_missing_local_weights(name, tmp_path):
     cfg = load_experiment(resolve_config(name))
-    with pytest.raises(ConfigError, match=r"model\.encoder\.weights_path: checkpoints/imagebind_huge\.pth not found"):
+    # resolved as the model resolves it: under $PSG4D_WEIGHTS or the current directory, shown absolute
+    with pytest.raises(ConfigError, match=r"model\.encoder\.weights_path: /\S*/checkpoints/imagebind_huge\.pth not found"):
         check_local_weights(cfg.model)
     weights = tmp_path / "ib.pth"
     weights.write_bytes(b"")
@@ -51,7 +74,7 @@ def test_full_presets_name_the_missing_local_weights(name, tmp_path):
     cfg = load_experiment(
         resolve_config(name), [f"model.encoder.weights_path={weights}", f"model.mask_decoder.weights_path={sam}"]
     )
-    with pytest.raises(ConfigError, match=r"model\.llm\.name: checkpoints/llama-2-7b-hf not found.*--set model\.llm\.name="):
+    with pytest.raises(ConfigError, match=r"model\.llm\.name: /\S*/checkpoints/llama-2-7b-hf not found.*--set model\.llm\.name="):
         check_local_weights(cfg.model)
 
 

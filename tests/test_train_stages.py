@@ -26,6 +26,9 @@ def test_stage_kind_table_holds_stage_one_with_its_defaults():
     stage = StageConfig(name="s", max_steps=1)
     assert stage.trainable_prefixes() == list(kind.default_trainable)
     assert StageConfig(name="s", max_steps=1, trainable=["llm"]).trainable_prefixes() == ["llm"]
+    # the kind's optional modules join when the model has them
+    present = ["encoder", "llm", "tag_head"]
+    assert StageConfig(name="s", max_steps=1, trainable=["llm"]).trainable_prefixes(present) == ["llm", "tag_head"]
 
 
 def test_lift_2d_is_rejected_naming_the_stage_that_needs_estimators():

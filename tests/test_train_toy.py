@@ -28,16 +28,24 @@ PREDICATES = ["holding", "touching", "looking at", "next to"]
 class ToyModel(nn.Module):
     """Predicts per-predicate relation counts of a video from one random frame's colour
     statistics. Module names mirror the 4D-LLM's so stage prefixes apply; the random
-    frame (torch RNG in ``collate``) and dropout make exact resume depend on restored RNG."""
+    frame (torch RNG in ``collate``) and dropout make exact resume depend on restored RNG.
+    ``pretrained``: module prefixes that stand in for weights loaded from a pretrained file
+    (``pretrained_parameters()``), so a stage may freeze them; nothing is loaded."""
 
-    def __init__(self, *, hidden: int = 16, dropout: float = 0.1, sleep_s: float = 0.0):
+    def __init__(
+        self, *, hidden: int = 16, dropout: float = 0.1, sleep_s: float = 0.0, pretrained: tuple[str, ...] = ()
+    ):
         super().__init__()
         self.hidden, self.dropout, self.sleep_s = hidden, dropout, sleep_s
+        self.pretrained = tuple(pretrained)
         self.encoder = nn.Linear(6, hidden)
         self.projector = nn.Linear(hidden, hidden)
         self.llm = nn.Sequential(nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden))
         self.obj_proj = nn.Linear(hidden, hidden)
         self.mask_decoder = nn.Linear(hidden, len(PREDICATES))
+
+    def pretrained_parameters(self) -> set[str]:
+        return {n for n, _ in self.named_parameters() if any(n == p or n.startswith(p + ".") for p in self.pretrained)}
 
     @property
     def config(self) -> dict[str, Any]:
@@ -122,11 +130,14 @@ class ToyReader(DatasetReader):
         rgb = rng.integers(0, 256, size=(4, 8, 8, 3), dtype=np.uint8)
         return Video4D(rgb=rgb, depth=rng.random((4, 8, 8), dtype=np.float32), video_id=video_id)
 
-    def read_graph(self, video_id: str) -> SceneGraph4D:
+    def num_frames(self, video_id: str) -> int:
+        return 4
+
+    def read_graph(self, video_id: str, *, with_masks: bool = True) -> SceneGraph4D:
         rng = self._rng(video_id)
         rng.integers(0, 256, size=(4, 8, 8, 3))
         objects = [
-            ObjectTrack(object_id=i, category=c, tube=MaskTube.empty(4, 8, 8))
+            ObjectTrack(object_id=i, category=c, tube=MaskTube.empty(4, 8, 8) if with_masks else None)
             for i, c in enumerate(["person", "cup", "table"])
         ]
         n_rel = int(rng.integers(1, 5))

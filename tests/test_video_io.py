@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from psg4d.errors import DataError
-from psg4d.infer import video_io
-from psg4d.infer.video_io import (
+from psg4d.data import video_io
+from psg4d.data.video_io import (
     iter_frames,
     iter_video_windows,
     load_video,

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from psg4d.infer.colour_baseline import DEFAULT_PALETTE, ColourSegmentationPredictor, moving_blocks
-from psg4d.infer.video_io import load_video
+from psg4d.data.video_io import load_video
 from psg4d.viz.overlay import object_colours
 from psg4d.viz.report import write_report
 

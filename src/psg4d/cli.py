@@ -31,9 +31,10 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("data", "psg4d.data.commands", "data_app"),
     ("train", "psg4d.train.commands", "train_command"),
     ("predict", "psg4d.infer.commands", "predict_command"),
-    ("eval", "psg4d.eval.commands", "eval_command"),
+    ("eval", "psg4d.evaluate", "eval_command"),
     ("diagnose", "psg4d.infer.commands", "diagnose_command"),
     ("viz", "psg4d.viz.commands", "viz_command"),
+    ("experiment", "psg4d.experiments.commands", "experiment_app"),
 ]
 
 

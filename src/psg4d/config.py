@@ -121,13 +121,11 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config") -> T
         raise ConfigError(f"{where}: {e}") from None
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge_dicts(base: dict, over: dict) -> dict:
+    """``over``'s keys over ``base``'s, recursing where both hold a mapping (inputs unchanged)."""
     out = dict(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
+        out[k] = merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -144,7 +142,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: top level must be a mapping")
     base = data.pop("_base_", None)
     if base:
-        data = _merge(load_yaml(path.parent / base), data)
+        data = merge_dicts(load_yaml(path.parent / base), data)
     return data
 
 
@@ -185,13 +183,6 @@ def _list_index(items: list, part: str, ov: str) -> int:
     if not part.lstrip("-").isdigit() or not -len(items) <= int(part) < len(items):
         raise ConfigError(f"override {ov!r}: {part!r} is not an index of a list of {len(items)} items")
     return int(part)
-
-
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """YAML preset (optional) + dotted overrides -> typed config ``cls``."""
-    data = load_yaml(path) if path is not None else {}
-    data = apply_overrides(data, overrides)
-    return from_dict(cls, data, where=str(path) if path else "config")
 
 
 def save_yaml(cfg: Any, path: str | Path) -> None:

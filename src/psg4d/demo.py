@@ -66,7 +66,8 @@ class DemoResult:
     seconds: dict[str, float]
 
 
-def _synth(cfg: DemoConfig, data_dir: Path) -> None:
+def synthesise(cfg: DemoConfig, data_dir: Path) -> None:
+    """The demo's synthetic world in ``data_dir`` (reused when its settings match)."""
     from psg4d.data.synth.generate import SynthConfig, generate
 
     synth_cfg = SynthConfig(
@@ -88,7 +89,8 @@ def _synth(cfg: DemoConfig, data_dir: Path) -> None:
     atomic_write_json(stamp, to_dict(synth_cfg))
 
 
-def _train(cfg: DemoConfig, data_dir: Path, model_dir: Path):
+def train_model(cfg: DemoConfig, data_dir: Path, model_dir: Path):
+    """Train the demo's model preset on ``data_dir`` into ``model_dir`` (resumes a finished run)."""
     from psg4d.train.loop import train
     from psg4d.train.stages import load_experiment
 
@@ -103,22 +105,25 @@ def _train(cfg: DemoConfig, data_dir: Path, model_dir: Path):
 
 
 def evaluate_with_baseline(
-    ckpt: Path, data_4d: Path, eval_dir: Path, *, split: str = "test", limit: int | None = None
+    ckpt: Path, data_4d: Path, eval_dir: Path, *, split: str = "test", limit: int | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Predict ``split`` (its first ``limit`` videos) with ``ckpt``, score model and frequency
-    baseline under both protocols; writes ``predictions_<split>.jsonl`` and ``metrics.json``."""
+    baseline under both protocols; writes ``predictions_<split>.jsonl`` and ``metrics.json``.
+    ``threads``: torch threads for prediction (None: adapted to the load before every video)."""
     from itertools import islice
 
     from psg4d.data.readers import open_dataset
     from psg4d.data.schema import iter_scene_graphs, save_scene_graphs
     from psg4d.eval import evaluate
     from psg4d.infer.baselines import FrequencyBaseline
-    from psg4d.infer.predictor import predict_split
+    from psg4d.infer.predictor import PredictorConfig, predict_split
 
     reader = open_dataset(data_4d)
     gts = {g.video_id: g for g in islice(reader.iter_graphs(split), limit)}
     preds_path = eval_dir / f"predictions_{split}.jsonl"
-    save_scene_graphs(preds_path, predict_split(ckpt, data_4d, split, limit=limit, progress=True))
+    save_scene_graphs(preds_path, predict_split(ckpt, data_4d, split, limit=limit, progress=True,
+                                                config=PredictorConfig(threads=threads)))
     baseline = FrequencyBaseline().fit(reader.iter_graphs("train"))
     metrics: dict[str, Any] = {"model": {}, "frequency_baseline": {}}
     for protocol in ("pvsg", "volumetric"):
@@ -164,12 +169,12 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
 
     t0 = time.perf_counter()
     log.info("[1/4] synthesising the world into %s", data_dir)
-    _synth(cfg, data_dir)
+    synthesise(cfg, data_dir)
     seconds["synth"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     log.info("[2/4] training the tiny 4D-LLM into %s", model_dir)
-    result = _train(cfg, data_dir, model_dir)
+    result = train_model(cfg, data_dir, model_dir)
     ckpt = result.final_dir
     seconds["train"] = time.perf_counter() - t0
 

@@ -31,49 +31,14 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
+# rle_area and rle_encode are unused here but re-exported: viewers, inference and user code import the RLE helpers from the schema
+from psg4d.data.masks import coco_rle, rle_area, rle_areas, rle_decode, rle_encode, rle_encode_batch  # noqa: F401
 from psg4d.errors import DataError
 from psg4d.utils.io import atomic_path
 
 SCHEMA_VERSION = 1
 
 Span = tuple[int, int]  # inclusive [start, end] frame indices
-
-
-# --------------------------------------------------------------------------- RLE
-
-
-def rle_encode(mask: np.ndarray) -> dict:
-    """Binary ``[H, W]`` mask -> COCO RLE with ``counts`` as str (JSON-safe)."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8, copy=False)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
-
-
-def rle_encode_batch(masks: np.ndarray) -> list[dict]:
-    """``[T, H, W]`` binary masks -> list of T RLEs (one pycocotools call)."""
-    if masks.shape[0] == 0:
-        return []
-    arr = np.asfortranarray(np.moveaxis(masks.astype(np.uint8, copy=False), 0, -1))  # [H, W, T]
-    rles = mask_utils.encode(arr)
-    for r in rles:
-        r["counts"] = r["counts"].decode("ascii")
-    return list(rles)
-
-
-def _rle_for_coco(rle: dict) -> dict:
-    counts = rle["counts"]
-    if isinstance(counts, list):  # uncompressed RLE (COCO allows it)
-        return mask_utils.frPyObjects(rle, *rle["size"])
-    return {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-
-
-def rle_decode(rle: dict) -> np.ndarray:
-    """COCO RLE -> bool ``[H, W]``."""
-    return mask_utils.decode(_rle_for_coco(rle)).astype(bool)
-
-
-def rle_area(rle: dict) -> int:
-    return int(mask_utils.area(_rle_for_coco(rle)))
 
 
 # --------------------------------------------------------------------------- video
@@ -86,7 +51,10 @@ class Video4D:
     ``rgb``: ``[T, H, W, 3]`` uint8. ``depth``: ``[T, H, W]`` float32 metres, or
     ``None`` for RGB-only input. ``intrinsics``: ``[3, 3]`` pinhole matrix or
     ``None``. ``frame_indices``: the original frame number of each of the T
-    frames (sampling keeps track of where frames came from).
+    frames (sampling keeps track of where frames came from). ``depth_baseline``:
+    the depth sensor's stereo baseline in metres, or ``None`` (unknown); with the
+    focal length it turns depth into the disparity some depth encoders expect
+    (:func:`psg4d.model.encoder.disparity_scale_of`).
     """
 
     rgb: np.ndarray
@@ -95,6 +63,7 @@ class Video4D:
     fps: float = 5.0
     frame_indices: np.ndarray | None = None
     video_id: str = ""
+    depth_baseline: float | None = None
 
     def __post_init__(self) -> None:
         if self.frame_indices is None:
@@ -136,6 +105,8 @@ class Video4D:
                 raise DataError(where, f"depth must be float metres, got {self.depth.dtype}", field="depth")
         if self.intrinsics is not None and np.asarray(self.intrinsics).shape != (3, 3):
             raise DataError(where, "intrinsics must be a 3x3 matrix", field="intrinsics")
+        if self.depth_baseline is not None and not (np.isfinite(self.depth_baseline) and self.depth_baseline > 0):
+            raise DataError(where, f"depth_baseline must be positive metres, got {self.depth_baseline}", field="depth_baseline")
         if len(self.frame_indices) != self.num_frames:
             raise DataError(where, "frame_indices length differs from the number of frames", field="frame_indices")
         return self
@@ -149,6 +120,7 @@ class Video4D:
             fps=self.fps,
             frame_indices=self.frame_indices[start:stop],
             video_id=self.video_id,
+            depth_baseline=self.depth_baseline,
         )
 
 
@@ -195,9 +167,9 @@ class MaskTube:
         """bool ``[T, H, W]``. Memory is T*H*W bytes: use :meth:`frame` on long videos."""
         out = np.zeros((self.num_frames, self.height, self.width), dtype=bool)
         idx = [t for t, r in enumerate(self.rles) if r is not None]
-        for i in range(0, len(idx), 255):  # same uint8 limit as areas()
+        for i in range(0, len(idx), 255):  # chunks bound the uint8 scratch array of decode()
             chunk = idx[i : i + 255]
-            dec = mask_utils.decode([_rle_for_coco(self.rles[t]) for t in chunk])  # [H, W, n]
+            dec = mask_utils.decode([coco_rle(self.rles[t]) for t in chunk])  # [H, W, n]
             out[chunk] = np.moveaxis(dec, -1, 0).astype(bool)
         return out
 
@@ -209,10 +181,7 @@ class MaskTube:
         """int64 ``[T]`` pixel areas (0 where absent)."""
         out = np.zeros(self.num_frames, dtype=np.int64)
         idx = [t for t, r in enumerate(self.rles) if r is not None]
-        # pycocotools' area() overflows a uint8 counter (numpy 2) past 255 RLEs per call
-        for i in range(0, len(idx), 255):
-            chunk = idx[i : i + 255]
-            out[chunk] = mask_utils.area([_rle_for_coco(self.rles[t]) for t in chunk])
+        out[idx] = rle_areas([coco_rle(self.rles[t]) for t in idx])
         return out
 
     def slice(self, start: int, stop: int) -> "MaskTube":

@@ -1,7 +1,15 @@
 """Evaluation of 4D scene graphs: triplet R@K / mR@K under the published ``pvsg`` protocol
 (OpenPVSG's, used by PSG4D) and the strict ``volumetric`` protocol."""
 
-from psg4d.eval.geometry import TubeOverlap, frame_ious, pair_viou, span_iou, span_mask, tube_overlaps, tube_viou
+from psg4d.eval.geometry import (
+    TubeOverlap,
+    frame_ious,
+    overlap_tube_viou,
+    pair_viou,
+    span_iou,
+    span_mask,
+    tube_overlaps,
+)
 from psg4d.eval.labelmap import LabelMap, normalize_label
 from psg4d.eval.metric import PROTOCOLS, RecallState, SceneGraphRecall, evaluate, summary_table
 from psg4d.eval.pvsg import pvsg_hit_ranks, pvsg_viou
@@ -20,6 +28,7 @@ __all__ = [
     "evaluate",
     "frame_ious",
     "normalize_label",
+    "overlap_tube_viou",
     "pair_viou",
     "prepare_video",
     "pvsg_hit_ranks",
@@ -28,7 +37,6 @@ __all__ = [
     "span_mask",
     "summary_table",
     "tube_overlaps",
-    "tube_viou",
     "volumetric_hit_ranks",
     "volumetric_scores",
 ]

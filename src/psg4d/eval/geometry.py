@@ -17,16 +17,8 @@ from typing import Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from psg4d.data.masks import coco_rle, rle_areas
 from psg4d.data.schema import MaskTube, Span
-
-
-def coco_rle(rle: dict) -> dict:
-    """A schema RLE (``counts`` as str, or an uncompressed list) in the form pycocotools takes."""
-    counts = rle["counts"]
-    h, w = (int(v) for v in rle["size"])
-    if isinstance(counts, list):
-        return mask_utils.frPyObjects(rle, h, w)
-    return {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
 
 
 def span_mask(spans: Sequence[Span], num_frames: int) -> np.ndarray:
@@ -90,19 +82,6 @@ def _tube_frames(tubes: Sequence[MaskTube | None], num_frames: int) -> tuple[lis
     return rles, areas
 
 
-# pycocotools' area() sizes a scratch array with a uint8 holding the list length, which
-# overflows under numpy 2 for more than 255 masks: call it in chunks that fit
-_AREA_CHUNK = 255
-
-
-def rle_areas(rles: Sequence[dict]) -> np.ndarray:
-    """int64 areas of many coco RLEs."""
-    out = np.zeros(len(rles), dtype=np.int64)
-    for a in range(0, len(rles), _AREA_CHUNK):
-        out[a : a + _AREA_CHUNK] = mask_utils.area(list(rles[a : a + _AREA_CHUNK]))
-    return out
-
-
 def tube_overlaps(
     pred_tubes: Sequence[MaskTube | None], gt_tubes: Sequence[MaskTube | None], num_frames: int
 ) -> TubeOverlap:
@@ -132,16 +111,18 @@ def tube_overlaps(
     return TubeOverlap(iou=iou, inter=inter, pred_area=p_area, gt_area=g_area, pred_present=present)
 
 
-def tube_viou(
+def overlap_tube_viou(
     overlap: TubeOverlap, pred_idx: np.ndarray, gt_idx: np.ndarray, pred_frames: np.ndarray, gt_frames: np.ndarray
 ) -> np.ndarray:
-    """Volumetric IoU of predicted tubes ``pred_idx[m]`` cut to frames ``pred_frames[m]``
-    against GT tubes ``gt_idx[m]`` cut to ``gt_frames[m]``, for M pairs at once.
+    """Volumetric IoU, read off a precomputed :class:`TubeOverlap`, of predicted tubes
+    ``pred_idx[m]`` cut to frames ``pred_frames[m]`` against GT tubes ``gt_idx[m]``
+    cut to ``gt_frames[m]``, for M pairs at once.
 
     ``sum_t |GT_t ∩ P_t| / (sum_{GT frames} |GT_t| + sum_{pred frames} |P_t| - intersection)``
     with the intersection counted over frames in both cuts, so predicted frames
     outside the truth add their area to the union. Returns ``[M]``; 0 where the
-    union is empty.
+    union is empty: unlike :func:`psg4d.data.masks.rle_tube_viou` (1.0), an empty
+    pair must not count as a hit for recall.
     """
     pf = np.asarray(pred_frames, dtype=bool)
     gf = np.asarray(gt_frames, dtype=bool)
@@ -156,8 +137,8 @@ def frame_ious(pred: MaskTube, gt: MaskTube) -> np.ndarray:
 
 
 def pair_viou(pred: MaskTube, gt: MaskTube, pred_spans: Sequence[Span], gt_spans: Sequence[Span]) -> float:
-    """:func:`tube_viou` of one predicted tube over ``pred_spans`` against one GT tube over ``gt_spans``."""
+    """:func:`overlap_tube_viou` of one predicted tube over ``pred_spans`` against one GT tube over ``gt_spans``."""
     T = gt.num_frames
     ov = tube_overlaps([pred], [gt], T)
     zero = np.zeros(1, dtype=np.int64)
-    return float(tube_viou(ov, zero, zero, span_mask(pred_spans, T)[None], span_mask(gt_spans, T)[None])[0])
+    return float(overlap_tube_viou(ov, zero, zero, span_mask(pred_spans, T)[None], span_mask(gt_spans, T)[None])[0])

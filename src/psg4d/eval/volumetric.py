@@ -24,15 +24,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from psg4d.eval.geometry import span_iou, tube_viou
+from psg4d.eval.geometry import overlap_tube_viou, span_iou
 from psg4d.eval.video import NO_HIT, PreparedVideo
 
 
 def volumetric_scores(v: PreparedVideo, cand: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For pairs ``(cand[m], rel[m])``: ``min(subject vIoU, object vIoU)`` and the span-list temporal IoU."""
     pf, gf = v.cand_frames[cand], v.gt_frames[rel]
-    vs = tube_viou(v.overlap, v.cand_sub[cand], v.gt_sub[rel], pf, gf)
-    vo = tube_viou(v.overlap, v.cand_obj[cand], v.gt_obj[rel], pf, gf)
+    vs = overlap_tube_viou(v.overlap, v.cand_sub[cand], v.gt_sub[rel], pf, gf)
+    vo = overlap_tube_viou(v.overlap, v.cand_obj[cand], v.gt_obj[rel], pf, gf)
     return np.minimum(vs, vo), span_iou(pf, gf)
 
 

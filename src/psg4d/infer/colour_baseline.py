@@ -27,7 +27,7 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from psg4d.data.schema import MaskTube, ObjectTrack, Relation, SceneGraph4D, Video4D, spans_from_mask
-from psg4d.infer.video_io import Frame
+from psg4d.data.video_io import Frame
 
 DEFAULT_PALETTE: dict[str, tuple[int, int, int]] = {
     "red block": (220, 40, 40),

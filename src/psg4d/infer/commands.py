@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def _video_files(folder: Path) -> list[Path]:
-    from psg4d.infer.video_io import VIDEO_EXTS
+    from psg4d.data.video_io import VIDEO_EXTS
 
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTS)
 
@@ -39,12 +39,15 @@ def predict_command(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Generation length limit."),
     candidates: int = typer.Option(300, "--candidates", help="Keep at most this many ranked relations."),
     report: bool = typer.Option(False, "--report", help="Also write the HTML report next to each prediction."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="torch threads (default: the CPUs this process may use that others leave free)."
+    ),
 ) -> None:
     """Predict the 4D scene graph of one video (or a folder of videos) and write it as JSON."""
     from tqdm import tqdm
 
     from psg4d.infer.predictor import Predictor, PredictorConfig
-    from psg4d.infer.video_io import load_video
+    from psg4d.data.video_io import load_video
     from psg4d.model.psg4d_llm import PSG4DModel
 
     batch = rgb.is_dir() and bool(_video_files(rgb))
@@ -57,7 +60,8 @@ def predict_command(
             " estimated (the 2D-to-4D transfer's depth estimator is not part of this checkpoint)."
         )
     model = PSG4DModel.from_pretrained(ckpt)
-    predictor = Predictor(model=model, config=PredictorConfig(max_new_tokens=max_new_tokens, max_candidates=candidates))
+    predictor = Predictor(model=model, config=PredictorConfig(max_new_tokens=max_new_tokens, max_candidates=candidates,
+                                                              threads=threads))
     for src in tqdm(sources, desc="predict", unit="video", disable=not batch):
         video = load_video(
             src, depth=depth, depth_scale=depth_scale, fps=fps, max_frames=max_frames or model.config.max_frames,

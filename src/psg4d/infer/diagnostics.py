@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from psg4d.data.schema import Sample
+from psg4d.model.generation import SceneGraphGenerator
 from psg4d.model.mask_decoder import upsample_to
 from psg4d.model.psg4d_llm import PSG4DModel
 
@@ -59,16 +60,15 @@ def grounding(model: PSG4DModel, samples: Sequence[Sample]) -> GroundingReport:
     """The ``[n, n]`` text-given-video table of the module docstring (``n >= 2``)."""
     if len(samples) < 2:
         raise ValueError("grounding needs at least 2 videos")
-    model.eval()
+    generator = SceneGraphGenerator(model)
     texts = []
     for s in samples:
         batch = model.collate([s])
-        labels = batch["labels"][0]
-        texts.append([int(t) for t in labels[labels != -100]])  # the graph text and <eos>
+        texts.append(batch["target_ids"][0][batch["target_mask"][0].bool()].tolist())  # the graph text and <eos>
     table = np.zeros((len(samples), len(samples)))
     for j, s in enumerate(samples):
-        ctx = model.encode_video(s.video)
-        table[:, j] = model.score_continuations(ctx, [], texts)
+        ctx = generator.encode_video(s.video)
+        table[:, j] = generator.score_continuations(ctx, [], texts)
     n_tok = np.array([len(t) for t in texts], dtype=float)
     own = np.diag(table)
     others = (table.sum(1) - own) / (len(samples) - 1)
@@ -82,18 +82,22 @@ def grounding(model: PSG4DModel, samples: Sequence[Sample]) -> GroundingReport:
 
 @torch.no_grad()
 def teacher_forced_masks(model: PSG4DModel, samples: Sequence[Sample], *, threshold: float = 0.5) -> MaskReport:
-    """Tube quality from the ``[Obj]`` hidden states of the ground-truth text (module docstring)."""
+    """Tube quality from the ``[Obj]`` hidden states of the ground-truth text (module docstring),
+    in eval mode: the prompt holds the model's own tags, as at inference."""
     model.eval()
     hits: dict[str, list[float]] = defaultdict(list)
+    dev = model.device
     for s in samples:
         batch = model.collate([s])
-        dev = model.device
-        enc, visual, _ = model.encode(batch["rgb"].to(dev), None if batch["depth"] is None else batch["depth"].to(dev))
-        ids, hidden = model.teacher_forced_hidden(batch["input_ids"].to(dev), batch["attention_mask"].to(dev), visual)
-        pos = torch.nonzero(ids[0] == model.ids.obj).flatten()
+        tf = model.teacher_forced(
+            target_ids=batch["target_ids"].to(dev), target_mask=batch["target_mask"].to(dev),
+            rgb=batch["rgb"].to(dev), depth=None if batch["depth"] is None else batch["depth"].to(dev),
+            disparity_scale=batch["disparity_scale"].to(dev),
+        )
+        pos = torch.nonzero(tf.ids[0] == model.ids.obj).flatten()
         if pos.numel() == 0:
             continue
-        logits, _ = model.mask_decoder(enc.dense[0], model.obj_proj(hidden[0, pos]))  # [N, T, h, w]
+        logits, _ = model.decode_tubes(tf.enc.dense[0], tf.hidden[0, pos])  # [N, T, h, w]
         target = batch["mask_targets"][0]  # [N, T, S, S]
         pred = upsample_to(logits, tuple(target.shape[-2:])).cpu() > 0
         inter = (pred & target).flatten(2).sum(-1).float()

@@ -3,36 +3,42 @@
 Steps of :meth:`Predictor.predict`:
 
 1. Encode the video (at most ``max_frames`` model frames, resampled uniformly)
-   and decode greedily. Every generated ``[Obj]`` token's hidden state prompts
-   the mask decoder; its tube is thresholded (logit > ``mask_threshold``) after
-   upsampling to the video size. A source frame takes the mask of the nearest
-   model frame, and a model-frame span ``[a, b]`` covers every source frame
-   whose nearest model frame lies in ``[a, b]``.
-2. Objects: the ``[Obj]`` occurrences of the parsed triplets are grouped
+   and decode greedily. A source frame takes the mask of the nearest model
+   frame, and a model-frame span ``[a, b]`` covers every source frame whose
+   nearest model frame lies in ``[a, b]``.
+2. Tubes, in ONE batched mask-decoder call: every generated ``[Obj]`` token's
+   hidden state and, with ``model.tag_words``, the ``[Obj]`` state of
+   ``<tag> [Obj]`` teacher-forced after the generated text for every tagged
+   category that no generated triplet mentions (``tag_objects``), so an object
+   the greedy text skipped can still take part in the pairings of step 4.
+   Each tube is upsampled to the video size and thresholded (logit >
+   ``mask_threshold``) one model frame at a time and kept as per-model-frame
+   RLEs: memory does not grow with resolution x frames x objects.
+3. Objects: the ``[Obj]`` occurrences of the parsed triplets are grouped
    greedily in order: an occurrence joins an earlier object of the same
    category (case-insensitive) whose tube has vIoU >= ``merge_viou`` with it
-   (two empty tubes count as equal); otherwise it starts a new object. An
-   object keeps the tube of its first occurrence; its score is that tube's mean
-   predicted IoU. (1b) With ``model.tag_words``, every tagged category that no
-   generated triplet mentions becomes an object too: its tube comes from the
-   ``[Obj]`` hidden state of ``<tag> [Obj]`` teacher-forced after the generated
-   text (``tag_objects``), so an object the greedy text skipped can still take
-   part in the pairings of step 3.
-3. Ranked relations. A candidate's score is the log-probability, under the LLM
+   over the video's frames (two empty tubes count as equal); otherwise it starts
+   a new object. An object keeps the tube of its first occurrence; its score is
+   that tube's mean predicted IoU. Tagged objects of step 2 follow.
+4. Ranked relations. A candidate's score is the log-probability, under the LLM
    and given the video, of its text ``subject [Obj] predicate object [Obj]``
    (span numbers excluded: they locate a relation, they do not decide whether
    it holds), summed over its tokens:
 
    * generated triplets: the greedy step log-probabilities of those tokens;
    * alternative predicates of each generated pair: the same text with every
-     other predicate of the vocabulary, teacher-forced at the generated
-     triplet's position (same preceding tokens), keeping the generated span;
+     other predicate of the vocabulary, teacher-forced in the context the
+     generated triplet had, keeping the generated span;
    * other pairings: every ordered pair of detected objects that was not
      generated, with every predicate, teacher-forced as one more triplet after
      the generated text (``... ;``); its span is the frames where both tubes are
      present (else where either is, else the whole video). Pairs are taken by
      descending temporal overlap, at most ``max_new_pairs``.
 
+   The context of a teacher-forced candidate is what the LLM read while
+   generating (:attr:`Generation.context_ids`, dropped repeats included), and
+   the shared context runs once: its KV cache serves every candidate
+   (``cached_scoring``; False recomputes it per candidate, the reference path).
    Candidates with the same (subject, object, predicate) are merged (spans
    united, best score kept); the list is sorted by descending score and cut at
    ``max_candidates``. Log-probabilities of different lengths are compared as
@@ -47,12 +53,17 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import torch
 
+from psg4d.data.masks import rle_encode_batch, rle_tube_viou
 from psg4d.data.schema import MaskTube, ObjectTrack, Relation, SceneGraph4D, Video4D, merge_spans
+from psg4d.model.batching import resample_indices
+from psg4d.model.generation import Generation, SceneGraphGenerator, VideoContext
 from psg4d.model.grammar import clean_phrase, parse_scene_graph
 from psg4d.model.mask_decoder import upsample_to
-from psg4d.model.psg4d_llm import Generation, PSG4DModel
+from psg4d.model.psg4d_llm import PSG4DModel
 from psg4d.model.tokens import OBJ_TOKEN, TRIPLET_SEP
+from psg4d.utils.threads import AdaptiveThreads
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +79,24 @@ class PredictorConfig:
     # Objects the tagging head found (model.tag_words) but the generation never mentioned get a
     # tube from a teacher-forced "<tag> [Obj]" after the generated text, and join the pairings.
     tag_objects: bool = True
+    # Score candidates against the shared context's KV cache (False: recompute the context for
+    # every candidate; same results, the reference the cached path is tested against).
+    cached_scoring: bool = True
+    # torch intra-op threads: None adapts before every video to the CPUs other processes leave
+    # free (psg4d.utils.threads.AdaptiveThreads); a number fixes it.
+    threads: int | None = None
+
+
+@dataclass
+class Tube:
+    """A predicted tube on the model timeline: one RLE per model frame at the video's size
+    (None: empty) and the decoder's mean predicted IoU."""
+
+    rles: list[dict | None]  # [T_m]
+    score: float
+
+    def present(self) -> np.ndarray:
+        return np.array([r is not None for r in self.rles], dtype=bool)  # [T_m]
 
 
 @dataclass
@@ -79,60 +108,56 @@ class _Candidate:
     score: float = float("-inf")
 
 
-def tube_viou(a: np.ndarray, b: np.ndarray) -> float:
-    """Volume IoU of two bool tubes ``[T, H, W]``; two empty tubes -> 1."""
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
 class Predictor:
     """Wraps a trained :class:`PSG4DModel`; see the module docstring."""
 
     def __init__(self, *, model: PSG4DModel, config: PredictorConfig | None = None):
         self.model = model.eval()
         self.config = config or PredictorConfig()
-        tok = model.tokenizer
-        spellings = (model.text_ids(TRIPLET_SEP), tok.encode(TRIPLET_SEP, add_special_tokens=False))
-        self._sep_ids = {ids[0] for ids in spellings if len(ids) == 1}
+        self.generator = SceneGraphGenerator(model, cached=self.config.cached_scoring)
+        self.prompt = model.prompt
+        self.threads = AdaptiveThreads(self.config.threads)
 
     # ----------------------------------------------------------------- masks
-    def _tubes(self, gen: Generation, video: Video4D, owner: np.ndarray) -> tuple[list[np.ndarray], list[float]]:
-        """Bool tube ``[T_video, H, W]`` and mean predicted IoU per generated ``[Obj]``."""
-        if gen.obj_hidden.shape[0] == 0:
-            return [], []
-        logits, iou = self.model.decode_masks(gen.context, gen.obj_hidden)  # [N, T_m, h, w], [N, T_m]
-        tubes, scores = [], []
+    def tubes(self, ctx: VideoContext, obj_hidden: torch.Tensor, size: tuple[int, int]) -> list[Tube]:
+        """``obj_hidden [N, H]`` -> N tubes at ``size`` (one decoder call)."""
+        if obj_hidden.shape[0] == 0:
+            return []
+        logits, iou = self.generator.decode_masks(ctx, obj_hidden)  # [N, T_m, h, w], [N, T_m]
+        out = []
         for k in range(logits.shape[0]):
-            up = upsample_to(logits[k], (video.height, video.width))  # [T_m, H, W]
-            masks = (up > self.config.mask_threshold).cpu().numpy()
-            tubes.append(masks[owner])  # [T_video, H, W]
-            scores.append(float(iou[k].float().mean()))
-        return tubes, scores
+            masks = (upsample_to(logits[k], size) > self.config.mask_threshold).cpu().numpy()  # [T_m, H, W]
+            rles = rle_encode_batch(masks)
+            nonempty = masks.reshape(masks.shape[0], -1).any(axis=1)
+            out.append(Tube([r if keep else None for r, keep in zip(rles, nonempty)], float(iou[k].float().mean())))
+        return out
 
     # --------------------------------------------------------------- objects
-    def _merge_objects(self, occurrences: dict[int, str], tubes: list[np.ndarray], ious: list[float]):
-        """``[Obj]`` index -> merged object index; plus the objects' (category, tube, score)."""
-        objects: list[tuple[str, np.ndarray, float]] = []
+    def _merge_objects(self, occurrences: dict[int, str], tubes: list[Tube], weights: np.ndarray):
+        """``[Obj]`` index -> merged object index; plus the objects' (category, tube). ``weights [T_m]``:
+        video frames per model frame, so vIoU is the one of the video-length tubes."""
+        objects: list[tuple[str, Tube]] = []
         assign: dict[int, int] = {}
         for k in sorted(occurrences):
             cat = occurrences[k]
-            for j, (ocat, otube, _) in enumerate(objects):
-                if ocat.lower() == cat.lower() and tube_viou(otube, tubes[k]) >= self.config.merge_viou:
+            for j, (ocat, otube) in enumerate(objects):
+                same = ocat.lower() == cat.lower()
+                if same and rle_tube_viou(otube.rles, tubes[k].rles, weights) >= self.config.merge_viou:
                     assign[k] = j
                     break
             else:
                 assign[k] = len(objects)
-                objects.append((cat, tubes[k], ious[k]))
+                objects.append((cat, tubes[k]))
         return assign, objects
 
     # ------------------------------------------------------------ candidates
     def _triplet_ids(self, subj: str, pred: str, obj: str) -> list[int]:
-        return self.model.text_ids(f"{subj} {OBJ_TOKEN} {pred} {obj} {OBJ_TOKEN}")
+        return self.prompt.text_ids(f"{subj} {OBJ_TOKEN} {pred} {obj} {OBJ_TOKEN}")
 
     def _start_of(self, tokens: list[int], obj_pos: int) -> int:
         """First token of the triplet whose subject [Obj] is at ``obj_pos``: after the last separator."""
         for p in range(obj_pos - 1, -1, -1):
-            if tokens[p] in self._sep_ids:
+            if tokens[p] in self.prompt.sep_ids:
                 return p + 1
         return 0
 
@@ -145,28 +170,54 @@ class Predictor:
                 vocab.append(t.predicate)
         return vocab
 
+    def _after_text(self, gen: Generation) -> list[int]:
+        """What the LLM had read at the end of generation, then a separator: the context of one
+        more triplet."""
+        context = gen.context_after(self.prompt.ids.eos)
+        return context + self.prompt.text_ids(TRIPLET_SEP) if context else []
+
     def predict(self, video: Video4D) -> SceneGraph4D:
-        model, cfg = self.model, self.config
         video.validate(video.video_id or "video")
-        ctx = model.encode_video(video)
-        gen = model.generate(ctx, max_new_tokens=cfg.max_new_tokens)
-        parsed = parse_scene_graph(
-            gen.text, predicates=model.config.predicate_vocab or None, num_frames=ctx.num_frames
-        )
-        model_idx = model.model_frames(video)  # [T_m] position of each model frame in the video
+        self.threads()
+        ctx = self.generator.encode_video(video)
+        gen = self.generator.generate(ctx, max_new_tokens=self.config.max_new_tokens)
+        parsed = parse_scene_graph(gen.text, predicates=self.model.config.predicate_vocab or None,
+                                   num_frames=ctx.num_frames)
+        model_idx = resample_indices(video.num_frames, ctx.num_frames)  # [T_m] position of each model frame
         owner = np.abs(np.arange(video.num_frames)[:, None] - model_idx[None, :]).argmin(axis=1)  # [T_video]
-        tubes, ious = self._tubes(gen, video, owner)
-        n_tok = len(tubes)
+        n_tok = gen.obj_hidden.shape[0]
         triplets = [t for t in parsed.triplets if t.subject_obj_index < n_tok and t.object_obj_index < n_tok]
+        assign, objects = self._objects(ctx, gen, triplets, video, owner)
+        cands = self._candidates(ctx, gen, triplets, assign, objects)
+        ranked = sorted(cands.values(), key=lambda c: -c.score)[: self.config.max_candidates]
+        return self._scene_graph(video, gen, parsed.dropped, objects, ranked, owner)
+
+    def _objects(self, ctx: VideoContext, gen: Generation, triplets, video: Video4D, owner: np.ndarray):
+        """Steps 2-3 of the module docstring: ``[Obj]`` index -> object index, and the objects'
+        (category, tube): the generated ones merged, then the tagged ones no triplet mentions."""
+        cfg = self.config
         occurrences: dict[int, str] = {}
         for t in triplets:
             occurrences.setdefault(t.subject_obj_index, t.subject)
             occurrences.setdefault(t.object_obj_index, t.object)
-        assign, objects = self._merge_objects(occurrences, tubes, ious)
-        if cfg.tag_objects and ctx.tags:
-            objects += self._tag_objects(ctx, gen, objects, video, owner)
+        named = {c.lower() for c in occurrences.values()}
+        missing = [t for t in (ctx.tags or []) if t.lower() not in named] if cfg.tag_objects else []
+        hidden = gen.obj_hidden
+        if missing:
+            tag_hidden = self.generator.obj_hidden_after(ctx, self._after_text(gen), missing,
+                                                         batch_size=cfg.score_batch_size)
+            hidden = torch.cat([hidden, tag_hidden.to(hidden.dtype)])
+        tubes = self.tubes(ctx, hidden, (video.height, video.width))
+        n_tok = gen.obj_hidden.shape[0]
+        weights = np.bincount(owner, minlength=ctx.num_frames)  # [T_m] video frames each model frame stands for
+        assign, objects = self._merge_objects(occurrences, tubes[:n_tok], weights)
+        return assign, objects + list(zip(missing, tubes[n_tok:]))
 
-        obj_pos = [i for i, tid in enumerate(gen.token_ids) if tid == model.ids.obj]
+    def _candidates(self, ctx: VideoContext, gen: Generation, triplets, assign: dict[int, int],
+                    objects: list[tuple[str, Tube]]) -> dict[tuple[int, int, str], _Candidate]:
+        """Step 4 of the module docstring: every candidate relation with its best score."""
+        cfg, generator = self.config, self.generator
+        obj_pos = [i for i, tid in enumerate(gen.token_ids) if tid == self.model.ids.obj]
         predicates = self._predicates(triplets)
         cands: dict[tuple[int, int, str], _Candidate] = {}
 
@@ -175,57 +226,33 @@ class Predictor:
             c.spans = merge_spans(c.spans + spans)
             c.score = max(c.score, score)
 
+        requests, alternatives = [], []  # alternative predicates of every generated triplet, scored together
         for t in triplets:
             s, o = assign[t.subject_obj_index], assign[t.object_obj_index]
             start = self._start_of(gen.token_ids, obj_pos[t.subject_obj_index])
             end = obj_pos[t.object_obj_index]
             add(s, o, t.predicate, [(t.start, t.end)], float(sum(gen.step_logprobs[start : end + 1])))
             alts = [p for p in predicates if p.lower() != t.predicate.lower()]
-            if alts:
-                conts = [self._triplet_ids(t.subject, p, t.object) for p in alts]
-                scores = model.score_continuations(ctx, gen.token_ids[:start], conts, batch_size=cfg.score_batch_size)
-                for p, sc in zip(alts, scores):
-                    add(s, o, p, [(t.start, t.end)], sc)
+            requests.append((gen.context_before(start), [self._triplet_ids(t.subject, p, t.object) for p in alts]))
+            alternatives.append((s, o, alts, (t.start, t.end)))
+        for (s, o, alts, span), scores in zip(alternatives, generator.score_many(ctx, requests,
+                                                                                 batch_size=cfg.score_batch_size)):
+            for p, sc in zip(alts, scores):
+                add(s, o, p, [span], sc)
 
         generated_pairs = {(c.subject, c.object) for c in cands.values()}
-        presence = [np.array([tube[model_idx[j]].any() for j in range(len(model_idx))]) for _, tube, _ in objects]
+        presence = [tube.present() for _, tube in objects]
         pairs = [(a, b) for a in range(len(objects)) for b in range(len(objects))
                  if a != b and (a, b) not in generated_pairs]
         pairs.sort(key=lambda ab: -int((presence[ab[0]] & presence[ab[1]]).sum()))
         pairs = pairs[: cfg.max_new_pairs]
         if pairs and predicates:
-            context = [i for i in gen.token_ids if i != model.ids.eos]
-            if context:
-                context = context + model.text_ids(TRIPLET_SEP)
-            keys, conts = [], []
-            for a, b in pairs:
-                for p in predicates:
-                    keys.append((a, b, p))
-                    conts.append(self._triplet_ids(objects[a][0], p, objects[b][0]))
-            scores = model.score_continuations(ctx, context, conts, batch_size=cfg.score_batch_size)
+            keys = [(a, b, p) for a, b in pairs for p in predicates]
+            conts = [self._triplet_ids(objects[a][0], p, objects[b][0]) for a, b, p in keys]
+            scores = generator.score_continuations(ctx, self._after_text(gen), conts, batch_size=cfg.score_batch_size)
             for (a, b, p), sc in zip(keys, scores):
                 add(a, b, p, [self._pair_span(presence[a], presence[b])], sc)
-
-        ranked = sorted(cands.values(), key=lambda c: -c.score)[: cfg.max_candidates]
-        return self._scene_graph(video, gen, parsed.dropped, objects, ranked, owner)
-
-    def _tag_objects(self, ctx, gen: Generation, objects, video: Video4D, owner: np.ndarray):
-        """(category, tube, score) for each tag no generated object has (step 1b of the module docstring)."""
-        model = self.model
-        named = {cat.lower() for cat, _, _ in objects}
-        missing = [t for t in ctx.tags if t.lower() not in named]
-        if not missing:
-            return []
-        context = [i for i in gen.token_ids if i != model.ids.eos]
-        if context:
-            context = context + model.text_ids(TRIPLET_SEP)
-        hidden = model.obj_hidden_after(ctx, context, missing, batch_size=self.config.score_batch_size)
-        logits, iou = model.decode_masks(ctx, hidden)  # [N, T_m, h, w], [N, T_m]
-        out = []
-        for k, tag in enumerate(missing):
-            up = upsample_to(logits[k], (video.height, video.width))
-            out.append((tag, (up > self.config.mask_threshold).cpu().numpy()[owner], float(iou[k].float().mean())))
-        return out
+        return cands
 
     @staticmethod
     def _pair_span(pa: np.ndarray, pb: np.ndarray) -> tuple[int, int]:
@@ -236,9 +263,11 @@ class Predictor:
         return 0, len(pa) - 1
 
     def _scene_graph(self, video, gen, dropped, objects, ranked, owner) -> SceneGraph4D:
+        # a video frame shows its model frame's mask: the RLE dicts are shared, not copied
         tracks = [
-            ObjectTrack(object_id=i, category=cat, tube=MaskTube.from_dense(tube), score=score)
-            for i, (cat, tube, score) in enumerate(objects)
+            ObjectTrack(object_id=i, category=cat, score=tube.score,
+                        tube=MaskTube(height=video.height, width=video.width, rles=[tube.rles[m] for m in owner]))
+            for i, (cat, tube) in enumerate(objects)
         ]
         relations = []
         for c in ranked:

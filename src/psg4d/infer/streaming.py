@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from psg4d.data.schema import SCHEMA_VERSION, SceneGraph4D, Video4D, merge_spans, rle_decode
 from psg4d.errors import ConfigError, DataError
-from psg4d.infer.video_io import Frame, VideoWindow, windows_from_frames
+from psg4d.data.video_io import Frame, VideoWindow, windows_from_frames
 from psg4d.utils.io import atomic_path
 
 log = logging.getLogger(__name__)

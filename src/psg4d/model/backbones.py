@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from psg4d.errors import CheckpointError, ConfigError
+from psg4d.model.weights import mark_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +241,7 @@ def load_efficientnet_lite0(net: EfficientNetLite0, path: str | Path | None = No
             f"{path}: EfficientNet-Lite0 keys do not match: missing {result.missing_keys[:8]}, "
             f"unexpected {result.unexpected_keys[:8]}"
         )
+    mark_pretrained(net, sd, source=path)
     log.info("loaded EfficientNet-Lite0 ImageNet weights from %s (%d tensors)", path, len(sd))
 
 
@@ -287,12 +289,15 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """How to build one backbone by name, and the RGB normalisation its weights expect."""
+    """How to build one backbone by name, and the input normalisation its weights expect."""
 
     build: Callable[..., nn.Module]
     description: str
     rgb_mean: tuple[float, float, float]
     rgb_std: tuple[float, float, float]
+    # The encoder's depth scheme (psg4d.model.encoder.DEPTH_NORMS) that pretrained depth
+    # weights were trained on; None: no pretrained depth weights to match.
+    pretrained_depth_norm: str | None = None
 
 
 def _build_tiny(*, in_chans: int, cfg) -> nn.Module:
@@ -318,7 +323,13 @@ def _build_imagebind(*, in_chans: int, cfg) -> nn.Module:
 BACKBONES: dict[str, BackboneSpec] = {
     "tiny": BackboneSpec(_build_tiny, "small conv stem + transformer blocks, random init", IMAGENET_MEAN, IMAGENET_STD),
     "efficientnet_lite0": BackboneSpec(_build_effnet, "EfficientNet-Lite0, ImageNet weights", TF_LITE_MEAN, TF_LITE_STD),
-    "imagebind": BackboneSpec(_build_imagebind, "ImageBind-Huge vision/depth trunks", CLIP_MEAN, CLIP_STD),
+    "imagebind": BackboneSpec(
+        _build_imagebind,
+        "ImageBind-Huge vision/depth trunks",
+        CLIP_MEAN,
+        CLIP_STD,
+        pretrained_depth_norm="omnivore_disparity",
+    ),
 }
 
 

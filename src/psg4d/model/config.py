@@ -90,8 +90,8 @@ class ModelConfig:
     # Which head picks the tags at inference: "head" (the tagging head, probability >=
     # tag_threshold) or "segmentation" (the dense segmentation head: categories that are the
     # per-cell argmax over at least tag_min_area of the frame, averaged over the model frames).
-    # On the synthetic HOI world the segmentation head tags better (recall 0.84 vs 0.75 at
-    # precision 0.96, 80 val videos): it sees every cell, the tagging head a max over tokens.
+    # The segmentation head sees every cell, the tagging head only a max over tokens, so small
+    # objects reach it more easily (the measured comparison is in BENCHMARKS.md).
     tag_source: str = "head"
     tag_min_area: float = 0.006
     # Weight of an auxiliary category classifier on each [Obj] hidden state (cross-entropy

@@ -6,12 +6,26 @@ Pipeline per clip ``rgb [B, T, 3, H, W]`` (float in [0, 1]) and optional
 1. Normalisation inside the encoder, so callers pass raw values:
    RGB with the mean/std the RGB backbone's weights expect (ImageNet for
    ``tiny``, TF-Lite's 127/128 for ``efficientnet_lite0``, CLIP's for
-   ``imagebind``; see ``psg4d.model.backbones.BACKBONES``); depth turned into *disparity*
-   ``1 / max(depth, depth_min)`` in 1/m (invalid depth: ``<= 0`` or non-finite,
-   becomes disparity 0, i.e. "infinitely far / unknown"), then standardised as
-   ``(disparity - depth_mean) / depth_std``. Disparity rather than depth keeps
-   near surfaces (where interactions happen) well resolved and bounds the input;
-   the defaults (mean 0.5, std 0.5 per metre) fit indoor scenes of 0.5-5 m.
+   ``imagebind``; see ``psg4d.model.backbones.BACKBONES``). Depth becomes
+   *disparity* by one of the named schemes of :data:`DEPTH_NORMS`
+   (``EncoderConfig.depth_norm``): disparity rather than depth keeps near
+   surfaces (where interactions happen) well resolved and bounds the input.
+
+   - ``inverse_metres`` (tiny and EfficientNet-Lite0 models, trained here):
+     ``1 / max(depth, 0.1)`` in 1/m, standardised as ``(x - 0.5) / 0.5``, which
+     fits indoor scenes of 0.5-5 m.
+   - ``omnivore_disparity`` (ImageBind, whose depth trunk is frozen): the input
+     ImageBind was trained on, Omnivore's SUN RGB-D recipe. Stereo disparity in
+     pixels ``focal_px * baseline_m / depth`` (depth clipped to [0.01, 50] m),
+     clamped to [0.01, 75] px, divided by 75, standardised with mean 0.0418 and
+     std 0.0295. ``focal_px * baseline_m`` is the per-clip ``disparity_scale``
+     (:func:`disparity_scale_of`); the focal length is in pixels of the frames
+     as given, before the encoder's resize, because Omnivore resized disparity
+     maps computed at the sensor's resolution without rescaling their values.
+
+   Invalid depth (``<= 0`` or non-finite) becomes disparity 0 before the clamps,
+   i.e. "infinitely far / unknown" (``omnivore_disparity`` then clamps it to
+   Omnivore's floor of 0.01 px, its value for the farthest points).
    Frames are resized to ``image_size x image_size`` (bilinear, antialiased).
 2. One backbone per modality (ImageBind-style), each followed by a
    ``LayerNorm + Linear`` head into the shared width ``D``.
@@ -30,19 +44,63 @@ The fused per-frame features are also returned as dense maps
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from psg4d.errors import ConfigError
+from psg4d.errors import ConfigError, DataError
 from psg4d.model.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from psg4d.model.fusion import GatedFusion
 from psg4d.model.merging import TokenMerger
 
+if TYPE_CHECKING:
+    from psg4d.data.schema import Video4D
+
 log = logging.getLogger(__name__)
 
+
+@dataclass(frozen=True)
+class DepthNorm:
+    """One way of turning metric depth into the depth backbone's input (see :data:`DEPTH_NORMS`).
+
+    ``disparity = scale / clip(depth, *depth_range)`` for valid depth (``scale``:
+    the clip's ``focal_px * baseline_m`` when ``camera``, else 1), 0 for invalid
+    depth; then ``clip(disparity, *disparity_range) / disparity_div``, resized to
+    the input size, and standardised as ``(x - mean) / std``.
+    """
+
+    camera: bool
+    depth_range: tuple[float, float]  # metres
+    disparity_range: tuple[float, float]
+    disparity_div: float
+    mean: float
+    std: float
+
+
+DEPTH_NORMS: dict[str, DepthNorm] = {
+    "inverse_metres": DepthNorm(
+        camera=False, depth_range=(0.1, math.inf), disparity_range=(0.0, math.inf), disparity_div=1.0, mean=0.5, std=0.5
+    ),
+    # The depth input ImageBind's depth trunk was trained on. ImageBind's own code ships no
+    # depth transform (facebookresearch/ImageBind@53680b0 imagebind/data.py has loaders for
+    # vision, text, audio and video only; imagebind/models/imagebind_model.py L194-212 is the
+    # 1-channel 224x224 depth stem); it follows Omnivore (facebookresearch/omnivore@1d55abd):
+    # - depth -> disparity: Omnivore issue #12 (the authors' SUN RGB-D conversion):
+    #   baseline_m * fx / clip(depth_m, 0.01, 50), fx from SUN RGB-D's intrinsics.txt, baseline
+    #   0.075 m for Kinect v1/v2 and 0.095 m for RealSense/Xtion;
+    # - omnivore/transforms.py L16-61 DepthNorm: clamp(min=0.01) (L54), clamp(max=max_depth)
+    #   (L57-58), / max_depth (L60); max_depth=75 with clamping for SUN RGB-D in
+    #   omnivision/config/experiments/omnivore/swin_train_in1k_k400_sun_concat.yaml L90-92;
+    # - omnivore/predict.py L72-80: DepthNorm(75, clamp), Resize(224), CenterCrop(224),
+    #   Normalize(mean 0.0418, std 0.0295) for the depth channel.
+    "omnivore_disparity": DepthNorm(
+        camera=True, depth_range=(0.01, 50.0), disparity_range=(0.01, 75.0), disparity_div=75.0, mean=0.0418, std=0.0295
+    ),
+}
 
 
 @dataclass
@@ -65,18 +123,31 @@ class EncoderConfig:
     # imagebind needs weights_path to imagebind_huge.pth.
     pretrained: bool = False
     weights_path: str | None = None
-    # depth normalisation (see module docstring)
-    depth_min: float = 0.1
-    depth_mean: float = 0.5
-    depth_std: float = 0.5
+    # a DEPTH_NORMS name (see the module docstring)
+    depth_norm: str = "inverse_metres"
+    # The camera of clips that do not give their own (used by schemes with ``camera``):
+    # the Kinect v1 colour camera's fx at 640x480 (NYU Depth v2's calibration, SUN RGB-D's
+    # kv1 intrinsics.txt) and the 7.5 cm baseline Omnivore used for SUN RGB-D's Kinect v1/v2
+    # frames (5,787 of its 10,335, the data ImageBind's depth trunk saw): 1 m -> 38.9 px.
+    default_focal_px: float = 518.857901
+    default_baseline_m: float = 0.075
     # token merging
     merge_grid: int = 4
     max_tokens: int = 64
     fusion_reduction: int = 4
 
-    @classmethod
-    def tiny(cls) -> "EncoderConfig":
-        return cls()
+    def __post_init__(self) -> None:
+        if self.depth_norm not in DEPTH_NORMS:
+            raise ConfigError(f"encoder.depth_norm: unknown scheme {self.depth_norm!r}; options: {sorted(DEPTH_NORMS)}")
+        for name in ("default_focal_px", "default_baseline_m"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"encoder.{name} must be a positive number, got {v}")
+
+    @property
+    def default_disparity_scale(self) -> float:
+        """``focal_px * baseline_m`` of the default camera."""
+        return self.default_focal_px * self.default_baseline_m
 
     @classmethod
     def efficientnet_lite0(cls) -> "EncoderConfig":
@@ -88,6 +159,7 @@ class EncoderConfig:
         """ImageBind-Huge branches (D = 1024, ImageBind's joint width), 224x224 input."""
         return cls(
             backbone="imagebind",
+            depth_norm="omnivore_disparity",
             pretrained=True,
             weights_path="checkpoints/imagebind_huge.pth",
             image_size=224,
@@ -96,12 +168,19 @@ class EncoderConfig:
             max_tokens=256,
         )
 
-    @classmethod
-    def preset(cls, name: str) -> "EncoderConfig":
-        presets = {"tiny": cls.tiny, "efficientnet_lite0": cls.efficientnet_lite0, "full": cls.full}
-        if name not in presets:
-            raise ConfigError(f"unknown encoder preset {name!r}; options: {sorted(presets)}")
-        return presets[name]()
+
+def disparity_scale_of(video: Video4D, cfg: EncoderConfig) -> float:
+    """``focal_px * baseline_m`` of ``video``'s camera: :meth:`SceneEncoder.forward`'s ``disparity_scale``.
+
+    The focal length is ``video.intrinsics[0, 0]``, in pixels of ``video``'s frames
+    (not of the encoder's resized input), the baseline ``video.depth_baseline``;
+    each falls back to ``cfg.default_focal_px`` / ``cfg.default_baseline_m``.
+    """
+    focal = cfg.default_focal_px if video.intrinsics is None else float(video.intrinsics[0][0])
+    if not (math.isfinite(focal) and focal > 0):
+        raise DataError(video.video_id or "video", f"focal length fx must be positive, got {focal}", field="intrinsics")
+    baseline = cfg.default_baseline_m if video.depth_baseline is None else float(video.depth_baseline)
+    return focal * baseline
 
 
 @dataclass
@@ -147,9 +226,8 @@ class SceneEncoder(nn.Module):
         image_size: int,
         rgb_mean: tuple[float, float, float] = IMAGENET_MEAN,
         rgb_std: tuple[float, float, float] = IMAGENET_STD,
-        depth_min: float = 0.1,
-        depth_mean: float = 0.5,
-        depth_std: float = 0.5,
+        depth_norm: DepthNorm,
+        default_disparity_scale: float,
     ):
         super().__init__()
         self.rgb_branch = rgb_branch
@@ -157,9 +235,8 @@ class SceneEncoder(nn.Module):
         self.fusion = fusion
         self.merger = merger
         self.image_size = image_size
-        self.depth_min = depth_min
-        self.depth_mean = depth_mean
-        self.depth_std = depth_std
+        self.depth_norm = depth_norm
+        self.default_disparity_scale = default_disparity_scale
         self.register_buffer("rgb_mean", torch.tensor(rgb_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("rgb_std", torch.tensor(rgb_std).view(1, 3, 1, 1), persistent=False)
 
@@ -178,12 +255,23 @@ class SceneEncoder(nn.Module):
         x = (self._resize(rgb.float()) - self.rgb_mean.float()) / self.rgb_std.float()
         return x.to(self._dtype())
 
-    def normalize_depth(self, depth: torch.Tensor) -> torch.Tensor:
-        """``[B', 1, H, W]`` metres -> resized, standardised disparity (see module docstring)."""
+    def normalize_depth(self, depth: torch.Tensor, disparity_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B', 1, H, W]`` metres -> resized, standardised disparity (see module docstring).
+
+        ``disparity_scale [B']``: ``focal_px * baseline_m`` per image (None: the
+        default camera); only schemes with ``camera`` use it.
+        """
+        norm = self.depth_norm
         depth = depth.float()
+        scale: float | torch.Tensor = 1.0
+        if norm.camera:
+            scale = self.default_disparity_scale
+            if disparity_scale is not None:
+                scale = disparity_scale.to(device=depth.device, dtype=torch.float32).view(-1, 1, 1, 1)  # [B', 1, 1, 1]
         valid = torch.isfinite(depth) & (depth > 0)
-        disp = torch.where(valid, 1.0 / depth.clamp(min=self.depth_min), torch.zeros_like(depth))
-        return ((self._resize(disp) - self.depth_mean) / self.depth_std).to(self._dtype())
+        disp = torch.where(valid, scale / depth.clamp(*norm.depth_range), torch.zeros_like(depth))
+        disp = disp.clamp(*norm.disparity_range) / norm.disparity_div
+        return ((self._resize(disp) - norm.mean) / norm.std).to(self._dtype())
 
     def _dtype(self) -> torch.dtype:
         # Normalise in float32 (disparity and small stds), then feed the backbone in its own dtype.
@@ -195,10 +283,15 @@ class SceneEncoder(nn.Module):
         depth: torch.Tensor | None = None,
         *,
         depth_feats: torch.Tensor | None = None,
+        disparity_scale: torch.Tensor | None = None,
     ) -> EncoderOutput:
+        """``disparity_scale [B]``: each clip's ``focal_px * baseline_m`` (:func:`disparity_scale_of`;
+        None: the config's default camera), used by camera-based depth schemes."""
         if rgb.dim() != 5 or rgb.shape[2] != 3:
             raise ValueError(f"rgb must be [B, T, 3, H, W], got {tuple(rgb.shape)}")
         b, t = rgb.shape[:2]
+        if disparity_scale is not None and disparity_scale.shape != (b,):
+            raise ValueError(f"disparity_scale must be [B] = {(b,)}, got {tuple(disparity_scale.shape)}")
         rgb_tok, (h, w) = self.rgb_branch(self.normalize_rgb(rgb.flatten(0, 1)))  # [B*T, N, D]
         n, d = rgb_tok.shape[1:]
 
@@ -210,7 +303,8 @@ class SceneEncoder(nn.Module):
         elif depth is not None and self.depth_branch is not None:
             if depth.dim() != 5 or depth.shape[:3] != (b, t, 1):
                 raise ValueError(f"depth must be [B, T, 1, H, W] matching rgb, got {tuple(depth.shape)}")
-            depth_tok, (dh, dw) = self.depth_branch(self.normalize_depth(depth.flatten(0, 1)))
+            scale = None if disparity_scale is None else disparity_scale.repeat_interleave(t)  # [B*T]
+            depth_tok, (dh, dw) = self.depth_branch(self.normalize_depth(depth.flatten(0, 1), scale))
             if (dh, dw) != (h, w):
                 # Branches with different patch sizes (ImageBind: 14 vs 16) meet on the RGB grid.
                 grid = depth_tok.transpose(1, 2).reshape(-1, d, dh, dw)
@@ -236,10 +330,16 @@ def build_encoder(cfg: EncoderConfig) -> SceneEncoder:
     for name in (cfg.backbone, cfg.depth_backbone):
         if name is not None and name not in BACKBONES:
             raise ConfigError(f"encoder.backbone: unknown backbone {name!r}; options: {sorted(BACKBONES)}")
+    depth_name = cfg.depth_backbone or cfg.backbone
+    wanted = BACKBONES[depth_name].pretrained_depth_norm
+    if cfg.use_depth and cfg.pretrained and wanted is not None and cfg.depth_norm != wanted:
+        # a frozen pretrained depth trunk fed another input scale gives meaningless features
+        raise ConfigError(
+            f"encoder.depth_norm: pretrained {depth_name!r} depth weights expect {wanted!r}, got {cfg.depth_norm!r}"
+        )
     rgb = Branch(backbone=build_backbone(cfg.backbone, in_chans=3, cfg=cfg), dim=cfg.dim)
     depth = None
     if cfg.use_depth:
-        depth_name = cfg.depth_backbone or cfg.backbone
         depth = Branch(backbone=build_backbone(depth_name, in_chans=1, cfg=cfg), dim=cfg.dim)
     encoder = SceneEncoder(
         rgb_branch=rgb,
@@ -249,9 +349,8 @@ def build_encoder(cfg: EncoderConfig) -> SceneEncoder:
         image_size=cfg.image_size,
         rgb_mean=BACKBONES[cfg.backbone].rgb_mean,
         rgb_std=BACKBONES[cfg.backbone].rgb_std,
-        depth_min=cfg.depth_min,
-        depth_mean=cfg.depth_mean,
-        depth_std=cfg.depth_std,
+        depth_norm=DEPTH_NORMS[cfg.depth_norm],
+        default_disparity_scale=cfg.default_disparity_scale,
     )
     if cfg.backbone == "imagebind" and cfg.pretrained:
         from psg4d.model.imagebind import load_imagebind_checkpoint
@@ -260,9 +359,10 @@ def build_encoder(cfg: EncoderConfig) -> SceneEncoder:
             raise ConfigError("encoder.weights_path: backbone 'imagebind' with pretrained=true needs imagebind_huge.pth")
         load_imagebind_checkpoint(encoder, cfg.weights_path)
     log.info(
-        "scene encoder: %s RGB / %s depth backbone, D=%d, %dx%d input, %d parameters",
+        "scene encoder: %s RGB / %s depth backbone (%s), D=%d, %dx%d input, %d parameters",
         cfg.backbone,
         (cfg.depth_backbone or cfg.backbone) if cfg.use_depth else "no",
+        cfg.depth_norm,
         cfg.dim,
         cfg.image_size,
         cfg.image_size,

@@ -10,7 +10,12 @@ released weights load by key renaming only:
   eps 1e-6).
 - depth: a Conv2d 16x16 patch stem on 1-channel disparity followed by a
   LayerNorm; CLS token, position embedding; blocks whose attention has
-  ``add_bias_kv``; no pre-transformer LayerNorm.
+  ``add_bias_kv``; no pre-transformer LayerNorm. Its input must be the
+  Omnivore-normalised stereo disparity it was trained on (the encoder's
+  ``omnivore_disparity`` depth scheme, which ``EncoderConfig.full`` selects).
+
+``tests/test_model_vision_imagebind_official.py`` checks both trunks and heads
+against Meta's own model code with the same random weights.
 
 The trunks return the patch tokens (CLS dropped) as a map ``[B, E, h, w]``.
 ImageBind's modality *heads* (LayerNorm + bias-free Linear into the joint
@@ -33,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from psg4d.errors import CheckpointError, ConfigError
+from psg4d.model.weights import mark_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +240,7 @@ def load_imagebind_checkpoint(encoder: nn.Module, path: str | Path) -> list[str]
     result = encoder.load_state_dict(new, strict=False)
     if result.unexpected_keys:
         raise CheckpointError(f"{path}: internal key map error, unexpected {result.unexpected_keys[:4]}")
+    mark_pretrained(encoder, new, source=path)
     log.info("loaded %d ImageBind tensors from %s (%d others ignored)", len(new), path, len(sd) - len(new))
     return sorted(key_map.values())
 

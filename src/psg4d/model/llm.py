@@ -36,6 +36,7 @@ from torch import nn
 
 from psg4d.errors import CheckpointError, ConfigError
 from psg4d.model.tokens import ADDED_SPECIAL_TOKENS, PAD_TOKEN, special_token_ids
+from psg4d.model.weights import mark_pretrained
 from psg4d.utils.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def _build_tiny(cfg: LLMConfig, vocab_words: Iterable[str], max_frames: int):
         eos_token_id=ids.eos,
         tie_word_embeddings=False,
     )
-    return LlamaForCausalLM(lcfg), tokenizer
+    return LlamaForCausalLM(lcfg), tokenizer, None
 
 
 def smollm2_folder() -> Path:
@@ -123,6 +124,7 @@ def smollm2_folder() -> Path:
 
 
 def _load_folder(folder: Path):
+    """``(model, tokenizer, folder)`` of a local HF causal-LM folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not (folder / "config.json").exists():
@@ -132,16 +134,14 @@ def _load_folder(folder: Path):
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{folder}: cannot load the language model: {e}") from None
-    return model, tokenizer
+    return model, tokenizer, folder
 
 
 def _load_smollm2(cfg: LLMConfig, vocab_words: Iterable[str], max_frames: int):
     return _load_folder(smollm2_folder())
 
 
-# Sources whose weights are random at build time: a checkpoint must store all their weights.
-RANDOM_INIT_SOURCES = frozenset({"tiny"})
-
+# name -> builder(cfg, vocab_words, max_frames) -> (model, tokenizer, weights folder | None if random)
 LLM_SOURCES: dict[str, Callable] = {
     "tiny": _build_tiny,
     "smollm2-135m": _load_smollm2,
@@ -202,8 +202,11 @@ def apply_lora(model: nn.Module, cfg: LLMConfig, token_ids: list[int]) -> nn.Mod
 def build_llm(cfg: LLMConfig, *, vocab_words: Iterable[str] = (), max_frames: int = 32):
     """Build ``(model, tokenizer)`` for ``cfg``; ``vocab_words`` seeds the ``tiny`` tokenizer."""
     builder = LLM_SOURCES.get(cfg.name, _load_local)
-    model, tokenizer = builder(cfg, list(vocab_words), max_frames)
+    model, tokenizer, source = builder(cfg, list(vocab_words), max_frames)
     new_ids = add_special_tokens(model, tokenizer)
+    if source is not None:
+        # after resizing: the new rows are the deterministic mean of the loaded ones
+        mark_pretrained(model, [n for n, _ in model.named_parameters(remove_duplicate=False)], source=source)
     ids = special_token_ids(tokenizer)
     if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
         raise CheckpointError("embedding matrix smaller than the tokenizer after resizing")

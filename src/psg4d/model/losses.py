@@ -1,4 +1,4 @@
-"""SAM-style mask losses for mask tubes.
+"""Losses of the 4D-LLM's visual outputs: SAM-style mask-tube losses and the dense segmentation loss.
 
 ``mask_losses`` supervises every (object, frame) pair: frames where the object
 is absent have an all-false target and are learned as empty masks.
@@ -20,6 +20,9 @@ The target is resized to the logits' size with area interpolation (a soft
 target in [0, 1] at the boundary) rather than upsampling the logits: the loss
 then costs ``h*w`` per mask instead of ``H*W`` (16x less for a 4x size gap) and
 boundary pixels get fractional labels instead of a hard aliasing decision.
+
+``segmentation_loss`` is the auxiliary per-cell category loss of the encoder's
+dense maps (``model.seg_loss_weight``).
 """
 
 from __future__ import annotations
@@ -117,3 +120,19 @@ def mask_losses(
         total = total + cfg.presence_weight * out["presence"]
     out["total"] = total
     return out
+
+
+def segmentation_loss(logits: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
+    """Class-balanced soft cross-entropy of per-cell category ``logits [N, C, h, w]`` against
+    ``semantic [N, S, S]`` (category index per pixel, ``C - 1`` = unlabelled) pooled to ``h x w``
+    area fractions.
+
+    Inverse-sqrt class frequency (batch counts), normalised to mean weight 1 per cell: the table
+    and walls would otherwise drown objects of a few pixels. Uniform logits cost exactly log(C)."""
+    n_cls, (h, w) = logits.shape[1], logits.shape[-2:]
+    onehot = F.one_hot(semantic.to(logits.device), n_cls)  # [N, S, S, C]
+    soft = F.adaptive_avg_pool2d(onehot.permute(0, 3, 1, 2).float(), (h, w))  # [N, C, h, w]
+    counts = soft.sum(dim=(0, 2, 3))  # [C]
+    weight = (counts.sum() / (counts + 1.0)).sqrt()
+    weight = weight * counts.sum() / (weight * counts).sum().clamp(min=1e-6)
+    return F.cross_entropy(logits.float(), soft, weight=weight)

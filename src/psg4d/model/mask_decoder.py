@@ -27,9 +27,10 @@ does not feed predicted masks back as SAM2's video predictor does. It is off
 for the tiny preset (it roughly doubles decoder cost on CPU).
 
 With ``pred_obj_scores`` (the ``full`` preset, as in SAM2) the decoder also
-predicts a per-frame object-presence logit; :meth:`TubeDecoder.decode` returns
-it, and ``mask_losses(..., object_logits=...)`` supervises it. Callers that use
-only ``forward`` leave that head without gradients.
+predicts a per-frame object-presence logit: :meth:`TubeDecoder.decode` returns
+it, the 4D-LLM supervises it (``mask_losses(..., object_logits=...)``) and
+:meth:`TubeDecoder.gate_absent` empties the masks of frames it scores absent
+(logit < 0), as SAM2's video model does.
 
 Weights: :func:`load_sam2_checkpoint` loads ``sam_mask_decoder.*``,
 ``sam_prompt_encoder.*`` (and ``memory_attention.*`` where configured) from a
@@ -48,6 +49,7 @@ from torch import nn
 
 from psg4d.errors import CheckpointError, ConfigError
 from psg4d.model.merging import sinusoid
+from psg4d.model.weights import mark_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +79,6 @@ class MaskDecoderConfig:
     weights_path: str | None = None
 
     @classmethod
-    def tiny(cls) -> "MaskDecoderConfig":
-        return cls()
-
-    @classmethod
     def full(cls) -> "MaskDecoderConfig":
         """SAM2 (hiera_*) decoder sizes; loads the SAM2 checkpoint's decoder/prompt/memory weights."""
         return cls(
@@ -102,19 +100,16 @@ class MaskDecoderConfig:
             weights_path="checkpoints/sam2_hiera_large.pt",
         )
 
-    @classmethod
-    def preset(cls, name: str) -> "MaskDecoderConfig":
-        presets = {"tiny": cls.tiny, "full": cls.full}
-        if name not in presets:
-            raise ConfigError(f"unknown mask-decoder preset {name!r}; options: {sorted(presets)}")
-        return presets[name]()
-
 
 @dataclass
 class TubeDecoderOutput:
     mask_logits: torch.Tensor  # [N, T, 4h, 4w]
     iou_pred: torch.Tensor  # [N, T]
     object_logits: torch.Tensor  # [N, T] SAM2 object-presence logit (constant 10 without pred_obj_scores)
+
+
+# SAM2's mask logit for "no object" (``sam2.modeling.sam2_base.NO_OBJ_SCORE``): far below any threshold.
+NO_OBJECT_LOGIT = -1024.0
 
 
 def _sam2():
@@ -195,6 +190,22 @@ class TubeDecoder(nn.Module):
         for name, p in self.prompt_encoder.named_parameters():
             if not name.startswith("no_mask_embed"):
                 p.requires_grad_(False)
+
+    @property
+    def has_presence_head(self) -> bool:
+        return bool(self.mask_decoder.pred_obj_scores)
+
+    def unused_parameters(self) -> set[str]:
+        """Parameters that never run (the point/box/mask prompt paths of SAM2's prompt encoder)."""
+        return {f"prompt_encoder.{n}" for n, _ in self.prompt_encoder.named_parameters()
+                if not n.startswith("no_mask_embed")}
+
+    def gate_absent(self, out: TubeDecoderOutput) -> torch.Tensor:
+        """``out.mask_logits`` with frames the presence head scores absent set to "no object"."""
+        if not self.has_presence_head:
+            return out.mask_logits
+        absent = (out.object_logits < 0)[..., None, None]  # [N, T, 1, 1]
+        return out.mask_logits.masked_fill(absent, NO_OBJECT_LOGIT)
 
     # -------------------------------------------------------------- pieces
     def dense_pe(self, hw: tuple[int, int]) -> torch.Tensor:
@@ -377,6 +388,7 @@ def load_sam2_checkpoint(decoder: TubeDecoder, path: str | Path) -> dict[str, li
                 f"unexpected {unexpected[:6]}, shape mismatch {bad[:6]}"
             )
         module.load_state_dict(part, strict=True)
+        mark_pretrained(module, part, source=path)
         loaded.extend(prefix + k for k in part)
     skipped.extend(k for k in sd if k.startswith(_SAM2_UNUSED))
     if not loaded:

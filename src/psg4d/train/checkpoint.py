@@ -187,9 +187,9 @@ def load_model_weights(model: nn.Module, ckpt_dir: str | Path, *, allow_missing:
 
     Weights of modules named in ``allow_missing`` (prefixes) may be absent: a
     later stage can add modules that start from their own initialisation. So
-    may parameters the freshly built model holds frozen: a model may leave out
-    weights it reloads from their pretrained source (e.g. a LoRA-wrapped LLM's
-    base weights).
+    may parameters the freshly built model holds frozen, or loaded from pretrained
+    weights (``model.pretrained_parameters()``): a checkpoint leaves out the frozen
+    weights their pretrained source reproduces (e.g. ImageBind, a LoRA-wrapped LLM's base).
     """
     from safetensors.torch import load_model
 
@@ -198,14 +198,29 @@ def load_model_weights(model: nn.Module, ckpt_dir: str | Path, *, allow_missing:
         raise CheckpointError(f"{ckpt_dir}: no {MODEL_WEIGHTS}; expected a folder written by save_pretrained")
     missing, unexpected = load_model(model, str(path), strict=False, device=str(_model_device(model)))
     frozen = {k for k, p in model.named_parameters() if not p.requires_grad}
+    pretrained = getattr(model, "pretrained_parameters", None)
+    reproducible = frozen | (set(pretrained()) if callable(pretrained) else set())
     missing = [
-        k for k in missing if k not in frozen and not any(k == p or k.startswith(p + ".") for p in allow_missing)
+        k for k in missing
+        if k not in reproducible and not any(k == p or k.startswith(p + ".") for p in allow_missing)
     ]
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: weights do not match the model: missing {missing[:8]}{'...' if len(missing) > 8 else ''},"
             f" unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
         )
+
+
+def stored_weight_names(ckpt_dir: str | Path) -> set[str]:
+    """Names of the tensors in a checkpoint's ``model.safetensors`` (read from its header only)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(ckpt_dir) / MODEL_WEIGHTS
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return set(f.keys())
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: cannot read the weight names: {e}") from None
 
 
 def _model_device(model: nn.Module) -> torch.device:

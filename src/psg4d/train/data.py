@@ -212,12 +212,29 @@ def build_mixture(
 def collect_vocab(
     sources: Sequence[DataSourceConfig], data_cfg: DataConfig, *, opener: DatasetOpener | None = None
 ) -> tuple[list[str], list[str]]:
-    """Object and predicate vocabularies of all ``sources`` (union, first-seen order)."""
+    """Object categories and predicates that occur in the graphs of ``sources`` (each source's
+    split, its first ``max_videos``), in the datasets' declared order, then first-seen.
+
+    A dataset's declared vocabulary may name categories that only its validation or test split
+    holds (the synthetic world's held-out categories): they must not enter a model trained on
+    the training split, so only what the training graphs contain counts (annotations only, no
+    masks are read)."""
     readers = _Readers(data_cfg, opener)
-    objects: dict[str, None] = {}
-    predicates: dict[str, None] = {}
+    declared_obj: dict[str, None] = {}
+    declared_pred: dict[str, None] = {}
+    seen_obj: dict[str, None] = {}
+    seen_pred: dict[str, None] = {}
     for i, src in enumerate(sources):
         reader = readers.get(i, src)
-        objects.update(dict.fromkeys(reader.object_vocab))
-        predicates.update(dict.fromkeys(reader.predicate_vocab))
-    return list(objects), list(predicates)
+        declared_obj.update(dict.fromkeys(reader.object_vocab))
+        declared_pred.update(dict.fromkeys(reader.predicate_vocab))
+        ids = reader.video_ids(src.split)
+        for vid in ids if src.max_videos is None else ids[: src.max_videos]:
+            graph = reader.read_graph(vid, with_masks=False)
+            seen_obj.update(dict.fromkeys(o.category for o in graph.objects))
+            seen_pred.update(dict.fromkeys(r.predicate for r in graph.relations))
+
+    def ordered(declared: dict[str, None], seen: dict[str, None]) -> list[str]:
+        return [c for c in declared if c in seen] + [c for c in seen if c not in declared]
+
+    return ordered(declared_obj, seen_obj), ordered(declared_pred, seen_pred)

@@ -2,16 +2,29 @@
 
 ``train(cfg)`` runs the experiment's stages in order. Per stage: build the
 model (from the stage's init weights, or from its ``last`` checkpoint when
-resuming), freeze everything outside the stage's trainable prefixes, build
-AdamW with per-prefix learning rates and a warmup + decay schedule, then loop:
-gradient accumulation, autocast, gradient clipping, a ``metrics.jsonl`` record
-per ``log_every`` steps, periodic validation and checkpoints, and a final
+resuming), freeze everything outside the stage's trainable prefixes, check that
+nothing frozen stays at its random initial values, build the optimizer with
+per-prefix learning rates and a warmup + decay schedule, then loop: gradient
+accumulation, autocast, gradient clipping, a ``metrics.jsonl`` record per
+``log_every`` steps, periodic validation and checkpoints, and a final
 checkpoint. Under torchrun (``WORLD_SIZE>1``) the model is wrapped in DDP or
 FSDP and only rank 0 writes files.
 
 The model contract: ``forward(**batch) -> dict`` with a scalar ``loss`` (other
 scalar entries are logged as loss parts), ``collate(list[Sample]) -> batch``,
-``save_pretrained(dir)`` and ``from_pretrained(dir)``.
+``save_pretrained(dir)`` and ``from_pretrained(dir)``. Optionally
+``pretrained_parameters() -> set[str]``: the parameter names (as in
+``named_parameters()``) whose values were loaded from pretrained weight files
+when the model was built (a model without it has none), and
+``unused_parameters() -> set[str]``: parameters that never take part in
+``forward``, kept only so pretrained checkpoints load strictly.
+
+A stage may freeze a parameter only if it is pretrained, unused, or loaded from
+the stage's init checkpoint (``init: previous`` or a folder; a kind's
+``new_modules`` missing from it are not initialised); anything else would stay
+random, and the stage is refused with a ConfigError naming those parameters by
+module. A resumed stage is judged as if it were starting, against its init
+checkpoint: a frozen random parameter saved in ``last`` is still random.
 """
 
 from __future__ import annotations
@@ -43,12 +56,15 @@ from psg4d.train import checkpoint as ckpt
 from psg4d.train import distributed as dist_utils
 from psg4d.train.data import DatasetOpener, MixtureDataset, MixtureSampler, build_mixture, collect_vocab
 from psg4d.train.distributed import DistInfo
-from psg4d.train.stages import INIT_PREVIOUS, ExperimentConfig, StageConfig, TrainConfig, check_local_weights
-from psg4d.utils.io import atomic_write_text
+
+# read_metrics and param_groups are not used here: callers import them from this module.
+from psg4d.train.metrics_log import METRICS_FILE, MetricsLog, read_metrics  # noqa: F401
+from psg4d.train.optim import build_optimizer, build_scheduler, param_groups, resolve_amp  # noqa: F401
+from psg4d.train.params import FrozenModules, check_frozen_initialised, set_trainable, top_level_modules
+from psg4d.train.stages import INIT_PREVIOUS, ExperimentConfig, StageConfig, check_local_weights
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
 EXPERIMENT_FILE = "experiment.yaml"
 
 ModelFactory = Callable[[Any], nn.Module]
@@ -85,122 +101,6 @@ class TrainResult:
     @property
     def final_dir(self) -> Path:
         return self.stages[-1].final_dir
-
-
-# --------------------------------------------------------------------------- tables
-
-
-def _adamw(groups: list[dict], t: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
-
-
-def _sgd(groups: list[dict], t: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(groups, lr=t.lr, momentum=t.betas[0], weight_decay=t.weight_decay)
-
-
-OPTIMIZERS: dict[str, Callable[[list[dict], TrainConfig], torch.optim.Optimizer]] = {
-    "adamw": _adamw,
-    "sgd": _sgd,
-}
-
-# Decay shape after warmup: progress in [0, 1] -> multiplier in [0, 1].
-SCHEDULERS: dict[str, Callable[[float], float]] = {
-    "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * p)),
-    "linear": lambda p: 1.0 - p,
-    "constant": lambda p: 1.0,
-}
-
-AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, t: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    if t.scheduler not in SCHEDULERS:
-        raise ConfigError(f"train.scheduler: unknown {t.scheduler!r}; valid: {sorted(SCHEDULERS)}")
-    shape = SCHEDULERS[t.scheduler]
-    warmup, floor = t.warmup_steps, t.min_lr_ratio
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        return floor + (1.0 - floor) * shape(progress)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
-    if mode == "auto":
-        # bf16 needs no loss scaling; CPU autocast is slower than fp32 on most CPUs.
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    if mode not in AMP_DTYPES:
-        raise ConfigError(f"train.amp: unknown {mode!r}; valid: ['auto', {', '.join(map(repr, AMP_DTYPES))}]")
-    if mode == "fp16" and device.type != "cuda":
-        raise ConfigError("train.amp=fp16 needs a CUDA device (use bf16 or off on CPU)")
-    return AMP_DTYPES[mode]
-
-
-# --------------------------------------------------------------------------- params
-
-
-def _clean_name(name: str) -> str:
-    # Wrappers insert these into parameter names; prefixes are given on the bare model.
-    return name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "").removeprefix("module.")
-
-
-def _matches(name: str, prefix: str) -> bool:
-    return name == prefix or name.startswith(prefix + ".")
-
-
-def top_level_modules(model: nn.Module) -> list[str]:
-    return sorted({n.split(".", 1)[0] for n, _ in model.named_parameters()})
-
-
-def set_trainable(model: nn.Module, prefixes: list[str]) -> tuple[int, int]:
-    """Freeze parameters outside ``prefixes``; returns (trainable, total) counts.
-
-    A parameter the model froze itself (e.g. LoRA base weights) stays frozen:
-    a stage only narrows what the model leaves trainable.
-    """
-    named = list(model.named_parameters())
-    for prefix in prefixes:
-        if not any(_matches(n, prefix) for n, _ in named):
-            raise ConfigError(
-                f"trainable prefix {prefix!r} matches no parameter; the model's modules: {top_level_modules(model)}"
-            )
-    n_train = n_total = 0
-    for n, p in named:
-        keep = p.requires_grad and any(_matches(n, pre) for pre in prefixes)
-        p.requires_grad_(keep)
-        n_total += p.numel()
-        n_train += p.numel() if keep else 0
-    if n_train == 0:
-        raise ConfigError(f"trainable prefixes {prefixes} leave no trainable parameter")
-    return n_train, n_total
-
-
-def param_groups(model: nn.Module, stage: StageConfig, t: TrainConfig) -> list[dict]:
-    """One group per (learning rate, decay): longest matching ``stage.lr`` prefix wins;
-    biases and norm weights (1-D) get no weight decay."""
-    by_prefix = sorted(stage.lr.items(), key=lambda kv: -len(kv[0]))
-    used: set[str] = set()
-    groups: dict[tuple[str, bool], dict] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        clean = _clean_name(name)
-        matching = [(pre, lr) for pre, lr in by_prefix if _matches(clean, pre)]
-        prefix, lr = matching[0] if matching else ("", t.lr)
-        used.update(pre for pre, _ in matching)
-        decay = p.ndim >= 2
-        g = groups.setdefault(
-            (prefix, decay),
-            {"params": [], "lr": lr, "weight_decay": t.weight_decay if decay else 0.0, "name": prefix or "default"},
-        )
-        g["params"].append(p)
-    unused = sorted(set(stage.lr) - used)
-    if unused:
-        raise ConfigError(f"stage {stage.name!r}: lr prefixes {unused} match no trainable parameter")
-    return list(groups.values())
 
 
 # --------------------------------------------------------------------------- helpers
@@ -249,41 +149,6 @@ def default_model_factory(model_cfg: Any) -> nn.Module:
     return PSG4DModel.from_config(model_cfg)
 
 
-class MetricsLog:
-    """``metrics.jsonl`` of one stage: one JSON object per line, appended by rank 0."""
-
-    def __init__(self, path: Path, *, enabled: bool):
-        self.path = path
-        self.enabled = enabled
-
-    def reset(self, keep_until_step: int | None) -> list[dict[str, Any]]:
-        """Start fresh (None) or keep only records up to a resumed step: a killed run
-        may have logged steps after its last checkpoint, which the resumed run redoes.
-        Returns the kept records."""
-        kept: list[dict[str, Any]] = []
-        if keep_until_step is not None and self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by the kill
-                if rec.get("step", 0) <= keep_until_step:
-                    kept.append(rec)
-        if self.enabled:
-            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
-        return kept
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a ``metrics.jsonl`` (training records have ``loss``, validation ones ``val``)."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
 # --------------------------------------------------------------------------- validation
 
 
@@ -330,9 +195,10 @@ class DefaultValidator:
             metrics["val_tf_mask_hit"] = teacher_forced_masks(model, samples).hit
         if self.recall:
             from psg4d.eval import evaluate
-            from psg4d.infer.predictor import Predictor
+            from psg4d.infer.predictor import Predictor, PredictorConfig
 
-            predictor = Predictor(model=model)
+            # the training run's thread count, not one adapted to the load: training goes on after
+            predictor = Predictor(model=model, config=PredictorConfig(threads=torch.get_num_threads()))
             preds = [predictor.predict(s.video) for s in samples]
             scores = evaluate(preds, {s.graph.video_id: s.graph for s in samples}, protocol=self.protocol)
             metrics.update({k: float(v) for k, v in scores.items() if isinstance(v, (int, float))})
@@ -402,14 +268,15 @@ def with_data_vocab(cfg: ExperimentConfig, opener: DatasetOpener | None = None) 
     """Fill a model config's empty ``object_vocab`` / ``predicate_vocab`` from the data.
 
     They seed the tiny tokenizer and the grammar, so they are fixed once for the
-    whole experiment (all stages' training sources and the val sources) and every
-    stage builds the same tokenizer; set them in the config to pin them.
+    whole experiment (all stages' training sources) and every stage builds the
+    same tokenizer; set them in the config to pin them. The val sources never
+    contribute: a category only validation holds must not enter the model.
     """
     model = cfg.model
     wanted = [a for a in ("object_vocab", "predicate_vocab") if hasattr(model, a) and not getattr(model, a)]
     if not wanted:
         return cfg
-    sources = [s for stage in cfg.stages for s in cfg.stage_data(stage)] + list(cfg.data.val)
+    sources = [s for stage in cfg.stages for s in cfg.stage_data(stage)]
     objects, predicates = collect_vocab(sources, cfg.data, opener=opener)
     found = {"object_vocab": objects, "predicate_vocab": predicates}
     log.info("vocabularies from the data: %d object and %d predicate categories", len(objects), len(predicates))
@@ -423,6 +290,19 @@ def _link(link: Path, target: Path) -> None:
         tmp.unlink()
     tmp.symlink_to(target.relative_to(link.parent))
     tmp.replace(link)
+
+
+@dataclass(kw_only=True)
+class _Start:
+    """Where a stage's loop starts: what ``_StageRun._setup`` hands to ``_StageRun._loop``."""
+
+    total: int
+    step: int
+    elapsed_s: float
+    # The step of the `last` checkpoint the stage resumed from (None: a fresh start).
+    resumed_from: int | None
+    last_loss: float | None
+    val_fn: Validator | None
 
 
 class _StageRun:
@@ -454,12 +334,77 @@ class _StageRun:
         self.step_hook = step_hook
         self.metrics = MetricsLog(self.dir / METRICS_FILE, enabled=info.is_main)
 
+    def run(self) -> StageResult:
+        total = self._build_data()
+        finished = self._finished(total)
+        if finished is not None:
+            return finished
+        return self._loop(self._setup(total))
+
     # -- setup
-    def _final_done(self) -> dict | None:
-        meta = self.dir / ckpt.FINAL / ckpt.TRAINER_META
-        if self.resume and meta.exists() and (self.dir / ckpt.FINAL / ckpt.MODEL_WEIGHTS).exists():
-            return json.loads(meta.read_text())
-        return None
+    def _build_data(self) -> int:
+        """The stage's data mix and sampler; returns the stage's length in optimizer steps."""
+        stage, t = self.stage, self.t
+        self.dataset = build_mixture(self.cfg.stage_data(stage), self.cfg.data, opener=self.opener)
+        self.sampler = MixtureSampler(
+            self.dataset, seed=self.cfg.seed + self.index, num_replicas=self.info.world_size, rank=self.info.rank
+        )
+        batches_per_epoch = -(-self.sampler.per_rank // t.batch_size)
+        self.steps_per_epoch = max(1, batches_per_epoch // t.grad_accum)
+        return stage.max_steps if stage.max_steps is not None else math.ceil(stage.epochs * self.steps_per_epoch)
+
+    def _finished(self, total: int) -> StageResult | None:
+        """The result of an earlier run that finished this stage, if any."""
+        final = self.dir / ckpt.FINAL
+        if not (self.resume and (final / ckpt.TRAINER_META).exists() and (final / ckpt.MODEL_WEIGHTS).exists()):
+            return None
+        done = json.loads((final / ckpt.TRAINER_META).read_text())
+        # A longer schedule than the finished one (raised max_steps) continues from `last`.
+        if int(done.get("step", 0)) < total:
+            return None
+        log.info("stage %s already finished (%s); skipping", self.stage.name, final)
+        return StageResult(
+            name=self.stage.name, final_dir=final, steps=int(done.get("step", 0)),
+            final_loss=done.get("final_loss"), skipped=True, val=done.get("val", {}),
+        )
+
+    def _setup(self, total: int) -> _Start:
+        """Model, optimizer and schedule, restored from `last` when resuming."""
+        stage, info, t = self.stage, self.info, self.t
+        last = ckpt.find_last(self.dir) if self.resume else None
+        if not self.resume:
+            self._clear()
+        dist_utils.barrier(info)
+        if info.is_main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+
+        model = self._build_model(last)
+        self.wrapped = dist_utils.wrap_model(
+            model, info, parallel=t.parallel, find_unused_parameters=t.find_unused_parameters
+        )
+        self.collate = model.collate
+        self.amp = resolve_amp(t.amp, info.device)
+        self.optimizer = build_optimizer(self.wrapped, stage, t)
+        self.scheduler = build_scheduler(self.optimizer, t, total)
+        self.scaler = torch.amp.GradScaler(info.device.type) if self.amp == torch.float16 else None
+
+        step, self.epoch, self.batch_in_epoch, elapsed = 0, 0, 0, 0.0
+        # Each rank draws its own dropout/sampling noise.
+        seed_everything(self.cfg.seed + 1000 * self.index + 1 + info.rank)
+        if last is not None:
+            step, elapsed = self._restore(last)
+            log.info("stage %s: resuming from %s at step %d of %d", stage.name, last, step, total)
+        resumed_from = step if last is not None else None
+        kept = self.metrics.reset(resumed_from)
+        val_fn = self.validator or self._default_validator()
+        log.info(
+            "stage %s: %d steps, %d videos, batch %d x accum %d x %d ranks, %d steps per epoch",
+            stage.name, total, len(self.dataset), t.batch_size, t.grad_accum, info.world_size, self.steps_per_epoch,
+        )
+        return _Start(
+            total=total, step=step, elapsed_s=elapsed, resumed_from=resumed_from,
+            last_loss=next((r["loss"] for r in reversed(kept) if "loss" in r), None), val_fn=val_fn,
+        )
 
     def _clear(self) -> None:
         """Remove this stage's artefacts from an earlier run (only ours: checkpoints, metrics)."""
@@ -493,87 +438,45 @@ class _StageRun:
         for attr in ("collate", "save_pretrained", "forward"):
             if not callable(getattr(model, attr, None)):
                 raise ConfigError(f"model {type(model).__name__} lacks {attr}(); see psg4d.train.loop's model contract")
+        # Resolved even when resuming: the frozen-parameter check judges the stage by its init.
+        init = self._init_dir()
         if last is not None:
             ckpt.load_model_weights(model, last)
-        else:
-            init = self._init_dir()
-            if init is not None:
-                ckpt.load_model_weights(model, init, allow_missing=self.stage.kind_spec.new_modules)
-                log.info("stage %s: initial weights from %s", self.stage.name, init)
-        prefixes = self.stage.trainable_prefixes()
-        present = top_level_modules(model)
-        prefixes += [p for p in self.stage.kind_spec.optional_trainable if p in present and p not in prefixes]
+        elif init is not None:
+            ckpt.load_model_weights(model, init, allow_missing=self.stage.kind_spec.new_modules)
+            log.info("stage %s: initial weights from %s", self.stage.name, init)
+        prefixes = self.stage.trainable_prefixes(top_level_modules(model))
         n_train, n_total = set_trainable(model, prefixes)
         log.info(
             "stage %s (%s): %s of %s parameters train (%s)",
             self.stage.name, self.stage.kind, f"{n_train:,}", f"{n_total:,}", ", ".join(prefixes),
         )
+        frozen = check_frozen_initialised(
+            model, stage_name=self.stage.name, init_names=ckpt.stored_weight_names(init) if init is not None else ()
+        )
+        self._log_frozen(frozen, init)
         return model.to(self.info.device)
 
-    # -- run
-    def run(self) -> StageResult:
-        stage, info, t = self.stage, self.info, self.t
-        self.dataset = build_mixture(self.cfg.stage_data(stage), self.cfg.data, opener=self.opener)
-        self.sampler = MixtureSampler(
-            self.dataset, seed=self.cfg.seed + self.index, num_replicas=info.world_size, rank=info.rank
-        )
-        batches_per_epoch = -(-self.sampler.per_rank // t.batch_size)
-        steps_per_epoch = max(1, batches_per_epoch // t.grad_accum)
-        total = stage.max_steps if stage.max_steps is not None else math.ceil(stage.epochs * steps_per_epoch)
+    def _log_frozen(self, frozen: FrozenModules, init: Path | None) -> None:
+        reasons = {"pretrained": frozen.pretrained, f"from {init}": frozen.from_init, "unused": frozen.unused}
+        described = "; ".join(f"{why}: {', '.join(modules)}" for why, modules in reasons.items() if modules)
+        if described:
+            log.info("stage %s: frozen modules, %s", self.stage.name, described)
 
-        done = self._final_done()
-        # A longer schedule than the finished one (raised max_steps) continues from `last`.
-        if done is not None and int(done.get("step", 0)) >= total:
-            log.info("stage %s already finished (%s); skipping", stage.name, self.dir / ckpt.FINAL)
-            return StageResult(
-                name=stage.name, final_dir=self.dir / ckpt.FINAL, steps=int(done.get("step", 0)),
-                final_loss=done.get("final_loss"), skipped=True, val=done.get("val", {}),
-            )
-        last = ckpt.find_last(self.dir) if self.resume else None
-        if not self.resume:
-            self._clear()
-        dist_utils.barrier(info)
-        if info.is_main:
-            self.dir.mkdir(parents=True, exist_ok=True)
-
-        model = self._build_model(last)
-        self.wrapped = dist_utils.wrap_model(
-            model, info, parallel=t.parallel, find_unused_parameters=t.find_unused_parameters
-        )
-        self.model = model
-        self.collate = model.collate
-        self.amp = resolve_amp(t.amp, info.device)
-
-        if t.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"train.optimizer: unknown {t.optimizer!r}; valid: {sorted(OPTIMIZERS)}")
-        self.optimizer = OPTIMIZERS[t.optimizer](param_groups(self.wrapped, stage, t), t)
-        self.scheduler = build_scheduler(self.optimizer, t, total)
-        self.scaler = torch.amp.GradScaler(info.device.type) if self.amp == torch.float16 else None
-
-        step, self.epoch, self.batch_in_epoch, elapsed0 = 0, 0, 0, 0.0
-        # Each rank draws its own dropout/sampling noise.
-        seed_everything(self.cfg.seed + 1000 * self.index + 1 + info.rank)
-        if last is not None:
-            step, elapsed0 = self._restore(last)
-            log.info("stage %s: resuming from %s at step %d of %d", stage.name, last, step, total)
-        resumed_from = step if last is not None else None
-        kept = self.metrics.reset(step if last is not None else None)
-        val_fn = self.validator or self._default_validator()
-
-        log.info(
-            "stage %s: %d steps, %d videos, batch %d x accum %d x %d ranks, %d steps per epoch",
-            stage.name, total, len(self.dataset), t.batch_size, t.grad_accum, info.world_size, steps_per_epoch,
-        )
+    # -- the loop
+    def _loop(self, start: _Start) -> StageResult:
+        """Steps ``start.step + 1 .. start.total`` with logging, validation and checkpoints on their
+        cadences; then the last step's checkpoint, the final validation and ``final``."""
+        t, total, step = self.t, start.total, start.step
         bar = tqdm(
-            total=total, initial=step, desc=stage.name, disable=not (info.is_main and t.progress),
+            total=total, initial=step, desc=self.stage.name, disable=not (self.info.is_main and t.progress),
             dynamic_ncols=True, mininterval=1.0,
         )
         batches = self._batches()
         start_time = time.monotonic()
-        start_step = step
         window: list[float] = []
         window_parts: dict[str, list[float]] = defaultdict(list)
-        last_loss: float | None = next((r["loss"] for r in reversed(kept) if "loss" in r), None)
+        last_loss = start.last_loss
         train_mode(self.wrapped)
         while step < total:
             lr = max(self.scheduler.get_last_lr())  # the rate this step uses
@@ -586,29 +489,30 @@ class _StageRun:
                 now = time.monotonic() - start_time
                 last_loss = self._log_train(
                     step=step, total=total, window=window, parts=window_parts, lr=lr, grad_norm=grad_norm,
-                    time_s=elapsed0 + now, steps_per_s=(step - start_step) / max(now, 1e-9), bar_shown=not bar.disable,
+                    time_s=start.elapsed_s + now, steps_per_s=(step - start.step) / max(now, 1e-9),
+                    bar_shown=not bar.disable,
                 )
                 window.clear()
                 window_parts.clear()
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
             bar.update(1)
             if t.val_every and step % t.val_every == 0 and step < total:
-                self._validate(val_fn, step)
+                self._validate(start.val_fn, step)
             if t.save_every and step % t.save_every == 0 and step < total:
-                self._save(step, elapsed0 + time.monotonic() - start_time)
+                self._save(step, start.elapsed_s + time.monotonic() - start_time)
             if self.step_hook is not None:
                 self.step_hook(step)
         bar.close()
-        wall = elapsed0 + time.monotonic() - start_time
+        wall = start.elapsed_s + time.monotonic() - start_time
         # resumable checkpoint first: a failure in the final validation must not lose the training
         # (a rerun resumes at the last step, validates and writes `final`)
-        if last is None or step > resumed_from:
+        if start.resumed_from is None or step > start.resumed_from:
             self._save(step, wall)
-        val = self._validate(val_fn, step)
+        val = self._validate(start.val_fn, step)
         final = self._save_final(step, last_loss, val, wall)
         return StageResult(
-            name=stage.name, final_dir=final, steps=step, final_loss=last_loss,
-            resumed_from_step=resumed_from, val=val, wall_s=wall,
+            name=self.stage.name, final_dir=final, steps=step, final_loss=last_loss,
+            resumed_from_step=start.resumed_from, val=val, wall_s=wall,
         )
 
     def _log_train(

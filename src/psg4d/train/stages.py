@@ -14,9 +14,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Collection, Literal
 
-from psg4d.config import apply_overrides, from_dict, load_yaml, to_dict
+from psg4d.config import apply_overrides, from_dict, load_yaml, merge_dicts, to_dict
 from psg4d.errors import ConfigError
 from psg4d.model.config import ModelConfig
 
@@ -28,7 +28,6 @@ INIT_PREVIOUS = "previous"
 class StageKind:
     """What a kind of stage is allowed to do (one row of :data:`STAGE_KINDS`)."""
 
-    description: str
     # Module-name prefixes that train when a stage does not list its own.
     default_trainable: tuple[str, ...]
     # Whether its data mix may hold 2D datasets lifted to 4D by the estimators.
@@ -46,8 +45,8 @@ class StageKind:
 LIFT_2D_STAGE = "transfer_2d"
 
 STAGE_KINDS: dict[str, StageKind] = {
+    # stage 1: train the 4D-LLM on 4D scenes with gold 4D scene graphs
     "4d_init": StageKind(
-        description="stage 1: train the 4D-LLM on 4D scenes with gold 4D scene graphs",
         default_trainable=("projector", "llm", "obj_proj", "mask_decoder"),
         optional_trainable=("tag_head", "seg_head", "obj_cls_head"),
     ),
@@ -143,8 +142,11 @@ class StageConfig:
     def kind_spec(self) -> StageKind:
         return STAGE_KINDS[self.kind]
 
-    def trainable_prefixes(self) -> list[str]:
-        return list(self.trainable) or list(self.kind_spec.default_trainable)
+    def trainable_prefixes(self, present: Collection[str] = ()) -> list[str]:
+        """The stage's prefixes (else its kind's default), plus the kind's optional modules
+        among ``present`` (the model's top-level modules)."""
+        prefixes = list(self.trainable) or list(self.kind_spec.default_trainable)
+        return prefixes + [p for p in self.kind_spec.optional_trainable if p in present and p not in prefixes]
 
 
 @dataclass(kw_only=True)
@@ -221,36 +223,21 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
         cfg.model_config_for(s)
 
 
-# Model-config fields that name local weight files/folders the user provides
-# (dotted path -> is the value a local path? given the value).
-LOCAL_WEIGHT_FIELDS: dict[str, Callable[[Any], bool]] = {
-    "encoder.weights_path": lambda v: bool(v),
-    "mask_decoder.weights_path": lambda v: bool(v),
-    # Names like "tiny" / "smollm2-135m" are built-in sources; anything else is a local folder.
-    "llm.name": lambda v: bool(v) and _is_local_llm(str(v)),
-}
-
-
-def _is_local_llm(name: str) -> bool:
-    from psg4d.model.llm import LLM_SOURCES
-
-    return name not in LLM_SOURCES
-
-
 def check_local_weights(model_cfg: Any) -> None:
     """Fail in seconds, naming the field, when a configured local weight path is missing
-    (rather than after building half of a large model)."""
-    for dotted, is_local in LOCAL_WEIGHT_FIELDS.items():
-        node: Any = model_cfg
-        for part in dotted.split("."):
-            node = getattr(node, part, None)
-        if node is None or not is_local(node):
+    (rather than after building half of a large model). Paths resolve as the model resolves
+    them (:func:`psg4d.model.weights.resolve_weight_path`)."""
+    from psg4d.model.weight_files import WEIGHT_FIELDS, WEIGHTS_ENV, get_field, resolve_weight_path
+
+    for dotted, is_local in WEIGHT_FIELDS.items():
+        value = get_field(model_cfg, dotted)
+        if value is None or not is_local(value):
             continue
-        path = Path(str(node)).expanduser()
+        path = resolve_weight_path(str(value))
         if not path.exists():
             raise ConfigError(
                 f"model.{dotted}: {path} not found; download the weights and point the config at them"
-                f" (e.g. --set model.{dotted}=/path/to/{path.name})"
+                f" (e.g. --set model.{dotted}=/path/to/{path.name}, or put them in ${WEIGHTS_ENV})"
             )
 
 
@@ -270,11 +257,4 @@ def resolve_model_preset(model: Any) -> Any:
         return model
     from psg4d.model.config import model_preset
 
-    return _merge(to_dict(model_preset(str(model["preset"]))), model)
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+    return merge_dicts(to_dict(model_preset(str(model["preset"]))), model)

@@ -62,7 +62,7 @@ def viz_command(
     display_frames: int = typer.Option(300, "--display-frames", help="Most frames embedded for playback."),
 ) -> None:
     """Write an HTML report of a predicted 4D scene graph over its video (and GT, metrics)."""
-    from psg4d.infer.video_io import load_video
+    from psg4d.data.video_io import load_video
     from psg4d.viz.overlay import export_gif, export_mp4
     from psg4d.viz.report import render_report
 

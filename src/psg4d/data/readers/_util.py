@@ -16,7 +16,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from psg4d.data.schema import MaskTube, rle_encode
+from psg4d.data.masks import rle_encode
+from psg4d.data.schema import MaskTube, Relation, Span, merge_spans
 from psg4d.errors import DataError
 from psg4d.utils.io import atomic_path, atomic_write_bytes
 
@@ -59,6 +60,31 @@ def as_int(v: Any, where: str | Path, what: str) -> int:
     return int(v)
 
 
+def thing_stuff_classes(objs: dict, where: str | Path) -> tuple[list[str], list[str]]:
+    """The thing and stuff class lists of an ``objects: {"thing": [...], "stuff": [...]}`` index field."""
+    return tuple([str(c) for c in get_field(objs, k, where, ctx="objects", types=list)] for k in ("thing", "stuff"))
+
+
+def int_field(d: Any, key: str, where: str | Path, ctx: str) -> int:
+    """``d[key]`` as an integer; DataError naming the file and ``ctx.key`` otherwise."""
+    return as_int(get_field(d, key, where, ctx=ctx), where, f"{ctx}.{key}")
+
+
+def parse_span(raw: Any, where: str | Path, rctx: str) -> Span:
+    """One inclusive ``[start, end]`` span of a relation."""
+    expect(isinstance(raw, list) and len(raw) == 2, where, f"{rctx}: span must be [start, end], got {raw!r}")
+    return as_int(raw[0], where, f"{rctx} start"), as_int(raw[1], where, f"{rctx} end")
+
+
+def merged_relations(triplets: Iterable[tuple[int, int, str, Sequence[Span]]]) -> list[Relation]:
+    """One relation per ``(subject, object, predicate)`` in first-seen order, with
+    the spans of all its listings merged: formats list a triplet once per span."""
+    grouped: dict[tuple[int, int, str], list[Span]] = {}
+    for s, o, p, spans in triplets:
+        grouped.setdefault((s, o, p), []).extend(spans)
+    return [Relation(s, o, p, merge_spans(sp)) for (s, o, p), sp in grouped.items()]
+
+
 def load_rgb(path: Path) -> np.ndarray:
     """An image file as uint8 ``[H, W, 3]``."""
     if not path.is_file():
@@ -68,6 +94,20 @@ def load_rgb(path: Path) -> np.ndarray:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as e:
         raise DataError(path, f"cannot decode image: {e}") from None
+
+
+def load_frames(paths: Iterable[Path], *, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The RGB frames of one video as uint8 ``[T, H, W, 3]``. Every frame must be
+    ``size`` ``(H, W)`` as the index says, or without one, the size of frame 0."""
+    frames: list[np.ndarray] = []
+    for p in paths:
+        img = load_rgb(p)
+        if size is not None:
+            expect(img.shape[:2] == size, p, f"frame is {img.shape[0]}x{img.shape[1]}, index says {size[0]}x{size[1]}")
+        elif frames and img.shape != frames[0].shape:
+            raise DataError(p, f"frame size {img.shape[:2]} differs from frame 0's {frames[0].shape[:2]}")
+        frames.append(img)
+    return np.stack(frames)
 
 
 def load_image_array(path: Path, *, what: str = "image") -> np.ndarray:
@@ -116,12 +156,6 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
             np.savez_compressed(f, **arrays)
 
 
-def save_npy(path: Path, arr: np.ndarray) -> None:
-    with atomic_path(path, suffix=".npy") as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-
-
 class TubeBuilder:
     """Builds mask tubes a frame at a time from panoptic id maps.
 
@@ -139,10 +173,6 @@ class TubeBuilder:
         for i in self.ids:
             if i in present:
                 self.rles[i][t] = rle_encode(id_map == i)
-
-    def add_mask(self, t: int, key: int, mask: np.ndarray) -> None:
-        if mask.any():
-            self.rles[key][t] = rle_encode(mask)
 
     def tube(self, key: int) -> MaskTube:
         return MaskTube(height=self.height, width=self.width, rles=self.rles[key])

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from psg4d.data.readers._util import expect, get_field, read_json, safe_rel_path
-from psg4d.data.readers.base import DatasetReader
+from psg4d.data.readers._util import as_int, expect, get_field, safe_rel_path
+from psg4d.data.readers.base import DatasetReader, IndexedReader
 from psg4d.data.schema import SceneGraph4D, Video4D
 from psg4d.errors import DataError
 from psg4d.utils.io import atomic_dir
@@ -42,38 +42,31 @@ GRAPH_DIR = "graphs"
 VIDEO_DIR = "videos"
 
 
-class CanonicalReader(DatasetReader):
-    """Lazy reader of the canonical layout (see the module docstring)."""
+class CanonicalReader(IndexedReader):
+    """Lazy reader of the canonical layout (see the module docstring). Its
+    entries are ``graph_index``: video id -> (split file, byte offset)."""
 
     format_name = "canonical"
     marker = INDEX_FILE
     has_depth = True
 
-    def __init__(self, root: str | Path):
-        super().__init__(root)
-        self._index_path = where = self.root / INDEX_FILE
-        index = read_json(where)
+    def _load_index(self, index: Any) -> None:
+        where = self._index_path
         version = get_field(index, "format_version", where, types=int)
         expect(version == FORMAT_VERSION, where, f"format_version {version} is not supported (this psg4d reads {FORMAT_VERSION})")
-        splits = get_field(index, "splits", where, types=dict)
-        self._splits = {}
-        for k, v in splits.items():
-            expect(isinstance(v, list), where, f"split {k!r} must be a list of video ids", field="splits")
-            safe_rel_path(str(k), where)
-            self._splits[str(k)] = [str(x) for x in v]
-        self._objects = [str(c) for c in get_field(index, "object_vocab", where, types=list)]
-        self._predicates = [str(c) for c in get_field(index, "predicate_vocab", where, types=list)]
+        self._object_vocab = [str(c) for c in get_field(index, "object_vocab", where, types=list)]
+        self._predicate_vocab = [str(c) for c in get_field(index, "predicate_vocab", where, types=list)]
         self._has_depth = bool(index.get("has_depth", False))
         self._name = str(index.get("name", ""))
-        gi = get_field(index, "graph_index", where, types=dict)
-        self._graph_index: dict[str, tuple[str, int]] = {}
-        for vid, loc in gi.items():
+        self._entries: dict[str, tuple[str, int]] = {}
+        for vid, loc in get_field(index, "graph_index", where, types=dict).items():
             expect(isinstance(loc, list) and len(loc) == 2, where, f"graph_index[{vid!r}] must be [split, offset]")
-            expect(str(loc[0]) in self._splits, where, f"graph_index[{vid!r}] names unknown split {loc[0]!r}")
-            self._graph_index[str(vid)] = (str(loc[0]), int(loc[1]))
-        for name, vids in self._splits.items():
-            for v in vids:
-                expect(v in self._graph_index, where, f"split {name!r} lists {v!r}, which has no graph_index entry")
+            self._entries[str(vid)] = (str(loc[0]), as_int(loc[1], where, f"graph_index[{vid!r}] offset"))
+        self._splits = self._split_lists(get_field(index, "splits", where, types=dict), field="splits")
+        for name in self._splits:
+            safe_rel_path(name, where)  # a split names its graph file, graphs/<split>.jsonl
+        for vid, (split, _) in self._entries.items():
+            expect(split in self._splits, where, f"graph_index[{vid!r}] names unknown split {split!r}")
 
     @property
     def name(self) -> str:
@@ -83,32 +76,11 @@ class CanonicalReader(DatasetReader):
     def dataset_has_depth(self) -> bool:
         return self._has_depth
 
-    @property
-    def splits(self) -> list[str]:
-        return list(self._splits)
-
-    def video_ids(self, split: str | None = None) -> list[str]:
-        if split is None:
-            return list(self._graph_index)
-        if split not in self._splits:
-            raise DataError(self._index_path, f"no split {split!r} (splits: {', '.join(self._splits)})")
-        return list(self._splits[split])
-
-    @property
-    def object_vocab(self) -> list[str]:
-        return list(self._objects)
-
-    @property
-    def predicate_vocab(self) -> list[str]:
-        return list(self._predicates)
-
     def num_frames(self, video_id: str) -> int:
         return self.read_graph(video_id, with_masks=False).num_frames
 
     def read_graph(self, video_id: str, *, with_masks: bool = True) -> SceneGraph4D:
-        if video_id not in self._graph_index:
-            raise DataError(self._index_path, f"unknown video id {video_id!r}")
-        split, offset = self._graph_index[video_id]
+        split, offset = self._entry(video_id)
         path = self.root / GRAPH_DIR / f"{split}.jsonl"
         if not path.is_file():
             raise DataError(path, "file not found")
@@ -129,8 +101,7 @@ class CanonicalReader(DatasetReader):
         return g.validate(where)
 
     def read_video(self, video_id: str) -> Video4D:
-        if video_id not in self._graph_index:
-            raise DataError(self._index_path, f"unknown video id {video_id!r}")
+        self._entry(video_id)
         path = self.root / VIDEO_DIR / f"{video_id}.npz"
         if not path.is_file():
             raise DataError(path, "missing video file")

@@ -41,7 +41,6 @@ written in this layout by other tools).
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -52,17 +51,17 @@ from psg4d.data.readers._util import (
     as_int,
     expect,
     get_field,
+    int_field,
+    load_frames,
     load_npy,
     load_npz_key,
-    load_rgb,
-    read_json,
-    safe_rel_path,
+    merged_relations,
+    parse_span,
+    thing_stuff_classes,
 )
 from psg4d.data.readers.base import IndexedReader
-from psg4d.data.schema import ObjectTrack, Relation, SceneGraph4D, Video4D, merge_spans
+from psg4d.data.schema import ObjectTrack, SceneGraph4D, Span, Video4D
 from psg4d.errors import DataError
-
-log = logging.getLogger(__name__)
 
 INDEX_FILE = "sailvos3d.json"
 IMAGE_DIR = "images"
@@ -85,56 +84,29 @@ class GTAReader(IndexedReader):
     marker = INDEX_FILE
     has_depth = True
 
-    def __init__(self, root: str | Path):
-        super().__init__(root)
-        self._index_path = where = self.root / INDEX_FILE
-        index = read_json(where)
+    def _load_index(self, index: Any) -> None:
+        where = self._index_path
         data = get_field(index, "data", where, types=list)
         objs = index.get("objects", index.get("object"))
         if isinstance(objs, dict):
-            self._things = [str(c) for c in get_field(objs, "thing", where, ctx="objects", types=list)]
-            self._stuff = [str(c) for c in get_field(objs, "stuff", where, ctx="objects", types=list)]
+            things, stuff = thing_stuff_classes(objs, where)
         elif isinstance(objs, list):
-            self._things = [str(c) for c in objs if str(c) not in GTA_STUFF_CLASSES]
-            self._stuff = [str(c) for c in objs if str(c) in GTA_STUFF_CLASSES]
+            things = [str(c) for c in objs if str(c) not in GTA_STUFF_CLASSES]
+            stuff = [str(c) for c in objs if str(c) in GTA_STUFF_CLASSES]
         else:
             raise DataError(where, "needs 'objects' {thing: [...], stuff: [...]} (or a flat 'object' class list)")
+        self._object_vocab = things + stuff
+        self._stuff = set(stuff)
         preds = index.get("predicate_classes", index.get("predicates"))
         expect(isinstance(preds, list), where, "needs a 'predicate_classes' (or 'predicates') list")
-        self._predicates = [str(p) for p in preds]
-        self._entries: dict[str, dict] = {}
-        for i, e in enumerate(data):
-            vid = str(get_field(e, "video_id", where, ctx=f"data[{i}]", types=(str, int)))
-            safe_rel_path(vid, where)
-            if vid in self._entries:
-                raise DataError(where, f"data[{i}]: video {vid!r} appears twice")
-            self._entries[vid] = e
-        raw = index.get("split", index.get("splits"))
-        if raw is None:
-            self._splits = {"all": list(self._entries)}
-        else:
-            expect(isinstance(raw, dict), where, "'split' must map split names to video-id lists", field="split")
-            self._splits = {}
-            for name, ids in raw.items():
-                expect(isinstance(ids, list), where, f"split {name!r} must be a list", field="split")
-                for v in ids:
-                    expect(str(v) in self._entries, where, f"split {name!r} names unknown video {v!r}", field="split")
-                self._splits[str(name)] = [str(v) for v in ids]
+        self._predicate_vocab = [str(p) for p in preds]
+        self._entries = self._entries_by_id(data, "video_id", paths=True)
+        self._splits = self._split_lists(index.get("split", index.get("splits")), field="split")
         self._frames_cache: dict[str, list[str]] = {}
 
-    @property
-    def object_vocab(self) -> list[str]:
-        return self._things + self._stuff
-
-    @property
-    def predicate_vocab(self) -> list[str]:
-        return list(self._predicates)
-
     def num_frames(self, video_id: str) -> int:
-        meta = self._entry(video_id).get("meta") or {}
-        if "num_frames" in meta:
-            return as_int(meta["num_frames"], self._index_path, f"video {video_id!r}: meta.num_frames")
-        return len(self._frame_names(video_id))
+        T = self._indexed_num_frames(video_id)
+        return T if T is not None else len(self._frame_names(video_id))
 
     def _mask_dir(self, video_id: str) -> Path:
         for name in MASK_DIRS:
@@ -156,9 +128,8 @@ class GTAReader(IndexedReader):
     def _checked_frames(self, video_id: str) -> list[str]:
         names = self._frame_names(video_id)
         expect(len(names) > 0, self._mask_dir(video_id), f"video {video_id!r}: no mask files")
-        meta = self._entry(video_id).get("meta") or {}
-        if "num_frames" in meta:
-            T = self.num_frames(video_id)
+        T = self._indexed_num_frames(video_id)
+        if T is not None:
             expect(
                 len(names) == T,
                 self._mask_dir(video_id),
@@ -175,14 +146,13 @@ class GTAReader(IndexedReader):
         ctx = f"video {video_id!r}"
         names = self._checked_frames(video_id)
         T = len(names)
-        stuff = set(self._stuff)
         raw_objs = get_field(e, "object", where, ctx=ctx, types=list)
         objs: list[tuple[int, str, bool, int]] = []
         for j, o in enumerate(raw_objs):
             octx = f"{ctx}: object[{j}]"
-            oid = as_int(get_field(o, "object_id", where, ctx=octx), where, f"{octx}.object_id")
+            oid = int_field(o, "object_id", where, octx)
             cat = str(get_field(o, "category", where, ctx=octx))
-            is_thing = cat not in stuff
+            is_thing = cat not in self._stuff
             objs.append((oid, cat, is_thing, oid if is_thing else oid + STUFF_OFFSET))
 
         mask_dir = self._mask_dir(video_id)
@@ -202,69 +172,45 @@ class GTAReader(IndexedReader):
             ObjectTrack(object_id=oid, category=cat, is_thing=thing, tube=builder.tube(v) if builder else None)
             for oid, cat, thing, v in objs
         ]
-        grouped: dict[tuple[int, int, str], list[tuple[int, int]]] = {}
-        for j, r in enumerate(e.get("relations", []) or []):
+        triplets = []
+        for j, r in enumerate(self._entry_list(e, "relations", ctx)):
             rctx = f"{ctx}: relations[{j}]"
             expect(isinstance(r, list) and len(r) == 4, where, f"{rctx}: expected [subject_id, predicate, object_id, [start, end]]")
             s = as_int(r[0], where, f"{rctx} subject")
             o = as_int(r[2], where, f"{rctx} object")
-            pred = r[1] if isinstance(r[1], str) else self._pred_by_index(r[1], rctx)
-            grouped.setdefault((s, o, pred), []).extend(_spans(r[3], where, rctx))
-        relations = [Relation(s, o, p, merge_spans(sp)) for (s, o, p), sp in grouped.items()]
-        meta = e.get("meta") or {}
-        graph = SceneGraph4D(
-            video_id=video_id,
-            num_frames=T,
-            height=shape[0] if shape else 0,
-            width=shape[1] if shape else 0,
-            objects=objects,
-            relations=relations,
-            object_vocab=self.object_vocab,
-            predicate_vocab=self.predicate_vocab,
-            meta={"source_format": self.format_name, "fps": float(meta.get("fps", DEFAULT_FPS))},
+            triplets.append((s, o, self._predicate(r[1], rctx), _spans(r[3], where, rctx)))
+        H, W = shape if shape else (0, 0)
+        fps = float(self._entry_meta(video_id).get("fps", DEFAULT_FPS))
+        return self._graph(
+            video_id, size=(T, H, W), objects=objects, relations=merged_relations(triplets), where=where, meta={"fps": fps}
         )
-        return graph.validate(where)
-
-    def _pred_by_index(self, v: Any, rctx: str) -> str:
-        i = as_int(v, self._index_path, f"{rctx} predicate")
-        expect(0 <= i < len(self._predicates), self._index_path, f"{rctx}: predicate index {i} outside predicate_classes")
-        return self._predicates[i]
 
     def read_video(self, video_id: str) -> Video4D:
         names = self._checked_frames(video_id)
-        meta = self._entry(video_id).get("meta") or {}
-        frames, depths = [], []
+        rgb = load_frames(self.root / IMAGE_DIR / video_id / f"{stem}.bmp" for stem in names)  # [T, H, W, 3]
+        depths = []
         for stem in names:
-            p = self.root / IMAGE_DIR / video_id / f"{stem}.bmp"
-            img = load_rgb(p)
-            if frames and img.shape != frames[0].shape:
-                raise DataError(p, f"frame size {img.shape[:2]} differs from frame 0's {frames[0].shape[:2]}")
-            frames.append(img)
             dp = self.root / DEPTH_DIR / video_id / f"{stem}.npy"
             d = load_npy(dp, what="depth").astype(np.float32)
-            expect(d.shape == img.shape[:2], dp, f"depth shape {d.shape} does not match frame shape {img.shape[:2]}")
+            expect(d.shape == rgb.shape[1:3], dp, f"depth shape {d.shape} does not match frame shape {rgb.shape[1:3]}")
             rage = self.root / RAGE_DIR / video_id / f"{stem}.npz"
             if rage.is_file():
                 d = ndc_depth_to_metres(d, load_npz_key(rage, "P_inv", what="camera matrix"))
             depths.append(d)
         video = Video4D(
-            rgb=np.stack(frames),
+            rgb=rgb,
             depth=np.stack(depths),
-            fps=float(meta.get("fps", DEFAULT_FPS)),
+            fps=float(self._entry_meta(video_id).get("fps", DEFAULT_FPS)),
             frame_indices=np.array([int(s) for s in names], dtype=np.int64),
             video_id=video_id,
         )
         return video.validate(self._index_path)
 
 
-def _spans(raw: Any, where: Path, rctx: str) -> list[tuple[int, int]]:
+def _spans(raw: Any, where: Path, rctx: str) -> list[Span]:
+    """A relation's ``[start, end]`` or list of them."""
     expect(isinstance(raw, list) and len(raw) > 0, where, f"{rctx}: span must be [start, end] or [[start, end], ...]")
-    items = raw if isinstance(raw[0], list) else [raw]
-    out = []
-    for sp in items:
-        expect(isinstance(sp, list) and len(sp) == 2, where, f"{rctx}: span must be [start, end], got {sp!r}")
-        out.append((as_int(sp[0], where, f"{rctx} start"), as_int(sp[1], where, f"{rctx} end")))
-    return out
+    return [parse_span(sp, where, rctx) for sp in (raw if isinstance(raw[0], list) else [raw])]
 
 
 def ndc_depth_to_metres(depth: np.ndarray, p_inv: np.ndarray) -> np.ndarray:

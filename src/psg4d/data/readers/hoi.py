@@ -51,24 +51,20 @@ from psg4d.data.readers._util import (
     count_files,
     expect,
     get_field,
+    int_field,
+    load_frames,
     load_image_array,
     load_npz_key,
-    load_rgb,
+    merged_relations,
     paint_id_map,
+    parse_span,
     read_json,
     safe_rel_path,
     save_image,
     save_npz,
 )
 from psg4d.data.readers.base import IndexedReader
-from psg4d.data.schema import (
-    ObjectTrack,
-    Relation,
-    Sample,
-    SceneGraph4D,
-    Video4D,
-    merge_spans,
-)
+from psg4d.data.schema import ObjectTrack, Sample, SceneGraph4D, Video4D
 from psg4d.errors import DataError
 from psg4d.utils.io import atomic_write_json
 
@@ -113,13 +109,12 @@ class HOIReader(IndexedReader):
     marker = INDEX_FILE
     has_depth = True
 
-    def __init__(self, root: str | Path):
-        super().__init__(root)
-        self._index_path = self.root / INDEX_FILE
-        index = read_json(self._index_path)
-        data = get_field(index, "data", self._index_path, types=list)
+    def _load_index(self, index: Any) -> None:
+        where = self._index_path
+        data = get_field(index, "data", where, types=list)
         cat_path = self.root / CATEGORY_FILE
-        self._categories = _parse_categories(read_json(cat_path), cat_path)
+        # indexed by class (mask_id % 1000); unused indices are "" (never a valid class)
+        self._object_vocab = _parse_categories(read_json(cat_path), cat_path)
 
         id_path = self.root / ID_FILE
         path_to_short: dict[str, str] = {}
@@ -128,17 +123,17 @@ class HOIReader(IndexedReader):
             expect(isinstance(ids, dict), id_path, "expected a JSON object {short id: HOI4D path}")
             path_to_short = {str(v): str(k) for k, v in ids.items()}
 
-        self._entries: dict[str, dict] = {}
+        # entries are keyed by short id; _paths maps it to the HOI4D path naming the files
+        self._entries = {}
         self._paths: dict[str, str] = {}
         for i, e in enumerate(data):
-            rel = get_field(e, "video_id", self._index_path, ctx=f"data[{i}]", types=str)
-            rel = safe_rel_path(rel, self._index_path)
+            rel = safe_rel_path(get_field(e, "video_id", where, ctx=f"data[{i}]", types=str), where)
             short = path_to_short.get(rel) or str(e.get("hoi4d_id") or rel)
             if short in self._entries:
-                raise DataError(self._index_path, f"data[{i}]: video {short!r} appears twice")
+                raise DataError(where, f"data[{i}]: video {short!r} appears twice")
             self._entries[short] = e
             self._paths[short] = rel
-        self._short_of_path = {rel: short for short, rel in self._paths.items()}
+        short_of_path = {rel: short for short, rel in self._paths.items()}
 
         raw_pred = index.get("predicate_classes", index.get("predicates"))
         if raw_pred is None:
@@ -148,39 +143,27 @@ class HOIReader(IndexedReader):
                     if isinstance(r, list) and len(r) == 5 and isinstance(r[2], str):
                         seen.setdefault(r[2])
             raw_pred = list(seen)
-        expect(isinstance(raw_pred, list), self._index_path, "'predicate_classes' must be a list of names")
-        self._predicates = [str(p) for p in raw_pred]
+        expect(isinstance(raw_pred, list), where, "'predicate_classes' must be a list of names")
+        self._predicate_vocab = [str(p) for p in raw_pred]
 
-        self._splits = _parse_splits(index.get("split", index.get("splits")), self._index_path, self._resolve_id)
-        if self._splits is None:
-            self._splits = {"all": list(self._entries)}
+        # a split may list short ids or HOI4D paths
+        def resolve(key: Any) -> str | None:
+            key = str(key)
+            return key if key in self._entries else short_of_path.get(key)
 
-    # -- index
-    def _resolve_id(self, key: Any) -> str | None:
-        key = str(key)
-        if key in self._entries:
-            return key
-        return self._short_of_path.get(key)
+        self._splits = self._split_lists(index.get("split", index.get("splits")), field="split", resolve=resolve)
 
-    @property
-    def object_vocab(self) -> list[str]:
-        return list(self._categories)
-
-    @property
-    def predicate_vocab(self) -> list[str]:
-        return list(self._predicates)
-
-    def hoi4d_path(self, video_id: str) -> str:
+    def _rel(self, video_id: str) -> str:
+        """The HOI4D path of a video (where its files are)."""
         self._entry(video_id)
         return self._paths[video_id]
 
     def num_frames(self, video_id: str) -> int:
         """Frame count from the index (``meta.num_frames``), else by listing ``align_rgb``."""
-        entry = self._entry(video_id)
-        meta = entry.get("meta") or {}
-        if "num_frames" in meta:
-            return as_int(meta["num_frames"], self._index_path, f"video {video_id!r}: meta.num_frames")
-        folder = self.root / RGB_ROOT / self._paths[video_id] / RGB_DIR
+        T = self._indexed_num_frames(video_id)
+        if T is not None:
+            return T
+        folder = self.root / RGB_ROOT / self._rel(video_id) / RGB_DIR
         n = count_files(folder, ".jpg")
         expect(n > 0, folder, f"video {video_id!r}: no frames found")
         return n
@@ -190,11 +173,11 @@ class HOIReader(IndexedReader):
         """The scene graph; ``with_masks=False`` reads the index only (no mask
         files; tubes are ``None`` and the size is 0x0 unless the index has it)."""
         entry = self._entry(video_id)
-        rel = self._paths[video_id]
+        rel = self._rel(video_id)
         where = self._index_path
         ctx = f"video {video_id!r}"
         T = self.num_frames(video_id)
-        meta = entry.get("meta") or {}
+        meta = self._entry_meta(video_id)
 
         mask_folder = self.root / MASK_ROOT / rel / MASK_DIR
         if with_masks:
@@ -205,16 +188,17 @@ class HOIReader(IndexedReader):
                 f"{ctx}: mask/frame count mismatch: {n_masks} mask files for {T} frames",
             )
 
+        categories = self._object_vocab
         raw_objects = get_field(entry, "object", where, ctx=ctx, types=list)
         objects_meta: list[tuple[int, int, str, bool]] = []
         for j, o in enumerate(raw_objects):
             octx = f"{ctx}: object[{j}]"
-            oid = as_int(get_field(o, "object_id", where, ctx=octx), where, f"{octx}.object_id")
-            mid = as_int(get_field(o, "mask_id", where, ctx=octx), where, f"{octx}.mask_id")
+            oid = int_field(o, "object_id", where, octx)
+            mid = int_field(o, "mask_id", where, octx)
             cls = mid % MASK_ID_STRIDE
-            if cls >= len(self._categories) or not self._categories[cls]:
+            if cls >= len(categories) or not categories[cls]:
                 raise DataError(self.root / CATEGORY_FILE, f"{octx}: class index {cls} (mask_id {mid}) is not listed")
-            name = self._categories[cls]
+            name = categories[cls]
             is_thing = bool(o["is_thing"]) if "is_thing" in o else name not in HOI_STUFF_CLASSES
             objects_meta.append((oid, mid, name, is_thing))
 
@@ -249,56 +233,27 @@ class HOIReader(IndexedReader):
             for oid, mid, name, thing in objects_meta
         ]
 
-        grouped: dict[tuple[int, int, str], list[tuple[int, int]]] = {}
-        for j, r in enumerate(entry.get("relations", []) or []):
+        triplets = []
+        for j, r in enumerate(self._entry_list(entry, "relations", ctx)):
             rctx = f"{ctx}: relations[{j}]"
             expect(isinstance(r, list) and len(r) == 5, where, f"{rctx}: expected [subject, object, predicate, start, end]")
             s = as_int(r[0], where, f"{rctx} subject")
             o = as_int(r[1], where, f"{rctx} object")
-            pred = self._predicate_name(r[2], rctx)
-            a = as_int(r[3], where, f"{rctx} start")
-            b = as_int(r[4], where, f"{rctx} end")
-            grouped.setdefault((s, o, pred), []).append((a, b))
-        relations = [
-            Relation(subject_id=s, object_id=o, predicate=p, spans=merge_spans(sp)) for (s, o, p), sp in grouped.items()
-        ]
-        graph = SceneGraph4D(
-            video_id=video_id,
-            num_frames=T,
-            height=H or 0,
-            width=W or 0,
+            triplets.append((s, o, self._predicate(r[2], rctx), [parse_span(r[3:5], where, rctx)]))
+        return self._graph(
+            video_id,
+            size=(T, H or 0, W or 0),
             objects=objects,
-            relations=relations,
-            object_vocab=self.object_vocab,
-            predicate_vocab=self.predicate_vocab,
-            meta={"source_format": self.format_name, "hoi4d_path": rel},
+            relations=merged_relations(triplets),
+            where=where,
+            meta={"hoi4d_path": rel},
         )
-        return graph.validate(where)
-
-    def _predicate_name(self, v: Any, rctx: str) -> str:
-        if isinstance(v, str):
-            return v
-        idx = as_int(v, self._index_path, f"{rctx} predicate")
-        expect(
-            0 <= idx < len(self._predicates),
-            self._index_path,
-            f"{rctx}: predicate index {idx} outside predicate_classes (size {len(self._predicates)})",
-        )
-        return self._predicates[idx]
 
     def read_video(self, video_id: str) -> Video4D:
-        entry = self._entry(video_id)
-        rel = self._paths[video_id]
+        rel = self._rel(video_id)
         T = self.num_frames(video_id)
-        meta = entry.get("meta") or {}
-        frames = []
-        for t in range(T):
-            p = _rgb_path(self.root, rel, t)
-            img = load_rgb(p)
-            if frames and img.shape != frames[0].shape:
-                raise DataError(p, f"frame size {img.shape[:2]} differs from frame 0's {frames[0].shape[:2]}")
-            frames.append(img)
-        rgb = np.stack(frames)
+        meta = self._entry_meta(video_id)
+        rgb = load_frames(_rgb_path(self.root, rel, t) for t in range(T))  # [T, H, W, 3]
         depth = None
         depth_folder = self.root / RGB_ROOT / rel / DEPTH_DIR
         if depth_folder.is_dir():
@@ -341,22 +296,6 @@ def _parse_categories(raw: Any, where: Path) -> list[str]:
         expect(k >= 0, where, f"negative class index {k}")
         cats[k] = v
     return cats
-
-
-def _parse_splits(raw: Any, where: Path, resolve) -> dict[str, list[str]] | None:
-    if raw is None:
-        return None
-    expect(isinstance(raw, dict), where, "'split' must map split names to lists of video ids", field="split")
-    out: dict[str, list[str]] = {}
-    for name, ids in raw.items():
-        expect(isinstance(ids, list), where, f"split {name!r} must be a list of video ids", field="split")
-        vids = []
-        for k in ids:
-            v = resolve(k)
-            expect(v is not None, where, f"split {name!r} names unknown video {k!r}", field="split")
-            vids.append(v)
-        out[str(name)] = vids
-    return out
 
 
 # --------------------------------------------------------------------------- writer

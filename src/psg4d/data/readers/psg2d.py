@@ -37,14 +37,14 @@ from psg4d.data.readers._util import (
     as_int,
     expect,
     get_field,
+    int_field,
     load_image_array,
-    load_rgb,
+    merged_relations,
     paint_id_map,
-    read_json,
     save_image,
 )
-from psg4d.data.readers.base import IndexedReader
-from psg4d.data.schema import MaskTube, ObjectTrack, Relation, Sample, SceneGraph4D, Video4D, rle_encode
+from psg4d.data.readers.base import ImageReader
+from psg4d.data.schema import MaskTube, ObjectTrack, Sample, SceneGraph4D, Video4D
 from psg4d.errors import DataError
 from psg4d.utils.io import atomic_write_json
 
@@ -66,59 +66,26 @@ def id_to_rgb(ids: np.ndarray) -> np.ndarray:
     return np.stack([ids % 256, (ids // 256) % 256, (ids // 65536) % 256], axis=-1).astype(np.uint8)
 
 
-class PSGReader(IndexedReader):
+class PSGReader(ImageReader):
     """Lazy reader of OpenPSG's ``psg.json`` (see the module docstring)."""
 
     format_name = "psg"
     marker = INDEX_FILE
-    has_depth = False
-    item_name = "image"
 
-    def __init__(self, root: str | Path):
-        super().__init__(root)
-        self._index_path = self.root / INDEX_FILE
-        index = read_json(self._index_path)
+    def _load_index(self, index: Any) -> None:
         where = self._index_path
         data = get_field(index, "data", where, types=list)
         self._things = [str(c) for c in get_field(index, "thing_classes", where, types=list)]
-        self._stuff = [str(c) for c in get_field(index, "stuff_classes", where, types=list)]
-        self._predicates = [str(c) for c in get_field(index, "predicate_classes", where, types=list)]
-        self._entries: dict[str, dict] = {}
-        for i, e in enumerate(data):
-            iid = str(get_field(e, "image_id", where, ctx=f"data[{i}]", types=(int, str)))
-            if iid in self._entries:
-                raise DataError(where, f"data[{i}]: image {iid!r} appears twice")
-            self._entries[iid] = e
-
-        def ids(raw: Any, what: str) -> list[str]:
-            expect(isinstance(raw, list), where, f"{what} must be a list of image ids")
-            out = [str(v) for v in raw]
-            for v in out:
-                expect(v in self._entries, where, f"{what} names unknown image {v!r}")
-            return out
-
-        if "splits" in index:
-            raw = index["splits"]
-            expect(isinstance(raw, dict), where, "'splits' must map split names to image-id lists")
-            self._splits = {str(k): ids(v, f"split {k!r}") for k, v in raw.items()}
-        elif "test_image_ids" in index:
-            test = ids(index["test_image_ids"], "test_image_ids")
+        stuff = [str(c) for c in get_field(index, "stuff_classes", where, types=list)]
+        self._object_vocab = self._things + stuff
+        self._predicate_vocab = [str(c) for c in get_field(index, "predicate_classes", where, types=list)]
+        self._entries = self._entries_by_id(data, "image_id", paths=False)
+        if "splits" in index or "test_image_ids" not in index:
+            self._splits = self._split_lists(index.get("splits"), field="splits")
+        else:
+            test = self._split_lists({"test": index["test_image_ids"]}, field="test_image_ids")["test"]
             test_set = set(test)
             self._splits = {"train": [v for v in self._entries if v not in test_set], "test": test}
-        else:
-            self._splits = {"all": list(self._entries)}
-
-    @property
-    def object_vocab(self) -> list[str]:
-        return self._things + self._stuff
-
-    @property
-    def predicate_vocab(self) -> list[str]:
-        return list(self._predicates)
-
-    def num_frames(self, video_id: str) -> int:
-        self._entry(video_id)
-        return 1
 
     def _resolve(self, name: str) -> Path:
         for prefix in IMAGE_PREFIXES:
@@ -127,13 +94,15 @@ class PSGReader(IndexedReader):
                 return p
         return self.root / name
 
+    def _size(self, e: dict, ctx: str) -> tuple[int, int]:
+        return int_field(e, "height", self._index_path, ctx), int_field(e, "width", self._index_path, ctx)
+
     def read_graph(self, video_id: str, *, with_masks: bool = True) -> SceneGraph4D:
         """The scene graph; ``with_masks=False`` skips the panoptic PNG (tubes ``None``)."""
         e = self._entry(video_id)
         where = self._index_path
         ctx = f"image {video_id!r}"
-        H = as_int(get_field(e, "height", where, ctx=ctx), where, f"{ctx}: height")
-        W = as_int(get_field(e, "width", where, ctx=ctx), where, f"{ctx}: width")
+        H, W = self._size(e, ctx)
         segs = get_field(e, "segments_info", where, ctx=ctx, types=list)
         seg_path = self._resolve(get_field(e, "pan_seg_file_name", where, ctx=ctx, types=str))
         id_map = None
@@ -148,60 +117,43 @@ class PSGReader(IndexedReader):
             id_map = rgb_to_id(png[..., :3])
 
         use_own_ids = bool(segs) and all(isinstance(s, dict) and "object_id" in s for s in segs)
-        vocab = self.object_vocab
+        vocab = self._object_vocab
         objects: list[ObjectTrack] = []
         for j, s in enumerate(segs):
             sctx = f"{ctx}: segments_info[{j}]"
-            sid = as_int(get_field(s, "id", where, ctx=sctx), where, f"{sctx}.id")
-            cid = as_int(get_field(s, "category_id", where, ctx=sctx), where, f"{sctx}.category_id")
+            sid = int_field(s, "id", where, sctx)
+            cid = int_field(s, "category_id", where, sctx)
             expect(0 <= cid < len(vocab), where, f"{sctx}: category_id {cid} outside thing_classes + stuff_classes ({len(vocab)})")
             is_thing = bool(s["isthing"]) if "isthing" in s else cid < len(self._things)
             oid = as_int(s["object_id"], where, f"{sctx}.object_id") if use_own_ids else j
-            tube = None
-            if id_map is not None:
-                m = id_map == sid
-                tube = MaskTube(height=H, width=W, rles=[rle_encode(m) if m.any() else None])
+            tube = MaskTube.from_dense((id_map == sid)[None]) if id_map is not None else None
             objects.append(
                 ObjectTrack(object_id=oid, category=vocab[cid], is_thing=is_thing, tube=tube, attributes={"segment_id": sid})
             )
 
-        relations: list[Relation] = []
-        seen: set[tuple[int, int, str]] = set()
-        for j, r in enumerate(e.get("relations", []) or []):
+        triplets = []
+        for j, r in enumerate(self._entry_list(e, "relations", ctx)):
             rctx = f"{ctx}: relations[{j}]"
             expect(isinstance(r, list) and len(r) == 3, where, f"{rctx}: expected [subject_idx, object_idx, predicate_idx]")
             si, oi, pi = (as_int(v, where, rctx) for v in r)
             for role, k in (("subject", si), ("object", oi)):
                 expect(0 <= k < len(objects), where, f"{rctx}: unknown {role} segment index {k} ({len(objects)} segments)")
-            expect(0 <= pi < len(self._predicates), where, f"{rctx}: predicate index {pi} outside predicate_classes")
-            key = (objects[si].object_id, objects[oi].object_id, self._predicates[pi])
-            if key in seen:  # OpenPSG has a few duplicated triplets; one relation each
-                continue
-            seen.add(key)
-            relations.append(Relation(subject_id=key[0], object_id=key[1], predicate=key[2], spans=[(0, 0)]))
-        graph = SceneGraph4D(
-            video_id=video_id,
-            num_frames=1,
-            height=H,
-            width=W,
+            # OpenPSG has a few duplicated triplets: one relation each
+            triplets.append((objects[si].object_id, objects[oi].object_id, self._predicate(pi, rctx), [(0, 0)]))
+        return self._graph(
+            video_id,
+            size=(1, H, W),
             objects=objects,
-            relations=relations,
-            object_vocab=vocab,
-            predicate_vocab=self.predicate_vocab,
-            meta={"source_format": self.format_name, "file_name": e.get("file_name")},
+            relations=merged_relations(triplets),
+            where=where,
+            meta={"file_name": e.get("file_name")},
         )
-        return graph.validate(where)
 
     def read_video(self, video_id: str) -> Video4D:
         e = self._entry(video_id)
-        where = self._index_path
         ctx = f"image {video_id!r}"
-        p = self._resolve(get_field(e, "file_name", where, ctx=ctx, types=str))
-        img = load_rgb(p)
-        H = as_int(get_field(e, "height", where, ctx=ctx), where, f"{ctx}: height")
-        W = as_int(get_field(e, "width", where, ctx=ctx), where, f"{ctx}: width")
-        expect(img.shape[:2] == (H, W), p, f"image is {img.shape[0]}x{img.shape[1]}, index says {H}x{W}")
-        return Video4D(rgb=img[None], depth=None, fps=1.0, video_id=video_id).validate(p)
+        p = self._resolve(get_field(e, "file_name", self._index_path, ctx=ctx, types=str))
+        return self._image_video(video_id, p, self._size(e, ctx), "index")
 
 
 # --------------------------------------------------------------------------- writer

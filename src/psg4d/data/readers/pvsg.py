@@ -26,6 +26,7 @@ looked up directly under the root (``frames/<video>``).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,14 +35,16 @@ from psg4d.data.readers._util import (
     as_int,
     expect,
     get_field,
+    int_field,
+    load_frames,
     load_image_array,
-    load_rgb,
-    read_json,
+    merged_relations,
+    parse_span,
     safe_rel_path,
+    thing_stuff_classes,
 )
 from psg4d.data.readers.base import IndexedReader
-from psg4d.data.schema import ObjectTrack, Relation, SceneGraph4D, Video4D, merge_spans
-from psg4d.errors import DataError
+from psg4d.data.schema import ObjectTrack, SceneGraph4D, Video4D
 
 INDEX_FILE = "pvsg.json"
 FRAME_DIR = "frames"
@@ -57,57 +60,41 @@ class PVSGReader(IndexedReader):
     marker = INDEX_FILE
     has_depth = False
 
-    def __init__(self, root: str | Path):
-        super().__init__(root)
-        self._index_path = where = self.root / INDEX_FILE
-        index = read_json(where)
+    def _load_index(self, index: Any) -> None:
+        where = self._index_path
         objs = get_field(index, "objects", where, types=dict)
-        self._things = [str(c) for c in get_field(objs, "thing", where, ctx="objects", types=list)]
-        self._stuff = [str(c) for c in get_field(objs, "stuff", where, ctx="objects", types=list)]
-        self._predicates = [str(p) for p in get_field(index, "relations", where, types=list)]
-        self._entries: dict[str, dict] = {}
-        for i, e in enumerate(get_field(index, "data", where, types=list)):
-            vid = str(get_field(e, "video_id", where, ctx=f"data[{i}]", types=(str, int)))
-            safe_rel_path(vid, where)
-            if vid in self._entries:
-                raise DataError(where, f"data[{i}]: video {vid!r} appears twice")
-            self._entries[vid] = e
+        things, stuff = thing_stuff_classes(objs, where)
+        self._object_vocab = things + stuff
+        self._stuff = set(stuff)
+        self._predicate_vocab = [str(p) for p in get_field(index, "relations", where, types=list)]
+        self._entries = self._entries_by_id(get_field(index, "data", where, types=list), "video_id", paths=True)
+        # split: {source: {split: [video ids]}}; a video's source is the folder holding its files
         self._source: dict[str, str] = {}
-        self._splits: dict[str, list[str]] = {}
         raw = index.get("split")
         if raw is None:
             self._splits = {"all": list(self._entries)}
-        else:
-            expect(isinstance(raw, dict), where, "'split' must be {source: {split: [video ids]}}", field="split")
-            for source, parts in raw.items():
-                safe_rel_path(str(source), where)
-                expect(isinstance(parts, dict), where, f"split {source!r} must map split names to lists", field="split")
-                for name, ids in parts.items():
-                    expect(isinstance(ids, list), where, f"split {source}/{name} must be a list", field="split")
-                    for v in ids:
-                        v = str(v)
-                        expect(v in self._entries, where, f"split {source}/{name} names unknown video {v!r}", field="split")
-                        self._source[v] = str(source)
-                        self._splits.setdefault(str(name), []).append(v)
-
-    @property
-    def object_vocab(self) -> list[str]:
-        return self._things + self._stuff
-
-    @property
-    def predicate_vocab(self) -> list[str]:
-        return list(self._predicates)
+            return
+        expect(isinstance(raw, dict), where, "'split' must be {source: {split: [video ids]}}", field="split")
+        self._splits = {}
+        for source, parts in raw.items():
+            safe_rel_path(str(source), where)
+            expect(isinstance(parts, dict), where, f"split {source!r} must map split names to lists", field="split")
+            for name, vids in self._split_lists(parts, field="split", prefix=f"{source}/").items():
+                for v in vids:
+                    self._source[v] = str(source)
+                self._splits.setdefault(name, []).extend(vids)
 
     def _folder(self, kind: str, video_id: str) -> Path:
         src = self._source.get(video_id)
         return (self.root / src if src else self.root) / kind / video_id
 
     def _meta(self, video_id: str) -> tuple[int, int, int, float]:
+        """``(T, H, W, fps)``: PVSG's ``meta`` is required."""
         e = self._entry(video_id)
         ctx = f"video {video_id!r}: meta"
         m = get_field(e, "meta", self._index_path, ctx=f"video {video_id!r}", types=dict)
-        vals = [as_int(get_field(m, k, self._index_path, ctx=ctx), self._index_path, f"{ctx}.{k}") for k in ("num_frames", "height", "width")]
-        return vals[0], vals[1], vals[2], float(m.get("fps", DEFAULT_FPS))
+        T, H, W = (int_field(m, k, self._index_path, ctx) for k in ("num_frames", "height", "width"))
+        return T, H, W, float(m.get("fps", DEFAULT_FPS))
 
     def num_frames(self, video_id: str) -> int:
         return self._meta(video_id)[0]
@@ -136,10 +123,10 @@ class PVSGReader(IndexedReader):
         objs = []
         for j, o in enumerate(get_field(e, "objects", where, ctx=ctx, types=list)):
             octx = f"{ctx}: objects[{j}]"
-            oid = as_int(get_field(o, "object_id", where, ctx=octx), where, f"{octx}.object_id")
+            oid = int_field(o, "object_id", where, octx)
             expect(oid > 0, where, f"{octx}: object_id must be positive (0 is void in the masks)")
             cat = str(get_field(o, "category", where, ctx=octx))
-            is_thing = bool(o["is_thing"]) if "is_thing" in o else cat not in set(self._stuff)
+            is_thing = bool(o["is_thing"]) if "is_thing" in o else cat not in self._stuff
             objs.append((oid, cat, is_thing))
         builder = TubeBuilder([oid for oid, _, _ in objs], num_frames=T, height=H, width=W)
         for t, stem in enumerate(stems):
@@ -152,8 +139,8 @@ class PVSGReader(IndexedReader):
             ObjectTrack(object_id=oid, category=c, is_thing=th, tube=builder.tube(oid) if with_masks else None)
             for oid, c, th in objs
         ]
-        grouped: dict[tuple[int, int, str], list[tuple[int, int]]] = {}
-        for j, r in enumerate(e.get("relations", []) or []):
+        triplets = []
+        for j, r in enumerate(self._entry_list(e, "relations", ctx)):
             rctx = f"{ctx}: relations[{j}]"
             expect(
                 isinstance(r, list) and len(r) == 4 and isinstance(r[3], list),
@@ -161,38 +148,22 @@ class PVSGReader(IndexedReader):
                 f"{rctx}: expected [subject_id, object_id, predicate, [[start, end], ...]]",
             )
             s, o = as_int(r[0], where, f"{rctx} subject"), as_int(r[1], where, f"{rctx} object")
-            pred = str(r[2])
-            spans = []
-            for sp in r[3]:
-                expect(isinstance(sp, list) and len(sp) == 2, where, f"{rctx}: span must be [start, end], got {sp!r}")
-                spans.append((as_int(sp[0], where, rctx), as_int(sp[1], where, rctx)))
-            grouped.setdefault((s, o, pred), []).extend(spans)
-        relations = [Relation(s, o, p, merge_spans(sp)) for (s, o, p), sp in grouped.items()]
-        graph = SceneGraph4D(
-            video_id=video_id,
-            num_frames=T,
-            height=H,
-            width=W,
+            triplets.append((s, o, str(r[2]), [parse_span(sp, where, rctx) for sp in r[3]]))
+        return self._graph(
+            video_id,
+            size=(T, H, W),
             objects=objects,
-            relations=relations,
-            object_vocab=self.object_vocab,
-            predicate_vocab=self.predicate_vocab,
-            meta={"source_format": self.format_name, "source": self._source.get(video_id), "fps": fps},
+            relations=merged_relations(triplets),
+            where=where,
+            meta={"source": self._source.get(video_id), "fps": fps},
         )
-        return graph.validate(where)
 
     def read_video(self, video_id: str) -> Video4D:
         T, H, W, fps = self._meta(video_id)
         stems = self._frame_stems(video_id, T)
         folder = self._folder(FRAME_DIR, video_id)
-        frames = []
-        for stem in stems:
-            p = folder / f"{stem}{FRAME_SUFFIX}"
-            img = load_rgb(p)
-            expect(img.shape[:2] == (H, W), p, f"frame is {img.shape[0]}x{img.shape[1]}, index says {H}x{W}")
-            frames.append(img)
         video = Video4D(
-            rgb=np.stack(frames),
+            rgb=load_frames((folder / f"{stem}{FRAME_SUFFIX}" for stem in stems), size=(H, W)),
             depth=None,
             fps=fps,
             frame_indices=np.array([int(s) for s in stems], dtype=np.int64),

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from psg4d.data.readers._util import as_int, expect, get_field, load_rgb, read_json
-from psg4d.data.readers.base import DatasetReader
-from psg4d.data.schema import MaskTube, ObjectTrack, Relation, SceneGraph4D, Video4D, rle_encode
+from psg4d.data.readers._util import as_int, expect, get_field, int_field, merged_relations, read_json
+from psg4d.data.readers.base import ImageReader
+from psg4d.data.schema import MaskTube, ObjectTrack, SceneGraph4D, Video4D
 from psg4d.errors import DataError
 
 RELATIONSHIPS_FILE = "relationships.json"
@@ -48,22 +48,20 @@ def _image_id(d: Any, where: Path, ctx: str) -> str:
     return str(as_int(get_field(d, key, where, ctx=ctx), where, f"{ctx}.{key}"))
 
 
-class VGReader(DatasetReader):
-    """Reader of the Visual Genome release files (see the module docstring)."""
+class VGReader(ImageReader):
+    """Reader of the Visual Genome release files (see the module docstring).
+    Its entries are the image ids; it has one split, ``all``."""
 
     format_name = "vg"
     marker = RELATIONSHIPS_FILE
-    has_depth = False
 
-    def __init__(self, root: str | Path):
-        super().__init__(root)
-        self._rel_path = self.root / RELATIONSHIPS_FILE
-        rels = read_json(self._rel_path)
-        expect(isinstance(rels, list), self._rel_path, "expected a list of {image_id, relationships}")
+    def _load_index(self, rels: Any) -> None:
+        rel_path = self._index_path
+        expect(isinstance(rels, list), rel_path, "expected a list of {image_id, relationships}")
         self._rels: dict[str, list] = {}
         for i, e in enumerate(rels):
-            iid = _image_id(e, self._rel_path, f"[{i}]")
-            self._rels[iid] = get_field(e, "relationships", self._rel_path, ctx=f"[{i}]", types=list)
+            iid = _image_id(e, rel_path, f"[{i}]")
+            self._rels[iid] = get_field(e, "relationships", rel_path, ctx=f"[{i}]", types=list)
         self._objs: dict[str, list] = {}
         self._obj_path = self.root / OBJECTS_FILE
         if self._obj_path.exists():
@@ -79,19 +77,18 @@ class VGReader(DatasetReader):
             expect(isinstance(data, list), size_path, "expected a list of {image_id, width, height}")
             for i, e in enumerate(data):
                 iid = _image_id(e, size_path, f"[{i}]")
-                h = as_int(get_field(e, "height", size_path, ctx=f"[{i}]"), size_path, f"[{i}].height")
-                w = as_int(get_field(e, "width", size_path, ctx=f"[{i}]"), size_path, f"[{i}].width")
-                self._sizes[iid] = (h, w)
-        self._ids = list(dict.fromkeys([*self._rels, *self._objs]))
+                self._sizes[iid] = (int_field(e, "height", size_path, f"[{i}]"), int_field(e, "width", size_path, f"[{i}]"))
+        self._entries = dict.fromkeys([*self._rels, *self._objs])
+        self._splits = {"all": list(self._entries)}  # VG has no splits
         obj_names: dict[str, None] = {}
         preds: dict[str, None] = {}
-        for iid in self._ids:
+        for iid in self._entries:
             for o in self._objs.get(iid, []):
                 obj_names.setdefault(self._name(o, self._obj_path, iid))
             for r in self._rels.get(iid, []):
-                preds.setdefault(_norm(get_field(r, "predicate", self._rel_path, ctx=f"image {iid}")))
+                preds.setdefault(_norm(get_field(r, "predicate", rel_path, ctx=f"image {iid}")))
                 for role in ("subject", "object"):
-                    obj_names.setdefault(self._name(get_field(r, role, self._rel_path, ctx=f"image {iid}"), self._rel_path, iid))
+                    obj_names.setdefault(self._name(get_field(r, role, rel_path, ctx=f"image {iid}"), rel_path, iid))
         self._object_vocab = sorted(obj_names)
         self._predicate_vocab = sorted(preds)
 
@@ -105,37 +102,12 @@ class VGReader(DatasetReader):
             return _norm(o["name"])
         raise DataError(where, f"image {iid}: object {o.get('object_id', '?')} has no 'names' or 'name'")
 
-    @property
-    def splits(self) -> list[str]:
-        return ["all"]
-
-    def video_ids(self, split: str | None = None) -> list[str]:
-        if split not in (None, "all"):
-            raise DataError(self._rel_path, f"no split {split!r} (splits: all)")
-        return list(self._ids)
-
-    @property
-    def object_vocab(self) -> list[str]:
-        return list(self._object_vocab)
-
-    @property
-    def predicate_vocab(self) -> list[str]:
-        return list(self._predicate_vocab)
-
-    def num_frames(self, video_id: str) -> int:
-        self._check(video_id)
-        return 1
-
-    def _check(self, video_id: str) -> None:
-        if video_id not in self._rels and video_id not in self._objs:
-            raise DataError(self._rel_path, f"unknown image id {video_id!r}")
-
     def _image_path(self, video_id: str) -> Path:
         return self.root / IMAGE_DIR / f"{video_id}.jpg"
 
     def image_size(self, video_id: str) -> tuple[int, int]:
         """``(height, width)`` from ``image_data.json``, else the image header (no decoding)."""
-        self._check(video_id)
+        self._entry(video_id)
         if video_id in self._sizes:
             return self._sizes[video_id]
         p = self._image_path(video_id)
@@ -151,26 +123,23 @@ class VGReader(DatasetReader):
     def read_graph(self, video_id: str, *, with_masks: bool = True) -> SceneGraph4D:
         """The scene graph with box masks; ``with_masks=False`` leaves tubes ``None``
         (and does not need the image size)."""
-        self._check(video_id)
+        self._entry(video_id)
+        rel_path = self._index_path
         H, W = self.image_size(video_id) if with_masks else (0, 0)
         found: dict[int, tuple[str, Any, Path]] = {}
         for o in self._objs.get(video_id, []):
             oid = as_int(get_field(o, "object_id", self._obj_path, ctx=f"image {video_id}"), self._obj_path, "object_id")
             found.setdefault(oid, (self._name(o, self._obj_path, video_id), o, self._obj_path))
-        relations: list[Relation] = []
-        seen: set[tuple[int, int, str]] = set()
+        triplets = []
         for j, r in enumerate(self._rels.get(video_id, [])):
             rctx = f"image {video_id}: relationships[{j}]"
             ids = []
             for role in ("subject", "object"):
-                o = get_field(r, role, self._rel_path, ctx=rctx, types=dict)
-                oid = as_int(get_field(o, "object_id", self._rel_path, ctx=f"{rctx}.{role}"), self._rel_path, f"{rctx}.{role}.object_id")
-                found.setdefault(oid, (self._name(o, self._rel_path, video_id), o, self._rel_path))
+                o = get_field(r, role, rel_path, ctx=rctx, types=dict)
+                oid = int_field(o, "object_id", rel_path, f"{rctx}.{role}")
+                found.setdefault(oid, (self._name(o, rel_path, video_id), o, rel_path))
                 ids.append(oid)
-            key = (ids[0], ids[1], _norm(r["predicate"]))
-            if key not in seen:
-                seen.add(key)
-                relations.append(Relation(subject_id=key[0], object_id=key[1], predicate=key[2], spans=[(0, 0)]))
+            triplets.append((ids[0], ids[1], _norm(r["predicate"]), [(0, 0)]))
         objects = []
         for oid, (name, o, src) in found.items():
             tube = None
@@ -182,26 +151,18 @@ class VGReader(DatasetReader):
                 if box is not None:
                     x, y, w, h = box
                     m[max(y, 0) : min(y + h, H), max(x, 0) : min(x + w, W)] = True
-                tube = MaskTube(height=H, width=W, rles=[rle_encode(m) if m.any() else None])
+                tube = MaskTube.from_dense(m[None])
             objects.append(
                 ObjectTrack(object_id=oid, category=name, is_thing=True, tube=tube, attributes={"box_xywh": box} if box else {})
             )
-        graph = SceneGraph4D(
-            video_id=video_id,
-            num_frames=1,
-            height=H,
-            width=W,
+        return self._graph(
+            video_id,
+            size=(1, H, W),
             objects=objects,
-            relations=relations,
-            object_vocab=self.object_vocab,
-            predicate_vocab=self.predicate_vocab,
-            meta={"source_format": self.format_name, "box_masks": True},
+            relations=merged_relations(triplets),
+            where=rel_path,
+            meta={"box_masks": True},
         )
-        return graph.validate(self._rel_path)
 
     def read_video(self, video_id: str) -> Video4D:
-        H, W = self.image_size(video_id)
-        p = self._image_path(video_id)
-        img = load_rgb(p)
-        expect(img.shape[:2] == (H, W), p, f"image is {img.shape[0]}x{img.shape[1]}, image_data.json says {H}x{W}")
-        return Video4D(rgb=img[None], depth=None, fps=1.0, video_id=video_id).validate(p)
+        return self._image_video(video_id, self._image_path(video_id), self.image_size(video_id), "image_data.json")

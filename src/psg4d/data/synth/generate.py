@@ -13,7 +13,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -22,9 +22,11 @@ from psg4d.config import to_dict
 from psg4d.data.readers.hoi import write_hoi_index, write_hoi_video
 from psg4d.data.readers.psg2d import write_psg_image, write_psg_index
 from psg4d.data.schema import MaskTube, ObjectTrack, Sample, SceneGraph4D, Video4D
+from psg4d.data.synth import preset_gta, preset_hoi
+from psg4d.data.synth.primitives import scene_primitives
 from psg4d.data.synth.relations import compute_relations
 from psg4d.data.synth.render import render
-from psg4d.data.synth.script import ROLE_STUFF, Scene, ScriptOptions, build_scene, scene_primitives
+from psg4d.data.synth.script import ROLE_STUFF, Scene, ScriptOptions
 from psg4d.data.synth.world import STATIC_PREDICATES, graspable, preset_vocabulary
 from psg4d.errors import ConfigError
 from psg4d.utils.io import atomic_dir, atomic_write_json
@@ -38,16 +40,17 @@ KIND_CODE = {"video": 0, "image": 1}
 
 @dataclass(frozen=True, kw_only=True)
 class PresetSpec:
-    """What one preset's scenes contain."""
+    """What one preset's scenes contain, and the function that scripts one."""
 
     min_objects: int  # movable objects (things besides furniture and agents)
     max_objects: int
     fps: float
+    build: Callable[[np.random.Generator, ScriptOptions], Scene]
 
 
 PRESETS: dict[str, PresetSpec] = {
-    "hoi": PresetSpec(min_objects=3, max_objects=5, fps=5.0),
-    "gta": PresetSpec(min_objects=2, max_objects=3, fps=5.0),
+    "hoi": PresetSpec(min_objects=3, max_objects=5, fps=5.0, build=preset_hoi.build_hoi),
+    "gta": PresetSpec(min_objects=2, max_objects=3, fps=5.0, build=preset_gta.build_gta),
 }
 
 
@@ -170,7 +173,7 @@ def simulate_scene(
         raise ConfigError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
     rng = _rng(config, kind, split, index)
     frames = config.frames if kind == "video" else config.image_frames
-    scene = build_scene(config.preset, rng, _options(config, kind, split, index, frames))
+    scene = PRESETS[config.preset].build(rng, _options(config, kind, split, index, frames))
     return scene, rng
 
 

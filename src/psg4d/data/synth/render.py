@@ -17,7 +17,6 @@ from psg4d.data.synth.camera import Camera
 
 NEAR = 0.02  # metres; hits closer than this to the camera are ignored
 SHADOW_BIAS = 1e-3  # metres; shadow rays start this far off the surface so it does not shadow itself
-TEXTURE_CODE = {"solid": 0, "stripes": 1, "checker": 2}
 
 
 @dataclass(kw_only=True)

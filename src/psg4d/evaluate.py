@@ -1,4 +1,8 @@
-"""``psg4d eval``: score predicted scene graphs against ground truth."""
+"""``psg4d eval``: score predicted scene graphs against ground truth, or predict with a checkpoint first.
+
+Scoring is :mod:`psg4d.eval`'s; predicting is :mod:`psg4d.infer`'s. This command combines the
+two, so it lives above both (``eval`` depends on ``data`` only).
+"""
 
 from __future__ import annotations
 
@@ -6,63 +10,32 @@ import itertools
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Iterable, Optional
 
 import typer
 
 from psg4d.data.schema import SceneGraph4D, iter_scene_graphs, save_scene_graphs
-from psg4d.errors import ConfigError, Psg4dError
+from psg4d.errors import ConfigError
 from psg4d.eval.labelmap import LabelMap
 from psg4d.eval.metric import PROTOCOLS, evaluate, summary_table
+from psg4d.eval.sources import load_ground_truth
 from psg4d.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
 
-def _ground_truth(
-    gt: Path, split: str | None, *, split_is_for_gt: bool, limit: int | None = None
-) -> tuple[Iterable[SceneGraph4D], dict]:
-    """GT graphs from a scene-graph file or a dataset folder, and vocabulary options for the metric."""
-    if not gt.exists():
-        raise ConfigError(f"{gt}: ground truth not found")
-    if not gt.is_dir():
-        if split is not None and split_is_for_gt:
-            raise ConfigError(f"--split selects a split of a dataset folder, but --gt {gt} is a scene-graph file")
-        graphs = iter_scene_graphs(gt)
-        return (graphs if limit is None else itertools.islice(graphs, limit)), {}
-    from psg4d.data.readers import open_dataset
-
-    reader = open_dataset(gt)
-    splits = list(reader.splits)
-    if split is None:
-        if len(splits) != 1:
-            raise ConfigError(f"{gt}: give --split, one of {', '.join(splits)}")
-        split = splits[0]
-    if split not in splits:
-        raise ConfigError(f"{gt}: no split {split!r}; the dataset has {', '.join(splits)}")
-    options: dict[str, Any] = {}
-    # the dataset's vocabularies fix the predicate list and tell which predicted labels are unmapped
-    if reader.predicate_vocab:
-        options["predicates"] = list(reader.predicate_vocab)
-    if reader.object_vocab:
-        options["objects"] = list(reader.object_vocab)
-    graphs = reader.iter_graphs(split)
-    return (graphs if limit is None else itertools.islice(graphs, limit)), options
-
-
 def _predictions(
-    pred: Path | None, ckpt: Path | None, data: Path | None, split: str | None, limit: int | None = None
+    pred: Path | None, ckpt: Path | None, data: Path | None, split: str | None, limit: int | None = None,
+    threads: int | None = None,
 ) -> Iterable[SceneGraph4D]:
     if pred is not None:
         graphs = iter_scene_graphs(pred)
         return graphs if limit is None else itertools.islice(graphs, limit)
     if data is None or split is None:
         raise ConfigError("--ckpt needs --data DIR and --split S to know which videos to predict")
-    try:
-        from psg4d.infer.predictor import predict_split
-    except ImportError as e:
-        raise Psg4dError(f"the predictor is unavailable ({e}); score a prediction file with --pred instead") from None
-    return predict_split(ckpt, data, split, limit=limit, progress=True)
+    from psg4d.infer.predictor import PredictorConfig, predict_split  # torch only when predicting
+
+    return predict_split(ckpt, data, split, limit=limit, progress=True, config=PredictorConfig(threads=threads))
 
 
 def eval_command(
@@ -90,6 +63,9 @@ def eval_command(
     save_pred: Optional[Path] = typer.Option(
         None, "--save-pred", help="With --ckpt: also write the predictions (.jsonl), e.g. to score another protocol."
     ),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="With --ckpt: torch threads (default: the CPUs other processes leave free)."
+    ),
 ) -> None:
     """Triplet recall R@20/50/100 and mR@20/50/100 of predicted 4D scene graphs."""
     if (pred is None) == (ckpt is None):
@@ -104,9 +80,9 @@ def eval_command(
         raise ConfigError(f"--limit must be positive, got {limit}")
     if save_pred is not None and ckpt is None:
         raise ConfigError("--save-pred needs --ckpt (with --pred the predictions are already a file)")
-    gts, vocab = _ground_truth(gt, split, split_is_for_gt=ckpt is None, limit=limit)
+    gts, vocab = load_ground_truth(gt, split, split_is_for_gt=ckpt is None, limit=limit)
     lm = LabelMap.load(label_map) if label_map is not None else None
-    preds = _predictions(pred, ckpt, data, split, limit)
+    preds = _predictions(pred, ckpt, data, split, limit, threads)
     if save_pred is not None:
         preds = list(preds)
         save_scene_graphs(save_pred, preds)

@@ -1,0 +1,9 @@
+"""Experiments: commands that measure something and write ``bench/results/NAME.json`` (+ a plot).
+
+``psg4d experiment NAME`` (:mod:`psg4d.experiments.commands`, one command per experiment): each
+experiment module has a typed config with a ``quick`` mode that the test suite runs, and a
+``run(config) -> dict``. BENCHMARKS.md quotes each result with its command, machine and date.
+
+* ``predict`` (:mod:`~psg4d.experiments.predict_speed`): prediction time, cached against uncached
+  candidate scoring, by thread count, idle and contended; peak memory on a long video.
+"""

@@ -1,0 +1,32 @@
+"""``psg4d experiment NAME``: run an experiment of :data:`psg4d.experiments.EXPERIMENTS`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+experiment_app = typer.Typer(help="Run an experiment; results go to OUT/NAME.json (+ a plot).", no_args_is_help=True)
+
+
+@experiment_app.command("predict")
+def predict_experiment(
+    out: Path = typer.Option(Path("bench/results"), "--out", help="Folder for predict.json and predict.svg."),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint to measure (default: train the demo's)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset of the videos to predict (with --ckpt)."),
+    split: str = typer.Option("test", "--split", help="Split whose videos are predicted."),
+    videos: int = typer.Option(20, "--videos", help="Timed videos (after one warm-up video)."),
+    run_dir: Path = typer.Option(Path("runs/experiments/predict"), "--run-dir",
+                                 help="Where the world and model are built without --ckpt (reused)."),
+    long_frames: int = typer.Option(800, "--long-frames", help="Frames of the long full-resolution video."),
+    quick: bool = typer.Option(False, "--quick", help="Toy size (a few videos, a briefly trained model)."),
+) -> None:
+    """Per-video prediction time, cached vs uncached scoring, idle and contended; long-video memory."""
+    from psg4d.experiments.predict_speed import PredictSpeedConfig, run
+
+    result = run(PredictSpeedConfig(out=out, ckpt=ckpt, data=data, split=split, videos=videos, run_dir=run_dir,
+                                    long_frames=long_frames, quick=quick))
+    keys = ("uncached_s_per_video", "cached_s_per_video", "speedup", "contended_over_idle", "threads", "videos")
+    typer.echo(json.dumps({k: result[k] for k in keys}, indent=1))

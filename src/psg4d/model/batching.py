@@ -1,0 +1,211 @@
+"""Samples -> training batches: frames on the model's timeline, target text and mask targets.
+
+Frame timeline: a batch is resampled to ``T = min(max frames in batch,
+max_frames)`` frames by nearest uniform indices; relation spans are remapped to
+that timeline (a span that falls between sampled frames snaps to the nearest
+one) and the model's span numbers always refer to it. ``frame_indices`` maps it
+back to source frames.
+
+The batch holds the scene-graph *target* only; the prompt before it (with the
+object tags written as words) is built by the model at forward time, because
+which tags it holds depends on the mode: ground truth with noise in training,
+the model's own predicted tags in evaluation (exactly what inference sees).
+
+Batch keys (:meth:`SceneGraphCollator.__call__`):
+
+* ``target_ids [B, L]`` / ``target_mask [B, L]``: scene-graph text + ``<eos>``, right-padded;
+* ``gold_tags``: B lists of the vocabulary categories each sample contains (training prompt);
+* ``rgb [B, T, 3, S, S]`` in [0, 1]; ``depth [B, T, 1, S, S]`` metres, or None if any sample lacks it;
+  ``disparity_scale [B]`` each camera's focal length (px) x stereo baseline (m), for encoders whose
+  depth input is disparity (:func:`~psg4d.model.encoder.disparity_scale_of`);
+* ``mask_targets`` B x ``[N_obj, T, S, S]`` bool, one per ``[Obj]`` occurrence in the target;
+  ``mask_valid`` B x ``[N_obj]`` (False: that object has no tube); ``obj_ids`` B x [N_obj];
+  ``obj_categories`` B x ``[N_obj]`` object_vocab index of each ``[Obj]`` (-100 outside it);
+* ``tags [B, V_obj]`` multi-hot categories present; ``semantic [B, T, S, S]`` category index
+  per pixel (``V_obj`` = unlabelled; None unless ``with_semantic``); ``frame_indices`` B x [T].
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from psg4d.data.schema import Relation, Sample, SceneGraph4D, Video4D, merge_spans
+from psg4d.errors import DataError
+from psg4d.model.config import ModelConfig
+from psg4d.model.encoder import disparity_scale_of
+from psg4d.model.grammar import format_scene_graph
+from psg4d.model.prompt import Prompt
+from psg4d.model.tokens import OBJ_TOKEN
+
+log = logging.getLogger(__name__)
+
+
+def resample_indices(num_frames: int, target: int) -> np.ndarray:
+    """``target`` frame indices spread uniformly over ``[0, num_frames)`` (nearest)."""
+    if num_frames == target:
+        return np.arange(num_frames)
+    return np.rint(np.linspace(0, num_frames - 1, target)).astype(np.int64)
+
+
+def remap_spans(spans: Sequence[tuple[int, int]], idx: np.ndarray) -> list[tuple[int, int]]:
+    """Source-frame spans -> spans over the resampled timeline ``idx`` (source index per new frame)."""
+    out = []
+    for a, b in spans:
+        hit = np.nonzero((idx >= a) & (idx <= b))[0]
+        if hit.size == 0:  # the span fell between two sampled frames
+            j = int(np.argmin(np.abs(idx - (a + b) / 2)))
+            out.append((j, j))
+        else:
+            out.extend((int(j), int(j)) for j in hit)
+    return merge_spans(out)
+
+
+def resampled_graph(graph: SceneGraph4D, idx: np.ndarray) -> SceneGraph4D:
+    """``graph`` with its relation spans on the resampled timeline ``idx`` (objects unchanged)."""
+    rels = [Relation(r.subject_id, r.object_id, r.predicate, remap_spans(r.spans, idx)) for r in graph.relations]
+    return SceneGraph4D(
+        video_id=graph.video_id, num_frames=len(idx), height=graph.height, width=graph.width,
+        objects=graph.objects, relations=rels,
+    )
+
+
+def video_tensors(video: Video4D, idx: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Frames ``idx`` of ``video`` -> rgb ``[T, 3, S, S]`` in [0, 1], depth ``[T, 1, S, S]`` metres or None."""
+    rgb = torch.from_numpy(np.ascontiguousarray(video.rgb[idx])).permute(0, 3, 1, 2).float() / 255.0
+    if rgb.shape[-2:] != (size, size):
+        rgb = F.interpolate(rgb, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    depth = None
+    if video.depth is not None:
+        depth = torch.from_numpy(np.ascontiguousarray(video.depth[idx], dtype=np.float32)).unsqueeze(1)
+        if depth.shape[-2:] != (size, size):
+            # nearest: averaging would blend metric depths across object edges (and invalid zeros)
+            depth = F.interpolate(depth, size=(size, size), mode="nearest")
+    return rgb, depth
+
+
+def tube_target(graph: SceneGraph4D, object_id: int, idx: np.ndarray, size: int) -> torch.Tensor | None:
+    """GT tube of ``object_id`` on frames ``idx`` -> bool ``[T, S, S]`` (None if it has no tube)."""
+    obj = graph.object_by_id()[object_id]
+    if obj.tube is None:
+        return None
+    masks = np.stack([obj.tube.frame(int(t)) for t in idx])  # [T, H, W] bool
+    m = torch.from_numpy(masks).float().unsqueeze(1)
+    if m.shape[-2:] != (size, size):
+        m = F.interpolate(m, size=(size, size), mode="area" if m.shape[-1] >= size else "nearest")
+    return m[:, 0] >= 0.5
+
+
+def semantic_target(graph: SceneGraph4D, idx: np.ndarray, size: int, vocab_index: dict[str, int]) -> torch.Tensor:
+    """Category index per pixel on frames ``idx`` -> long ``[T, S, S]``; ``len(vocab_index)``
+    where no object of the vocabulary is (unlabelled, or a category outside the vocabulary)."""
+    none = len(vocab_index)
+    out = torch.full((len(idx), size, size), none, dtype=torch.long)
+    for obj in graph.objects:
+        c = vocab_index.get(obj.category)
+        if c is None or obj.tube is None:
+            continue
+        m = torch.from_numpy(np.stack([obj.tube.frame(int(t)) for t in idx])).float().unsqueeze(1)  # [T, 1, H, W]
+        if m.shape[-2:] != (size, size):
+            m = F.interpolate(m, size=(size, size), mode="nearest")
+        out[m[:, 0] >= 0.5] = c
+    return out
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad id lists -> (ids ``[B, L]``, mask ``[B, L]``)."""
+    length = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+class SceneGraphCollator:
+    """``collate(samples) -> batch`` for the 4D-LLM (see the module docstring for the keys)."""
+
+    def __init__(self, *, config: ModelConfig, prompt: Prompt, with_semantic: bool):
+        self.config = config
+        self.prompt = prompt
+        self.with_semantic = with_semantic
+        self.vocab_index = {c: i for i, c in enumerate(config.object_vocab)}
+
+    def __call__(self, samples: list[Sample]) -> dict[str, Any]:
+        if not samples:
+            raise DataError(None, "cannot collate an empty list of samples")
+        cfg = self.config
+        for s in samples:
+            s.video.validate(s.video.video_id or s.graph.video_id)
+            if s.graph.num_frames != s.video.num_frames:
+                raise DataError(
+                    s.graph.video_id,
+                    f"scene graph has {s.graph.num_frames} frames but the video has {s.video.num_frames}",
+                    field="num_frames",
+                )
+        t = min(max(s.video.num_frames for s in samples), cfg.max_frames)
+        use_depth = all(s.video.depth is not None for s in samples)
+        if not use_depth and any(s.video.depth is not None for s in samples):
+            log.debug("mixed RGB-D and RGB-only samples in one batch: using RGB only")
+        tags = torch.zeros(len(samples), len(cfg.object_vocab))  # [B, V_obj]
+        rgbs, depths, targets_ids, gold_tags, semantic = [], [], [], [], []
+        mask_targets, mask_valid, obj_ids, obj_cats, frame_idx = [], [], [], [], []
+        for b, s in enumerate(samples):
+            present = [o.category for o in s.graph.objects if o.category in self.vocab_index]
+            for c in present:
+                tags[b, self.vocab_index[c]] = 1.0
+            gold_tags.append(list(dict.fromkeys(present)))
+            idx = resample_indices(s.video.num_frames, t)
+            rgb, depth = video_tensors(s.video, idx, cfg.image_size)
+            rgbs.append(rgb)
+            depths.append(depth)
+            gt = format_scene_graph(resampled_graph(s.graph, idx), predicates=cfg.predicate_vocab or None)
+            target = self.prompt.target_ids(gt.text)
+            n_obj = sum(1 for i in target if i == self.prompt.ids.obj)
+            if n_obj != len(gt.obj_ids):
+                raise DataError(
+                    s.graph.video_id, f"tokenized text has {n_obj} {OBJ_TOKEN} tokens, expected {len(gt.obj_ids)}"
+                )
+            targets_ids.append(target)
+            tm, valid = self._mask_targets(s.graph, gt.obj_ids, idx)
+            mask_targets.append(tm)
+            mask_valid.append(valid)
+            obj_ids.append(list(gt.obj_ids))
+            cats = {o.object_id: o.category for o in s.graph.objects}
+            obj_cats.append(torch.tensor([self.vocab_index.get(cats[i], -100) for i in gt.obj_ids], dtype=torch.long))
+            frame_idx.append(torch.from_numpy(idx))
+            if self.with_semantic:
+                semantic.append(semantic_target(s.graph, idx, cfg.image_size, self.vocab_index))
+        target_ids, target_mask = pad_rows(targets_ids, self.prompt.ids.pad)
+        return {
+            "target_ids": target_ids,  # [B, L]
+            "target_mask": target_mask,  # [B, L]
+            "gold_tags": gold_tags,  # B x [categories]
+            "rgb": torch.stack(rgbs),  # [B, T, 3, S, S]
+            "depth": torch.stack(depths) if use_depth else None,  # [B, T, 1, S, S]
+            "disparity_scale": torch.tensor([disparity_scale_of(s.video, cfg.encoder) for s in samples]),  # [B]
+            "mask_targets": mask_targets,  # B x [N_obj, T, S, S] bool
+            "mask_valid": mask_valid,  # B x [N_obj] bool
+            "obj_ids": obj_ids,
+            "frame_indices": frame_idx,  # B x [T]
+            "tags": tags,  # [B, V_obj]
+            "semantic": torch.stack(semantic) if semantic else None,  # [B, T, S, S]
+            "obj_categories": obj_cats,  # B x [N_obj]
+        }
+
+    def _mask_targets(self, graph: SceneGraph4D, occurrences: Sequence[int], idx: np.ndarray):
+        """``[N_obj, T, S, S]`` bool target per ``[Obj]`` occurrence and ``[N_obj]`` validity."""
+        size = self.config.image_size
+        tubes: dict[int, torch.Tensor | None] = {}
+        for oid in dict.fromkeys(occurrences):
+            tubes[oid] = tube_target(graph, oid, idx, size)
+        empty = torch.zeros(len(idx), size, size, dtype=torch.bool)
+        per_obj = [tubes[oid] for oid in occurrences]
+        stacked = (torch.stack([m if m is not None else empty for m in per_obj]) if per_obj
+                   else torch.zeros(0, len(idx), size, size, dtype=torch.bool))
+        return stacked, torch.tensor([m is not None for m in per_obj], dtype=torch.bool)
