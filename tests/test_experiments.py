@@ -35,3 +35,43 @@ def test_predict_experiment_quick(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert main([*args, "--out", str(tmp_path / "file")]) == 2
     assert "must be a folder" in capsys.readouterr().err
+
+
+def test_transfer_experiment_quick(tmp_path, capsys):
+    out = tmp_path / "results"
+    assert main(["experiment", "transfer", "--quick", "--out", str(out), "--run-dir", str(tmp_path / "run")]) == 0
+    records = json.loads((out / "transfer.json").read_text())
+    arms = {(r["arm"], r["input"]) for r in records}
+    assert arms == {("transfer", "rgbd"), ("transfer", "rgb"), ("4d_only", "rgbd"), ("4d_only", "rgb"),
+                    ("4d_only_equal_steps", "rgbd")}
+    for r in records:
+        assert r["num_4d_videos"] == 4 and set(r["metrics"]) == {"pvsg", "volumetric"}
+        assert {"R@20", "R@50", "R@100", "mR@50"} <= set(r["metrics"]["pvsg"]) and r["wall_s"] >= 0
+        assert r["num_2d_images"] == (12 if r["arm"] == "transfer" else 0)
+    steps = {r["arm"]: r["steps"] for r in records}
+    assert steps["transfer"] == steps["4d_only_equal_steps"] == 10 and steps["4d_only"] == 2
+    # RGB-only input: the transfer model estimates depth, the 4D-only one fuses RGB alone
+    source = {(r["arm"], r["input"]): r["depth_source"] for r in records}
+    assert source[("transfer", "rgb")] == "estimated" and source[("4d_only", "rgb")] == "none"
+    assert source[("transfer", "rgbd")] == "sensor"
+    features = json.loads((out / "transfer_features.json").read_text())
+    assert set(features["similarity"]) == {"estimator_fit", "pseudo4d_init"}
+    assert (out / "transfer_features.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ssim_and_held_out_relations():
+    from psg4d.data.schema import ObjectTrack, Relation, SceneGraph4D
+    from psg4d.experiments.transfer import held_out_graphs, ssim_maps
+
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randn(5, 8, 8, generator=g)
+    assert torch.allclose(ssim_maps(maps, maps), torch.ones(5), atol=1e-5)  # identical maps
+    noisy = float(ssim_maps(maps + 0.5 * torch.randn(5, 8, 8, generator=g), maps).mean())
+    assert 0.3 < noisy < 0.95  # the same structure under noise
+    assert abs(float(ssim_maps(torch.randn(5, 8, 8, generator=g), maps).mean())) < 0.3  # unrelated
+    graph = SceneGraph4D("v", 4, 8, 8, [ObjectTrack(0, "hand"), ObjectTrack(1, "lime"), ObjectTrack(2, "mug")],
+                         [Relation(0, 1, "holding", [(0, 3)]), Relation(0, 2, "touching", [(1, 2)]),
+                          Relation(1, 2, "next to", [(0, 0)])])
+    kept = held_out_graphs([graph], {"lime"})[0]
+    assert [(r.subject_id, r.object_id) for r in kept.relations] == [(0, 1), (1, 2)]
+    assert len(graph.relations) == 3  # the ground truth itself is untouched

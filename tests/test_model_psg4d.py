@@ -14,9 +14,16 @@ from psg4d.errors import CheckpointError, DataError
 from psg4d.model.config import model_preset
 from psg4d.model.grammar import canonical_triplets, format_scene_graph, parse_scene_graph
 from psg4d.model.llm import LLMConfig
-from psg4d.model.batching import remap_spans, resample_indices, resampled_graph, semantic_target, video_tensors
+from psg4d.model.batching import (
+    remap_spans,
+    resample_indices,
+    resampled_graph,
+    sample_prompts,
+    semantic_target,
+    video_tensors,
+)
 from psg4d.model.generation import SceneGraphGenerator
-from psg4d.model.psg4d_llm import PSG4DModel, sample_prompts
+from psg4d.model.psg4d_llm import PSG4DModel
 
 CATS = ["person", "water dispenser", "cup", "table"]
 # 17 predicates: 3 objects give 6 ordered pairs x 17 = 102 ranked candidates (R@100 needs >= 100)

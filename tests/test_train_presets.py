@@ -11,7 +11,9 @@ from psg4d.errors import ConfigError
 from psg4d.train.commands import PRESET_DIR, resolve_config
 from psg4d.train.stages import ExperimentConfig, check_local_weights, load_experiment
 
-PRESETS = {"hoi_tiny": "tiny", "hoi_lite0": "tiny", "hoi_smollm2": "smollm2-135m", "hoi_full": "full", "gta_full": "full"}
+PRESETS = {"hoi_tiny": "tiny", "hoi_lite0": "tiny", "hoi_smollm2": "smollm2-135m", "hoi_full": "full", "gta_full": "full",
+           "hoi_transfer": "tiny"}
+TRANSFER_STAGES = ["4d_init", "estimator_fit", "pseudo4d_init", "transfer_2d", "finetune_4d"]
 
 
 def test_shipped_presets_are_the_expected_set():
@@ -23,8 +25,14 @@ def test_preset_loads_into_an_experiment(name):
     cfg = load_experiment(resolve_config(name))
     assert isinstance(cfg, ExperimentConfig)
     assert cfg.model.preset == PRESETS[name]
-    assert [s.kind for s in cfg.stages] == ["4d_init"]
+    assert [s.kind for s in cfg.stages] == (TRANSFER_STAGES if name == "hoi_transfer" else ["4d_init"])
     assert cfg.data.train and cfg.data.val
+    if name == "hoi_transfer":
+        # each stage from the previous one's weights; 2D images lifted in transfer_2d, replayed in finetune_4d
+        assert [s.init for s in cfg.stages] == [None] + ["previous"] * 4
+        lifted = {s.name: [d.path for d in cfg.stage_data(s) if d.lift_2d] for s in cfg.stages}
+        assert lifted == {"4d_init": [], "estimator_fit": [], "pseudo4d_init": [], "transfer_2d": ["2d"],
+                          "finetune_4d": ["2d"]}
     if name == "hoi_tiny":
         assert cfg.train.device == "cpu" and cfg.train.num_threads == 2 and cfg.data.root == "runs/synth_hoi_big"
     if name == "hoi_lite0":
@@ -91,7 +99,8 @@ def test_cli_reports_missing_weights_as_an_error_line(capsys):
 
 def test_cli_unknown_config_lists_presets(capsys):
     assert main(["train", "--config", "nope.yaml"]) == 2
-    assert "shipped presets: ['gta_full', 'hoi_full', 'hoi_lite0', 'hoi_smollm2', 'hoi_tiny']" in capsys.readouterr().err
+    assert ("shipped presets: ['gta_full', 'hoi_full', 'hoi_lite0', 'hoi_smollm2', 'hoi_tiny', 'hoi_transfer']"
+            in capsys.readouterr().err)
 
 
 def test_cli_missing_synthetic_world_says_how_to_make_it(tmp_path, capsys):

@@ -535,7 +535,12 @@ def load_scene_graphs(path: str | Path, *, validate: bool = True) -> dict[str, S
 
 @dataclass
 class Sample:
-    """A video with its (ground-truth) scene graph, as readers yield them."""
+    """A video with its (ground-truth) scene graph, as readers yield them.
+
+    ``lifted``: a 2D scene-graph image to be lifted to a pseudo-4D clip (the 2D-to-4D transfer's
+    training data); its first frame is the image and its relations hold over the whole clip.
+    """
 
     video: Video4D
     graph: SceneGraph4D
+    lifted: bool = False

@@ -6,4 +6,6 @@ experiment module has a typed config with a ``quick`` mode that the test suite r
 
 * ``predict`` (:mod:`~psg4d.experiments.predict_speed`): prediction time, cached against uncached
   candidate scoring, by thread count, idle and contended; peak memory on a long video.
+* ``transfer`` (:mod:`~psg4d.experiments.transfer`): the 2D-to-4D transfer against 4D-only
+  training at scarce 4D sizes, RGB-D and RGB-only input, held-out recall, feature similarity.
 """

@@ -30,3 +30,24 @@ def predict_experiment(
                                     long_frames=long_frames, quick=quick))
     keys = ("uncached_s_per_video", "cached_s_per_video", "speedup", "contended_over_idle", "threads", "videos")
     typer.echo(json.dumps({k: result[k] for k in keys}, indent=1))
+
+
+@experiment_app.command("transfer")
+def transfer_experiment(
+    out: Path = typer.Option(Path("bench/results"), "--out", help="Folder for transfer.json and the feature plots."),
+    run_dir: Path = typer.Option(Path("runs/experiments/transfer"), "--run-dir",
+                                 help="Where the world and the training runs are built (reused)."),
+    sizes: list[int] = typer.Option([100, 400], "--sizes", help="4D training videos per arm (repeatable)."),
+    images: int = typer.Option(2000, "--images", help="2D training images lifted to pseudo-4D."),
+    test_videos: int = typer.Option(100, "--test-videos", help="4D test videos scored."),
+    quick: bool = typer.Option(False, "--quick", help="Toy size: every stage a few steps (numbers meaningless)."),
+) -> None:
+    """The 2D-to-4D transfer against 4D-only training (and equal steps), RGB-D and RGB-only input."""
+    from psg4d.experiments.transfer import TransferExperimentConfig, run
+
+    records = run(TransferExperimentConfig(out=out, run_dir=run_dir, sizes=list(sizes), images=images,
+                                           test_videos=test_videos, quick=quick))
+    for r in records:
+        r50 = r["metrics"]["pvsg"]["R@50"]
+        typer.echo(f"{r['arm']:<22}{r['num_4d_videos']:>5} 4D {r['input']:<5} pvsg R@50 {r50:6.2f}"
+                   f"  held-out R@50 {r['held_out_recall@50']}")

@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import resource
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +35,7 @@ import numpy as np
 import torch
 
 from psg4d.errors import ConfigError
-from psg4d.experiments.output import check_output_folder
+from psg4d.experiments.output import check_output_folder, machine_info
 from psg4d.utils.io import atomic_write_json
 from psg4d.utils.threads import available_cpus
 
@@ -66,19 +64,6 @@ class PredictSpeedConfig:
             raise ConfigError(f"--videos ({self.videos}) and --long-frames ({self.long_frames}) must be positive")
         if self.quick:
             self.videos, self.long_frames, self.long_size = min(self.videos, 3), 24, (96, 128)
-
-
-def _machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "available_cpus": available_cpus(), "torch": torch.__version__,
-            "python": platform.python_version(), "date": date.today().isoformat()}
 
 
 def _prepare(cfg: PredictSpeedConfig) -> tuple[Path, Path]:
@@ -252,7 +237,7 @@ def run(cfg: PredictSpeedConfig) -> dict[str, Any]:
         "per_video_s": {f"threads_{t}": {k: [round(x, 4) for x in v] for k, v in idle[t].items()}
                         for t in thread_counts},
         "checkpoint": str(ckpt), "data": str(data), "split": cfg.split, "quick": cfg.quick,
-        "machine": _machine(),
+        "machine": machine_info(),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
     }
     atomic_write_json(out_json, result, indent=1)

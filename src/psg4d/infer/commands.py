@@ -54,12 +54,14 @@ def predict_command(
     if batch and depth is not None:
         raise DataError(depth, "--depth is for a single video; batch mode over a folder of videos is RGB-only")
     sources = _video_files(rgb) if batch else [rgb]
-    if depth is None:
+    model = PSG4DModel.from_pretrained(ckpt)
+    if depth is None and model.estimators is not None:
+        log.info("no depth given: depth features are estimated from RGB by the checkpoint's depth estimator (F_de)")
+    elif depth is None:
         log.warning(
             "no depth given: RGB-only mode. The encoder's aggregator uses the RGB branch alone; depth is not"
-            " estimated (the 2D-to-4D transfer's depth estimator is not part of this checkpoint)."
+            " estimated (this checkpoint has no 2D-to-4D transfer estimators: train the transfer stages for them)."
         )
-    model = PSG4DModel.from_pretrained(ckpt)
     predictor = Predictor(model=model, config=PredictorConfig(max_new_tokens=max_new_tokens, max_candidates=candidates,
                                                               threads=threads))
     for src in tqdm(sources, desc="predict", unit="video", disable=not batch):

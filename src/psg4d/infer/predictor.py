@@ -289,6 +289,7 @@ class Predictor:
             object_vocab=list(cfg.object_vocab) or None,
             predicate_vocab=list(cfg.predicate_vocab) or None,
             meta={"generated_text": gen.text, "dropped_triplets": dropped, "num_generated_tokens": len(gen.token_ids),
+                  "depth_source": gen.context.depth_source,
                   **({"tags": list(gen.context.tags)} if gen.context.tags is not None else {})},
         )
 

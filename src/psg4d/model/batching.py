@@ -22,7 +22,13 @@ Batch keys (:meth:`SceneGraphCollator.__call__`):
   ``mask_valid`` B x ``[N_obj]`` (False: that object has no tube); ``obj_ids`` B x [N_obj];
   ``obj_categories`` B x ``[N_obj]`` object_vocab index of each ``[Obj]`` (-100 outside it);
 * ``tags [B, V_obj]`` multi-hot categories present; ``semantic [B, T, S, S]`` category index
-  per pixel (``V_obj`` = unlabelled; None unless ``with_semantic``); ``frame_indices`` B x [T].
+  per pixel (``V_obj`` = unlabelled; None unless ``with_semantic``); ``frame_indices`` B x [T];
+* ``lifted [B]`` bool: a 2D image (``Sample.lifted``) made a pseudo clip. Its frame 0 is the
+  image (repeated on every frame: the model only reads frame 0 and imagines the rest), the
+  relations that hold in it span the whole clip and each object's mask supervises every frame.
+  A batch with lifted samples has ``model.transfer.pseudo_frames`` frames (or the real
+  videos' count if larger), at most ``max_frames``; depth is what the real videos have (zeros
+  for the images).
 """
 
 from __future__ import annotations
@@ -116,6 +122,14 @@ def semantic_target(graph: SceneGraph4D, idx: np.ndarray, size: int, vocab_index
     return out
 
 
+def lifted_graph(graph: SceneGraph4D) -> SceneGraph4D:
+    """An image's scene graph as frame 0 of a clip: the relations that hold at frame 0."""
+    rels = [Relation(r.subject_id, r.object_id, r.predicate, [(0, 0)]) for r in graph.relations
+            if any(a <= 0 <= b for a, b in r.spans)]
+    return SceneGraph4D(video_id=graph.video_id, num_frames=graph.num_frames, height=graph.height,
+                        width=graph.width, objects=graph.objects, relations=rels)
+
+
 def pad_rows(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad id lists -> (ids ``[B, L]``, mask ``[B, L]``)."""
     length = max((len(r) for r in rows), default=0)
@@ -125,6 +139,28 @@ def pad_rows(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, tor
         ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
         mask[i, : len(r)] = 1
     return ids, mask
+
+
+def sample_prompts(keep: torch.Tensor, obj_ids: Sequence[int] | None, k: int) -> torch.Tensor:
+    """A random ``k`` of the valid ``[Obj]`` occurrences (``keep [N]`` bool), every distinct object
+    before any second mention of one (torch RNG: resumable).
+
+    An object is mentioned once per triplet, so a uniform draw mostly picks the table and the
+    hand, which are in most triplets, and rarely the small objects whose masks are hard."""
+    chosen = torch.nonzero(keep).flatten()
+    chosen = chosen[torch.randperm(chosen.numel()).to(chosen.device)]
+    if obj_ids is not None:
+        seen: set[int] = set()
+        first = []
+        for i in chosen.tolist():
+            first.append(obj_ids[i] not in seen)
+            seen.add(obj_ids[i])
+        # stable: first mentions (in random order) ahead of repeats
+        order = torch.argsort(torch.tensor([0 if f else 1 for f in first]), stable=True)
+        chosen = chosen[order.to(chosen.device)]
+    out = torch.zeros_like(keep)
+    out[chosen[:k]] = True
+    return out
 
 
 class SceneGraphCollator:
@@ -148,9 +184,13 @@ class SceneGraphCollator:
                     f"scene graph has {s.graph.num_frames} frames but the video has {s.video.num_frames}",
                     field="num_frames",
                 )
-        t = min(max(s.video.num_frames for s in samples), cfg.max_frames)
-        use_depth = all(s.video.depth is not None for s in samples)
-        if not use_depth and any(s.video.depth is not None for s in samples):
+        real = [s for s in samples if not s.lifted]
+        lengths = [s.video.num_frames for s in real]
+        if len(real) < len(samples):
+            lengths.append(cfg.transfer.pseudo_frames or cfg.max_frames)
+        t = min(max(lengths), cfg.max_frames)
+        use_depth = bool(real) and all(s.video.depth is not None for s in real)
+        if not use_depth and any(s.video.depth is not None for s in real):
             log.debug("mixed RGB-D and RGB-only samples in one batch: using RGB only")
         tags = torch.zeros(len(samples), len(cfg.object_vocab))  # [B, V_obj]
         rgbs, depths, targets_ids, gold_tags, semantic = [], [], [], [], []
@@ -160,11 +200,15 @@ class SceneGraphCollator:
             for c in present:
                 tags[b, self.vocab_index[c]] = 1.0
             gold_tags.append(list(dict.fromkeys(present)))
-            idx = resample_indices(s.video.num_frames, t)
+            # a lifted image: frame 0 on every frame of the clip, so spans cover the whole clip
+            idx = np.zeros(t, dtype=np.int64) if s.lifted else resample_indices(s.video.num_frames, t)
             rgb, depth = video_tensors(s.video, idx, cfg.image_size)
             rgbs.append(rgb)
+            if use_depth and depth is None:  # an image beside RGB-D videos: its depth is imagined
+                depth = torch.zeros(t, 1, cfg.image_size, cfg.image_size)
             depths.append(depth)
-            gt = format_scene_graph(resampled_graph(s.graph, idx), predicates=cfg.predicate_vocab or None)
+            graph = lifted_graph(s.graph) if s.lifted else s.graph
+            gt = format_scene_graph(resampled_graph(graph, idx), predicates=cfg.predicate_vocab or None)
             target = self.prompt.target_ids(gt.text)
             n_obj = sum(1 for i in target if i == self.prompt.ids.obj)
             if n_obj != len(gt.obj_ids):
@@ -196,6 +240,7 @@ class SceneGraphCollator:
             "tags": tags,  # [B, V_obj]
             "semantic": torch.stack(semantic) if semantic else None,  # [B, T, S, S]
             "obj_categories": obj_cats,  # B x [N_obj]
+            "lifted": torch.tensor([s.lifted for s in samples], dtype=torch.bool),  # [B]
         }
 
     def _mask_targets(self, graph: SceneGraph4D, occurrences: Sequence[int], idx: np.ndarray):

@@ -26,6 +26,7 @@ from typing import Callable
 
 from psg4d.errors import ConfigError
 from psg4d.model.encoder import EncoderConfig
+from psg4d.model.estimators import TransferConfig
 from psg4d.model.llm import LLMConfig
 from psg4d.model.losses import LossConfig
 from psg4d.model.mask_decoder import MaskDecoderConfig
@@ -43,6 +44,8 @@ class ModelConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     mask_decoder: MaskDecoderConfig = field(default_factory=MaskDecoderConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    # the 2D-to-4D transfer's estimators and the training stage's objective / pathway
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     text_loss_weight: float = 1.0
     mask_loss_weight: float = 1.0
     num_visual_tokens: int = 64

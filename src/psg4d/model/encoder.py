@@ -184,6 +184,15 @@ def disparity_scale_of(video: Video4D, cfg: EncoderConfig) -> float:
 
 
 @dataclass
+class BranchFeatures:
+    """Per-frame patch features of each branch, in the shared width, before fusion."""
+
+    rgb: torch.Tensor  # [B, T, N, D]
+    depth: torch.Tensor | None  # [B, T, N, D]; None without depth input or depth branch
+    hw: tuple[int, int]  # the patch grid, N = h * w
+
+
+@dataclass
 class EncoderOutput:
     tokens: torch.Tensor  # [B, N_vis, D] merged visual tokens for the LLM
     dense: torch.Tensor  # [B, T, D, h, w] fused per-frame maps for the mask decoder
@@ -277,16 +286,13 @@ class SceneEncoder(nn.Module):
         # Normalise in float32 (disparity and small stds), then feed the backbone in its own dtype.
         return self.rgb_branch.proj.weight.dtype
 
-    def forward(
-        self,
-        rgb: torch.Tensor,
-        depth: torch.Tensor | None = None,
-        *,
-        depth_feats: torch.Tensor | None = None,
-        disparity_scale: torch.Tensor | None = None,
-    ) -> EncoderOutput:
-        """``disparity_scale [B]``: each clip's ``focal_px * baseline_m`` (:func:`disparity_scale_of`;
-        None: the config's default camera), used by camera-based depth schemes."""
+    def branches(
+        self, rgb: torch.Tensor, depth: torch.Tensor | None = None, *, disparity_scale: torch.Tensor | None = None
+    ) -> BranchFeatures:
+        """Per-frame features of each branch: ``rgb [B, T, 3, H, W]`` (and ``depth [B, T, 1, H, W]``
+        when given and the encoder has a depth branch) -> :class:`BranchFeatures`. ``disparity_scale
+        [B]``: each clip's ``focal_px * baseline_m`` (:func:`disparity_scale_of`; None: the config's
+        default camera), used by camera-based depth schemes."""
         if rgb.dim() != 5 or rgb.shape[2] != 3:
             raise ValueError(f"rgb must be [B, T, 3, H, W], got {tuple(rgb.shape)}")
         b, t = rgb.shape[:2]
@@ -294,13 +300,8 @@ class SceneEncoder(nn.Module):
             raise ValueError(f"disparity_scale must be [B] = {(b,)}, got {tuple(disparity_scale.shape)}")
         rgb_tok, (h, w) = self.rgb_branch(self.normalize_rgb(rgb.flatten(0, 1)))  # [B*T, N, D]
         n, d = rgb_tok.shape[1:]
-
         depth_tok: torch.Tensor | None = None
-        if depth_feats is not None:
-            if depth_feats.shape != (b, t, n, d):
-                raise ValueError(f"depth_feats must be {(b, t, n, d)}, got {tuple(depth_feats.shape)}")
-            depth_tok = depth_feats.flatten(0, 1).to(rgb_tok.dtype)
-        elif depth is not None and self.depth_branch is not None:
+        if depth is not None and self.depth_branch is not None:
             if depth.dim() != 5 or depth.shape[:3] != (b, t, 1):
                 raise ValueError(f"depth must be [B, T, 1, H, W] matching rgb, got {tuple(depth.shape)}")
             scale = None if disparity_scale is None else disparity_scale.repeat_interleave(t)  # [B*T]
@@ -310,19 +311,40 @@ class SceneEncoder(nn.Module):
                 grid = depth_tok.transpose(1, 2).reshape(-1, d, dh, dw)
                 grid = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
                 depth_tok = grid.flatten(2).transpose(1, 2)
+        return BranchFeatures(
+            rgb=rgb_tok.reshape(b, t, n, d),
+            depth=None if depth_tok is None else depth_tok.reshape(b, t, n, d),
+            hw=(h, w),
+        )
 
-        fused = self.fusion(rgb_tok, depth_tok)  # [B*T, N, D]
+    def aggregate(self, rgb_feats: torch.Tensor, depth_feats: torch.Tensor | None, hw: tuple[int, int]) -> EncoderOutput:
+        """Branch features ``[B, T, N, D]`` (real, estimated or a mix) -> fused maps and LLM tokens."""
+        b, t, n, d = rgb_feats.shape
+        h, w = hw
+        if depth_feats is not None and depth_feats.shape != rgb_feats.shape:
+            raise ValueError(f"depth_feats must be {tuple(rgb_feats.shape)}, got {tuple(depth_feats.shape)}")
+        depth_tok = None if depth_feats is None else depth_feats.flatten(0, 1).to(rgb_feats.dtype)
+        fused = self.fusion(rgb_feats.flatten(0, 1), depth_tok)  # [B*T, N, D]
         fused_btnd = fused.reshape(b, t, n, d)
         tokens, frames = self.merger(fused_btnd, (h, w))
         dense = fused_btnd.reshape(b, t, h, w, d).permute(0, 1, 4, 2, 3)  # [B, T, D, h, w]
         return EncoderOutput(
-            tokens=tokens,
-            dense=dense,
-            rgb_feats=rgb_tok.reshape(b, t, n, d),
-            depth_feats=None if depth_tok is None else depth_tok.reshape(b, t, n, d),
-            fused=fused_btnd,
+            tokens=tokens, dense=dense, rgb_feats=rgb_feats, depth_feats=depth_feats, fused=fused_btnd,
             token_frames=frames,
         )
+
+    def forward(
+        self,
+        rgb: torch.Tensor,
+        depth: torch.Tensor | None = None,
+        *,
+        depth_feats: torch.Tensor | None = None,
+        disparity_scale: torch.Tensor | None = None,
+    ) -> EncoderOutput:
+        """:meth:`branches` then :meth:`aggregate`; ``depth_feats [B, T, N, D]`` (e.g. estimated from
+        RGB) take the depth branch's place."""
+        feats = self.branches(rgb, None if depth_feats is not None else depth, disparity_scale=disparity_scale)
+        return self.aggregate(feats.rgb, depth_feats if depth_feats is not None else feats.depth, feats.hw)
 
 
 def build_encoder(cfg: EncoderConfig) -> SceneEncoder:

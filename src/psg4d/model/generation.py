@@ -54,6 +54,8 @@ class VideoContext:
     frame_indices: np.ndarray  # [T] source frame of each model frame
     num_frames: int  # T, the model timeline
     tags: list[str] | None = None  # the tag words in the prompt (model.tag_words)
+    # where the depth features came from: "sensor", "estimated" (F_de from RGB) or "none"
+    depth_source: str = "sensor"
     # Left by generate(): what it read, so teacher forcing in a context that starts with it does
     # not run those positions again.
     kv: GenerationCache | None = None
@@ -134,7 +136,8 @@ class SceneGraphGenerator:
         rgb, depth = video_tensors(video, idx, model.config.image_size)
         dev = self.device
         scale = None if depth is None else torch.tensor([disparity_scale_of(video, model.config.encoder)], device=dev)
-        enc, visual, tag_logits = model.encode(rgb[None].to(dev), None if depth is None else depth[None].to(dev), scale)
+        feats, enc, visual, tag_logits = model.encode_scene(
+            rgb[None].to(dev), None if depth is None else depth[None].to(dev), scale)
         tags = model.inference_tags(enc.dense[0], None if tag_logits is None else tag_logits[0])
         ids = model.expand_placeholder(self.prompt.prefix_ids(tags), visual.shape[1])
         return VideoContext(
@@ -143,6 +146,7 @@ class SceneGraphGenerator:
             frame_indices=np.asarray(video.frame_indices)[idx],
             num_frames=len(idx),
             tags=tags,
+            depth_source=feats.depth_source,
         )
 
     def _llm(self, embeds: torch.Tensor, attention: torch.Tensor, *, past=None, hidden: bool = False,

@@ -38,10 +38,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from psg4d.data.schema import Sample
-from psg4d.errors import CheckpointError, ConfigError
-from psg4d.model.batching import SceneGraphCollator, pad_rows
+from psg4d.errors import CheckpointError, ConfigError, DataError
+from psg4d.model.batching import SceneGraphCollator, pad_rows, sample_prompts
 from psg4d.model.config import ModelConfig
 from psg4d.model.encoder import EncoderOutput, build_encoder
+from psg4d.model.estimators import FeatureEstimators, estimator_losses, pseudo_feature_losses
+from psg4d.model.features import SceneFeatures, scene_features
 from psg4d.model.llm import build_llm
 from psg4d.model.losses import mask_losses, segmentation_loss
 from psg4d.model.mask_decoder import build_mask_decoder
@@ -55,28 +57,6 @@ from psg4d.model.weights import pretrained_parameter_names
 log = logging.getLogger(__name__)
 
 
-def sample_prompts(keep: torch.Tensor, obj_ids: Sequence[int] | None, k: int) -> torch.Tensor:
-    """A random ``k`` of the valid ``[Obj]`` occurrences (``keep [N]`` bool), every distinct object
-    before any second mention of one (torch RNG: resumable).
-
-    An object is mentioned once per triplet, so a uniform draw mostly picks the table and the
-    hand, which are in most triplets, and rarely the small objects whose masks are hard."""
-    chosen = torch.nonzero(keep).flatten()
-    chosen = chosen[torch.randperm(chosen.numel()).to(chosen.device)]
-    if obj_ids is not None:
-        seen: set[int] = set()
-        first = []
-        for i in chosen.tolist():
-            first.append(obj_ids[i] not in seen)
-            seen.add(obj_ids[i])
-        # stable: first mentions (in random order) ahead of repeats
-        order = torch.argsort(torch.tensor([0 if f else 1 for f in first]), stable=True)
-        chosen = chosen[order.to(chosen.device)]
-    out = torch.zeros_like(keep)
-    out[chosen[:k]] = True
-    return out
-
-
 @dataclass
 class TeacherForcing:
     """One teacher-forced pass: the encoder output and the LLM over prompt + target."""
@@ -88,6 +68,7 @@ class TeacherForcing:
     logits: torch.Tensor  # [B, L', V]
     tag_logits: torch.Tensor | None  # [B, V_obj]
     prompt_tags: list[list[str]] | None  # the tag words each sample's prompt held
+    features: SceneFeatures  # what entered the aggregator, and the real branch features
 
 
 class PSG4DModel(nn.Module):
@@ -106,6 +87,7 @@ class PSG4DModel(nn.Module):
         tag_head: nn.Module | None = None,
         seg_head: nn.Module | None = None,
         obj_cls_head: nn.Module | None = None,
+        estimators: FeatureEstimators | None = None,
     ):
         super().__init__()
         self.config = config
@@ -117,6 +99,7 @@ class PSG4DModel(nn.Module):
         self.tag_head = tag_head  # visual tokens -> object-category logits (auxiliary loss); optional
         self.seg_head = seg_head  # dense maps -> per-cell category logits (auxiliary loss); optional
         self.obj_cls_head = obj_cls_head  # [Obj] hidden state -> category logits (auxiliary loss); optional
+        self.estimators = estimators  # the 2D-to-4D transfer's F_de, F_rte, F_dte; optional
         self.tokenizer = tokenizer
         self.prompt = Prompt(tokenizer=tokenizer, object_vocab=config.object_vocab,
                              tag_word_noise=config.tag_word_noise)
@@ -154,6 +137,8 @@ class PSG4DModel(nn.Module):
             # one class per category plus "unlabelled" (pixels no object covers)
             seg_head=nn.Conv2d(cfg.encoder.dim, n_obj + 1, 1) if cfg.seg_loss_weight > 0 and n_obj else None,
             obj_cls_head=nn.Linear(hidden, n_obj) if cfg.obj_cls_loss_weight > 0 and n_obj else None,
+            estimators=FeatureEstimators.build(dim=cfg.encoder.dim, cfg=cfg.transfer.estimator)
+            if cfg.transfer.estimators else None,
         )
 
     @classmethod
@@ -254,17 +239,29 @@ class PSG4DModel(nn.Module):
         dev = target_ids.device
         return ids.to(dev), attention.to(dev), lab.to(dev)
 
-    def encode(self, rgb: torch.Tensor, depth: torch.Tensor | None, disparity_scale: torch.Tensor | None = None):
+    def encode(self, rgb: torch.Tensor, depth: torch.Tensor | None, disparity_scale: torch.Tensor | None = None,
+               *, lifted: torch.Tensor | None = None):
         """-> (encoder output, LLM input tokens ``[B, N_vis (+K tags), H_llm]``, tag logits ``[B, V_obj]`` | None).
-        ``disparity_scale [B]``: see :func:`~psg4d.model.encoder.disparity_scale_of` (None: the default camera)."""
-        enc = self.encoder(rgb, depth, disparity_scale=disparity_scale)
+        ``disparity_scale [B]``: see :func:`~psg4d.model.encoder.disparity_scale_of` (None: the default camera);
+        ``lifted [B]``: clips to roll out from their first frame (:mod:`psg4d.model.features`)."""
+        return self.encode_scene(rgb, depth, disparity_scale, lifted=lifted)[1:]
+
+    def encode_scene(self, rgb: torch.Tensor, depth: torch.Tensor | None, disparity_scale: torch.Tensor | None = None,
+                     *, lifted: torch.Tensor | None = None):
+        """-> (:class:`~psg4d.model.features.SceneFeatures`, then :meth:`encode`'s three)."""
+        pseudo = lifted
+        if self.training and self.config.transfer.pathway == "pseudo":  # a stage that trains on imagined clips
+            pseudo = torch.ones(rgb.shape[0], dtype=torch.bool, device=rgb.device)
+        feats = scene_features(self.encoder, self.estimators, rgb, depth, disparity_scale=disparity_scale,
+                               pseudo=pseudo)
+        enc = self.encoder.aggregate(feats.rgb, feats.depth, feats.real.hw)
         visual = self.projector(enc.tokens)  # [B, N_vis, H_llm]
         tag_logits = None
         if self.tag_head is not None:
             tag_logits = self.tag_head(visual).amax(dim=1).float()  # [B, V_obj]: any token may carry a category
             if self.config.tag_tokens > 0:
                 visual = torch.cat([visual, self._tag_tokens(tag_logits).to(visual.dtype)], dim=1)
-        return enc, visual, tag_logits
+        return feats, enc, visual, tag_logits
 
     def _tag_tokens(self, tag_logits: torch.Tensor) -> torch.Tensor:
         """Top-K tags ``[B, K, H_llm]``: probability x mean input embedding of the category's words."""
@@ -281,12 +278,12 @@ class PSG4DModel(nn.Module):
     def teacher_forced(
         self, *, target_ids: torch.Tensor, target_mask: torch.Tensor, rgb: torch.Tensor,
         depth: torch.Tensor | None = None, disparity_scale: torch.Tensor | None = None,
-        gold_tags: Sequence[Sequence[str]] | None = None,
+        gold_tags: Sequence[Sequence[str]] | None = None, lifted: torch.Tensor | None = None,
     ) -> TeacherForcing:
         """Encode, build each sample's prompt (:meth:`prompt_tags`) and run the LLM over prompt + target.
         In training mode the scene-graph input tokens get ``input_token_dropout``."""
         cfg = self.config
-        enc, visual, tag_logits = self.encode(rgb, depth, disparity_scale)
+        feats, enc, visual, tag_logits = self.encode_scene(rgb, depth, disparity_scale, lifted=lifted)
         tags = self.prompt_tags(enc, tag_logits, gold_tags)
         ids, attention, labels = self.sequences(target_ids, target_mask, tags, visual.shape[1])
         inp = ids
@@ -299,7 +296,7 @@ class PSG4DModel(nn.Module):
             inp = ids.masked_fill(drop, unk)
         out = self.llm(inputs_embeds=self.embed(inp, visual), attention_mask=attention, output_hidden_states=True)
         return TeacherForcing(enc=enc, ids=ids, labels=labels, hidden=out.hidden_states[-1], logits=out.logits,
-                              tag_logits=tag_logits, prompt_tags=tags)
+                              tag_logits=tag_logits, prompt_tags=tags, features=feats)
 
     def forward(
         self,
@@ -316,11 +313,17 @@ class PSG4DModel(nn.Module):
         semantic: torch.Tensor | None = None,
         obj_ids: list[list[int]] | None = None,
         obj_categories: list[torch.Tensor] | None = None,
+        lifted: torch.Tensor | None = None,
         **meta: Any,
     ) -> dict[str, torch.Tensor]:
+        """Losses of the configured objective (``model.transfer.objective``, set by the stage kind):
+        the LLM's, the estimators' alone (no LLM pass), or both."""
         cfg = self.config
+        objective = cfg.transfer.objective if self.training else "llm"
+        if objective == "estimators":
+            return self._estimator_objective(rgb, depth, disparity_scale, lifted)
         tf = self.teacher_forced(target_ids=target_ids, target_mask=target_mask, rgb=rgb, depth=depth,
-                                 disparity_scale=disparity_scale, gold_tags=gold_tags)
+                                 disparity_scale=disparity_scale, gold_tags=gold_tags, lifted=lifted)
         logits = tf.logits[:, :-1].float()  # [B, L'-1, V]
         loss_text = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tf.labels[:, 1:].reshape(-1),
                                     ignore_index=-100)
@@ -336,6 +339,17 @@ class PSG4DModel(nn.Module):
         if self.seg_head is not None and semantic is not None:
             extra["loss_seg"] = self.segmentation_loss(tf.enc.dense, semantic)
             loss = loss + cfg.seg_loss_weight * extra["loss_seg"]
+        if objective == "llm+estimators":
+            # the imagined clips should also look like the real ones they stand for
+            feats = tf.features
+            real = feats.pseudo.clone()  # rolled-out clips that have real frames to compare with
+            if lifted is not None:
+                real &= ~lifted.to(real.device)
+            if feats.real.depth is not None and bool(real.any()):
+                fm = pseudo_feature_losses(feats.rgb[real], feats.depth[real], feats.real.rgb[real],
+                                           feats.real.depth[real], cfg.transfer)
+                extra.update({f"loss_{k}": v for k, v in fm.items() if k != "total"})
+                loss = loss + cfg.transfer.feature_weight * fm["total"]
         return {
             "loss": loss,
             "loss_text": loss_text,
@@ -346,6 +360,22 @@ class PSG4DModel(nn.Module):
             **({"loss_presence": mask["presence"]} if "presence" in mask else {}),
             **extra,
         }
+
+    def _estimator_objective(self, rgb, depth, disparity_scale, lifted) -> dict[str, torch.Tensor]:
+        """The ``estimator_fit`` stage: regress the estimators onto the real features of the clips
+        that have them (lifted images have neither time nor depth to learn from)."""
+        if self.estimators is None:
+            raise ConfigError("model.transfer.objective 'estimators' needs model.transfer.estimators: true")
+        real = self.encoder.branches(rgb, depth, disparity_scale=disparity_scale)
+        keep = torch.ones(rgb.shape[0], dtype=torch.bool, device=real.rgb.device)
+        if lifted is not None:
+            keep &= ~lifted.to(keep.device)
+        if not bool(keep.any()) or (real.depth is None and real.rgb.shape[1] < 2):
+            raise DataError(None, "fitting the estimators needs RGB-D frames or RGB videos of >= 2 frames"
+                                  " in every batch")
+        losses = estimator_losses(self.estimators, real.rgb[keep], None if real.depth is None else real.depth[keep],
+                                  self.encoder.fusion, self.config.transfer)
+        return {"loss": losses.pop("total"), **{f"loss_{k}": v for k, v in losses.items()}}
 
     def _mask_loss(self, tf: TeacherForcing, mask_targets, mask_valid, obj_ids) -> dict[str, torch.Tensor]:
         """Mask-tube losses of each sample's ``[Obj]`` occurrences, weighted by their count."""

@@ -36,13 +36,16 @@ def train_command(
     ),
     out: Path | None = typer.Option(None, "--out", help="Output folder (default: output_dir of the config)."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from OUT's last checkpoints."),
+    stage: str | None = typer.Option(
+        None, "--stage", help="Run (or resume) only this stage; `init: previous` is the previous stage's final."
+    ),
 ) -> None:
     """Train the 4D-LLM through the experiment's stages; writes checkpoints and metrics.jsonl."""
     from psg4d.train.loop import train
     from psg4d.train.stages import load_experiment
 
     cfg = load_experiment(resolve_config(config), list(overrides))
-    result = train(cfg, out_dir=out, resume=resume)
+    result = train(cfg, out_dir=out, resume=resume, only_stage=stage)
     if int(os.environ.get("RANK", "0")) == 0:
         for st in result.stages:
             state = "already done" if st.skipped else f"{st.steps} steps in {st.wall_s:.0f} s"

@@ -40,7 +40,8 @@ class SceneDataset(Dataset):
     (meant for small datasets: the synthetic worlds, debugging subsets).
     """
 
-    def __init__(self, *, reader: DatasetReader, split: str, max_videos: int | None = None, cache: bool = False):
+    def __init__(self, *, reader: DatasetReader, split: str, max_videos: int | None = None, cache: bool = False,
+                 lift_2d: bool = False):
         if split not in reader.splits:
             raise DataError(reader.root, f"split {split!r} not found; available splits: {reader.splits}")
         ids = reader.video_ids(split)
@@ -52,6 +53,7 @@ class SceneDataset(Dataset):
         self.split = split
         self.video_ids: list[str] = list(ids)
         self.cache = cache
+        self.lift_2d = lift_2d  # its samples are 2D images to lift to pseudo-4D clips
         self._cache: dict[int, Sample] = {}
 
     def __len__(self) -> int:
@@ -61,6 +63,8 @@ class SceneDataset(Dataset):
         if self.cache and index in self._cache:
             return self._cache[index]
         sample = self.reader.read(self.video_ids[index])
+        if self.lift_2d:
+            sample = Sample(video=sample.video, graph=sample.graph, lifted=True)
         if self.cache:
             self._cache[index] = sample
         return sample
@@ -201,10 +205,13 @@ def build_mixture(
         cap = src.max_videos if max_videos is None else min(max_videos, src.max_videos or max_videos)
         n_videos = len(reader.video_ids(src.split)) if src.split in reader.splits else 0
         cache = min(n_videos, cap or n_videos) <= data_cfg.cache_max_videos
-        datasets.append(SceneDataset(reader=reader, split=src.split, max_videos=cap, cache=cache))
+        datasets.append(SceneDataset(reader=reader, split=src.split, max_videos=cap, cache=cache, lift_2d=src.lift_2d))
+        if reader.masks_are_boxes:
+            log.warning("data source %s (%s) has boxes, not masks: its mask targets are the boxes", reader.root,
+                        reader.format_name)
         log.info(
-            "data source %s split %s: %d videos (weight %g%s)",
-            reader.root, src.split, len(datasets[-1]), src.weight, ", cached in memory" if cache else "",
+            "data source %s split %s: %d %s (weight %g%s)", reader.root, src.split, len(datasets[-1]),
+            "images lifted to pseudo-4D" if src.lift_2d else "videos", src.weight, ", cached in memory" if cache else "",
         )
     return MixtureDataset(datasets, [s.weight for s in sources])
 

@@ -62,6 +62,7 @@ from psg4d.train.metrics_log import METRICS_FILE, MetricsLog, read_metrics  # no
 from psg4d.train.optim import build_optimizer, build_scheduler, param_groups, resolve_amp  # noqa: F401
 from psg4d.train.params import FrozenModules, check_frozen_initialised, set_trainable, top_level_modules
 from psg4d.train.stages import INIT_PREVIOUS, ExperimentConfig, StageConfig, check_local_weights
+from psg4d.utils.threads import AdaptiveThreads
 
 log = logging.getLogger(__name__)
 
@@ -221,13 +222,18 @@ def train(
     validator: Validator | None = None,
     opener: DatasetOpener | None = None,
     step_hook: StepHook | None = None,
+    only_stage: str | None = None,
 ) -> TrainResult:
-    """Run every stage of ``cfg``; resume from ``last`` checkpoints when ``resume``.
+    """Run every stage of ``cfg`` (or only the one named ``only_stage``, whose ``init: previous``
+    is the previous stage's finished ``final``); resume from ``last`` checkpoints when ``resume``.
 
     ``model_factory(model_config) -> nn.Module`` defaults to
     ``PSG4DModel.from_config``; ``validator`` defaults to val loss + R@K on
     ``data.val``; ``opener(path, format)`` defaults to ``open_dataset``.
     """
+    names = [s.name for s in cfg.stages]
+    if only_stage is not None and only_stage not in names:
+        raise ConfigError(f"--stage {only_stage!r}: the experiment's stages are {', '.join(names)}")
     out = Path(out_dir or cfg.output_dir)
     info = dist_utils.init_distributed(cfg.train.device)
     try:
@@ -240,8 +246,12 @@ def train(
             out.mkdir(parents=True, exist_ok=True)
             save_yaml(cfg, out / EXPERIMENT_FILE)
         results: list[StageResult] = []
+        prev_final: Path | None = None
         for index, stage in enumerate(cfg.stages):
-            prev_final = results[-1].final_dir if results else None
+            if only_stage is not None and stage.name != only_stage:
+                done = out / stage.name / ckpt.FINAL
+                prev_final = done if (done / ckpt.MODEL_WEIGHTS).exists() else None
+                continue
             runner = _StageRun(
                 cfg=cfg,
                 stage=stage,
@@ -256,7 +266,8 @@ def train(
                 step_hook=step_hook,
             )
             results.append(runner.run())
-        if info.is_main:
+            prev_final = results[-1].final_dir
+        if info.is_main and (only_stage is None or only_stage == names[-1]):
             _link(out / ckpt.FINAL, results[-1].final_dir)
         dist_utils.barrier(info)
         return TrainResult(out_dir=out, stages=results)
@@ -425,7 +436,13 @@ class _StageRun:
         if init is None:
             return None
         path = self.init_previous if init == INIT_PREVIOUS else Path(init).expanduser()
-        if path is None or not (path / ckpt.MODEL_WEIGHTS).exists():
+        if path is None:
+            previous = self.cfg.stages[self.index - 1].name
+            raise CheckpointError(
+                f"stage {self.stage.name!r} starts from the final weights of stage {previous!r}, which has not"
+                f" finished in {self.dir.parent}: run it first (psg4d train ... --stage {previous})"
+            )
+        if not (path / ckpt.MODEL_WEIGHTS).exists():
             raise CheckpointError(
                 f"stage {self.stage.name!r}: init checkpoint {path} not found (expected {ckpt.MODEL_WEIGHTS} in it)"
             )
@@ -478,7 +495,10 @@ class _StageRun:
         window_parts: dict[str, list[float]] = defaultdict(list)
         last_loss = start.last_loss
         train_mode(self.wrapped)
+        threads = AdaptiveThreads(max_threads=t.num_threads) if t.adapt_threads_every > 0 else None
         while step < total:
+            if threads is not None and step % t.adapt_threads_every == 0:
+                threads()
             lr = max(self.scheduler.get_last_lr())  # the rate this step uses
             loss, parts, grad_norm = self._train_step(batches)
             step += 1

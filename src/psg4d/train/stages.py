@@ -38,17 +38,52 @@ class StageKind:
     # Modules that train whenever the model has them (auxiliary heads that only some
     # model configs build, e.g. the 4D-LLM's `tag_head`).
     optional_trainable: tuple[str, ...] = ()
+    # Model-config fields (dotted) this kind sets: what the model builds and what its forward
+    # optimises in this stage (the 4D-LLM's `transfer` settings).
+    model_settings: tuple[tuple[str, Any], ...] = ()
 
 
 # The stage that needs the estimators to lift 2D scene graphs into 4D; named in
 # the error a 4D-only stage gives for `lift_2d: true`.
 LIFT_2D_STAGE = "transfer_2d"
 
+_HEADS = ("tag_head", "seg_head", "obj_cls_head")
+_ESTIMATORS = ("transfer.estimators", True)
+
 STAGE_KINDS: dict[str, StageKind] = {
     # stage 1: train the 4D-LLM on 4D scenes with gold 4D scene graphs
     "4d_init": StageKind(
         default_trainable=("projector", "llm", "obj_proj", "mask_decoder"),
-        optional_trainable=("tag_head", "seg_head", "obj_cls_head"),
+        optional_trainable=_HEADS,
+    ),
+    # stage 2 (2D-to-4D transcending): fit F_de, F_rte, F_dte to the frozen encoder's real features
+    "estimator_fit": StageKind(
+        default_trainable=("estimators",),
+        new_modules=("estimators",),
+        model_settings=(_ESTIMATORS, ("transfer.objective", "estimators"), ("transfer.pathway", "real")),
+    ),
+    # stage 3: a little 4D data through the estimators (clips rolled out from their first frame),
+    # supervised by the gold 4D graphs plus feature matching against the real clips
+    "pseudo4d_init": StageKind(
+        default_trainable=("estimators", "projector", "obj_proj", "mask_decoder"),
+        optional_trainable=_HEADS,
+        model_settings=(_ESTIMATORS, ("transfer.objective", "llm+estimators"), ("transfer.pathway", "pseudo")),
+    ),
+    # stage 4: 2D scene-graph images lifted to pseudo-4D clips, trained with their image-level graphs
+    "transfer_2d": StageKind(
+        default_trainable=("projector", "llm", "obj_proj", "mask_decoder"),
+        lifts_2d=True,
+        optional_trainable=_HEADS,
+        model_settings=(_ESTIMATORS, ("transfer.objective", "llm"), ("transfer.pathway", "real")),
+    ),
+    # stage 5: back on the real 4D data. What the 2D images taught about categories the 4D videos
+    # never show is forgotten within a few hundred steps of 4D-only training: the category heads
+    # (tags, segmentation, [Obj] category) stay frozen, and the mix may replay lifted 2D images
+    # (BENCHMARKS.md, the transfer experiment's design runs).
+    "finetune_4d": StageKind(
+        default_trainable=("projector", "llm", "obj_proj", "mask_decoder"),
+        lifts_2d=True,
+        model_settings=(_ESTIMATORS, ("transfer.objective", "llm"), ("transfer.pathway", "real")),
     ),
 }
 
@@ -104,6 +139,11 @@ class TrainConfig:
     # auto: cuda:LOCAL_RANK when CUDA is available, else cpu.
     device: str = "auto"
     num_threads: int | None = None
+    # Re-count every `adapt_threads_every` steps the CPUs other processes keep busy and train on the
+    # rest (at most num_threads, or the CPUs this process may use): with 2 threads on 2 shared cores a
+    # busy neighbour makes each step ~10x slower, with 1 thread ~1.3x. Off: a fixed count (exact
+    # resume then also reproduces float summation order). 0: never.
+    adapt_threads_every: int = 0
     parallel: Literal["ddp", "fsdp"] = "ddp"
     find_unused_parameters: bool = False
     log_every: int = 1
@@ -165,17 +205,29 @@ class ExperimentConfig:
         return stage.data or self.data.train
 
     def model_config_for(self, stage: StageConfig) -> ModelConfig:
-        """The model config with the stage's loss-weight overrides applied."""
+        """The model config with the stage kind's settings and the stage's loss-weight overrides applied."""
+        model = self.model
+        for dotted, value in stage.kind_spec.model_settings:
+            model = _with_field(model, dotted, value, where=f"stage {stage.name!r} ({stage.kind})")
         if not stage.loss_weights:
-            return self.model
-        loss = getattr(self.model, "loss", None)
+            return model
+        loss = getattr(model, "loss", None)
         if loss is None or not dataclasses.is_dataclass(loss):
             raise ConfigError(f"stage {stage.name!r}: loss_weights given but the model config has no `loss` section")
         valid = {f.name for f in dataclasses.fields(loss)}
         unknown = sorted(set(stage.loss_weights) - valid)
         if unknown:
             raise ConfigError(f"stage {stage.name!r}: unknown loss weight(s) {unknown}; valid: {sorted(valid)}")
-        return dataclasses.replace(self.model, loss=dataclasses.replace(loss, **stage.loss_weights))
+        return dataclasses.replace(model, loss=dataclasses.replace(loss, **stage.loss_weights))
+
+
+def _with_field(cfg: Any, dotted: str, value: Any, *, where: str) -> Any:
+    """``cfg`` (nested dataclasses) with field ``dotted`` set to ``value`` (re-validated)."""
+    head, _, rest = dotted.partition(".")
+    if not dataclasses.is_dataclass(cfg) or head not in {f.name for f in dataclasses.fields(cfg)}:
+        raise ConfigError(f"{where}: sets model.{dotted}, which this model's config does not have")
+    new = value if not rest else _with_field(getattr(cfg, head), rest, value, where=where)
+    return dataclasses.replace(cfg, **{head: new})
 
 
 def validate_experiment(cfg: ExperimentConfig) -> None:
@@ -244,11 +296,15 @@ def check_local_weights(model_cfg: Any) -> None:
 def load_experiment(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """YAML preset (with ``_base_``) + ``key=value`` overrides -> :class:`ExperimentConfig`."""
     data: dict[str, Any] = load_yaml(path) if path is not None else {}
-    data = apply_overrides(data, overrides)
+    return experiment_from_data(apply_overrides(data, overrides), where=str(path) if path else "config")
+
+
+def experiment_from_data(data: dict[str, Any], *, where: str = "config") -> ExperimentConfig:
+    """A config as plain data (what a YAML preset holds) -> :class:`ExperimentConfig`."""
     if "model" not in data:
-        raise ConfigError(f"{path or 'config'}: missing the `model` section")
-    data["model"] = resolve_model_preset(data["model"])
-    return from_dict(ExperimentConfig, data, where=str(path) if path else "config")
+        raise ConfigError(f"{where}: missing the `model` section")
+    data = dict(data, model=resolve_model_preset(data["model"]))
+    return from_dict(ExperimentConfig, data, where=where)
 
 
 def resolve_model_preset(model: Any) -> Any:

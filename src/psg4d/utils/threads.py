@@ -79,14 +79,16 @@ class AdaptiveThreads:
     Others' use is the busy time of this process's CPUs (/proc/stat) minus this process's own
     CPU time, so the count follows the load between units. ``requested`` fixes the count."""
 
-    def __init__(self, requested: int | None = None, *, stat_path: Path = Path("/proc/stat"),
-                 cgroup_root: Path = _CGROUP, clock=time.monotonic, cpu_time=time.process_time,
-                 sleep=time.sleep):
+    def __init__(self, requested: int | None = None, *, max_threads: int | None = None,
+                 stat_path: Path = Path("/proc/stat"), cgroup_root: Path = _CGROUP, clock=time.monotonic,
+                 cpu_time=time.process_time, sleep=time.sleep):
         if requested is not None and requested < 1:
             raise ConfigError(f"--threads must be at least 1, got {requested}")
         self.requested = requested
         self.stat_path = stat_path
         self.available = available_cpus(cgroup_root)
+        if max_threads is not None:  # a configured ceiling (e.g. train.num_threads)
+            self.available = max(1, min(self.available, max_threads))
         try:
             self.cpus = set(os.sched_getaffinity(0))
         except AttributeError:

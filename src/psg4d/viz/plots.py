@@ -67,3 +67,56 @@ def write_bar_chart(path: str | Path, labels: Sequence[str], series: dict[str, S
     path = Path(path)
     atomic_write_text(path, bar_chart_svg(labels, series, **kw))
     return path
+
+
+def histograms_png(
+    path: str | Path,
+    panels: dict[str, dict[str, Sequence[float]]],
+    *,
+    title: str,
+    bins: int = 40,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+) -> Path:
+    """One panel per entry of ``panels`` (``{panel title: {series label: values}}``), each with the
+    series' normalised histograms overlaid as outlines over ``value_range``; written as a PNG."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    panel_w, panel_h, pad, top = 460, 300, 40, 40
+    width = pad + len(panels) * (panel_w + pad)
+    height = top + panel_h + 2 * pad + 18 * max((len(s) for s in panels.values()), default=1)
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((pad, 12), title, fill="black")
+    lo, hi = value_range
+    edges = np.linspace(lo, hi, bins + 1)
+    for p, (name, series) in enumerate(panels.items()):
+        x0, y0 = pad + p * (panel_w + pad), top
+        draw.rectangle([x0, y0, x0 + panel_w, y0 + panel_h], outline="#888888")
+        draw.text((x0 + 4, y0 + 4), name, fill="black")
+        hists = {k: np.histogram(np.clip(np.asarray(v, dtype=float), lo, hi), bins=edges)[0] for k, v in series.items()}
+        peak = max((h.max() / max(h.sum(), 1) for h in hists.values()), default=1.0) or 1.0
+        for s, (label, h) in enumerate(hists.items()):
+            colour = _PALETTE[s % len(_PALETTE)]
+            frac = h / max(h.sum(), 1) / peak  # [bins], tallest bar of all series = panel height
+            pts = []
+            for b in range(bins):
+                xa = x0 + panel_w * b / bins
+                xb = x0 + panel_w * (b + 1) / bins
+                y = y0 + panel_h - (panel_h - 20) * frac[b]
+                pts += [(xa, y), (xb, y)]
+            draw.line(pts, fill=colour, width=2)
+            ly = y0 + panel_h + pad + 18 * s
+            draw.rectangle([x0, ly, x0 + 12, ly + 12], fill=colour)
+            vals = np.asarray(series[label], dtype=float)
+            draw.text((x0 + 18, ly), f"{label}: mean {vals.mean():.3f}, n={vals.size}" if vals.size else label,
+                      fill="black")
+        for frac_x, value in ((0.0, lo), (0.5, (lo + hi) / 2), (1.0, hi)):
+            draw.text((x0 + frac_x * panel_w - (20 if frac_x == 1.0 else 0), y0 + panel_h + 4), f"{value:g}",
+                      fill="#444444")
+    path = Path(path)
+    from psg4d.utils.io import atomic_path
+
+    with atomic_path(path, suffix=".png") as tmp:
+        img.save(tmp, format="PNG")
+    return path

@@ -28,6 +28,9 @@ class DatasetReader(abc.ABC):
     format_name: ClassVar[str]
     marker: ClassVar[str]
     has_depth: ClassVar[bool] = True
+    # The dataset's object masks are boxes, not segmentations (Visual Genome): mask supervision
+    # from it teaches boxes.
+    masks_are_boxes: ClassVar[bool] = False
 
     _object_vocab: list[str]
     _predicate_vocab: list[str]

@@ -53,6 +53,7 @@ class VGReader(ImageReader):
     Its entries are the image ids; it has one split, ``all``."""
 
     format_name = "vg"
+    masks_are_boxes = True
     marker = RELATIONSHIPS_FILE
 
     def _load_index(self, rels: Any) -> None:
