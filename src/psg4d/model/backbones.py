@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- tiny
 
 
-class _TinyBlock(nn.Module):
-    """Pre-norm transformer block over the patch tokens of one image."""
+class PreNormBlock(nn.Module):
+    """Pre-norm self-attention + MLP over a token axis (the tiny backbone's patch tokens, the
+    estimators' tokens or frames); ``mask`` as ``attn_mask`` of ``nn.MultiheadAttention``."""
 
     def __init__(self, *, dim: int, heads: int, mlp_ratio: float = 2.0):
         super().__init__()
@@ -49,9 +50,9 @@ class _TinyBlock(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, N, C]
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # x: [B, N, C]
         h = self.norm1(x)
-        x = x + self.attn(h, h, h, need_weights=False)[0]
+        x = x + self.attn(h, h, h, attn_mask=mask, need_weights=False)[0]
         return x + self.mlp(self.norm2(x))
 
 
@@ -77,7 +78,7 @@ class TinyBackbone(nn.Module):
         )
         self.pos_embed = nn.Parameter(torch.zeros(1, width, ref_grid, ref_grid))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        self.blocks = nn.ModuleList(_TinyBlock(dim=width, heads=heads) for _ in range(depth))
+        self.blocks = nn.ModuleList(PreNormBlock(dim=width, heads=heads) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, C_in, H, W]

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from psg4d.errors import ConfigError
+from psg4d.model.backbones import PreNormBlock
 from psg4d.model.merging import sinusoid
 
 # What a training stage optimises (``TransferConfig.objective``) and how it makes a 4D sample's
@@ -88,30 +89,13 @@ class TransferConfig:
             raise ConfigError(f"model.transfer.pseudo_frames must be >= 0, got {self.pseudo_frames}")
 
 
-class _Block(nn.Module):
-    """Pre-norm self-attention + MLP over a token axis; ``mask`` as in ``nn.MultiheadAttention``."""
-
-    def __init__(self, *, dim: int, heads: int, mlp_ratio: float):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.norm2 = nn.LayerNorm(dim)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # x: [B', L, D]
-        h = self.norm1(x)
-        x = x + self.attn(h, h, h, attn_mask=mask, need_weights=False)[0]
-        return x + self.mlp(self.norm2(x))
-
-
 class DepthEstimator(nn.Module):
     """F_de: ``[B, T, N, D]`` RGB features -> depth features, frame by frame."""
 
     def __init__(self, *, dim: int, cfg: EstimatorConfig):
         super().__init__()
         self.blocks = nn.ModuleList(
-            _Block(dim=dim, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio) for _ in range(cfg.depth_layers)
+            PreNormBlock(dim=dim, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio) for _ in range(cfg.depth_layers)
         )
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
 
@@ -132,10 +116,10 @@ class TemporalEstimator(nn.Module):
         self.dim = dim
         self.step = nn.Linear(dim, dim)  # the step index's sinusoid -> a feature offset
         self.spatial = nn.ModuleList(
-            _Block(dim=dim, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio) for _ in range(cfg.temporal_layers)
+            PreNormBlock(dim=dim, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio) for _ in range(cfg.temporal_layers)
         )
         self.temporal = nn.ModuleList(
-            _Block(dim=dim, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio) for _ in range(cfg.temporal_layers)
+            PreNormBlock(dim=dim, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio) for _ in range(cfg.temporal_layers)
         )
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
         # start as "nothing moves": the first prediction of frame j + 1 is frame j

@@ -35,13 +35,12 @@ import importlib.util
 import json
 import logging
 import math
-import random
 import shutil
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -50,11 +49,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from psg4d.config import save_yaml
-from psg4d.data.schema import Sample
 from psg4d.errors import CheckpointError, ConfigError
 from psg4d.train import checkpoint as ckpt
 from psg4d.train import distributed as dist_utils
-from psg4d.train.data import DatasetOpener, MixtureDataset, MixtureSampler, build_mixture, collect_vocab
+from psg4d.train.data import DatasetOpener, MixtureSampler, build_mixture, collect_vocab
 from psg4d.train.distributed import DistInfo
 
 # read_metrics and param_groups are not used here: callers import them from this module.
@@ -62,6 +60,7 @@ from psg4d.train.metrics_log import METRICS_FILE, MetricsLog, read_metrics  # no
 from psg4d.train.optim import build_optimizer, build_scheduler, param_groups, resolve_amp  # noqa: F401
 from psg4d.train.params import FrozenModules, check_frozen_initialised, set_trainable, top_level_modules
 from psg4d.train.stages import INIT_PREVIOUS, ExperimentConfig, StageConfig, check_local_weights
+from psg4d.train.validation import DefaultValidator, Validator, autocast, seed_everything, to_device
 from psg4d.utils.threads import AdaptiveThreads
 
 log = logging.getLogger(__name__)
@@ -69,12 +68,6 @@ log = logging.getLogger(__name__)
 EXPERIMENT_FILE = "experiment.yaml"
 
 ModelFactory = Callable[[Any], nn.Module]
-
-
-class Validator(Protocol):
-    """Called on rank 0 with the unwrapped model in eval mode; returns scalar metrics."""
-
-    def __call__(self, model: nn.Module, *, stage: StageConfig, step: int) -> dict[str, float]: ...
 
 
 # Called after every optimizer step (after any checkpoint of that step); tests use
@@ -118,24 +111,6 @@ def train_mode(model: nn.Module) -> nn.Module:
     return model
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def to_device(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [to_device(v, device) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(to_device(v, device) for v in obj)
-    return obj
-
-
 def _scalar_parts(out: dict[str, Any]) -> dict[str, float]:
     return {
         k: float(v.detach().float().item())
@@ -148,66 +123,6 @@ def default_model_factory(model_cfg: Any) -> nn.Module:
     from psg4d.model.psg4d_llm import PSG4DModel
 
     return PSG4DModel.from_config(model_cfg)
-
-
-# --------------------------------------------------------------------------- validation
-
-
-class DefaultValidator:
-    """Val loss on up to ``max_videos`` val videos and, when enabled, R@K / mR@K of
-    the Predictor's scene graphs on the same videos."""
-
-    def __init__(
-        self,
-        *,
-        dataset: MixtureDataset,
-        device: torch.device,
-        amp: torch.dtype | None,
-        batch_size: int,
-        recall: bool,
-        protocol: str,
-    ):
-        self.dataset = dataset
-        self.device = device
-        self.amp = amp
-        self.batch_size = batch_size
-        self.recall = recall
-        self.protocol = protocol
-
-    def _samples(self) -> list[Sample]:
-        return [self.dataset[i] for i in range(len(self.dataset))]
-
-    def __call__(self, model: nn.Module, *, stage: StageConfig, step: int) -> dict[str, float]:
-        samples = self._samples()
-        losses: list[float] = []
-        with torch.no_grad(), _autocast(self.device, self.amp):
-            for i in range(0, len(samples), self.batch_size):
-                batch = to_device(model.collate(samples[i : i + self.batch_size]), self.device)
-                losses.append(float(model(**batch)["loss"].float().item()))
-        metrics = {"val_loss": float(np.mean(losses))}
-        from psg4d.model.psg4d_llm import PSG4DModel
-
-        if isinstance(model, PSG4DModel) and len(samples) >= 2:
-            # cheap (teacher forced) and says what R@K cannot: whether the LLM reads the
-            # video at all, and the mask quality perfect text would get
-            from psg4d.infer.diagnostics import grounding, teacher_forced_masks
-
-            metrics["val_grounding_gap"] = grounding(model, samples[:4]).gap
-            metrics["val_tf_mask_hit"] = teacher_forced_masks(model, samples).hit
-        if self.recall:
-            from psg4d.eval import evaluate
-            from psg4d.infer.predictor import Predictor, PredictorConfig
-
-            # the training run's thread count, not one adapted to the load: training goes on after
-            predictor = Predictor(model=model, config=PredictorConfig(threads=torch.get_num_threads()))
-            preds = [predictor.predict(s.video) for s in samples]
-            scores = evaluate(preds, {s.graph.video_id: s.graph for s in samples}, protocol=self.protocol)
-            metrics.update({k: float(v) for k, v in scores.items() if isinstance(v, (int, float))})
-        return metrics
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 # --------------------------------------------------------------------------- the loop
@@ -586,7 +501,7 @@ class _StageRun:
                 else contextlib.nullcontext()
             )
             with sync:
-                with _autocast(info.device, self.amp):
+                with autocast(info.device, self.amp):
                     out = self.wrapped(**batch)
                 loss = out["loss"]
                 if not torch.isfinite(loss.detach()).all():
