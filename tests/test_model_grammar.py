@@ -120,3 +120,12 @@ def test_round_trip_property(rows):
 def test_rejects_non_string_quietly():
     assert parse_scene_graph(None).triplets == []  # type: ignore[arg-type]
     assert np.isscalar(parse_scene_graph("").dropped)
+
+
+def test_a_span_number_too_long_for_int_saturates_instead_of_raising():
+    # int() refuses strings of more than 4,300 digits; the parser promises never to raise
+    huge = "7" * 5000
+    clamped = parse_scene_graph(f"cup [Obj] on table [Obj] 1 {huge}", num_frames=6)
+    assert [(t.start, t.end) for t in clamped.triplets] == [(1, 5)]
+    free = parse_scene_graph(f"cup [Obj] on table [Obj] {huge} 2")
+    assert [(t.start, t.end) for t in free.triplets] == [(2, 10**18 - 1)]

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import _fixtures_hoi as pub
+from psg4d.data.readers import open_dataset
 from psg4d.data.readers.hoi import HOIReader, write_hoi_index, write_hoi_video
 from psg4d.data.schema import MaskTube, ObjectTrack, Relation, Sample, SceneGraph4D, Video4D
 from psg4d.errors import DataError
@@ -228,3 +232,47 @@ def test_random_label_maps_round_trip_exactly(tmp_path_factory, h, w, t, n, seed
     for o in objs:
         np.testing.assert_array_equal(back[o.object_id].tube.to_dense(), o.tube.to_dense())
         assert back[o.object_id].tube.present().tolist() == o.tube.present().tolist()
+
+
+# -- the layout of PSG4D's HOI code and HOI4D's decoder (tests/_fixtures_hoi.py)
+
+
+def test_public_layout_areas_merged_relations_and_depth(tmp_path):
+    pub.build_psg4d_hoi(tmp_path)
+    r = open_dataset(tmp_path)
+    assert isinstance(r, HOIReader) and r.video_ids() == ["1", "2"]
+    g = r.read_graph("1")
+    assert (g.num_frames, g.height, g.width) == (pub.T, pub.H, pub.W)
+    assert {o.object_id: o.tube.areas().tolist() for o in g.objects} == pub.AREAS
+    assert {o.object_id: o.category for o in g.objects} == {1: "mug", 2: "table"}
+    assert {(x.subject_id, x.object_id, x.predicate): x.spans for x in g.relations} == pub.MERGED
+    v = r.read_video("1")
+    # depth lives in HOI4D_depth_video/<path>/align_depth, millimetres -> metres
+    assert v.depth is not None and v.depth.shape == (pub.T, pub.H, pub.W)
+    np.testing.assert_array_equal(v.depth, np.stack([pub.depth_mm(t) for t in range(pub.T)]).astype(np.float32) / 1000)
+
+
+def test_missing_depth_warns_once(tmp_path, caplog):
+    pub.build_psg4d_hoi(tmp_path)
+    shutil.rmtree(tmp_path / "HOI4D_depth_video")
+    r = HOIReader(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="psg4d.data.readers"):
+        videos = [r.read_video(v) for v in r.video_ids()]
+    assert all(v.depth is None for v in videos)
+    warned = [x.getMessage() for x in caplog.records if "has no depth" in x.getMessage()]
+    assert len(warned) == 1 and "HOI4D_depth_video" in warned[0]
+
+
+def test_writer_puts_depth_where_the_public_layout_has_it(tmp_path):
+    entries = write_dataset(tmp_path, [make_sample()])
+    rel = entries[0]["video_id"]
+    assert (tmp_path / "HOI4D_depth_video" / rel / "align_depth" / "00000.png").is_file()
+    assert not (tmp_path / "HOI4D_release" / rel / "align_depth").exists()
+
+
+def test_depth_written_by_earlier_psg4d_is_still_read(tmp_path):
+    entries = write_dataset(tmp_path, [make_sample()])
+    rel = entries[0]["video_id"]
+    (tmp_path / "HOI4D_release" / rel / "align_depth").parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(tmp_path / "HOI4D_depth_video" / rel / "align_depth", tmp_path / "HOI4D_release" / rel / "align_depth")
+    assert HOIReader(tmp_path).read_video("v0").depth is not None

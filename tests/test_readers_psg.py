@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import _fixtures_psg as pub
+from psg4d.data.readers import detect_format, open_dataset
 from psg4d.data.readers.psg2d import PSGReader, id_to_rgb, rgb_to_id, write_psg_image, write_psg_index
 from psg4d.data.schema import MaskTube, ObjectTrack, Relation, Sample, SceneGraph4D, Video4D
 from psg4d.errors import DataError
@@ -139,3 +141,19 @@ def test_writer_refuses_multi_frame_and_unknown_predicate(tmp_path):
     s.video = Video4D(rgb=np.zeros((2, H, W, 3), np.uint8))
     with pytest.raises(DataError, match="single-frame"):
         write_psg_image(tmp_path, s, image_id=1, thing_classes=THINGS, stuff_classes=STUFF, predicate_classes=PREDS)
+
+
+# -- OpenPSG's layout: data/psg/psg.json beside data/coco (tests/_fixtures_psg.py)
+
+
+def test_public_layout_is_detected_at_the_data_root(tmp_path):
+    root = pub.build_psg(tmp_path / "data")
+    assert detect_format(root) == "psg"
+    r = open_dataset(root)
+    assert isinstance(r, PSGReader) and r.video_ids("train") == ["107902"] and r.video_ids("test") == ["107903"]
+    g = r.read_graph("107902")
+    assert {o.object_id: o.tube.areas().tolist() for o in g.objects} == pub.AREAS
+    assert [(o.category, o.is_thing) for o in g.objects] == [("person", True), ("cup", True), ("floor", False)]
+    assert {(x.subject_id, x.object_id, x.predicate): x.spans for x in g.relations} == pub.MERGED
+    v = r.read_video("107903")
+    assert v.rgb.shape == (1, pub.H, pub.W, 3) and abs(int(v.rgb[0, 5, 5, 0]) - 77) <= 2

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import _fixtures_pvsg as pub
+from psg4d.data.inspect import format_inspection, inspect_dataset
 from psg4d.data.readers.pvsg import PVSGReader
 from psg4d.errors import DataError
 
@@ -114,3 +116,30 @@ def test_malformed_json_and_unknown_split_video(tmp_path):
     (tmp_path / "pvsg.json").write_text('{"objects": ')
     with pytest.raises(DataError, match=r"pvsg\.json.*malformed JSON"):
         PVSGReader(tmp_path)
+
+
+# -- the layout of OpenPVSG's code and notebook (tests/_fixtures_pvsg.py)
+
+
+def test_public_layout_areas_and_merged_relations(tmp_path):
+    pub.build_pvsg(tmp_path)
+    r = PVSGReader(tmp_path)
+    assert r.video_ids("train") == [pub.VIDOR, pub.EGO] and r.video_ids("val") == [pub.EPIC]
+    for vid, (T, H, W) in pub.SIZES.items():
+        g = r.read_graph(vid)
+        assert (g.num_frames, g.height, g.width) == (T, H, W) and g.meta["source"] == pub.SOURCE[vid]
+        assert {o.object_id: o.tube.areas().tolist() for o in g.objects} == pub.AREAS[vid], vid
+        assert {(x.subject_id, x.object_id, x.predicate): x.spans for x in g.relations} == pub.MERGED[vid], vid
+    assert r.read_video(pub.EPIC).rgb[:, 0, 0, 0].tolist() == [0, 20, 40, 60]
+
+
+def test_unknown_predicate_is_dropped_counted_and_reported(tmp_path):
+    pub.build_pvsg(tmp_path)
+    r = PVSGReader(tmp_path)
+    g = r.read_graph(pub.VIDOR, with_masks=False)
+    assert "leaning on" not in {x.predicate for x in g.relations}
+    assert g.meta["relations_dropped_unknown_predicate"] == 1
+    s = inspect_dataset(r)
+    assert s["splits"]["train"]["dropped_relations"] == {"unknown_predicate": 1}
+    assert s["splits"]["val"]["dropped_relations"] == {} and s["all"]["relations"] == 5
+    assert "relations dropped as the dataset's own loader drops them: 1 (unknown predicate)" in format_inspection(s)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import _fixtures_hoi as pub_hoi
+import _fixtures_pvsg as pub_pvsg
 from psg4d.cli import app, main
 from psg4d.data.inspect import format_inspection, inspect_dataset
 from psg4d.data.readers import FORMATS, detect_format, open_dataset
@@ -54,7 +57,7 @@ def test_inspect_counts_from_index_only(hoi):
             p.unlink() if p.is_file() else p.rmdir()
     s = inspect_dataset(open_dataset(hoi))
     assert s["splits"]["train"] == {"videos": 2, "frames": 8, "objects": 6, "relations": 4, "spans": 6,
-                                    "predicates": {"on": 2, "pick up": 2}}
+                                    "predicates": {"on": 2, "pick up": 2}, "dropped_relations": {}}
     assert s["splits"]["val"]["videos"] == 1 and s["all"]["videos"] == 3 and s["all"]["frames"] == 12
     text = format_inspection(s)
     assert "train" in text and "pick up" in text and "psg4d-hoi" in text
@@ -128,10 +131,33 @@ def test_cli_errors_exit_2(tmp_path, capsys):
     assert "unknown format 'xyz'" in capsys.readouterr().err
 
 
+def _table_rows(out: str) -> list[str]:
+    """The first column of the split table (the lines after the header, up to the first blank line)."""
+    return [line.split()[0] for line in itertools.takewhile(bool, out.splitlines()[2:])]
+
+
 def test_cli_inspect_table(hoi, capsys):
     assert main(["data", "inspect", str(hoi), "--split", "val"]) == 0
     out = capsys.readouterr().out
-    rows = [line.split()[0] for line in out.splitlines()[2:] if line and not line.startswith(" ")]
-    assert rows[:2] == ["val", "all"], out
+    assert _table_rows(out) == ["val"], out
     assert main(["data", "inspect", str(hoi), "--split", "test"]) == 2
     assert "no split 'test'" in capsys.readouterr().err
+
+
+def test_inspect_prints_one_row_per_split(hoi, tmp_path, capsys):
+    assert main(["data", "inspect", str(hoi)]) == 0
+    assert _table_rows(capsys.readouterr().out) == ["train", "val", "all"]
+    single = tmp_path / "single"
+    single.mkdir()
+    pub_hoi.build_psg4d_hoi(single)  # no split table: the one split "all"
+    assert main(["data", "inspect", str(single)]) == 0
+    out = capsys.readouterr().out
+    assert _table_rows(out) == ["all"], out
+
+
+def test_cli_inspect_reports_dropped_relations(tmp_path, capsys):
+    pub_pvsg.build_pvsg(tmp_path)
+    assert main(["data", "inspect", str(tmp_path)]) == 0
+    assert "relations dropped as the dataset's own loader drops them: 1 (unknown predicate)" in capsys.readouterr().out
+    assert main(["data", "inspect", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["all"]["dropped_relations"] == {"unknown_predicate": 1}

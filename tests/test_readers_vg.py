@@ -1,4 +1,5 @@
-"""Visual Genome reader: box masks, names/name, objects only in relationships, sizes, bad input."""
+"""Visual Genome reader: box masks, names/name, image folders from the url, relationships naming
+unlisted objects, sizes, bad input."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import _fixtures_vg as pub
 from psg4d.data.readers.vg import VGReader
 from psg4d.errors import DataError
 
@@ -29,24 +31,23 @@ def make_vg(root, *, image_data=True):
     (root / "relationships.json").write_text(json.dumps(rels))
     if image_data:
         (root / "image_data.json").write_text(json.dumps([{"image_id": 1, "width": W, "height": H, "url": ""}]))
-    (root / "images").mkdir(exist_ok=True)
-    Image.fromarray(np.full((H, W, 3), 90, np.uint8)).save(root / "images" / "1.jpg")
+    (root / "VG_100K").mkdir(exist_ok=True)
+    Image.fromarray(np.full((H, W, 3), 90, np.uint8)).save(root / "VG_100K" / "1.jpg")
 
 
 def test_box_masks_and_names(tmp_path):
     make_vg(tmp_path)
     r = VGReader(tmp_path)
     assert r.splits == ["all"] and r.video_ids() == ["1"]
-    assert r.object_vocab == ["hat", "man", "shirt"] and r.predicate_vocab == ["on", "wearing"]
+    assert r.object_vocab == ["man", "shirt"] and r.predicate_vocab == ["wearing"]
     g = r.read_graph("1")
     assert (g.num_frames, g.height, g.width) == (1, H, W)
     objs = g.object_by_id()
-    assert sorted(objs) == [10, 11, 12]  # 12 appears only in relationships.json
+    assert sorted(objs) == [10, 11]  # 12 appears only in relationships.json: its relationship is dropped
     man = objs[10].tube.frame(0)
     assert man.sum() == 20 and man[3:7, 2:7].all()
     assert objs[11].tube.frame(0).sum() == 5 * 5  # box clipped to the image
-    assert objs[12].category == "hat"
-    assert {(x.subject_id, x.object_id, x.predicate) for x in g.relations} == {(10, 11, "wearing"), (12, 10, "on")}
+    assert {(x.subject_id, x.object_id, x.predicate) for x in g.relations} == {(10, 11, "wearing")}
     assert all(x.spans == [(0, 0)] for x in g.relations)
     v = r.read_video("1")
     assert v.rgb.shape == (1, H, W, 3) and v.depth is None
@@ -60,7 +61,7 @@ def test_size_from_image_header(tmp_path):
 
 def test_missing_image_and_bad_json(tmp_path):
     make_vg(tmp_path, image_data=False)
-    (tmp_path / "images" / "1.jpg").unlink()
+    (tmp_path / "VG_100K" / "1.jpg").unlink()
     with pytest.raises(DataError, match=r"1\.jpg.*missing frame file"):
         VGReader(tmp_path).read_graph("1")
     (tmp_path / "objects.json").write_text("[{")
@@ -70,8 +71,33 @@ def test_missing_image_and_bad_json(tmp_path):
 
 def test_nameless_object(tmp_path):
     make_vg(tmp_path)
-    rels = json.loads((tmp_path / "relationships.json").read_text())
-    del rels[0]["relationships"][1]["subject"]["name"]
-    (tmp_path / "relationships.json").write_text(json.dumps(rels))
-    with pytest.raises(DataError, match=r"relationships\.json.*object 12 has no 'names' or 'name'"):
+    objs = json.loads((tmp_path / "objects.json").read_text())
+    del objs[0]["objects"][1]["names"]
+    (tmp_path / "objects.json").write_text(json.dumps(objs))
+    with pytest.raises(DataError, match=r"objects\.json.*object 11 has no 'names' or 'name'"):
         VGReader(tmp_path)
+
+
+# -- the v1.4 release files (tests/_fixtures_vg.py)
+
+
+def test_public_layout_folders_from_url_and_areas(tmp_path):
+    pub.build_vg(tmp_path)
+    r = VGReader(tmp_path)
+    for iid, (h, w) in pub.SIZES.items():
+        g = r.read_graph(str(iid))
+        assert (g.height, g.width) == (h, w)
+        assert {o.object_id: o.tube.areas().tolist() for o in g.objects} == pub.AREAS[iid]
+        assert {(x.subject_id, x.object_id, x.predicate): x.spans for x in g.relations} == pub.MERGED[iid]
+        v = r.read_video(str(iid))  # image 2 is in VG_100K_2, as its url says
+        assert v.rgb.shape == (1, h, w, 3) and abs(int(v.rgb[0, 0, 0, 0]) - 50 * iid) <= 2
+
+
+def test_relationship_with_an_unlisted_object_is_dropped_and_counted(tmp_path):
+    pub.build_vg(tmp_path)
+    r = VGReader(tmp_path)
+    for iid, n in pub.DROPPED.items():
+        g = r.read_graph(str(iid), with_masks=False)
+        assert g.meta["relations_dropped_missing_object"] == n
+        assert sorted(o.object_id for o in g.objects) == sorted(o["object_id"] for o in pub.OBJECTS[iid])
+    assert "hat" not in r.object_vocab

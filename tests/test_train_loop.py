@@ -319,3 +319,31 @@ def test_vocabularies_come_from_the_training_data_only(tmp_path):
     # what its training graphs hold, not everything it declares ("lamp" is in none)
     assert model.object_vocab == ["person", "cup", "table", "sofa"]
     assert model.predicate_vocab[-1] == "sitting on" and set(model.predicate_vocab) <= {*PREDICATES, "sitting on"}
+
+
+def test_resuming_into_a_folder_of_another_model_is_refused(tmp_path):
+    _run(toy_experiment(tmp_path), tmp_path / "out")
+    other = toy_experiment(tmp_path, model={"max_new_tokens": 99})
+    with pytest.raises(CheckpointError, match=r"different model \(model.max_new_tokens: 256 -> 99\).*--no-resume"):
+        _run(other, tmp_path / "out")
+    # the finished model is untouched and --no-resume starts the folder over with the new config
+    assert (tmp_path / "out" / "s1" / "final" / ckpt.MODEL_WEIGHTS).exists()
+    fresh = _run(other, tmp_path / "out", resume=False)
+    assert not fresh.stages[0].skipped
+    # a longer schedule is not a different model: it continues
+    longer = toy_experiment(tmp_path, model={"max_new_tokens": 99}, train__lr=1e-3)
+    assert _run(longer, tmp_path / "out").stages[0].skipped
+
+
+def test_checkpoint_with_a_nan_tensor_is_refused_at_load(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    cfg = toy_experiment(tmp_path)
+    res = _run(cfg, tmp_path / "out")
+    final = res.stages[0].final_dir
+    state = load_file(str(final / ckpt.MODEL_WEIGHTS))
+    name = sorted(k for k, v in state.items() if v.is_floating_point())[0]
+    state[name][...] = float("nan")
+    save_file(state, str(final / ckpt.MODEL_WEIGHTS))
+    with pytest.raises(CheckpointError, match=rf"model.safetensors: tensor '{name}' holds NaN"):
+        ckpt.load_model_weights(toy_factory()(cfg.model), final)

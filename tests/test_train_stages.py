@@ -42,7 +42,7 @@ def test_lift_2d_is_rejected_naming_the_stage_that_needs_estimators():
     ("stages", "pattern"),
     [
         ([{"name": "s1", "kind": "transfer_3d", "max_steps": 3}],
-         r"unknown stage kind 'transfer_3d'; valid kinds: \['4d_init', 'estimator_fit', 'finetune_4d', 'pseudo4d_init',"
+         r"unknown stage kind 'transfer_3d' \(did you mean 'transfer_2d'\?\); valid kinds: \['4d_init', 'estimator_fit', 'finetune_4d', 'pseudo4d_init',"
          r" 'transfer_2d'\]"),
         ([{"name": "s1"}], "exactly one of max_steps and epochs"),
         ([{"name": "s1", "max_steps": 3, "epochs": 1.0}], "exactly one of max_steps and epochs"),
@@ -89,3 +89,17 @@ def test_load_experiment_applies_overrides(tmp_path):
     (tmp_path / "nomodel.yaml").write_text("stages: []\n")
     with pytest.raises(ConfigError, match="missing the `model` section"):
         load_experiment(tmp_path / "nomodel.yaml")
+
+
+def test_optimizer_and_scheduler_names_are_the_tables_of_train_optim():
+    """The config's name lists and the builders in train.optim are one set: a name the loader
+    accepts always builds, and every builder can be named."""
+    from typing import get_args
+
+    from psg4d.train.optim import OPTIMIZERS, SCHEDULERS
+    from psg4d.train.stages import OptimizerName, SchedulerName
+
+    assert set(get_args(OptimizerName)) == set(OPTIMIZERS)
+    assert set(get_args(SchedulerName)) == set(SCHEDULERS)
+    with pytest.raises(ConfigError, match=r"train.optimizer.*'adamm'.*did you mean 'adamw'"):
+        from_dict(ExperimentConfig, {"train": {"optimizer": "adamm"}, "stages": [{"name": "a", "kind": "4d_init"}]})

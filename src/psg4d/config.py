@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Iterable, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -57,14 +58,15 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {value!r} fits none of {tp}: {'; '.join(errors)}")
     if origin is typing.Literal:
         if value not in get_args(tp):
-            raise ConfigError(f"{where}: {value!r} is not one of {list(get_args(tp))}")
+            choices = get_args(tp)
+            raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}{did_you_mean(value, choices)}")
         return value
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
-        return from_dict(tp, value, where=where)
+        return _from_dict(tp, value, where)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
@@ -105,20 +107,48 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config") -> T:
-    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError."""
+def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config", source: str | Path | None = None) -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError.
+
+    ``where`` is the key path of ``data`` (``""`` at the top level of a file); ``source`` names the
+    file, kept apart from the key path: ``configs/x.yaml: train.lr: must be > 0, got -1.0``.
+    """
+    if source is None:
+        return _from_dict(cls, data, where)
+    try:
+        return _from_dict(cls, data, where)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def _key(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{where or 'top level'}: expected a mapping, got {type(data).__name__}")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
-    kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+        hints_text = "".join(
+            f"; {_key(where, str(k))}{did_you_mean(k, fields)}" if did_you_mean(k, fields) else "" for k in unknown
+        )
+        raise ConfigError(
+            f"{where or 'top level'}: unknown key(s) {unknown}{hints_text}; valid keys: {sorted(fields)}"
+        )
+    kwargs = {k: _convert(hints[k], v, _key(where, k)) for k, v in data.items()}
     try:
         return cls(**kwargs)
     except TypeError as e:
-        raise ConfigError(f"{where}: {e}") from None
+        raise ConfigError(f"{where or 'top level'}: {e}") from None
 
 
 def merge_dicts(base: dict, over: dict) -> dict:
@@ -132,12 +162,14 @@ def merge_dicts(base: dict, over: dict) -> dict:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML preset, resolving ``_base_`` chains."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: config file not found")
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found" if not path.exists() else f"{path}: not a file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: malformed YAML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     base = data.pop("_base_", None)

@@ -10,16 +10,16 @@ import itertools
 import json
 import logging
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 import typer
 
 from psg4d.data.schema import SceneGraph4D, iter_scene_graphs, save_scene_graphs
-from psg4d.errors import ConfigError
+from psg4d.errors import ConfigError, DataError
 from psg4d.eval.labelmap import LabelMap
 from psg4d.eval.metric import PROTOCOLS, evaluate, summary_table
 from psg4d.eval.sources import load_ground_truth
-from psg4d.utils.io import atomic_write_json
+from psg4d.utils.io import atomic_write_json, check_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +29,25 @@ def _predictions(
     threads: int | None = None,
 ) -> Iterable[SceneGraph4D]:
     if pred is not None:
-        graphs = iter_scene_graphs(pred)
+        graphs = _with_tubes(iter_scene_graphs(pred), pred)
         return graphs if limit is None else itertools.islice(graphs, limit)
     if data is None or split is None:
         raise ConfigError("--ckpt needs --data DIR and --split S to know which videos to predict")
     from psg4d.infer.predictor import PredictorConfig, predict_split  # torch only when predicting
 
     return predict_split(ckpt, data, split, limit=limit, progress=True, config=PredictorConfig(threads=threads))
+
+
+def _with_tubes(graphs: Iterable[SceneGraph4D], path: Path) -> Iterator[SceneGraph4D]:
+    """``graphs``, refusing (naming the file) an object in a relation without a mask tube: a file
+    that lost its ``tube`` keys would otherwise score as empty masks."""
+    for g in graphs:
+        objs = g.object_by_id()
+        for i, r in enumerate(g.relations):
+            for oid in (r.subject_id, r.object_id):
+                if oid in objs and objs[oid].tube is None:
+                    raise DataError(path, f"video {g.video_id!r}: relations[{i}]: object {oid} has no 'tube'")
+        yield g
 
 
 def eval_command(
@@ -80,6 +92,11 @@ def eval_command(
         raise ConfigError(f"--limit must be positive, got {limit}")
     if save_pred is not None and ckpt is None:
         raise ConfigError("--save-pred needs --ckpt (with --pred the predictions are already a file)")
+    for target, flag in ((out, "--out"), (save_pred, "--save-pred")):
+        if target is not None:
+            if target.is_dir():
+                raise ConfigError(f"{target}: {flag} names a folder; give a file path")
+            check_writable_dir(target.parent, for_path=target)
     gts, vocab = load_ground_truth(gt, split, split_is_for_gt=ckpt is None, limit=limit)
     lm = LabelMap.load(label_map) if label_map is not None else None
     preds = _predictions(pred, ckpt, data, split, limit, threads)

@@ -12,6 +12,7 @@ from psg4d.data.inspect import format_inspection, inspect_dataset
 from psg4d.data.readers import known_formats, open_dataset
 from psg4d.data.readers.canonical import write_canonical
 from psg4d.errors import DataError
+from psg4d.utils.io import prepare_output_dir
 
 data_app = typer.Typer(
     name="data",
@@ -42,15 +43,20 @@ def inspect_cmd(
 @data_app.command("convert")
 def convert_cmd(
     src: Path = typer.Argument(..., help="Source dataset root folder."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (replaced atomically when complete)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder, written atomically when complete; an earlier conversion there is replaced."),
     format: Optional[str] = typer.Option(None, "--format", "-f", help=_FORMAT_HELP),
     split: Optional[str] = typer.Option(None, "--split", "-s", help="Convert only this split."),
     name: Optional[str] = typer.Option(None, "--name", help="Dataset name stored in the index (default: source folder name)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Move a non-empty --out that is not an earlier conversion aside (never deleted)."
+    ),
 ) -> None:
     """Write a dataset in the canonical psg4d layout (psg4d_dataset.json, graphs/, videos/)."""
     reader = open_dataset(src, format)
-    if out.resolve() == reader.root.resolve():
-        raise DataError(out, "the output folder must differ from the source folder")
+    prepare_output_dir(
+        out, marker=("psg4d_dataset.json",), what="psg4d data convert", overwrite=overwrite,
+        protect=(Path(src), reader.root),
+    )  # fmt: skip
     info = write_canonical(reader, out, split=split, name=name, progress=True)
     typer.echo(
         f"wrote {info['num_videos']} videos ({info['num_frames']} frames; splits: "

@@ -4,6 +4,10 @@ frames, objects, relations (and their spans) and a predicate histogram.
 Only scene graphs are read, never frames. Readers whose ``read_graph`` takes
 ``with_masks`` (all built-in ones) are asked for graphs without mask tubes, so
 formats that keep masks in per-frame files are counted from their index alone.
+
+Relations a reader dropped the way the dataset's own loader does (a graph's
+``meta["relations_dropped_<reason>"]`` counts, e.g. PVSG's unknown predicates)
+are summed per reason and reported under the table.
 """
 
 from __future__ import annotations
@@ -24,8 +28,14 @@ def _graph_reader(reader: DatasetReader):
     return reader.read_graph
 
 
+DROPPED_PREFIX = "relations_dropped_"
+
+
 def _empty() -> dict[str, Any]:
-    return {"videos": 0, "frames": 0, "objects": 0, "relations": 0, "spans": 0, "predicates": Counter()}
+    return {
+        "videos": 0, "frames": 0, "objects": 0, "relations": 0, "spans": 0,
+        "predicates": Counter(), "dropped_relations": Counter(),
+    }
 
 
 def _add(stats: dict[str, Any], g: SceneGraph4D) -> None:
@@ -35,6 +45,9 @@ def _add(stats: dict[str, Any], g: SceneGraph4D) -> None:
     stats["relations"] += len(g.relations)
     stats["spans"] += sum(len(r.spans) for r in g.relations)
     stats["predicates"].update(r.predicate for r in g.relations)
+    for key, n in g.meta.items():
+        if key.startswith(DROPPED_PREFIX) and n:
+            stats["dropped_relations"][key[len(DROPPED_PREFIX):]] += int(n)
 
 
 def inspect_dataset(reader: DatasetReader, *, splits: list[str] | None = None, progress: bool = False) -> dict:
@@ -42,7 +55,8 @@ def inspect_dataset(reader: DatasetReader, *, splits: list[str] | None = None, p
 
     Returns ``{"format", "root", "object_vocab", "predicate_vocab", "splits": {name: stats},
     "all": stats}``; ``stats`` has ``videos, frames, objects, relations, spans`` and
-    ``predicates`` (name -> count, most frequent first).
+    ``predicates`` (name -> count, most frequent first) and ``dropped_relations``
+    (reason -> count of relations the reader dropped).
     """
     read = _graph_reader(reader)
     names = splits if splits is not None else reader.splits
@@ -60,7 +74,7 @@ def inspect_dataset(reader: DatasetReader, *, splits: list[str] | None = None, p
             _add(total, g)
 
     def finish(st: dict[str, Any]) -> dict[str, Any]:
-        return {**st, "predicates": dict(st["predicates"].most_common())}
+        return {**st, "predicates": dict(st["predicates"].most_common()), "dropped_relations": dict(st["dropped_relations"])}
 
     return {
         "format": reader.format_name,
@@ -82,11 +96,18 @@ def format_inspection(summary: dict, *, top_predicates: int = 15) -> str:
         f"{summary['object_vocab']} object classes, {summary['predicate_vocab']} predicates",
     ]
     rows = [("split", *COLUMNS)]
-    for name, st in [*summary["splits"].items(), ("all", summary["all"])]:
+    # one row per split; the total only where it adds to them
+    totals = [("all", summary["all"])] if len(summary["splits"]) > 1 else []
+    for name, st in [*summary["splits"].items(), *totals]:
         rows.append((name, *(str(st[c]) for c in COLUMNS)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    dropped = summary["all"].get("dropped_relations") or {}
+    if dropped:
+        lines.append("")
+        reasons = ", ".join(f"{n} ({reason.replace('_', ' ')})" for reason, n in dropped.items())
+        lines.append(f"relations dropped as the dataset's own loader drops them: {reasons}")
     preds = summary["all"]["predicates"]
     if preds:
         total = sum(preds.values())

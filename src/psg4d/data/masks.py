@@ -30,6 +30,82 @@ def coco_rle(rle: dict) -> dict:
     return {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
 
 
+# A run is stored in 5-bit groups; 7 groups (35 bits) hold any difference of two run lengths of a
+# mask up to 2^34 pixels, and keep every partial sum far from int64 overflow.
+_MAX_GROUPS = 7
+
+
+def rle_run_lengths(counts: str | bytes) -> np.ndarray:
+    """The int64 run lengths of a compressed COCO ``counts`` string (pycocotools' ``rleFrString``,
+    vectorised).
+
+    Raises ValueError on a character outside the code range, a run longer than any mask needs or a
+    truncated last run, which the C decoder would read past the end of the string.
+    """
+    data = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
+    c = np.frombuffer(data, dtype=np.uint8).astype(np.int64) - 48
+    if c.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if ((c < 0) | (c >= 64)).any():
+        bad = data[int(np.flatnonzero((c < 0) | (c >= 64))[0])]
+        raise ValueError(f"character {chr(bad)!r} is not COCO RLE code")
+    more = (c & 0x20) != 0
+    if more[-1]:
+        raise ValueError("the last run is cut off")
+    ends = np.flatnonzero(~more)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    lengths = ends - starts + 1
+    if (lengths > _MAX_GROUPS).any():
+        raise ValueError("a run length is out of range")
+    k = np.arange(c.size) - np.repeat(starts, lengths)
+    x = np.add.reduceat((c & 0x1F) << (5 * k), starts)
+    negative = (c[ends] & 0x10) != 0
+    x[negative] -= np.left_shift(1, 5 * lengths[negative])
+    # runs from the third on are stored as the difference to the run two before
+    x[1::2] = np.cumsum(x[1::2])
+    x[2::2] = np.cumsum(x[2::2])
+    return x
+
+
+def rle_problem(rle: object, height: int | None = None, width: int | None = None) -> str | None:
+    """Why ``rle`` is not a valid schema RLE of an ``height`` x ``width`` mask (None: it is).
+
+    Checked: a dict with ``size`` [H, W] and ``counts`` (str, or an uncompressed list of ints),
+    run lengths non-negative and summing to H*W. pycocotools trusts all of this: a bad run
+    length makes it loop for ever or read past its buffers.
+    """
+    if not isinstance(rle, dict):
+        return f"mask must be an RLE object, got {type(rle).__name__}"
+    size, counts = rle.get("size"), rle.get("counts")
+    if (
+        not isinstance(size, (list, tuple)) or len(size) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in size)
+    ):  # fmt: skip
+        return f"RLE 'size' must be [H, W] (non-negative integers), got {size!r}"
+    h, w = size
+    if height is not None and width is not None and (h, w) != (height, width):
+        return f"mask size {h}x{w} does not match the video's {height}x{width}"
+    if counts is None:
+        return "RLE has no 'counts'"
+    if isinstance(counts, list):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts):
+            return "RLE 'counts' list must hold integers"
+        runs = np.asarray(counts, dtype=object if any(abs(v) > 2**62 for v in counts) else np.int64)
+    elif isinstance(counts, str):
+        try:
+            runs = rle_run_lengths(counts)
+        except (ValueError, UnicodeEncodeError) as e:
+            return f"RLE 'counts' is not a COCO RLE string: {e}"
+    else:
+        return f"RLE 'counts' must be a string or a list, got {type(counts).__name__}"
+    if (runs < 0).any():
+        return "RLE has a negative run length"
+    total = int(runs.sum())
+    if total != h * w:
+        return f"RLE run lengths sum to {total}, not H*W = {h * w}"
+    return None
+
+
 def rle_encode(mask: np.ndarray) -> dict:
     """Binary ``[H, W]`` mask -> schema RLE."""
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8, copy=False)))

@@ -32,9 +32,11 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 # rle_area and rle_encode are unused here but re-exported: viewers, inference and user code import the RLE helpers from the schema
-from psg4d.data.masks import coco_rle, rle_area, rle_areas, rle_decode, rle_encode, rle_encode_batch  # noqa: F401
+from psg4d.data.masks import (  # noqa: F401
+    coco_rle, rle_area, rle_areas, rle_decode, rle_encode, rle_encode_batch, rle_problem,
+)
 from psg4d.errors import DataError
-from psg4d.utils.io import atomic_path
+from psg4d.utils.io import atomic_path, json_text
 
 SCHEMA_VERSION = 1
 
@@ -383,8 +385,9 @@ class SceneGraph4D:
                     field=f"{f}.tube",
                 )
             for t, r in enumerate(o.tube.rles):
-                if r is not None and list(r.get("size", [])) != [self.height, self.width]:
-                    raise DataError(src, f"{ctx}: frame {t} mask size {r.get('size')} mismatch", field=f"{f}.tube")
+                problem = None if r is None else rle_problem(r, self.height, self.width)
+                if problem is not None:
+                    raise DataError(src, f"{ctx}: {f}: object {o.object_id}: frame {t}: {problem}")
             if o.frame_categories is not None and len(o.frame_categories) != self.num_frames:
                 raise DataError(src, f"{ctx}: frame_categories length != num_frames", field=f)
         for i, r in enumerate(self.relations):
@@ -393,6 +396,8 @@ class SceneGraph4D:
                 if oid not in ids:
                     raise DataError(src, f"{ctx}: {role} id {oid} is not an object of this video", field=f)
             for a, b in r.spans:
+                if a > b:
+                    raise DataError(src, f"{ctx}: span [{a}, {b}] starts after it ends", field=f)
                 if not (0 <= a <= b < self.num_frames):
                     raise DataError(
                         src, f"{ctx}: span [{a}, {b}] outside the video's frames [0, {self.num_frames - 1}]", field=f
@@ -432,13 +437,14 @@ class SceneGraph4D:
                 num_frames=int(d["num_frames"]),
                 height=int(d["height"]),
                 width=int(d["width"]),
+                # a missing list is an error, not an empty graph: it would silently score as one
                 objects=[
                     ObjectTrack.from_json(o, where=f"{where}: video {vid!r}: objects[{i}]")
-                    for i, o in enumerate(d.get("objects", []))
+                    for i, o in enumerate(_json_list(d, "objects", where, vid))
                 ],
                 relations=[
                     Relation.from_json(r, where=f"{where}: video {vid!r}: relations[{i}]")
-                    for i, r in enumerate(d.get("relations", []))
+                    for i, r in enumerate(_json_list(d, "relations", where, vid))
                 ],
                 object_vocab=d.get("object_vocab"),
                 predicate_vocab=d.get("predicate_vocab"),
@@ -453,7 +459,7 @@ class SceneGraph4D:
     def save(self, path: str | Path) -> None:
         """Write atomically as JSON."""
         with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(self.to_json()))
+            tmp.write_text(json_text(self.to_json(), path), encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path, *, validate: bool = True) -> "SceneGraph4D":
@@ -463,6 +469,14 @@ class SceneGraph4D:
         return g.validate(path) if validate else g
 
 
+def _json_list(d: dict, key: str, where: str, vid: str) -> list:
+    if key not in d:
+        raise DataError(where, f"video {vid!r}: missing field {key!r} (write [] for none)")
+    if not isinstance(d[key], list):
+        raise DataError(where, f"video {vid!r}: {key!r} must be a list, got {type(d[key]).__name__}")
+    return d[key]
+
+
 # --------------------------------------------------------------------------- collections
 
 
@@ -470,7 +484,7 @@ def _read_json(path: Path) -> Any:
     if not path.exists():
         raise DataError(path, "file not found")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DataError(path, f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     except UnicodeDecodeError:
@@ -481,9 +495,9 @@ def save_scene_graphs(path: str | Path, graphs: Iterable[SceneGraph4D]) -> int:
     """Write scene graphs as JSON Lines (atomically); returns how many were written."""
     n = 0
     with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             for g in graphs:
-                f.write(json.dumps(g.to_json()))
+                f.write(json_text(g.to_json(), f"{path}: video {g.video_id!r}"))
                 f.write("\n")
                 n += 1
     return n
@@ -493,15 +507,16 @@ def iter_scene_graphs(path: str | Path, *, validate: bool = True) -> Iterator[Sc
     """Stream scene graphs from a ``.jsonl`` file (one per line), a JSON list, a
     JSON object with a ``scene_graphs`` list, or a single scene-graph JSON."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(path, "file not found")
-    with open(path) as f:
-        first = f.read(1)
-        while first and first.isspace():
-            first = f.read(1)
+    if not path.is_file():
+        raise DataError(path, "file not found" if not path.exists() else "not a file")
     if path.suffix == ".jsonl":
-        with open(path) as f:
-            for lineno, line in enumerate(f, 1):
+        # bytes, decoded line by line: a text-mode reader fails on a whole buffer, not on the bad line
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise DataError(path, f"line {lineno}: not UTF-8 text") from None
                 if not line.strip():
                     continue
                 try:

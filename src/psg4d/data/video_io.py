@@ -16,6 +16,12 @@ open). Depth comes from a folder of ``.npy`` files (metres) or 16-bit PNGs
 *source* frame in the same order. Without depth, ``Video4D.depth`` is ``None``:
 depth is never invented here — the model has an RGB-only path.
 
+Size: frames are scaled while they are decoded (PyAV's scaler converts and
+scales in one pass; JPEGs decode at a reduced DCT scale), so a large source
+frame never exists in memory at full size. Depth values are checked as they are
+read (:mod:`psg4d.data.depth_io`); sampling and size rules live in
+:mod:`psg4d.data.frame_sampling`.
+
 Sampling: ``fps`` keeps the source frames nearest below each tick of the target
 rate (never upsampling), then ``max_frames`` subsamples uniformly. Every
 returned frame records its source frame number in ``frame_indices``.
@@ -24,16 +30,21 @@ returned frame records its source frame number in ``frame_indices``.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
-import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from psg4d.data.depth_io import DEPTH_EXTS as DEPTH_EXTS, DepthSource  # re-exported
+from psg4d.data.frame_sampling import (  # re-exported: video_io is the public entry point
+    Size as Size, _FpsSampler, capped_size as capped_size, effective_fps, list_files as list_files,
+    natural_key as natural_key, resize_depth as resize_depth, resize_rgb, scale_intrinsics, select_positions,
+    target_size,
+)
 from psg4d.data.schema import Video4D
 from psg4d.errors import DataError
 
@@ -41,11 +52,8 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
-DEPTH_EXTS = (".npy", ".png")
 # A folder of frames carries no frame rate; RGB-D sensors (Kinect, RealSense) record at 30.
 DEFAULT_FOLDER_FPS = 30.0
-
-Size = int | tuple[int, int] | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,16 +94,6 @@ class VideoWindow:
 # --------------------------------------------------------------------------- listing
 
 
-def natural_key(name: str) -> list:
-    """Sort key that orders embedded numbers numerically (``f2`` < ``f10``)."""
-    return [int(tok) if tok.isdigit() else tok.lower() for tok in re.split(r"(\d+)", name)]
-
-
-def list_files(folder: Path, exts: Sequence[str]) -> list[Path]:
-    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts and not p.name.startswith(".")]
-    return sorted(files, key=lambda p: natural_key(p.name))
-
-
 def _as_path(p: str | Path, what: str) -> Path:
     path = Path(p)
     if not path.exists():
@@ -103,101 +101,23 @@ def _as_path(p: str | Path, what: str) -> Path:
     return path
 
 
-# --------------------------------------------------------------------------- sampling and resizing
-
-
-def select_positions(
-    num_frames: int, *, source_fps: float, fps: float | None = None, max_frames: int | None = None
-) -> np.ndarray:
-    """Source frame numbers kept by ``fps`` resampling and then ``max_frames`` uniform subsampling."""
-    idx = np.arange(num_frames, dtype=np.int64)
-    if fps is not None:
-        if fps <= 0:
-            raise ValueError(f"fps must be positive, got {fps}")
-        if fps < source_fps:
-            idx = _fps_indices(num_frames, source_fps, fps)
-        else:
-            log.info("requested %.3g fps >= source %.3g fps: keeping every frame (no upsampling)", fps, source_fps)
-    if max_frames is not None:
-        if max_frames <= 0:
-            raise ValueError(f"max_frames must be positive, got {max_frames}")
-        if len(idx) > max_frames:
-            pick = np.round(np.linspace(0, len(idx) - 1, max_frames)).astype(np.int64)
-            idx = idx[pick]
-    return idx
-
-
-def _fps_indices(num_frames: int, source_fps: float, fps: float) -> np.ndarray:
-    step = source_fps / fps
-    n = int(math.floor((num_frames - 1) / step + 1e-9)) + 1
-    return np.floor(np.arange(n) * step + 1e-9).astype(np.int64)
-
-
-class _FpsSampler:
-    """Streaming version of :func:`_fps_indices`: decides frame by frame, count unknown."""
-
-    def __init__(self, source_fps: float, fps: float | None):
-        self.step = source_fps / fps if fps is not None and fps < source_fps else 1.0
-        self.k = 0
-
-    def keep(self, index: int) -> bool:
-        if index == int(math.floor(self.k * self.step + 1e-9)):
-            self.k += 1
-            return True
-        return False
-
-
-def effective_fps(indices: np.ndarray, source_fps: float) -> float:
-    """The average rate of the kept frames."""
-    if len(indices) < 2:
-        return float(source_fps)
-    return float(source_fps * (len(indices) - 1) / (indices[-1] - indices[0]))
-
-
-def target_size(height: int, width: int, size: Size) -> tuple[int, int]:
-    """``(H, W)`` after resizing: ``size`` is the shorter side (aspect kept) or ``(H, W)``."""
-    if size is None:
-        return height, width
-    if isinstance(size, int):
-        if size <= 0:
-            raise ValueError(f"size must be positive, got {size}")
-        scale = size / min(height, width)
-        return max(1, round(height * scale)), max(1, round(width * scale))
-    h, w = (int(s) for s in size)
-    if h <= 0 or w <= 0:
-        raise ValueError(f"size must be positive, got {size}")
-    return h, w
-
-
-def resize_rgb(rgb: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    if rgb.shape[:2] == hw:
-        return rgb
-    return np.asarray(Image.fromarray(rgb).resize((hw[1], hw[0]), Image.BILINEAR))
-
-
-def resize_depth(depth: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    # nearest: interpolating across an object boundary would invent depths that lie on neither surface
-    if depth.shape[:2] == hw:
-        return depth
-    return np.asarray(Image.fromarray(depth.astype(np.float32), mode="F").resize((hw[1], hw[0]), Image.NEAREST))
-
-
-def scale_intrinsics(k: np.ndarray | None, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarray | None:
-    if k is None:
-        return None
-    k = np.asarray(k, dtype=np.float64).copy()
-    sy, sx = dst_hw[0] / src_hw[0], dst_hw[1] / src_hw[1]
-    k[0] *= sx
-    k[1] *= sy
-    return k
-
-
 # --------------------------------------------------------------------------- RGB sources
 
 
-def _read_image(path: Path) -> np.ndarray:
+def _read_image(path: Path, hw: tuple[int, int] | None = None, native: tuple[int, int] | None = None) -> np.ndarray:
+    """RGB of an image file, decoded straight at ``hw`` (H, W) when given: JPEG decodes at a reduced
+    DCT scale (``draft``), so a 4000x3000 photo never exists in memory at full size."""
     try:
         with Image.open(path) as im:
+            if native is not None and im.size != (native[1], native[0]):
+                raise DataError(path, f"frame is {im.size[0]}x{im.size[1]}, expected {native[1]}x{native[0]}"
+                                      " (mixed frame sizes)")
+            if hw is not None and im.size != (hw[1], hw[0]):
+                im.draft("RGB", (hw[1], hw[0]))
+                im = im.convert("RGB")
+                if im.size != (hw[1], hw[0]):
+                    im = im.resize((hw[1], hw[0]), Image.BILINEAR)
+                return np.asarray(im)
             return np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DataError(path, f"cannot read image: {e}") from None
@@ -297,7 +217,7 @@ def probe_video(rgb: str | Path) -> VideoInfo:
     return _probe_file(path)
 
 
-def _decode_av(path: Path) -> Iterator[np.ndarray]:
+def _decode_av(path: Path, hw: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
     import av
 
     container = _av_open(path)
@@ -306,7 +226,11 @@ def _decode_av(path: Path) -> Iterator[np.ndarray]:
         stream.thread_type = "AUTO"
         n = 0
         for frame in container.decode(stream):
-            yield frame.to_ndarray(format="rgb24")
+            if hw is None or (frame.height, frame.width) == hw:
+                yield frame.to_ndarray(format="rgb24")
+            else:
+                # libswscale converts and scales in one pass: no full-size RGB copy of the frame
+                yield frame.to_ndarray(width=hw[1], height=hw[0], format="rgb24", interpolation="BILINEAR")
             n += 1
     except av.FFmpegError as e:
         raise DataError(path, f"cannot decode video: {e}") from None
@@ -316,7 +240,7 @@ def _decode_av(path: Path) -> Iterator[np.ndarray]:
         raise DataError(path, "video has no frames")
 
 
-def _decode_ffmpeg(path: Path) -> Iterator[np.ndarray]:
+def _decode_ffmpeg(path: Path, hw: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
     import imageio_ffmpeg
 
     try:
@@ -327,21 +251,22 @@ def _decode_ffmpeg(path: Path) -> Iterator[np.ndarray]:
     w, h = meta["size"]
     try:
         for buf in gen:
-            yield np.frombuffer(buf, dtype=np.uint8).reshape(h, w, 3)
+            rgb = np.frombuffer(buf, dtype=np.uint8).reshape(h, w, 3)
+            yield rgb if hw is None else resize_rgb(rgb, hw)
     except (RuntimeError, OSError) as e:
         raise DataError(path, f"cannot decode video: {e}") from None
     finally:
         gen.close()
 
 
-def _decode_file(path: Path) -> Iterator[np.ndarray]:
-    it = _decode_av(path)
+def _decode_file(path: Path, hw: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+    it = _decode_av(path, hw)
     try:
         first = next(it)
     except DataError as av_err:
         log.info("%s: PyAV failed (%s), falling back to imageio-ffmpeg", path, av_err.problem)
         try:
-            yield from _decode_ffmpeg(path)
+            yield from _decode_ffmpeg(path, hw)
         except DataError:
             raise av_err from None
         return
@@ -349,76 +274,20 @@ def _decode_file(path: Path) -> Iterator[np.ndarray]:
     yield from it
 
 
-def _iter_source(info: VideoInfo) -> Iterator[tuple[int, Path, np.ndarray]]:
-    """(source index, file to blame, RGB) for every source frame, decoded lazily."""
+def _iter_source(info: VideoInfo, hw: tuple[int, int]) -> Iterator[tuple[int, Path, Callable[[], np.ndarray]]]:
+    """(source index, file to blame, RGB at ``hw`` on call) for every source frame: a skipped image
+    is never opened; a video file is decoded frame by frame anyway, scaled as it is converted."""
+    native = (info.height, info.width)
     if info.kind == "frames":
         for i, f in enumerate(list_files(info.path, IMAGE_EXTS)):
-            yield i, f, _read_image(f)
-    else:
-        for i, rgb in enumerate(_decode_file(info.path)):
-            yield i, info.path, rgb
+            yield i, f, functools.partial(_read_image, f, hw, native)
+        return
+    for i, rgb in enumerate(_decode_file(info.path, None if hw == native else hw)):
+        yield i, info.path, functools.partial(_identity, rgb)
 
 
-# --------------------------------------------------------------------------- depth
-
-
-class DepthSource:
-    """A folder of per-frame depth maps (``.npy`` metres or 16-bit PNG ``depth_scale`` units/metre)."""
-
-    def __init__(self, folder: str | Path, *, depth_scale: float = 1000.0):
-        self.path = _as_path(folder, "depth folder")
-        if not self.path.is_dir():
-            raise DataError(self.path, "depth must be a folder of .npy or 16-bit .png files")
-        if depth_scale <= 0:
-            raise DataError(self.path, f"depth_scale must be positive, got {depth_scale}")
-        self.depth_scale = float(depth_scale)
-        self.files = list_files(self.path, DEPTH_EXTS)
-        if not self.files:
-            raise DataError(self.path, "no depth maps in folder (looked for .npy and 16-bit .png)")
-        kinds = {f.suffix.lower() for f in self.files}
-        if len(kinds) > 1:
-            raise DataError(self.path, "depth folder mixes .npy and .png files; use one kind")
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def check_count(self, num_video_frames: int, video_path: Path) -> None:
-        if len(self.files) < num_video_frames:
-            raise DataError(
-                self.path,
-                f"depth folder has {len(self.files)} frames but video {video_path} has {num_video_frames}",
-            )
-        if len(self.files) > num_video_frames:
-            log.warning("%s: %d depth maps for %d video frames; extra ones ignored",
-                        self.path, len(self.files), num_video_frames)
-
-    def read(self, index: int, hw: tuple[int, int]) -> np.ndarray:
-        """Depth of source frame ``index`` in metres, float32 ``[H, W]`` (must match the RGB size)."""
-        if index >= len(self.files):
-            raise DataError(self.path, f"depth folder has {len(self.files)} frames but the video has more (frame {index})")
-        f = self.files[index]
-        if f.suffix.lower() == ".npy":
-            try:
-                d = np.load(f, allow_pickle=False)
-            except (OSError, ValueError, EOFError) as e:
-                raise DataError(f, f"cannot read depth map: {e}") from None
-            if not (np.issubdtype(d.dtype, np.floating) or np.issubdtype(d.dtype, np.integer)):
-                raise DataError(f, f"depth map must be numeric, got dtype {d.dtype}")
-            d = d.astype(np.float32)
-        else:
-            try:
-                with Image.open(f) as im:
-                    if im.mode not in ("I;16", "I;16B", "I;16L", "I"):
-                        raise DataError(f, f"depth PNG must be 16-bit, got mode {im.mode!r}")
-                    d = np.asarray(im).astype(np.float32) / self.depth_scale
-            except (UnidentifiedImageError, OSError, ValueError) as e:
-                raise DataError(f, f"cannot read depth map: {e}") from None
-        if d.ndim == 3 and d.shape[-1] == 1:
-            d = d[..., 0]
-        if d.shape != hw:
-            raise DataError(f, f"depth map is {d.shape}, RGB frames are {hw[0]}x{hw[1]}")
-        # sensors mark missing depth with NaN/inf in float maps and 0 in PNGs; keep one convention (0 = unknown)
-        return np.where(np.isfinite(d), d, 0.0).astype(np.float32)
+def _identity(x: np.ndarray) -> np.ndarray:
+    return x
 
 
 # --------------------------------------------------------------------------- public API
@@ -445,12 +314,13 @@ def iter_frames(
     dsrc = DepthSource(depth, depth_scale=depth_scale) if depth is not None else None
     if dsrc is not None:
         dsrc.check_count(info.num_frames, info.path)
+        dsrc.check_sample(info.num_frames, (info.height, info.width))
     hw = target_size(info.height, info.width, size)
     sampler = _FpsSampler(src_fps, fps)
     wanted = None if keep is None else iter(sorted(int(k) for k in keep))
     next_wanted = None if wanted is None else next(wanted, None)
     pos = 0
-    for i, where, frame in _iter_source(info):
+    for i, where, get_rgb in _iter_source(info, hw):
         if wanted is not None:
             if next_wanted is None:
                 break
@@ -459,16 +329,13 @@ def iter_frames(
             next_wanted = next(wanted, None)
         elif not sampler.keep(i):
             continue
-        if frame.shape[:2] != (info.height, info.width):
-            raise DataError(
-                where, f"frame {i} is {frame.shape[1]}x{frame.shape[0]}, expected {info.width}x{info.height} (mixed frame sizes)"
-            )
+        frame = get_rgb()
         d = None
         if dsrc is not None:
             if i >= len(dsrc):
                 raise DataError(dsrc.path, f"depth folder has {len(dsrc)} frames but video {info.path} has more (at least {i + 1})")
             d = resize_depth(dsrc.read(i, (info.height, info.width)), hw)
-        yield Frame(index=i, position=pos, rgb=resize_rgb(frame, hw), depth=d)
+        yield Frame(index=i, position=pos, rgb=frame, depth=d)
         pos += 1
     if pos == 0:
         raise DataError(info.path, "video has no frames")

@@ -8,4 +8,6 @@ experiment module has a typed config with a ``quick`` mode that the test suite r
   candidate scoring, by thread count, idle and contended; peak memory on a long video.
 * ``transfer`` (:mod:`~psg4d.experiments.transfer`): the 2D-to-4D transfer against 4D-only
   training at scarce 4D sizes, RGB-D and RGB-only input, held-out recall, feature similarity.
+* ``long_video`` (:mod:`~psg4d.experiments.long_video`): ``psg4d predict``'s streaming path with the
+  trained model on 100 to 10,000-frame videos: source frames/s and peak RSS per length.
 """

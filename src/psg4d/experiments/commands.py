@@ -51,3 +51,26 @@ def transfer_experiment(
         r50 = r["metrics"]["pvsg"]["R@50"]
         typer.echo(f"{r['arm']:<22}{r['num_4d_videos']:>5} 4D {r['input']:<5} pvsg R@50 {r50:6.2f}"
                    f"  held-out R@50 {r['held_out_recall@50']}")
+
+
+@experiment_app.command("long_video")
+def long_video_experiment(
+    out: Path = typer.Option(Path("bench/results"), "--out", help="Folder for long_video.json and long_video.svg."),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint to measure (default: train the demo's)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset whose test video makes the clip (with --ckpt)."),
+    split: str = typer.Option("test", "--split", help="Split of the clip's source video."),
+    lengths: list[int] = typer.Option([100, 1000, 10000], "--lengths", help="Video lengths in frames (repeatable)."),
+    height: int = typer.Option(576, "--height", help="Frame height of the clip."),
+    width: int = typer.Option(768, "--width", help="Frame width of the clip."),
+    threads: int = typer.Option(2, "--threads", help="torch threads of the measured process."),
+    run_dir: Path = typer.Option(Path("runs/experiments/long_video"), "--run-dir",
+                                 help="Where the clips (and, without --ckpt, the world and model) are built."),
+    quick: bool = typer.Option(False, "--quick", help="Toy size: 20/40/80 frames of 96x128 (numbers meaningless)."),
+) -> None:
+    """Frames/s and peak RSS of `psg4d predict` (streaming, trained model) on 100 to 10,000-frame videos."""
+    from psg4d.experiments.long_video import LongVideoConfig, run
+
+    result = run(LongVideoConfig(out=out, ckpt=ckpt, data=data, split=split, lengths=list(lengths), height=height,
+                                 width=width, threads=threads, run_dir=run_dir, quick=quick))
+    keys = ("lengths", "frames_per_s", "peak_rss_mb", "rss_ratio", "rss_goal_met", "fps_goal_met")
+    typer.echo(json.dumps({k: result[k] for k in keys}, indent=1))

@@ -1,7 +1,8 @@
 """``psg4d predict``: a trained checkpoint + an RGB(-D) video -> a ranked 4D scene graph (JSON).
 
 ``--rgb`` is a folder of frames, a video file, or a folder of video files (batch
-mode: ``--out`` is then a folder and each video gives ``OUT/<name>.json``).
+mode, :mod:`psg4d.infer.batch`: ``--out`` is then a folder and each video gives
+``OUT/<name>.json``). How a video is read and streamed: :mod:`psg4d.infer.video_predict`.
 Mask tubes are stored in the JSON as per-frame COCO RLEs; ``--report`` adds the
 visual HTML report next to each prediction.
 """
@@ -33,28 +34,71 @@ def predict_command(
     depth_scale: float = typer.Option(1000.0, "--depth-scale", help="16-bit depth png units per metre."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Resample the video to this frame rate first."),
     max_frames: Optional[int] = typer.Option(
-        None, "--max-frames", help="Read at most this many frames (default: the model's max_frames)."
+        None, "--max-frames",
+        help="Sample this many frames uniformly and predict them in one pass (default: every frame, streamed"
+             " in windows when the video is longer than the model's max_frames).",
     ),
-    size: Optional[int] = typer.Option(None, "--size", help="Resize frames so the shorter side is SIZE."),
+    size: Optional[int] = typer.Option(
+        None, "--size", help="Shorter side of the frames read (default: the model's image_size, never upscaled).",
+    ),
+    window: Optional[int] = typer.Option(
+        None, "--window", help="Streaming window in frames (default: 4 x the model's max_frames)."
+    ),
+    stride: Optional[int] = typer.Option(
+        None, "--stride", help="Frames between streaming windows (default: 3/4 of a window)."
+    ),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Generation length limit."),
     candidates: int = typer.Option(300, "--candidates", help="Keep at most this many ranked relations."),
     report: bool = typer.Option(False, "--report", help="Also write the HTML report next to each prediction."),
     threads: Optional[int] = typer.Option(
         None, "--threads", help="torch threads (default: the CPUs this process may use that others leave free)."
     ),
+    workers: Optional[int] = typer.Option(
+        None, "--workers",
+        help="Batch mode outside torchrun: local worker processes (default: one per 4 CPUs, at least 1).",
+    ),
 ) -> None:
-    """Predict the 4D scene graph of one video (or a folder of videos) and write it as JSON."""
-    from tqdm import tqdm
+    """Predict the 4D scene graph of one video (or a folder of videos) and write it as JSON.
 
+    Every source frame gets masks and spans; the JSON records the frames read for `psg4d viz`.
+    """
+    from psg4d.data.depth_io import DepthSource
+    from psg4d.utils.io import check_output_file, check_output_folder
+    from psg4d.data.video_io import probe_video
+    from psg4d.infer.batch import dist_rank, run_batch
     from psg4d.infer.predictor import Predictor, PredictorConfig
-    from psg4d.data.video_io import load_video
+    from psg4d.infer.video_predict import ReadOptions, plan_video, predict_video, write_prediction_report
     from psg4d.model.psg4d_llm import PSG4DModel
+    from psg4d.utils.io import atomic_write_text
+    from psg4d.utils.threads import available_cpus
 
+    # every check that needs no model comes first: a bad flag or path costs nothing
+    opts = ReadOptions(depth=depth, depth_scale=depth_scale, fps=fps, max_frames=max_frames, size=size,
+                       window=window, stride=stride)
+    opts.check()
+    for flag, value in (("--candidates", candidates), ("--threads", threads), ("--workers", workers),
+                        ("--max-new-tokens", max_new_tokens)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+    if not rgb.exists():
+        raise DataError(rgb, "video not found")
     batch = rgb.is_dir() and bool(_video_files(rgb))
     if batch and depth is not None:
         raise DataError(depth, "--depth is for a single video; batch mode over a folder of videos is RGB-only")
-    sources = _video_files(rgb) if batch else [rgb]
+    (check_output_folder if batch else check_output_file)(out)
+    if report and not batch:
+        check_output_file(out.with_suffix(".html"))
+    info = None
+    if not batch:
+        # the header, and the depth maps' count and values: an unreadable input fails before the model loads
+        info = probe_video(rgb)
+        if depth is not None:
+            dsrc = DepthSource(depth, depth_scale=depth_scale)
+            dsrc.check_count(info.num_frames, info.path)
+            dsrc.check_sample(info.num_frames, (info.height, info.width))
+
     model = PSG4DModel.from_pretrained(ckpt)
+    cfg = PredictorConfig(max_new_tokens=max_new_tokens, max_candidates=candidates, threads=threads)
     if depth is None and model.estimators is not None:
         log.info("no depth given: depth features are estimated from RGB by the checkpoint's depth estimator (F_de)")
     elif depth is None:
@@ -62,22 +106,32 @@ def predict_command(
             "no depth given: RGB-only mode. The encoder's aggregator uses the RGB branch alone; depth is not"
             " estimated (this checkpoint has no 2D-to-4D transfer estimators: train the transfer stages for them)."
         )
-    predictor = Predictor(model=model, config=PredictorConfig(max_new_tokens=max_new_tokens, max_candidates=candidates,
-                                                              threads=threads))
-    for src in tqdm(sources, desc="predict", unit="video", disable=not batch):
-        video = load_video(
-            src, depth=depth, depth_scale=depth_scale, fps=fps, max_frames=max_frames or model.config.max_frames,
-            size=size,
-        )
-        graph = predictor.predict(video)
-        target = out / f"{src.stem}.json" if batch else out
-        graph.save(target)
-        if report:
-            from psg4d.viz.report import write_report
-
-            write_report(target.with_suffix(".html"), graph, video)
-        log.info("%s: %d objects, %d ranked relations -> %s", video.video_id, len(graph.objects),
-                 len(graph.relations), target)
+    if batch:
+        videos = _video_files(rgb)
+        # under torchrun every rank is one worker (psg4d.infer.batch)
+        n_workers = 1 if dist_rank()[1] > 1 else workers or max(1, available_cpus() // 4)
+        local = None if n_workers > 1 else Predictor(model=model, config=cfg)
+        result = run_batch(videos, out, ckpt=ckpt, predictor=local, config=cfg, opts=opts, report=report,
+                           workers=n_workers)
+        log.info("%d predicted, %d already done, %d failed -> %s", len(result.done), len(result.skipped),
+                 len(result.failed), out)
+        if result.failed:
+            msg = f"{len(result.failed)} of {len(videos)} videos failed: " + "; ".join(e for _, e in result.failed)
+            rank, world = dist_rank()
+            if world > 1:
+                # a non-zero exit makes torchrun stop every other rank mid-video: list, log, exit 0
+                listing = out / f"failed.rank{rank}.txt"
+                atomic_write_text(listing, "".join(f"{v}\t{e}\n" for v, e in result.failed))
+                log.error("rank %d: %s (listed in %s)", rank, msg, listing)
+                return
+            raise DataError(rgb, msg)
+        return
+    plan = plan_video(rgb, model.config.max_frames, model.config.image_size, opts, info=info)
+    res = predict_video(Predictor(model=model, config=cfg), rgb, out, opts, plan=plan)
+    if report:
+        write_prediction_report(out, rgb, opts)
+    log.info("%s: %d frames (%s), %d objects, %d ranked relations -> %s", res.video_id, res.num_frames, res.mode,
+             res.num_objects, res.num_relations, out)
 
 
 def diagnose_command(

@@ -126,7 +126,9 @@ class Predictor:
         logits, iou = self.generator.decode_masks(ctx, obj_hidden)  # [N, T_m, h, w], [N, T_m]
         out = []
         for k in range(logits.shape[0]):
-            masks = (upsample_to(logits[k], size) > self.config.mask_threshold).cpu().numpy()  # [T_m, H, W]
+            # one model frame at a time: at a large source size a whole tube's float logits would not be small
+            masks = np.stack([(upsample_to(logits[k, t:t + 1], size) > self.config.mask_threshold).cpu().numpy()[0]
+                              for t in range(logits.shape[1])])  # [T_m, H, W]
             rles = rle_encode_batch(masks)
             nonempty = masks.reshape(masks.shape[0], -1).any(axis=1)
             out.append(Tube([r if keep else None for r, keep in zip(rles, nonempty)], float(iou[k].float().mean())))
@@ -176,8 +178,11 @@ class Predictor:
         context = gen.context_after(self.prompt.ids.eos)
         return context + self.prompt.text_ids(TRIPLET_SEP) if context else []
 
-    def predict(self, video: Video4D) -> SceneGraph4D:
+    def predict(self, video: Video4D, *, mask_size: tuple[int, int] | None = None) -> SceneGraph4D:
+        """The ranked scene graph of ``video``. ``mask_size`` (H, W): the size of the masks written
+        (default: the video's); a video read downscaled still gets masks at its source resolution."""
         video.validate(video.video_id or "video")
+        size = mask_size or (video.height, video.width)
         self.threads()
         ctx = self.generator.encode_video(video)
         gen = self.generator.generate(ctx, max_new_tokens=self.config.max_new_tokens)
@@ -187,12 +192,12 @@ class Predictor:
         owner = np.abs(np.arange(video.num_frames)[:, None] - model_idx[None, :]).argmin(axis=1)  # [T_video]
         n_tok = gen.obj_hidden.shape[0]
         triplets = [t for t in parsed.triplets if t.subject_obj_index < n_tok and t.object_obj_index < n_tok]
-        assign, objects = self._objects(ctx, gen, triplets, video, owner)
+        assign, objects = self._objects(ctx, gen, triplets, size, owner)
         cands = self._candidates(ctx, gen, triplets, assign, objects)
         ranked = sorted(cands.values(), key=lambda c: -c.score)[: self.config.max_candidates]
-        return self._scene_graph(video, gen, parsed.dropped, objects, ranked, owner)
+        return self._scene_graph(video, size, gen, parsed.dropped, objects, ranked, owner)
 
-    def _objects(self, ctx: VideoContext, gen: Generation, triplets, video: Video4D, owner: np.ndarray):
+    def _objects(self, ctx: VideoContext, gen: Generation, triplets, size: tuple[int, int], owner: np.ndarray):
         """Steps 2-3 of the module docstring: ``[Obj]`` index -> object index, and the objects'
         (category, tube): the generated ones merged, then the tagged ones no triplet mentions."""
         cfg = self.config
@@ -207,7 +212,7 @@ class Predictor:
             tag_hidden = self.generator.obj_hidden_after(ctx, self._after_text(gen), missing,
                                                          batch_size=cfg.score_batch_size)
             hidden = torch.cat([hidden, tag_hidden.to(hidden.dtype)])
-        tubes = self.tubes(ctx, hidden, (video.height, video.width))
+        tubes = self.tubes(ctx, hidden, size)
         n_tok = gen.obj_hidden.shape[0]
         weights = np.bincount(owner, minlength=ctx.num_frames)  # [T_m] video frames each model frame stands for
         assign, objects = self._merge_objects(occurrences, tubes[:n_tok], weights)
@@ -262,11 +267,11 @@ class Predictor:
                 return int(hit[0]), int(hit[-1])
         return 0, len(pa) - 1
 
-    def _scene_graph(self, video, gen, dropped, objects, ranked, owner) -> SceneGraph4D:
+    def _scene_graph(self, video, size, gen, dropped, objects, ranked, owner) -> SceneGraph4D:
         # a video frame shows its model frame's mask: the RLE dicts are shared, not copied
         tracks = [
             ObjectTrack(object_id=i, category=cat, score=tube.score,
-                        tube=MaskTube(height=video.height, width=video.width, rles=[tube.rles[m] for m in owner]))
+                        tube=MaskTube(height=size[0], width=size[1], rles=[tube.rles[m] for m in owner]))
             for i, (cat, tube) in enumerate(objects)
         ]
         relations = []
@@ -282,8 +287,8 @@ class Predictor:
         return SceneGraph4D(
             video_id=video.video_id,
             num_frames=video.num_frames,
-            height=video.height,
-            width=video.width,
+            height=size[0],
+            width=size[1],
             objects=tracks,
             relations=relations,
             object_vocab=list(cfg.object_vocab) or None,

@@ -164,13 +164,15 @@ class StreamingPredictor:
         video_id: str = "",
         fps: float = 5.0,
         total_frames: int | None = None,
+        meta: dict | None = None,
     ) -> StreamSummary:
         """Predict, stitch and write the video's scene graph to ``out_path`` (atomically).
 
-        ``frames``: single frames (e.g. :func:`psg4d.infer.video_io.iter_frames`),
+        ``frames``: single frames (e.g. :func:`psg4d.data.video_io.iter_frames`),
         consecutive :class:`Video4D` chunks, or ready :class:`VideoWindow` s
-        (e.g. :func:`psg4d.infer.video_io.iter_video_windows`). ``total_frames``
-        only sizes the progress bar.
+        (e.g. :func:`psg4d.data.video_io.iter_video_windows`). ``total_frames``
+        only sizes the progress bar. ``meta``: more entries of the output's ``meta``
+        (e.g. how the frames were sampled, so a viewer can read them again).
         """
         out_path = Path(out_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -192,6 +194,7 @@ class StreamingPredictor:
                 raise DataError(video_id or "video", "no frames to predict on")
             state.finish()
             meta = {
+                **(meta or {}),
                 "fps": fps,
                 "streaming": {
                     "window": self.window,

@@ -21,9 +21,11 @@ and give the predictor its alternative predicates.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
+from psg4d.config import did_you_mean
 from psg4d.errors import ConfigError
 from psg4d.model.encoder import EncoderConfig
 from psg4d.model.estimators import TransferConfig
@@ -116,6 +118,15 @@ class ModelConfig:
             raise ConfigError(
                 "model.tag_tokens / model.tag_words need model.tag_loss_weight > 0 (the tagging head picks the tags)"
             )
+        for name in ("text_loss_weight", "mask_loss_weight", "tag_loss_weight", "seg_loss_weight", "obj_cls_loss_weight"):
+            value = getattr(self, name, 0.0)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"model.{name}: must be a finite number >= 0, got {value!r}")
+        if self.max_new_tokens < 1 or self.max_mask_prompts < 0:
+            raise ConfigError(
+                f"model.max_new_tokens ({self.max_new_tokens}) must be >= 1 and "
+                f"model.max_mask_prompts ({self.max_mask_prompts}) >= 0"
+            )
         if self.tag_source not in TAG_SOURCES:
             raise ConfigError(f"model.tag_source must be one of {TAG_SOURCES}, got {self.tag_source!r}")
         if self.tag_words and self.tag_source == "segmentation" and self.seg_loss_weight <= 0:
@@ -193,5 +204,5 @@ def model_preset(name: str) -> ModelConfig:
     """A fresh copy of preset ``name``."""
     factory = MODEL_PRESETS.get(name)
     if factory is None:
-        raise ConfigError(f"unknown model preset {name!r}; options: {sorted(MODEL_PRESETS)}")
+        raise ConfigError(f"unknown model preset {name!r}{did_you_mean(name, MODEL_PRESETS)}; options: {sorted(MODEL_PRESETS)}")
     return copy.deepcopy(factory())

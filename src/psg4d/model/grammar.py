@@ -58,6 +58,10 @@ PARTICLES: frozenset[str] = frozenset(
 
 _LEXER = re.compile(re.escape(OBJ_TOKEN) + "|" + re.escape(TRIPLET_SEP) + r"|\n|[^\s;]+?(?=\[Obj\]|;|\s|$)")
 _INT = re.compile(r"^\d+$")
+# Span numbers longer than this saturate instead of being converted: int() refuses more than 4,300
+# digits, and no video has 10^18 frames (with ``num_frames`` they clamp to the last frame anyway).
+_MAX_DIGITS = 18
+_SATURATED = 10**_MAX_DIGITS - 1
 
 
 @dataclass
@@ -196,7 +200,7 @@ def parse_scene_graph(
         elif state == "middle":
             middle.append(tok)
         elif _INT.match(tok) and len(numbers) < 2:
-            numbers.append(int(tok))
+            numbers.append(int(tok) if len(tok) <= _MAX_DIGITS else _SATURATED)
         elif _INT.match(tok):
             continue  # extra numbers after the span are ignored
         else:

@@ -29,7 +29,9 @@ from psg4d.errors import CheckpointError, ConfigError
 from psg4d.model.config import ModelConfig
 from psg4d.model.llm import load_tokenizer
 from psg4d.model.weight_files import WEIGHTS_ENV, fingerprint, replace_field, weight_field_of
-from psg4d.model.weights import frozen_pretrained_sources, names_digest, pretrained_groups, pretrained_source
+from psg4d.model.weights import (
+    check_finite, frozen_pretrained_sources, names_digest, pretrained_groups, pretrained_source,
+)
 from psg4d.utils.io import atomic_dir, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -209,6 +211,7 @@ def load_pretrained(build: Callable[[ModelConfig], nn.Module], path: str | Path)
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights}: unreadable or corrupted ({e})") from None
+    check_finite(state.items(), weights)
     model = build(locate_frozen_weights(cfg, records, path))
     saved_tok = load_tokenizer(tok_dir)
     if saved_tok.get_vocab() != model.tokenizer.get_vocab():

@@ -21,7 +21,10 @@ import hashlib
 from pathlib import Path
 from typing import Iterable, Mapping
 
+import torch
 from torch import nn
+
+from psg4d.errors import CheckpointError
 
 _SOURCE_ATTR = "_psg4d_pretrained_source"
 
@@ -74,3 +77,15 @@ def pretrained_groups(model: nn.Module) -> dict[str, list[str]]:
 def names_digest(names: Iterable[str]) -> str:
     """SHA-256 of a set of parameter names (order-free)."""
     return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()
+
+
+def check_finite(tensors: Iterable[tuple[str, torch.Tensor]], where: str | Path) -> None:
+    """Refuse (CheckpointError naming ``where`` and the tensor) a floating tensor holding NaN or inf.
+
+    A diverged run's weights load without complaint and then write ``NaN`` scores, which are not
+    JSON; a checkpoint is refused at load instead.
+    """
+    for name, t in tensors:
+        if (t.is_floating_point() or t.is_complex()) and t.numel() and not bool(torch.isfinite(t).all()):
+            kind = "NaN" if bool(torch.isnan(t).any()) else "infinite values"
+            raise CheckpointError(f"{where}: tensor {name!r} holds {kind}; the checkpoint is unusable")

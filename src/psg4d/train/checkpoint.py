@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from psg4d.errors import CheckpointError
+from psg4d.model.weights import check_finite
 from psg4d.utils.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -191,12 +192,20 @@ def load_model_weights(model: nn.Module, ckpt_dir: str | Path, *, allow_missing:
     weights (``model.pretrained_parameters()``): a checkpoint leaves out the frozen
     weights their pretrained source reproduces (e.g. ImageBind, a LoRA-wrapped LLM's base).
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_model
 
     path = Path(ckpt_dir) / MODEL_WEIGHTS
     if not path.exists():
         raise CheckpointError(f"{ckpt_dir}: no {MODEL_WEIGHTS}; expected a folder written by save_pretrained")
-    missing, unexpected = load_model(model, str(path), strict=False, device=str(_model_device(model)))
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False, device=str(_model_device(model)))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: unreadable or corrupted ({e})") from None
+    except RuntimeError as e:  # a tensor of another shape: a different model config
+        raise CheckpointError(f"{path}: tensors do not fit the configured model: {e}") from None
+    loaded = set(model.state_dict()) - set(missing)
+    check_finite(((k, v) for k, v in model.state_dict().items() if k in loaded), path)
     frozen = {k for k, p in model.named_parameters() if not p.requires_grad}
     pretrained = getattr(model, "pretrained_parameters", None)
     reproducible = frozen | (set(pretrained()) if callable(pretrained) else set())
@@ -227,3 +236,49 @@ def _model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: node}
+
+
+def resume_conflicts(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for each model setting or stage kind that differs between the experiment
+    a run folder was trained with (``previous``, its saved YAML as data) and ``current``.
+
+    Settings the previous run did not record (fields added since) are not conflicts: it ran with
+    their defaults. Schedule and optimiser settings may change on resume (a longer run continues).
+    """
+    def relevant(cfg: dict[str, Any]) -> dict[str, Any]:
+        stages = {str(s.get("name")): s.get("kind") for s in cfg.get("stages") or [] if isinstance(s, dict)}
+        return {**_flatten(cfg.get("model") or {}, "model"), **{f"stages.{n}.kind": k for n, k in stages.items()}}
+
+    old, new = relevant(previous), relevant(current)
+    return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(old) if k in new and old[k] != new[k]]
+
+
+def check_resume_config(experiment_file: Path, current: dict[str, Any]) -> None:
+    """Refuse to resume into a run folder whose saved experiment trained another model (its
+    checkpoints would be kept as "already done", or fail to load with a size mismatch)."""
+    import yaml
+
+    if not experiment_file.exists():
+        return
+    try:
+        previous = yaml.safe_load(experiment_file.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{experiment_file}: unreadable ({e}); use another --out or --no-resume") from None
+    if not isinstance(previous, dict):
+        raise CheckpointError(f"{experiment_file}: not an experiment config; use another --out or --no-resume")
+    conflicts = resume_conflicts(previous, current)
+    if conflicts:
+        more = f" (and {len(conflicts) - 3} more)" if len(conflicts) > 3 else ""
+        raise CheckpointError(
+            f"{experiment_file.parent}: the run there trained a different model ({'; '.join(conflicts[:3])}{more});"
+            " give another --out, or --no-resume to start that folder over"
+        )

@@ -44,11 +44,12 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from psg4d.config import save_yaml
+from psg4d.config import save_yaml, to_dict
 from psg4d.errors import CheckpointError, ConfigError
 from psg4d.train import checkpoint as ckpt
 from psg4d.train import distributed as dist_utils
@@ -61,6 +62,7 @@ from psg4d.train.optim import build_optimizer, build_scheduler, param_groups, re
 from psg4d.train.params import FrozenModules, check_frozen_initialised, set_trainable, top_level_modules
 from psg4d.train.stages import INIT_PREVIOUS, ExperimentConfig, StageConfig, check_local_weights
 from psg4d.train.validation import DefaultValidator, Validator, autocast, seed_everything, to_device
+from psg4d.utils.io import check_writable_dir
 from psg4d.utils.threads import AdaptiveThreads
 
 log = logging.getLogger(__name__)
@@ -157,8 +159,11 @@ def train(
         if model_factory is None:
             check_local_weights(cfg.model)
         cfg = with_data_vocab(cfg, opener)
+        if resume:
+            # every rank checks, so all of them stop on a conflict instead of waiting at a barrier
+            ckpt.check_resume_config(out / EXPERIMENT_FILE, yaml.safe_load(yaml.safe_dump(to_dict(cfg))))
         if info.is_main:
-            out.mkdir(parents=True, exist_ok=True)
+            check_writable_dir(out)
             save_yaml(cfg, out / EXPERIMENT_FILE)
         results: list[StageResult] = []
         prev_final: Path | None = None

@@ -8,14 +8,16 @@ down to ``lr * min_lr_ratio``.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
 
 from psg4d.errors import ConfigError
 from psg4d.train.params import clean_name, matches
-from psg4d.train.stages import StageConfig, TrainConfig
+
+if TYPE_CHECKING:  # annotations only: stages checks optimizer and scheduler names against the tables here
+    from psg4d.train.stages import StageConfig, TrainConfig
 
 
 def _adamw(groups: list[dict], t: TrainConfig) -> torch.optim.Optimizer:

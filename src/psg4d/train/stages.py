@@ -12,11 +12,12 @@ that run on the same loop.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection, Literal
+from typing import Any, Collection, Literal, get_args
 
-from psg4d.config import apply_overrides, from_dict, load_yaml, merge_dicts, to_dict
+from psg4d.config import apply_overrides, did_you_mean, from_dict, load_yaml, merge_dicts, to_dict
 from psg4d.errors import ConfigError
 from psg4d.model.config import ModelConfig
 
@@ -119,17 +120,23 @@ class DataConfig:
         return p if p.is_absolute() or not self.root else Path(self.root).expanduser() / p
 
 
+# The optimizers and decay schedules a config may name (``train.optim`` builds each; the typed
+# config loader refuses any other name, suggesting the closest).
+OptimizerName = Literal["adamw", "sgd"]
+SchedulerName = Literal["cosine", "linear", "constant"]
+
+
 @dataclass(kw_only=True)
 class TrainConfig:
     """Optimisation and bookkeeping shared by all stages (per-process batch size)."""
 
     batch_size: int = 1
     grad_accum: int = 1
-    optimizer: str = "adamw"
+    optimizer: OptimizerName = "adamw"
     lr: float = 1e-4
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
-    scheduler: str = "cosine"
+    scheduler: SchedulerName = "cosine"
     warmup_steps: int = 0
     # The schedule decays to lr * min_lr_ratio.
     min_lr_ratio: float = 0.0
@@ -240,11 +247,19 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"train.{name} must be >= 1, got {value}")
     if t.keep_last < 1:
         raise ConfigError(f"train.keep_last must be >= 1, got {t.keep_last}")
+    _validate_train(t)
+    if cfg.data.num_workers < 0 or cfg.data.cache_max_videos < 0:
+        raise ConfigError(
+            f"data.num_workers ({cfg.data.num_workers}) and data.cache_max_videos ({cfg.data.cache_max_videos})"
+            " must be >= 0"
+        )
     seen: set[str] = set()
     for i, s in enumerate(cfg.stages):
         where = f"stages[{i}] ({s.name!r})"
         if s.kind not in STAGE_KINDS:
-            raise ConfigError(f"{where}: unknown stage kind {s.kind!r}; valid kinds: {sorted(STAGE_KINDS)}")
+            raise ConfigError(
+                f"{where}: unknown stage kind {s.kind!r}{did_you_mean(s.kind, STAGE_KINDS)}; valid kinds: {sorted(STAGE_KINDS)}"
+            )
         if not s.name or "/" in s.name or s.name.startswith("."):
             raise ConfigError(f"{where}: stage name must be a plain folder name")
         if s.name in seen:
@@ -259,12 +274,17 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
         if s.init == INIT_PREVIOUS and i == 0:
             raise ConfigError(f"{where}: init 'previous' but this is the first stage")
         for prefix, lr in s.lr.items():
-            if lr < 0:
-                raise ConfigError(f"{where}: lr[{prefix!r}] must be >= 0")
+            if not (math.isfinite(lr) and lr >= 0):
+                raise ConfigError(f"{where}: lr[{prefix!r}] must be a finite number >= 0, got {lr}")
+        for name, w in s.loss_weights.items():
+            if not (math.isfinite(w) and w >= 0):
+                raise ConfigError(f"{where}: loss_weights[{name!r}] must be a finite number >= 0, got {w}")
         sources = cfg.stage_data(s)
         if not sources:
             raise ConfigError(f"{where}: no training data (set data.train or the stage's data)")
         for j, src in enumerate(sources):
+            if src.max_videos is not None and src.max_videos < 1:
+                raise ConfigError(f"{where}: data[{j}] max_videos must be >= 1 or null, got {src.max_videos}")
             if src.weight <= 0:
                 raise ConfigError(f"{where}: data[{j}] weight must be > 0, got {src.weight}")
             if src.lift_2d and not s.kind_spec.lifts_2d:
@@ -273,6 +293,33 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
                     f" lifting 2D scene graphs to 4D needs the depth/4D estimators of the {LIFT_2D_STAGE!r} stage"
                 )
         cfg.model_config_for(s)
+
+
+def _validate_train(t: TrainConfig) -> None:
+    """The ``train`` section's numbers, checked before a model is built (an invalid value would
+    otherwise surface as a torch traceback mid-run, or silently train nothing)."""
+    def bad(key: str, rule: str, value: Any) -> ConfigError:
+        return ConfigError(f"train.{key}: must be {rule}, got {value!r}")
+
+    if not (math.isfinite(t.lr) and t.lr > 0):
+        raise bad("lr", "a finite number > 0", t.lr)
+    if not (math.isfinite(t.weight_decay) and t.weight_decay >= 0):
+        raise bad("weight_decay", "a finite number >= 0", t.weight_decay)
+    if not all(math.isfinite(b) and 0 <= b < 1 for b in t.betas):
+        raise bad("betas", "two numbers in [0, 1)", list(t.betas))
+    if not (math.isfinite(t.min_lr_ratio) and 0 <= t.min_lr_ratio <= 1):
+        raise bad("min_lr_ratio", "in [0, 1]", t.min_lr_ratio)
+    if t.max_grad_norm is not None and not (math.isfinite(t.max_grad_norm) and t.max_grad_norm > 0):
+        raise bad("max_grad_norm", "a finite number > 0 or null", t.max_grad_norm)
+    for key in ("warmup_steps", "adapt_threads_every", "val_every", "val_max_videos", "save_every"):
+        if getattr(t, key) < 0:
+            raise bad(key, ">= 0", getattr(t, key))
+    if t.num_threads is not None and t.num_threads < 1:
+        raise bad("num_threads", ">= 1 or null", t.num_threads)
+    for key, names in (("optimizer", get_args(OptimizerName)), ("scheduler", get_args(SchedulerName))):
+        value = getattr(t, key)  # a config built in code skips the loader's check
+        if value not in names:
+            raise ConfigError(f"train.{key}: unknown {value!r}{did_you_mean(value, names)}; valid: {sorted(names)}")
 
 
 def check_local_weights(model_cfg: Any) -> None:
@@ -303,8 +350,11 @@ def experiment_from_data(data: dict[str, Any], *, where: str = "config") -> Expe
     """A config as plain data (what a YAML preset holds) -> :class:`ExperimentConfig`."""
     if "model" not in data:
         raise ConfigError(f"{where}: missing the `model` section")
-    data = dict(data, model=resolve_model_preset(data["model"]))
-    return from_dict(ExperimentConfig, data, where=where)
+    try:
+        data = dict(data, model=resolve_model_preset(data["model"]))
+    except ConfigError as e:
+        raise ConfigError(f"{where}: model.preset: {e}") from None
+    return from_dict(ExperimentConfig, data, where="", source=where)
 
 
 def resolve_model_preset(model: Any) -> Any:

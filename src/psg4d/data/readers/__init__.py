@@ -31,7 +31,7 @@ FORMATS: dict[str, type[DatasetReader]] = {
 
 def known_formats() -> str:
     """``name (marker), ...`` for error messages and help texts."""
-    return ", ".join(f"{name} ({cls.marker})" for name, cls in FORMATS.items())
+    return ", ".join(f"{name} ({' or '.join((cls.marker, *cls.alt_markers))})" for name, cls in FORMATS.items())
 
 
 def detect_format(path: str | Path) -> str:
@@ -41,7 +41,7 @@ def detect_format(path: str | Path) -> str:
         raise DataError(root, "dataset folder not found")
     if not root.is_dir():
         raise DataError(root, "not a folder; give the dataset's root folder")
-    hits = [name for name, cls in FORMATS.items() if (root / cls.marker).is_file()]
+    hits = [name for name, cls in FORMATS.items() if cls.marker_path(root) is not None]
     if not hits:
         raise DataError(root, f"no known dataset marker file found; known formats: {known_formats()}")
     if len(hits) > 1:
@@ -65,8 +65,9 @@ def open_dataset(path: str | Path, format: str | None = None) -> DatasetReader:
     elif format not in FORMATS:
         raise DataError(root, f"unknown format {format!r}; known formats: {known_formats()}")
     cls = FORMATS[format]
-    if not (root / cls.marker).is_file():
-        raise DataError(root / cls.marker, f"file not found (format {format} needs it at the dataset root)")
+    if cls.marker_path(root) is None:
+        where = " or ".join((cls.marker, *cls.alt_markers))
+        raise DataError(root / cls.marker, f"file not found (format {format} needs {where} under the dataset root)")
     return cls(root)
 
 

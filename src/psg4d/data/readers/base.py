@@ -12,12 +12,15 @@ module keeps only its own layout.
 from __future__ import annotations
 
 import abc
+import logging
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator
 
 from psg4d.data.readers._util import as_int, expect, get_field, load_rgb, read_json, safe_rel_path
 from psg4d.data.schema import ObjectTrack, Relation, Sample, SceneGraph4D, Video4D
 from psg4d.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 class DatasetReader(abc.ABC):
@@ -35,8 +38,33 @@ class DatasetReader(abc.ABC):
     _object_vocab: list[str]
     _predicate_vocab: list[str]
 
+    # Other places the marker file may sit, relative to the root (OpenPSG keeps ``psg/psg.json``).
+    alt_markers: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self._warned_no_depth = False
+
+    @classmethod
+    def marker_path(cls, root: str | Path) -> Path | None:
+        """The format's marker file under ``root`` (the first of ``marker`` and ``alt_markers`` that exists)."""
+        for rel in (cls.marker, *cls.alt_markers):
+            p = Path(root) / rel
+            if p.is_file():
+                return p
+        return None
+
+    def _warn_no_depth(self, video_id: str, looked: list[Path]) -> None:
+        """Say once per dataset that a format with depth gave a video none: a model
+        then silently trains or predicts RGB-only."""
+        if self._warned_no_depth:
+            return
+        self._warned_no_depth = True
+        log.warning(
+            "%s (format %s): video %r has no depth (looked in %s); reading RGB only (further videos without depth "
+            "are not reported)",
+            self.root, self.format_name, video_id, ", ".join(str(p) for p in looked),
+        )
 
     # -- index
     @property
@@ -124,7 +152,7 @@ class IndexedReader(DatasetReader):
 
     def __init__(self, root: str | Path):
         super().__init__(root)
-        self._index_path = self.root / self.marker
+        self._index_path = self.marker_path(self.root) or self.root / self.marker
         self._load_index(read_json(self._index_path))
 
     @abc.abstractmethod

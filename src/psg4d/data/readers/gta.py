@@ -1,36 +1,41 @@
 """PSG4D-GTA (third-person RGB-D videos built from SAIL-VOS 3D): reader.
 
-Layout under the dataset root, following the public PSG4D code
-(``Jingkang50/PSG4D``: ``2d/datasets/datasets/psg4d.py`` and
-``3d_seg/dataset/sailvos3d/generate_3d_data.py``)::
+Layout under the dataset root, as PSG4D's ``data/GTA`` scripts build it
+(``rearrange_files.py`` cuts and renumbers the SAIL-VOS 3D frames from 0,
+``merge_masks.py`` writes the panoptic maps)::
 
     sailvos3d.json                     annotation index (marker)
-    images/<video>/<frame>.bmp         RGB frames
-    depth/<video>/<frame>.npy          SAIL-VOS depth (see below)
-    visible/<video>/<frame>.npy        panoptic object-id map (public name)
-    masks/<video>/<frame>.npy          the same map, accepted under this name too
-    rage_matrices/<video>/<frame>.npz  optional GTA camera matrices (``P_inv``)
+    images/<video>/<t:06d>.bmp         RGB frames
+    depth/<video>/<t:06d>.npy          SAIL-VOS depth (see below)
+    masks/<video>/<t:06d>.npy          panoptic id map: things and stuff
+    visible/<video>/<t:06d>.npy        thing ids only (the input of merge_masks.py)
+    rage_matrices/<video>/<t:06d>.npz  optional GTA camera matrices (``P_inv``)
 
 Index::
 
     {"objects": {"thing": [...], "stuff": [...]},   # or a flat "object" list
-     "predicate_classes": [...],                    # or "predicates"
      "split": {"train": [video ids], "val": [...]},
      "data": [{"video_id", "object": [{"object_id", "category"}],
                "relations": [[subject_id, predicate, object_id, [start, end]]],
                "meta": {"num_frames", "fps"?}}]}
 
 The per-video object list key is singular (``object``), as in the public code.
-Frame files are listed and sorted by their number (SAIL-VOS frame numbers need
-not start at 0); the number becomes ``frame_indices`` and ``meta.num_frames``
-must equal the count. Spans index the sorted frames and are inclusive; a
-relation may also give a list of spans ``[[a, b], ...]``; repeated triplets are
-merged into one relation.
+The public file has no predicate list (no PSG4D code reads one): the predicates
+are the names the relations use, in first-seen order; a ``predicate_classes``
+(or ``predicates``) list is used where a file has one. Frame files are listed
+and sorted by their number; the number becomes ``frame_indices`` and
+``meta.num_frames`` must equal the count. Spans index the sorted frames and are
+inclusive; a relation may also give a list of spans ``[[a, b], ...]``; repeated
+triplets are merged into one relation.
 
-Mask values: 0 is unlabelled; a thing with ``object_id`` k is ``k``; a stuff
-object with ``object_id`` k is stored as ``k + STUFF_OFFSET`` (1000), keeping
-stuff regions clear of instance ids. An object is stuff when its category is
-listed under ``objects.stuff`` (for a flat class list: in :data:`GTA_STUFF_CLASSES`).
+Mask values: 0 is unlabelled; ``merge_masks.py`` keeps the thing ids of
+``visible`` and fills the pixels where ``visible`` is 0 with the background
+value + :data:`STUFF_OFFSET` (1000). An object's ``object_id`` is its mask
+value for things and stuff alike (stuff ids are 1001, 1002, ...), so a thing 3
+and the stuff 1003 (background value 3) stay two objects. An object is stuff
+when its category is listed under ``objects.stuff`` (for a flat class list: in
+:data:`GTA_STUFF_CLASSES`). ``visible`` is read only when ``masks`` is absent:
+stuff tubes are then empty, and the reader warns once.
 
 Depth: SAIL-VOS stores ``depth = 6 * (z_ndc + 4e-5)``; when the frame's
 ``rage_matrices`` file exists, depth is converted to metric camera depth with
@@ -41,6 +46,7 @@ written in this layout by other tools).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +69,13 @@ from psg4d.data.readers.base import IndexedReader
 from psg4d.data.schema import ObjectTrack, SceneGraph4D, Span, Video4D
 from psg4d.errors import DataError
 
+log = logging.getLogger(__name__)
+
 INDEX_FILE = "sailvos3d.json"
 IMAGE_DIR = "images"
 DEPTH_DIR = "depth"
-# Mask folder names, tried in order: the public code's name first.
-MASK_DIRS = ("visible", "masks")
+PANOPTIC_DIR = "masks"  # merge_masks.py output: things + stuff
+THINGS_DIR = "visible"  # SAIL-VOS instance maps: things only
 RAGE_DIR = "rage_matrices"
 STUFF_OFFSET = 1000
 DEFAULT_FPS = 5.0  # PSG4D-GTA is annotated at about 5 fps
@@ -97,23 +105,49 @@ class GTAReader(IndexedReader):
             raise DataError(where, "needs 'objects' {thing: [...], stuff: [...]} (or a flat 'object' class list)")
         self._object_vocab = things + stuff
         self._stuff = set(stuff)
-        preds = index.get("predicate_classes", index.get("predicates"))
-        expect(isinstance(preds, list), where, "needs a 'predicate_classes' (or 'predicates') list")
-        self._predicate_vocab = [str(p) for p in preds]
         self._entries = self._entries_by_id(data, "video_id", paths=True)
+        preds = index.get("predicate_classes", index.get("predicates"))
+        if preds is None:
+            preds = self._predicates_in_relations()
+        expect(isinstance(preds, list), where, "'predicate_classes' must be a list of predicate names")
+        self._predicate_vocab = [str(p) for p in preds]
         self._splits = self._split_lists(index.get("split", index.get("splits")), field="split")
         self._frames_cache: dict[str, list[str]] = {}
+        self._warned_things_only = False
+
+    def _predicates_in_relations(self) -> list[str]:
+        """The predicate names the relations use, in first-seen order."""
+        seen: dict[str, None] = {}
+        for vid, e in self._entries.items():
+            for j, r in enumerate(self._entry_list(e, "relations", f"video {vid!r}")):
+                expect(
+                    isinstance(r, list) and len(r) == 4 and isinstance(r[1], str),
+                    self._index_path,
+                    f"video {vid!r}: relations[{j}]: expected [subject_id, predicate name, object_id, [start, end]] "
+                    "(without a predicate list, predicates must be names)",
+                )
+                seen.setdefault(r[1])
+        return list(seen)
 
     def num_frames(self, video_id: str) -> int:
         T = self._indexed_num_frames(video_id)
         return T if T is not None else len(self._frame_names(video_id))
 
     def _mask_dir(self, video_id: str) -> Path:
-        for name in MASK_DIRS:
-            p = self.root / name / video_id
-            if p.is_dir():
-                return p
-        raise DataError(self.root / MASK_DIRS[0] / video_id, f"video {video_id!r}: mask folder not found (looked for {', '.join(MASK_DIRS)})")
+        panoptic = self.root / PANOPTIC_DIR / video_id
+        if panoptic.is_dir():
+            return panoptic
+        things = self.root / THINGS_DIR / video_id
+        if things.is_dir():
+            if not self._warned_things_only:
+                self._warned_things_only = True
+                log.warning(
+                    "%s: no %s/%s (the panoptic maps of PSG4D's merge_masks.py); reading %s/, which holds things "
+                    "only, so stuff objects get empty tubes (reported once for this dataset)",
+                    self.root, PANOPTIC_DIR, video_id, THINGS_DIR,
+                )
+            return things
+        raise DataError(panoptic, f"video {video_id!r}: mask folder not found (looked for {PANOPTIC_DIR}/ and {THINGS_DIR}/)")
 
     def _frame_names(self, video_id: str) -> list[str]:
         """Sorted frame stems from the mask folder (listing only; frames are not read)."""
@@ -147,13 +181,20 @@ class GTAReader(IndexedReader):
         names = self._checked_frames(video_id)
         T = len(names)
         raw_objs = get_field(e, "object", where, ctx=ctx, types=list)
-        objs: list[tuple[int, str, bool, int]] = []
+        objs: list[tuple[int, str, bool]] = []
         for j, o in enumerate(raw_objs):
             octx = f"{ctx}: object[{j}]"
             oid = int_field(o, "object_id", where, octx)
             cat = str(get_field(o, "category", where, ctx=octx))
             is_thing = cat not in self._stuff
-            objs.append((oid, cat, is_thing, oid if is_thing else oid + STUFF_OFFSET))
+            # merge_masks.py writes stuff as background value + 1000 and the annotation names it by that value
+            expect(
+                is_thing or oid > STUFF_OFFSET,
+                where,
+                f"{octx}: stuff object {cat!r} has object_id {oid}; a stuff id is its mask value "
+                f"(background value + {STUFF_OFFSET}), so it must exceed {STUFF_OFFSET}",
+            )
+            objs.append((oid, cat, is_thing))
 
         mask_dir = self._mask_dir(video_id)
         builder: TubeBuilder | None = None
@@ -164,13 +205,13 @@ class GTAReader(IndexedReader):
             expect(m.ndim == 2, p, f"mask must be a 2-D object-id map, got shape {m.shape}")
             if shape is None:
                 shape = m.shape
-                builder = TubeBuilder([v for *_, v in objs], num_frames=T, height=shape[0], width=shape[1])
+                builder = TubeBuilder([oid for oid, *_ in objs], num_frames=T, height=shape[0], width=shape[1])
             expect(m.shape == shape, p, f"mask shape mismatch: {m.shape} differs from frame 0's {shape}")
             builder.add_frame(t, m)
 
         objects = [
-            ObjectTrack(object_id=oid, category=cat, is_thing=thing, tube=builder.tube(v) if builder else None)
-            for oid, cat, thing, v in objs
+            ObjectTrack(object_id=oid, category=cat, is_thing=thing, tube=builder.tube(oid) if builder else None)
+            for oid, cat, thing in objs
         ]
         triplets = []
         for j, r in enumerate(self._entry_list(e, "relations", ctx)):

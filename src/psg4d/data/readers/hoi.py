@@ -8,7 +8,7 @@ Layout under the dataset root, as used by the public PSG4D code
     hoi4d_id.json       {short id: HOI4D relative path}
     categories.json     {"<class index>": class name}
     HOI4D_release/<path>/align_rgb/<t:05d>.jpg     RGB frames (written q95, 4:4:4)
-    HOI4D_release/<path>/align_depth/<t:05d>.png   16-bit depth, millimetres
+    HOI4D_depth_video/<path>/align_depth/<t:05d>.png   16-bit depth, millimetres
     HOI4D_mask/<path>/mask/<t:05d>.npz             key "array": mask_id map,
                                                    stored TRANSPOSED as [W, H]
 
@@ -32,13 +32,16 @@ Where the public code is silent this module fixes the layout:
   are stuff and everything else is a thing.
 * The schema's video id is the short id of ``hoi4d_id.json`` (the HOI4D path
   itself where the file has no short id for it).
-* Depth is optional: a video whose ``align_depth`` folder is absent is read
-  RGB-only (``depth=None``); a folder with missing files is an error.
+* Depth sits where PSG4D's HOI README puts it, ``HOI4D_depth_video`` (frames
+  decoded as HOI4D's ``utils/decode.py`` does: 16-bit PNG millimetres, 0 =
+  invalid). Datasets written by psg4d before it followed that README keep
+  depth in ``HOI4D_release/<path>/align_depth`` and are read from there. A video
+  with neither folder is read RGB-only (``depth=None``) and the reader warns once
+  per dataset; a folder with missing files is an error.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -68,12 +71,11 @@ from psg4d.data.schema import ObjectTrack, Sample, SceneGraph4D, Video4D
 from psg4d.errors import DataError
 from psg4d.utils.io import atomic_write_json
 
-log = logging.getLogger(__name__)
-
 INDEX_FILE = "psg4d_hoi.json"
 ID_FILE = "hoi4d_id.json"
 CATEGORY_FILE = "categories.json"
 RGB_ROOT = "HOI4D_release"
+DEPTH_ROOT = "HOI4D_depth_video"
 MASK_ROOT = "HOI4D_mask"
 RGB_DIR = "align_rgb"
 DEPTH_DIR = "align_depth"
@@ -95,7 +97,12 @@ def _rgb_path(root: Path, rel: str, t: int) -> Path:
 
 
 def _depth_path(root: Path, rel: str, t: int) -> Path:
-    return root / RGB_ROOT / rel / DEPTH_DIR / f"{t:05d}.png"
+    return root / DEPTH_ROOT / rel / DEPTH_DIR / f"{t:05d}.png"
+
+
+def _depth_folders(root: Path, rel: str) -> list[Path]:
+    """Where a video's depth may be: the public layout, then psg4d's earlier one."""
+    return [root / DEPTH_ROOT / rel / DEPTH_DIR, root / RGB_ROOT / rel / DEPTH_DIR]
 
 
 def _mask_path(root: Path, rel: str, t: int) -> Path:
@@ -255,17 +262,18 @@ class HOIReader(IndexedReader):
         meta = self._entry_meta(video_id)
         rgb = load_frames(_rgb_path(self.root, rel, t) for t in range(T))  # [T, H, W, 3]
         depth = None
-        depth_folder = self.root / RGB_ROOT / rel / DEPTH_DIR
-        if depth_folder.is_dir():
+        folders = _depth_folders(self.root, rel)
+        depth_folder = next((f for f in folders if f.is_dir()), None)
+        if depth_folder is not None:
             maps = []
             for t in range(T):
-                p = _depth_path(self.root, rel, t)
+                p = depth_folder / f"{t:05d}.png"
                 d = load_image_array(p, what="depth")
                 expect(d.shape == rgb.shape[1:3], p, f"depth shape {d.shape} does not match frame shape {rgb.shape[1:3]}")
                 maps.append(d.astype(np.float32) / DEPTH_SCALE)
             depth = np.stack(maps)
         else:
-            log.debug("%s: no %s folder; reading RGB only", video_id, DEPTH_DIR)
+            self._warn_no_depth(video_id, folders)
         intr = meta.get("intrinsics")
         fidx = meta.get("frame_indices")
         video = Video4D(

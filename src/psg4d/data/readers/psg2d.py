@@ -1,6 +1,8 @@
 """2D Panoptic Scene Graphs (OpenPSG ``psg.json``): reader and writer.
 
-Layout (``Jingkang50/OpenPSG``): one annotation file ``psg.json`` (marker)::
+Layout (``Jingkang50/OpenPSG``): one annotation file ``psg.json`` (marker), at
+the dataset root or, as OpenPSG lays it out (``data/psg/psg.json`` beside
+``data/coco``), in ``psg/`` under the root::
 
     {"thing_classes": [...], "stuff_classes": [...], "predicate_classes": [...],
      "test_image_ids": [...],                 # OpenPSG's split; the rest is train
@@ -12,8 +14,9 @@ Layout (``Jingkang50/OpenPSG``): one annotation file ``psg.json`` (marker)::
 ``R + 256*G + 256**2*B``; ``category_id`` indexes ``thing_classes +
 stuff_classes``; relation entries index ``segments_info`` and
 ``predicate_classes``. OpenPSG keeps images and panoptic PNGs under its COCO
-folder; file names are resolved against the prefixes of :data:`IMAGE_PREFIXES`
-(relative to the folder holding ``psg.json``), first hit wins.
+folder (``train2017/...``, ``panoptic_train2017/...`` under ``data/coco``); file
+names are resolved against the prefixes of :data:`IMAGE_PREFIXES` (relative to
+the folder holding ``psg.json``), first hit wins.
 
 Where OpenPSG is silent this module fixes the rest:
 
@@ -71,6 +74,7 @@ class PSGReader(ImageReader):
 
     format_name = "psg"
     marker = INDEX_FILE
+    alt_markers = (f"psg/{INDEX_FILE}",)
 
     def _load_index(self, index: Any) -> None:
         where = self._index_path
@@ -88,11 +92,12 @@ class PSGReader(ImageReader):
             self._splits = {"train": [v for v in self._entries if v not in test_set], "test": test}
 
     def _resolve(self, name: str) -> Path:
+        base = self._index_path.parent
         for prefix in IMAGE_PREFIXES:
-            p = (self.root / prefix / name)
+            p = base / prefix / name
             if p.is_file():
                 return p
-        return self.root / name
+        return base / name
 
     def _size(self, e: dict, ctx: str) -> tuple[int, int]:
         return int_field(e, "height", self._index_path, ctx), int_field(e, "width", self._index_path, ctx)

@@ -21,6 +21,12 @@ their count must equal ``meta.num_frames``. Splits are
 merged across sources (``train``, ``val``). Spans are inclusive frame indices;
 one relation may hold several spans. A video not listed under any source is
 looked up directly under the root (``frames/<video>``).
+
+A relation whose predicate is not in ``relations`` is dropped, as OpenPVSG's
+loader drops it (``utils/relation_matching.py``), so that psg4d scores against
+the ground truth the official evaluator uses; the graph's
+``meta["relations_dropped_unknown_predicate"]`` counts them and ``psg4d data
+inspect`` reports the total.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from psg4d.data.readers.base import IndexedReader
 from psg4d.data.schema import ObjectTrack, SceneGraph4D, Video4D
 
 INDEX_FILE = "pvsg.json"
+DROPPED_UNKNOWN_PREDICATE = "relations_dropped_unknown_predicate"
 FRAME_DIR = "frames"
 MASK_DIR = "masks"
 FRAME_SUFFIX = ".png"
@@ -139,7 +146,9 @@ class PVSGReader(IndexedReader):
             ObjectTrack(object_id=oid, category=c, is_thing=th, tube=builder.tube(oid) if with_masks else None)
             for oid, c, th in objs
         ]
+        known = set(self._predicate_vocab)
         triplets = []
+        dropped = 0
         for j, r in enumerate(self._entry_list(e, "relations", ctx)):
             rctx = f"{ctx}: relations[{j}]"
             expect(
@@ -148,14 +157,18 @@ class PVSGReader(IndexedReader):
                 f"{rctx}: expected [subject_id, object_id, predicate, [[start, end], ...]]",
             )
             s, o = as_int(r[0], where, f"{rctx} subject"), as_int(r[1], where, f"{rctx} object")
-            triplets.append((s, o, str(r[2]), [parse_span(sp, where, rctx) for sp in r[3]]))
+            spans = [parse_span(sp, where, rctx) for sp in r[3]]
+            if r[2] not in known:
+                dropped += 1
+                continue
+            triplets.append((s, o, str(r[2]), spans))
         return self._graph(
             video_id,
             size=(T, H, W),
             objects=objects,
             relations=merged_relations(triplets),
             where=where,
-            meta={"source": self._source.get(video_id), "fps": fps},
+            meta={"source": self._source.get(video_id), "fps": fps, DROPPED_UNKNOWN_PREDICATE: dropped},
         )
 
     def read_video(self, video_id: str) -> Video4D:

@@ -1,26 +1,31 @@
 """Visual Genome (scene graphs with boxes): reader. Single-frame, RGB only.
 
-Layout (the VG v1.2/v1.4 release files)::
+Layout (the VG v1.4 release files)::
 
-    relationships.json   [{"image_id", "relationships": [{"predicate",
-                           "subject": {...object}, "object": {...object}}]}]   (marker)
+    relationships.json   [{"image_id", "relationships": [{"relationship_id", "predicate",
+                           "subject": {"object_id", "name", ...}, "object": {...}}]}]   (marker)
     objects.json         [{"image_id", "objects": [{"object_id", "x", "y", "w", "h",
-                                                    "names": [...] | "name"}]}]   (optional)
-    image_data.json      [{"image_id" | "id", "width", "height", ...}]            (optional)
-    images/<image_id>.jpg
+                                                    "names": [...] | "name"}]}]
+    image_data.json      [{"image_id" | "id", "url", "width", "height", ...}]   (optional)
+    VG_100K/<image_id>.jpg, VG_100K_2/<image_id>.jpg
+
+An image's folder is the one its ``url`` names (``.../rak248/VG_100K_2/1.jpg``);
+without a url (or without ``image_data.json``) both folders are searched.
 
 An object is named by the first of ``names`` (or ``name``), stripped and
 lower-cased; predicates likewise (VG mixes "ON" and "on"). Synsets are ignored.
 Boxes ``x, y, w, h`` (pixels) become box masks clipped to the image, so tubes
-are boxes, not segmentations. Objects are the union of ``objects.json`` and the
-subjects/objects of the relationships (VG does not always list the latter in
-``objects.json``); the first occurrence of an ``object_id`` wins. Image sizes
-come from ``image_data.json``, else from the image file's header. Each image
-is a one-frame scene graph with spans ``[[0, 0]]``; there is one split, ``all``.
+are boxes, not segmentations. The objects of an image are its ``objects.json``
+list; a relationship whose subject or object is not in that list is dropped
+(the VG driver skips them too: "some data is missing in this way") and counted
+in the graph's ``meta["relations_dropped_missing_object"]``. Image sizes come
+from ``image_data.json``, else from the image file's header. Each image is a
+one-frame scene graph with spans ``[[0, 0]]``; there is one split, ``all``.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +40,9 @@ from psg4d.errors import DataError
 RELATIONSHIPS_FILE = "relationships.json"
 OBJECTS_FILE = "objects.json"
 IMAGE_DATA_FILE = "image_data.json"
-IMAGE_DIR = "images"
+IMAGE_DIRS = ("VG_100K", "VG_100K_2")
+_URL_DIR = re.compile(r"(VG_100K(?:_2)?)/[0-9]+\.jpg$")
+DROPPED_MISSING_OBJECT = "relations_dropped_missing_object"
 
 
 def _norm(s: Any) -> str:
@@ -65,20 +72,23 @@ class VGReader(ImageReader):
             self._rels[iid] = get_field(e, "relationships", rel_path, ctx=f"[{i}]", types=list)
         self._objs: dict[str, list] = {}
         self._obj_path = self.root / OBJECTS_FILE
-        if self._obj_path.exists():
-            data = read_json(self._obj_path)
-            expect(isinstance(data, list), self._obj_path, "expected a list of {image_id, objects}")
-            for i, e in enumerate(data):
-                iid = _image_id(e, self._obj_path, f"[{i}]")
-                self._objs[iid] = get_field(e, "objects", self._obj_path, ctx=f"[{i}]", types=list)
+        data = read_json(self._obj_path)  # required: it is the image's object list
+        expect(isinstance(data, list), self._obj_path, "expected a list of {image_id, objects}")
+        for i, e in enumerate(data):
+            iid = _image_id(e, self._obj_path, f"[{i}]")
+            self._objs[iid] = get_field(e, "objects", self._obj_path, ctx=f"[{i}]", types=list)
         self._sizes: dict[str, tuple[int, int]] = {}
+        self._dirs: dict[str, str] = {}
         size_path = self.root / IMAGE_DATA_FILE
         if size_path.exists():
             data = read_json(size_path)
-            expect(isinstance(data, list), size_path, "expected a list of {image_id, width, height}")
+            expect(isinstance(data, list), size_path, "expected a list of {image_id, url, width, height}")
             for i, e in enumerate(data):
                 iid = _image_id(e, size_path, f"[{i}]")
                 self._sizes[iid] = (int_field(e, "height", size_path, f"[{i}]"), int_field(e, "width", size_path, f"[{i}]"))
+                hit = _URL_DIR.search(str(e.get("url") or ""))
+                if hit:
+                    self._dirs[iid] = hit.group(1)
         self._entries = dict.fromkeys([*self._rels, *self._objs])
         self._splits = {"all": list(self._entries)}  # VG has no splits
         obj_names: dict[str, None] = {}
@@ -86,12 +96,25 @@ class VGReader(ImageReader):
         for iid in self._entries:
             for o in self._objs.get(iid, []):
                 obj_names.setdefault(self._name(o, self._obj_path, iid))
-            for r in self._rels.get(iid, []):
-                preds.setdefault(_norm(get_field(r, "predicate", rel_path, ctx=f"image {iid}")))
-                for role in ("subject", "object"):
-                    obj_names.setdefault(self._name(get_field(r, role, rel_path, ctx=f"image {iid}"), rel_path, iid))
+            listed = self._listed_ids(iid)
+            for j, r in enumerate(self._rels.get(iid, [])):
+                if all(oid in listed for oid in self._rel_ids(r, iid, j)):
+                    preds.setdefault(_norm(get_field(r, "predicate", rel_path, ctx=f"image {iid}")))
         self._object_vocab = sorted(obj_names)
         self._predicate_vocab = sorted(preds)
+
+    def _listed_ids(self, iid: str) -> set[int]:
+        where = self._obj_path
+        return {
+            as_int(get_field(o, "object_id", where, ctx=f"image {iid}"), where, f"image {iid}: object_id")
+            for o in self._objs.get(iid, [])
+        }
+
+    def _rel_ids(self, r: Any, iid: str, j: int) -> tuple[int, int]:
+        """A relationship's ``(subject, object)`` object ids."""
+        where, rctx = self._index_path, f"image {iid}: relationships[{j}]"
+        s, o = (get_field(r, role, where, ctx=rctx, types=dict) for role in ("subject", "object"))
+        return int_field(s, "object_id", where, f"{rctx}.subject"), int_field(o, "object_id", where, f"{rctx}.object")
 
     @staticmethod
     def _name(o: Any, where: Path, iid: str) -> str:
@@ -104,7 +127,10 @@ class VGReader(ImageReader):
         raise DataError(where, f"image {iid}: object {o.get('object_id', '?')} has no 'names' or 'name'")
 
     def _image_path(self, video_id: str) -> Path:
-        return self.root / IMAGE_DIR / f"{video_id}.jpg"
+        if video_id in self._dirs:
+            return self.root / self._dirs[video_id] / f"{video_id}.jpg"
+        paths = [self.root / d / f"{video_id}.jpg" for d in IMAGE_DIRS]
+        return next((p for p in paths if p.is_file()), paths[0])
 
     def image_size(self, video_id: str) -> tuple[int, int]:
         """``(height, width)`` from ``image_data.json``, else the image header (no decoding)."""
@@ -132,15 +158,13 @@ class VGReader(ImageReader):
             oid = as_int(get_field(o, "object_id", self._obj_path, ctx=f"image {video_id}"), self._obj_path, "object_id")
             found.setdefault(oid, (self._name(o, self._obj_path, video_id), o, self._obj_path))
         triplets = []
+        dropped = 0
         for j, r in enumerate(self._rels.get(video_id, [])):
-            rctx = f"image {video_id}: relationships[{j}]"
-            ids = []
-            for role in ("subject", "object"):
-                o = get_field(r, role, rel_path, ctx=rctx, types=dict)
-                oid = int_field(o, "object_id", rel_path, f"{rctx}.{role}")
-                found.setdefault(oid, (self._name(o, rel_path, video_id), o, rel_path))
-                ids.append(oid)
-            triplets.append((ids[0], ids[1], _norm(r["predicate"]), [(0, 0)]))
+            s, o = self._rel_ids(r, video_id, j)
+            if s not in found or o not in found:
+                dropped += 1
+                continue
+            triplets.append((s, o, _norm(r["predicate"]), [(0, 0)]))
         objects = []
         for oid, (name, o, src) in found.items():
             tube = None
@@ -162,7 +186,7 @@ class VGReader(ImageReader):
             objects=objects,
             relations=merged_relations(triplets),
             where=rel_path,
-            meta={"box_masks": True},
+            meta={"box_masks": True, DROPPED_MISSING_OBJECT: dropped},
         )
 
     def read_video(self, video_id: str) -> Video4D:

@@ -7,10 +7,11 @@ from pathlib import Path
 import typer
 
 from psg4d.data.synth.generate import SynthConfig, generate
+from psg4d.utils.io import prepare_output_dir
 
 
 def synth(
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (replaced atomically): 4d/, 2d/, synth_meta.json."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (written atomically): 4d/, 2d/, synth_meta.json; an earlier synth output there is replaced."),
     preset: str = typer.Option("hoi", "--preset", help="hoi (egocentric hand-object) or gta (third-person people)."),
     videos: int = typer.Option(24, "--videos", help="Number of 4D RGB-D videos (split train/val/test)."),
     images: int = typer.Option(200, "--images", help="Number of 2D images (split train/val/test)."),
@@ -19,12 +20,16 @@ def synth(
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives identical annotations."),
     workers: int = typer.Option(0, "--workers", help="Worker processes (0: one per CPU core)."),
     camera_motion: bool = typer.Option(True, "--camera-motion/--static-camera", help="Slow camera drift and shake."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Move a non-empty --out that is not an earlier synth output aside (never deleted)."
+    ),
 ) -> None:
     """Simulate, render and label a synthetic 4D panoptic scene-graph dataset."""
     cfg = SynthConfig(
         preset=preset, videos=videos, images=images, frames=frames, size=size, seed=seed,
         workers=workers, camera_motion=camera_motion,
     )  # fmt: skip
+    prepare_output_dir(out, marker=("synth_meta.json",), what="psg4d synth", overwrite=overwrite)
     s = generate(cfg, out)
     typer.echo(
         f"wrote {sum(s.videos.values())} videos {s.videos} and {sum(s.images.values())} images {s.images} "
