@@ -277,3 +277,14 @@ def test_viz_refuses_bad_flags_unreadable_videos_and_unwritable_outputs(ckpt, tm
     short = _frames(tmp_path / "short", 2)
     assert main(["viz", str(pred), "--video", str(short), "--out", str(html)]) == 2
     _one_error_line(capsys, "short", "source frame 2 but the video has 2 frames")
+
+
+def test_single_video_under_torchrun_is_predicted_by_rank_zero_only(tmp_path, monkeypatch, no_model):
+    """Every rank running the same line on one video must not race to write the same file: ranks
+    above 0 return before loading anything (``no_model`` fails the test if they load the model)."""
+    video = _mp4(tmp_path / "one.mp4", n=4)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    out = tmp_path / "one.json"
+    assert main(["predict", "--ckpt", str(tmp_path / "ck"), "--rgb", str(video), "--out", str(out)]) == 0
+    assert not out.exists()

@@ -97,6 +97,10 @@ def predict_command(
             dsrc.check_count(info.num_frames, info.path)
             dsrc.check_sample(info.num_frames, (info.height, info.width))
 
+    if not batch and dist_rank()[0] > 0:
+        # under torchrun one video is one piece of work: rank 0 writes it, the others must not race it
+        log.info("rank %d of %d: a single video is predicted by rank 0 only", *dist_rank())
+        return
     model = PSG4DModel.from_pretrained(ckpt)
     cfg = PredictorConfig(max_new_tokens=max_new_tokens, max_candidates=candidates, threads=threads)
     if depth is None and model.estimators is not None:
