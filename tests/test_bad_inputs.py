@@ -299,7 +299,7 @@ def test_damaged_checkpoint_is_one_line(checkpoint, synth_dir, tmp_path, capsys,
 
 def test_invalid_training_values_are_config_errors(synth_dir, tmp_path, capsys):
     base = ["train", "--config", "hoi_tiny", "--set", f"data.root={synth_dir}", "--out", str(tmp_path / "run")]
-    _fails(capsys, base + ["--set", "train.lr=-1"], "hoi_tiny.yaml: train.lr: must be a finite number > 0, got -1.0")
+    _fails(capsys, base + ["--set", "train.lr=-1"], "--set train.lr=-1: train.lr: must be a finite number > 0, got -1.0")
     _fails(capsys, base + ["--set", "train.betas=[0.9, 1.5]"], "train.betas")
     _fails(capsys, base + ["--set", "train.optimizer=adamm"], "did you mean 'adamw'")
     _fails(capsys, base + ["--set", "train.max_grad_norm=.nan"], "train.max_grad_norm: must be a finite number > 0")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from psg4d.config import from_dict
@@ -103,3 +105,18 @@ def test_optimizer_and_scheduler_names_are_the_tables_of_train_optim():
     assert set(get_args(SchedulerName)) == set(SCHEDULERS)
     with pytest.raises(ConfigError, match=r"train.optimizer.*'adamm'.*did you mean 'adamw'"):
         from_dict(ExperimentConfig, {"train": {"optimizer": "adamm"}, "stages": [{"name": "a", "kind": "4d_init"}]})
+
+
+def test_a_bad_override_is_blamed_on_the_set_not_the_preset_file(tmp_path):
+    """The preset file is fine; the value came from the command line, so the message says so."""
+    import psg4d
+
+    preset = Path(psg4d.__file__).parent / "configs" / "hoi_tiny.yaml"
+    good = tmp_path / "exp.yaml"
+    good.write_text(f"_base_: {preset}\n")
+    with pytest.raises(ConfigError, match=r"^--set train\.lr=-1: train\.lr: must be a finite number > 0"):
+        load_experiment(good, ["train.lr=-1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"_base_: {preset}\ntrain:\n  lr: -1\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: train\.lr: must be a finite number > 0"):
+        load_experiment(bad, ["train.batch_size=2"])

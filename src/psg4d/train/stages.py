@@ -343,7 +343,17 @@ def check_local_weights(model_cfg: Any) -> None:
 def load_experiment(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """YAML preset (with ``_base_``) + ``key=value`` overrides -> :class:`ExperimentConfig`."""
     data: dict[str, Any] = load_yaml(path) if path is not None else {}
-    return experiment_from_data(apply_overrides(data, overrides), where=str(path) if path else "config")
+    where = str(path) if path else "config"
+    try:
+        return experiment_from_data(apply_overrides(data, overrides), where=where)
+    except ConfigError as e:
+        # a bad value given on the command line is the user's --set, not the preset file's
+        problem = str(e).removeprefix(f"{where}: ")
+        for ov in overrides or []:
+            key = ov.split("=", 1)[0].strip()
+            if key and (problem.startswith(f"{key}:") or f"{key} " in problem or f"{key}:" in problem):
+                raise ConfigError(f"--set {ov}: {problem}") from None
+        raise
 
 
 def experiment_from_data(data: dict[str, Any], *, where: str = "config") -> ExperimentConfig:
