@@ -15,11 +15,12 @@ from typing import Iterable, Iterator, Optional
 import typer
 
 from psg4d.data.schema import SceneGraph4D, iter_scene_graphs, save_scene_graphs
-from psg4d.errors import ConfigError, DataError
+from psg4d.errors import ConfigError
 from psg4d.eval.labelmap import LabelMap
 from psg4d.eval.metric import PROTOCOLS, evaluate, summary_table
 from psg4d.eval.sources import load_ground_truth
-from psg4d.utils.io import atomic_write_json, check_writable_dir
+from psg4d.eval.video import require_tubes
+from psg4d.utils.io import atomic_write_json, check_output_file
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,7 @@ def _with_tubes(graphs: Iterable[SceneGraph4D], path: Path) -> Iterator[SceneGra
     """``graphs``, refusing (naming the file) an object in a relation without a mask tube: a file
     that lost its ``tube`` keys would otherwise score as empty masks."""
     for g in graphs:
-        objs = g.object_by_id()
-        for i, r in enumerate(g.relations):
-            for oid in (r.subject_id, r.object_id):
-                if oid in objs and objs[oid].tube is None:
-                    raise DataError(path, f"video {g.video_id!r}: relations[{i}]: object {oid} has no 'tube'")
+        require_tubes(g, f"{path}: video {g.video_id!r}")
         yield g
 
 
@@ -92,11 +89,9 @@ def eval_command(
         raise ConfigError(f"--limit must be positive, got {limit}")
     if save_pred is not None and ckpt is None:
         raise ConfigError("--save-pred needs --ckpt (with --pred the predictions are already a file)")
-    for target, flag in ((out, "--out"), (save_pred, "--save-pred")):
+    for target in (out, save_pred):
         if target is not None:
-            if target.is_dir():
-                raise ConfigError(f"{target}: {flag} names a folder; give a file path")
-            check_writable_dir(target.parent, for_path=target)
+            check_output_file(target)
     gts, vocab = load_ground_truth(gt, split, split_is_for_gt=ckpt is None, limit=limit)
     lm = LabelMap.load(label_map) if label_map is not None else None
     preds = _predictions(pred, ckpt, data, split, limit, threads)

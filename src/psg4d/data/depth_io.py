@@ -31,10 +31,6 @@ DEPTH_EXTS = (".npy", ".png")
 MAX_DEPTH_M = 10_000.0
 
 
-def _list(folder: Path) -> list[Path]:
-    return list_files(folder, DEPTH_EXTS)
-
-
 class DepthSource:
     """A folder of per-frame depth maps (``.npy`` metres or 16-bit PNG ``depth_scale`` units/metre)."""
 
@@ -47,7 +43,7 @@ class DepthSource:
         if not np.isfinite(depth_scale) or depth_scale <= 0:
             raise DataError(self.path, f"depth_scale must be positive, got {depth_scale}")
         self.depth_scale = float(depth_scale)
-        self.files = _list(self.path)
+        self.files = list_files(self.path, DEPTH_EXTS)
         if not self.files:
             raise DataError(self.path, "no depth maps in folder (looked for .npy and 16-bit .png)")
         kinds = {f.suffix.lower() for f in self.files}

@@ -64,13 +64,17 @@ def _check_pair(pred: SceneGraph4D, gt: SceneGraph4D) -> None:
         )
     # validate() names tubes whose length differs from the video, NaN scores and dangling ids
     pred.validate(where)
-    # an object without a tube would score as an empty mask: a prediction file that lost its
-    # "tube" keys would lower recall without a word
+    require_tubes(pred, where)
+
+
+def require_tubes(pred: SceneGraph4D, where: str) -> None:
+    """DataError for an object in a relation without a mask tube: it would score as an empty mask,
+    so a prediction file that lost its ``tube`` keys would lower recall without a word."""
     objs = pred.object_by_id()
     for i, r in enumerate(pred.relations):
         for oid in (r.subject_id, r.object_id):
-            if objs[oid].tube is None:
-                raise DataError(where, f"relations[{i}]: object {oid} has no mask tube ('tube' missing)")
+            if oid in objs and objs[oid].tube is None:
+                raise DataError(where, f"relations[{i}]: object {oid} has no 'tube' (its mask tube)")
 
 
 def candidate_list(pred: SceneGraph4D, *, max_k: int, graph_constraint: bool) -> list[Relation]:

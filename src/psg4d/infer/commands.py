@@ -115,6 +115,9 @@ def predict_command(
         # under torchrun every rank is one worker (psg4d.infer.batch)
         n_workers = 1 if dist_rank()[1] > 1 else workers or max(1, available_cpus() // 4)
         local = None if n_workers > 1 else Predictor(model=model, config=cfg)
+        # worker processes load their own copy: the parent's only proved the checkpoint loads (a clear
+        # error here instead of a broken pool) and must not sit in memory beside theirs
+        del model
         result = run_batch(videos, out, ckpt=ckpt, predictor=local, config=cfg, opts=opts, report=report,
                            workers=n_workers)
         log.info("%d predicted, %d already done, %d failed -> %s", len(result.done), len(result.skipped),

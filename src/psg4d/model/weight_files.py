@@ -112,11 +112,10 @@ def fingerprint(source: str | Path) -> str:
     if key in _FINGERPRINTS:
         return _FINGERPRINTS[key]
     disk_key = hashlib.sha256(json.dumps(key).encode()).hexdigest()
-    cache: dict[str, str] = {}
     try:
-        cache = json.loads(_cache_file().read_text())
-    except (OSError, ValueError):
-        pass
+        cache: dict[str, str] = json.loads(_cache_file().read_text())
+    except (OSError, ValueError):  # no cache yet, or a damaged one: rebuilt below
+        cache = {}
     digest = cache.get(disk_key)
     if digest is None:
         if path.is_file():

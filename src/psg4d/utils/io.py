@@ -209,8 +209,7 @@ def check_writable_dir(folder: str | Path, *, for_path: str | Path | None = None
     if not probe.is_dir():
         raise Psg4dError(f"{name}: cannot write there: {probe} is a file, not a folder")
     try:
-        with tempfile.TemporaryFile(prefix=".psg4d-write-test.", dir=probe):
-            pass
+        tempfile.TemporaryFile(prefix=".psg4d-write-test.", dir=probe).close()  # created, then removed
     except OSError as e:
         raise Psg4dError(f"{name}: cannot write there ({e.strerror or e})") from None
 

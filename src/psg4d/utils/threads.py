@@ -10,6 +10,7 @@ and the cgroup quota (v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -27,11 +28,9 @@ _CGROUP = Path("/sys/fs/cgroup")
 
 def _cgroup_quota(root: Path = _CGROUP) -> float | None:
     """CPUs granted by the cgroup quota (None: unlimited or unknown)."""
-    try:
+    with contextlib.suppress(OSError, ValueError):  # no cgroup v2 file: try v1 below
         quota, period = (root / "cpu.max").read_text().split()[:2]  # v2: "max 100000" or "200000 100000"
         return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
     try:
         quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())  # v1: -1 = unlimited
         period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
