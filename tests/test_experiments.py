@@ -98,3 +98,29 @@ def test_ssim_and_held_out_relations():
     kept = held_out_graphs([graph], {"lime"})[0]
     assert [(r.subject_id, r.object_id) for r in kept.relations] == [(0, 1), (1, 2)]
     assert len(graph.relations) == 3  # the ground truth itself is untouched
+
+
+def test_chain_experiment_quick(tmp_path):
+    out = tmp_path / "results"
+    run = tmp_path / "run"
+    assert main(["experiment", "chain", "--quick", "--out", str(out), "--run-dir", str(run)]) == 0
+    records = json.loads((out / "chain.json").read_text())
+    arms = [(r["llm"], r["mode"], r["naming"]) for r in records]
+    assert arms == [(llm, mode, naming) for llm in ("tiny", "smollm2-135m")
+                    for mode, naming in (("direct", None), ("chain", "free"), ("chain", "vocabulary"))]
+    for r in records:
+        assert set(r["metrics"]) == {"pvsg", "volumetric"} and {"R@20", "R@50", "R@100", "mR@50"} <= set(
+            r["metrics"]["pvsg"])
+        assert {"zR@50_novel", "recall@50_seen_only_in_2d", "mapper_accuracy", "wall_s"} <= set(r)
+        assert r["novel_categories"] == ["apple", "globe", "jar", "phone"]
+        assert set(r["novel_named_as"]) == set(r["novel_categories"])
+    # novel categories reach no training data: neither the 4D training videos nor the 2D images
+    from psg4d.data.readers import open_dataset
+
+    for part, split in (("4d", "train"), ("2d", "train")):
+        reader = open_dataset(run / "data" / part)
+        seen = {o.category for v in reader.video_ids(split) for o in reader.read_graph(v, with_masks=False).objects}
+        assert not seen & set(records[0]["novel_categories"]), part
+    assert (out / "chain.svg").read_text().startswith("<svg")
+    # a rerun reuses the world and the trained models
+    assert main(["experiment", "chain", "--quick", "--out", str(out), "--run-dir", str(run), "--llms", "tiny"]) == 0

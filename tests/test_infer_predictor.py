@@ -129,7 +129,7 @@ def test_predict_command_on_a_frame_folder(trained_ckpt, tmp_path):
 def test_predict_split_streams_a_dataset(trained_ckpt, tmp_path):
     from psg4d.data.readers import open_dataset
     from psg4d.data.synth import SynthConfig, generate
-    from psg4d.infer.predictor import predict_split
+    from psg4d.infer.predictors import predict_split
 
     _, _, ckpt = trained_ckpt
     generate(SynthConfig(videos=3, images=0, frames=4, size=32, workers=1, shadows=False), tmp_path / "ds",
@@ -340,7 +340,7 @@ def test_rescoring_reads_the_context_generation_read():
     target = model.prompt.target_ids(f"{a} ; {a} ; {b}")  # the LLM learns to repeat a before b
     batch = model.collate([sample])
     batch.update(target_ids=torch.tensor([target]), target_mask=torch.ones(1, len(target), dtype=torch.long),
-                 mask_targets=None, obj_categories=None)
+                 target_loss_mask=None, mask_targets=None, obj_categories=None)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     model.train()
     for _ in range(150):

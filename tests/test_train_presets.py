@@ -12,7 +12,7 @@ from psg4d.train.commands import PRESET_DIR, resolve_config
 from psg4d.train.stages import ExperimentConfig, check_local_weights, load_experiment
 
 PRESETS = {"hoi_tiny": "tiny", "hoi_lite0": "tiny", "hoi_smollm2": "smollm2-135m", "hoi_full": "full", "gta_full": "full",
-           "hoi_transfer": "tiny"}
+           "hoi_transfer": "tiny", "hoi_chain": "tiny"}
 TRANSFER_STAGES = ["4d_init", "estimator_fit", "pseudo4d_init", "transfer_2d", "finetune_4d"]
 
 
@@ -25,7 +25,9 @@ def test_preset_loads_into_an_experiment(name):
     cfg = load_experiment(resolve_config(name))
     assert isinstance(cfg, ExperimentConfig)
     assert cfg.model.preset == PRESETS[name]
-    assert [s.kind for s in cfg.stages] == (TRANSFER_STAGES if name == "hoi_transfer" else ["4d_init"])
+    assert [s.kind for s in cfg.stages] == (TRANSFER_STAGES if name in ("hoi_transfer", "hoi_chain") else ["4d_init"])
+    # only the chain preset writes samples as the chained steps
+    assert (cfg.model.chain_prob > 0) == (name == "hoi_chain")
     assert cfg.data.train and cfg.data.val
     if name == "hoi_transfer":
         # each stage from the previous one's weights; 2D images lifted in transfer_2d, replayed in finetune_4d
@@ -99,7 +101,7 @@ def test_cli_reports_missing_weights_as_an_error_line(capsys):
 
 def test_cli_unknown_config_lists_presets(capsys):
     assert main(["train", "--config", "nope.yaml"]) == 2
-    assert ("shipped presets: ['gta_full', 'hoi_full', 'hoi_lite0', 'hoi_smollm2', 'hoi_tiny', 'hoi_transfer']"
+    assert ("shipped presets: ['gta_full', 'hoi_chain', 'hoi_full', 'hoi_lite0', 'hoi_smollm2', 'hoi_tiny', 'hoi_transfer']"
             in capsys.readouterr().err)
 
 

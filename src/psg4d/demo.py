@@ -117,7 +117,8 @@ def evaluate_with_baseline(
     from psg4d.data.schema import iter_scene_graphs, save_scene_graphs
     from psg4d.eval import evaluate
     from psg4d.infer.baselines import FrequencyBaseline
-    from psg4d.infer.predictor import PredictorConfig, predict_split
+    from psg4d.infer.predictor import PredictorConfig
+    from psg4d.infer.predictors import predict_split
 
     reader = open_dataset(data_4d)
     gts = {g.video_id: g for g in islice(reader.iter_graphs(split), limit)}

@@ -16,9 +16,11 @@ import typer
 
 from psg4d.data.schema import SceneGraph4D, iter_scene_graphs, save_scene_graphs
 from psg4d.errors import ConfigError
+from psg4d.eval.automap import auto_map_predictions
 from psg4d.eval.labelmap import LabelMap
 from psg4d.eval.metric import PROTOCOLS, evaluate, summary_table
 from psg4d.eval.sources import load_ground_truth
+from psg4d.eval.subsets import ZERO_SHOT_MODES, load_zero_shot
 from psg4d.eval.video import require_tubes
 from psg4d.utils.io import atomic_write_json, check_output_file
 
@@ -27,16 +29,18 @@ log = logging.getLogger(__name__)
 
 def _predictions(
     pred: Path | None, ckpt: Path | None, data: Path | None, split: str | None, limit: int | None = None,
-    threads: int | None = None,
+    threads: int | None = None, mode: str = "auto",
 ) -> Iterable[SceneGraph4D]:
     if pred is not None:
         graphs = _with_tubes(iter_scene_graphs(pred), pred)
         return graphs if limit is None else itertools.islice(graphs, limit)
     if data is None or split is None:
         raise ConfigError("--ckpt needs --data DIR and --split S to know which videos to predict")
-    from psg4d.infer.predictor import PredictorConfig, predict_split  # torch only when predicting
+    from psg4d.infer.predictor import PredictorConfig  # torch only when predicting
+    from psg4d.infer.predictors import predict_split
 
-    return predict_split(ckpt, data, split, limit=limit, progress=True, config=PredictorConfig(threads=threads))
+    return predict_split(ckpt, data, split, limit=limit, progress=True,
+                         config=PredictorConfig(threads=threads, mode=mode))
 
 
 def _with_tubes(graphs: Iterable[SceneGraph4D], path: Path) -> Iterator[SceneGraph4D]:
@@ -45,6 +49,13 @@ def _with_tubes(graphs: Iterable[SceneGraph4D], path: Path) -> Iterator[SceneGra
     for g in graphs:
         require_tubes(g, f"{path}: video {g.video_id!r}")
         yield g
+
+
+def _label_map_file(value: str) -> LabelMap:
+    """``--label-map PATH``: the explicit map (anything but ``auto`` must be an existing file)."""
+    if not Path(value).is_file():
+        raise ConfigError(f"--label-map must be 'auto' or a label-map JSON file, got {value!r} (no such file)")
+    return LabelMap.load(value)
 
 
 def eval_command(
@@ -56,10 +67,12 @@ def eval_command(
         "pvsg", "--protocol", help="pvsg (published, OpenPVSG's) or volumetric (strict, recommended)."
     ),
     graph_constraint: bool = typer.Option(
-        False, "--graph-constraint", help="Keep only the best predicate per subject-object pair."
+        False, "--graph-constraint",
+        help="Plain R@K keys with the graph constraint (best predicate per subject-object pair); both are reported.",
     ),
-    label_map: Optional[Path] = typer.Option(
-        None, "--label-map", help='JSON {"objects": {free: vocab}, "predicates": {free: vocab}}.'
+    label_map: Optional[str] = typer.Option(
+        None, "--label-map", help='auto (map free text onto the ground truth\'s vocabulary: exact, normalised, '
+        'then sentence-embedding match) or a JSON file {"objects": {free: vocab}, "predicates": {free: vocab}}.'
     ),
     split: Optional[str] = typer.Option(None, "--split", help="Split of a dataset folder (--gt / --data)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the full metrics (per predicate) as JSON."),
@@ -75,8 +88,22 @@ def eval_command(
     threads: Optional[int] = typer.Option(
         None, "--threads", help="With --ckpt: torch threads (default: the CPUs other processes leave free)."
     ),
+    mode: str = typer.Option(
+        "auto", "--mode", help="With --ckpt: direct, chain (chained inference) or auto (the better one for the checkpoint).",
+    ),
+    zero_shot_train: Optional[Path] = typer.Option(
+        None, "--zero-shot-train", help="Training scene graphs (file or dataset folder): also report zero-shot zR@K."
+    ),
+    zero_shot_split: Optional[str] = typer.Option(
+        None, "--zero-shot-split", help="Split of a --zero-shot-train dataset folder (default: train)."
+    ),
+    zero_shot: Optional[str] = typer.Option(
+        None, "--zero-shot", help="triplets (default): GT triplets unseen in training; categories: GT relations "
+        "whose subject or object category is unseen.",
+    ),
 ) -> None:
-    """Triplet recall R@20/50/100 and mR@20/50/100 of predicted 4D scene graphs."""
+    """Triplet recall R@20/50/100 and mR@20/50/100 of predicted 4D scene graphs, with and without the
+    graph constraint, weak (vIoU >= 0.1) and pair (any predicate) recall, and zero-shot zR@K."""
     if (pred is None) == (ckpt is None):
         raise ConfigError("give exactly one of --pred FILE or --ckpt DIR (with --data and --split)")
     if protocol not in PROTOCOLS:
@@ -92,21 +119,40 @@ def eval_command(
     for target in (out, save_pred):
         if target is not None:
             check_output_file(target)
+    if zero_shot_train is None and (zero_shot is not None or zero_shot_split is not None):
+        raise ConfigError("--zero-shot and --zero-shot-split need --zero-shot-train (the training scene graphs)")
+    if zero_shot is not None and zero_shot not in ZERO_SHOT_MODES:
+        raise ConfigError(f"--zero-shot must be one of {', '.join(ZERO_SHOT_MODES)}, got {zero_shot!r}")
+    # read before predicting, so that a bad training path fails before minutes of inference
+    zs = None
+    if zero_shot_train is not None:
+        zs = load_zero_shot(zero_shot_train, split=zero_shot_split, by=zero_shot or "triplets")
     gts, vocab = load_ground_truth(gt, split, split_is_for_gt=ckpt is None, limit=limit)
-    lm = LabelMap.load(label_map) if label_map is not None else None
-    preds = _predictions(pred, ckpt, data, split, limit, threads)
+    lm = _label_map_file(label_map) if label_map is not None and label_map != "auto" else None
+    if mode not in ("direct", "chain", "auto"):
+        raise ConfigError(f"--mode must be direct, chain or auto, got {mode!r}")
+    preds = _predictions(pred, ckpt, data, split, limit, threads, mode)
     if save_pred is not None:
         preds = list(preds)
         save_scene_graphs(save_pred, preds)
         log.info("wrote %d predictions to %s", len(preds), save_pred)
-    result = evaluate(preds, gts, protocol=protocol, graph_constraint=graph_constraint, label_map=lm, **vocab)
+    mapping = None
+    if label_map == "auto":  # the predictions' free text onto the ground truth's vocabulary, as an explicit map
+        preds, gts, lm, mapping = auto_map_predictions(preds, gts, vocab)
+    result = evaluate(preds, gts, protocol=protocol, graph_constraint=graph_constraint, label_map=lm,
+                      zero_shot=zs, **vocab)
     result["inputs"] = {
         "pred": str(pred) if pred is not None else None,
         "ckpt": str(ckpt) if ckpt is not None else None,
         "gt": str(gt),
         "split": split,
+        "zero_shot_train": str(zero_shot_train) if zero_shot_train is not None else None,
+        "zero_shot_split": (zero_shot_split or "train") if zero_shot_train is not None and zero_shot_train.is_dir()
+        else None,
         "label_map": str(label_map) if label_map is not None else None,
     }
+    if mapping is not None:
+        result["label_mapping"] = mapping
     if out is not None:
         atomic_write_json(out, result, indent=2)
         log.info("wrote %s", out)

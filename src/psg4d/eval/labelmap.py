@@ -3,8 +3,10 @@
 An open-vocabulary model may say ``"Coffee  Mug"`` where the benchmark says
 ``"cup"``. The evaluator never guesses: labels are compared after
 :func:`normalize_label` (case and whitespace only), and anything else needs a
-:class:`LabelMap` written by the user. A predicted label that is still outside
-the vocabulary is scored as wrong and counted as *unmapped* in the result.
+:class:`LabelMap`, written by the user or built by the automatic mapper
+(:mod:`psg4d.eval.automap`, ``psg4d eval --label-map auto``). A predicted label
+that is still outside the vocabulary is scored as wrong and counted as
+*unmapped* in the result.
 
 Label-map file (JSON)::
 

@@ -14,6 +14,24 @@ Two protocols (see their modules for the exact rules):
   and one-to-one matching. Recommended for new work.
 
 Recalls are reported in percent (0-100), as published tables print them.
+
+Result keys (``compute``/``evaluate``), each for every K of ``ks``:
+
+* ``R@K`` / ``mR@K``: triplet recall / mean recall over predicates; ``per_predicate``.
+* ``weak R@K`` / ``weak mR@K``: the same with the protocol's vIoU threshold lowered
+  to ``weak_viou_threshold`` (0.1, OpenPVSG's weak recall; ``volumetric``: tube vIoU).
+* ``pair R@K``: subject and object found (categories and the protocol's overlap
+  tests), any predicate; over the same GT relations as ``R@K``.
+* With a ``zero_shot`` subset (:class:`psg4d.eval.subsets.ZeroShot`): ``zR@K``,
+  ``weak zR@K``, ``pair zR@K`` over the subset's GT relations only, and
+  ``zero_shot = {"subset": description, "num_gt_relations": n}``.
+
+These top-level numbers use the candidate list the metric was configured with:
+the graph constraint (best predicate per subject-object pair) when
+``graph_constraint=True``, else none. Both are always computed:
+``result["no_graph_constraint"]`` and ``result["graph_constraint"]`` hold the
+same keys (``R@K`` ... ``pair zR@K``) for each candidate list, so the top-level
+numbers equal one of them (named by ``settings.graph_constraint``).
 """
 
 from __future__ import annotations
@@ -28,13 +46,17 @@ import numpy as np
 from psg4d.data.schema import SceneGraph4D
 from psg4d.errors import ConfigError, DataError
 from psg4d.eval.labelmap import IDENTITY, LabelMap, normalize_label
-from psg4d.eval.pvsg import pvsg_hit_ranks
-from psg4d.eval.video import PreparedVideo, prepare_video
-from psg4d.eval.volumetric import volumetric_hit_ranks
+from psg4d.eval.pvsg import pvsg_hit_ranks, pvsg_view_ranks
+from psg4d.eval.report import recall_block, summary_table  # noqa: F401  (summary_table: re-exported)
+from psg4d.eval.subsets import ZeroShot
+from psg4d.eval.video import KINDS, PreparedVideo, candidate_views, prepare_video
+from psg4d.eval.volumetric import volumetric_hit_ranks, volumetric_view_ranks
 
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("pvsg", "volumetric")
+#: the candidate lists scored, in the order of the state's constraint axis (also the result's block names)
+CONSTRAINTS = ("no_graph_constraint", "graph_constraint")
 
 # counters kept next to the per-predicate sums (all additive)
 _COUNTERS = (
@@ -55,8 +77,10 @@ class RecallState:
     """The metric's sums (after reduction across processes when one is running)."""
 
     predicates: list[str]
-    hits: np.ndarray  # int64 [P, len(ks)]
-    gt: np.ndarray  # int64 [P]
+    # int64 [P, subset, constraint, kind, len(ks)]: subset 0 all GT relations, 1 the zero-shot
+    # subset; constraint as CONSTRAINTS; kind as KINDS (strict, weak, pair)
+    hits: np.ndarray
+    gt: np.ndarray  # int64 [P, subset]
     counters: dict[str, int]
     missing: list[str] = field(default_factory=list)
     unmapped_examples: list[str] = field(default_factory=list)
@@ -85,7 +109,11 @@ class SceneGraphRecall:
     Thresholds: ``iou_threshold`` is the mask-overlap test (``pvsg``: per-frame
     mask IoU of subject and object; ``volumetric``: tube vIoU of subject and
     object); ``viou_threshold`` is ``pvsg``'s relation vIoU test;
-    ``tiou_threshold`` is ``volumetric``'s temporal IoU test.
+    ``tiou_threshold`` is ``volumetric``'s temporal IoU test. ``weak_viou_threshold``
+    replaces the relation vIoU test (``pvsg``) or the tube vIoU test (``volumetric``)
+    for the weak recall.
+
+    ``zero_shot``: also report recall on the GT relations of this subset (``zR@K``).
 
     ``predicates``/``objects``: the vocabularies. The predicate list fixes the
     state's layout (needed for a plain all-reduce; without it the vocabularies
@@ -105,9 +133,11 @@ class SceneGraphRecall:
         iou_threshold: float = 0.5,
         viou_threshold: float = 0.5,
         tiou_threshold: float = 0.5,
+        weak_viou_threshold: float = 0.1,
         predicates: Sequence[str] | None = None,
         objects: Sequence[str] | None = None,
         label_map: LabelMap | None = None,
+        zero_shot: ZeroShot | None = None,
     ):
         if protocol not in PROTOCOLS:
             raise ConfigError(f"unknown evaluation protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
@@ -115,7 +145,7 @@ class SceneGraphRecall:
         if not kk or kk[0] <= 0:
             raise ConfigError(f"ks must be positive integers, got {list(ks)}")
         for name, val in (("iou_threshold", iou_threshold), ("viou_threshold", viou_threshold),
-                          ("tiou_threshold", tiou_threshold)):
+                          ("tiou_threshold", tiou_threshold), ("weak_viou_threshold", weak_viou_threshold)):
             if not (0.0 < float(val) <= 1.0):
                 raise ConfigError(f"{name} must be in (0, 1], got {val}")
         self.protocol = protocol
@@ -124,11 +154,20 @@ class SceneGraphRecall:
         self.iou_threshold = float(iou_threshold)
         self.viou_threshold = float(viou_threshold)
         self.tiou_threshold = float(tiou_threshold)
+        self.weak_viou_threshold = float(weak_viou_threshold)
+        if zero_shot is not None and not isinstance(zero_shot, ZeroShot):
+            raise ConfigError(f"zero_shot must be a psg4d.eval.subsets.ZeroShot, got {type(zero_shot).__name__}")
+        self.zero_shot = zero_shot
         self.label_map = label_map or IDENTITY
         self.fixed_predicates = None if predicates is None else self._dedup([normalize_label(p) for p in predicates])
         self.object_vocab = None if objects is None else {normalize_label(o) for o in objects}
         self._k_arr = np.asarray(self.ks, dtype=np.int64)
         self.reset()
+
+    @property
+    def _row_shape(self) -> tuple[int, ...]:
+        """Shape of one predicate's hit counts: (subset, constraint, kind, K)."""
+        return (2, len(CONSTRAINTS), len(KINDS), len(self.ks))
 
     @staticmethod
     def _dedup(names: list[str]) -> list[str]:
@@ -138,8 +177,8 @@ class SceneGraphRecall:
     def reset(self) -> None:
         names = list(self.fixed_predicates or [])
         self._index: dict[str, int] = {p: i for i, p in enumerate(names)}
-        self._hits = np.zeros((len(names), len(self.ks)), dtype=np.int64)
-        self._gt = np.zeros(len(names), dtype=np.int64)
+        self._hits = np.zeros((len(names), *self._row_shape), dtype=np.int64)
+        self._gt = np.zeros((len(names), 2), dtype=np.int64)
         self._counters = dict.fromkeys(_COUNTERS, 0)
         self._missing: list[str] = []
         self._examples: set[str] = set()
@@ -152,8 +191,8 @@ class SceneGraphRecall:
                 if self.fixed_predicates is not None:
                     raise DataError(where, f"predicate {p!r} is not in the evaluation's predicate list")
                 i = self._index[p] = len(self._index)
-                self._hits = np.vstack([self._hits, np.zeros((1, len(self.ks)), dtype=np.int64)])
-                self._gt = np.append(self._gt, 0)
+                self._hits = np.concatenate([self._hits, np.zeros((1, *self._row_shape), dtype=np.int64)])
+                self._gt = np.concatenate([self._gt, np.zeros((1, 2), dtype=np.int64)])
             out.append(i)
         return np.asarray(out, dtype=np.int64)
 
@@ -164,10 +203,19 @@ class SceneGraphRecall:
             return pvsg_hit_ranks(v=video, mask_iou_threshold=self.iou_threshold, viou_threshold=self.viou_threshold)
         return volumetric_hit_ranks(v=video, iou_threshold=self.iou_threshold, tiou_threshold=self.tiou_threshold)
 
+    def view_ranks(self, video: PreparedVideo, views: Sequence[np.ndarray]) -> np.ndarray:
+        """int64 ``[len(views), len(KINDS), R]``: hit ranks per candidate list and test (strict, weak, pair)."""
+        if self.protocol == "pvsg":
+            return pvsg_view_ranks(video, views, mask_iou_threshold=self.iou_threshold,
+                                   viou_threshold=self.viou_threshold, weak_viou_threshold=self.weak_viou_threshold)
+        return volumetric_view_ranks(video, views, iou_threshold=self.iou_threshold,
+                                     tiou_threshold=self.tiou_threshold, weak_iou_threshold=self.weak_viou_threshold)
+
     def update(self, pred: SceneGraph4D | None, gt: SceneGraph4D) -> np.ndarray:
         """Score one video. ``pred=None``: no prediction for it (all its GT relations are misses).
 
-        Returns the hit ranks of the video's GT relations (for inspection).
+        Returns the (strict) hit ranks of the video's GT relations under the configured
+        graph constraint (for inspection).
         """
         where = f"ground truth for video {gt.video_id!r}"
         if self.fixed_predicates is None and gt.predicate_vocab:
@@ -183,6 +231,9 @@ class SceneGraphRecall:
         if object_vocab is None and gt.object_vocab:
             object_vocab = {normalize_label(o) for o in gt.object_vocab}
 
+        # both candidate lists (with and without the graph constraint) share one preparation
+        empty = np.zeros(0, dtype=np.int64)
+        cands, views = candidate_views(pred, max_k=self.ks[-1]) if pred is not None else ([], (empty, empty))
         video = prepare_video(
             pred,
             gt,
@@ -191,11 +242,17 @@ class SceneGraphRecall:
             label_map=self.label_map,
             object_vocab=object_vocab,
             predicate_vocab=predicate_vocab,
+            candidates=cands,
         )
         rows = self._predicate_rows(video.gt_predicates, where)
-        ranks = self.hit_ranks(video)
-        np.add.at(self._gt, rows, 1)
-        np.add.at(self._hits, rows, (ranks[:, None] < self._k_arr[None, :]).astype(np.int64))
+        ranks = self.view_ranks(video, views)  # [constraint, kind, R]
+        hit = (ranks[..., None] < self._k_arr).astype(np.int64).transpose(2, 0, 1, 3)  # [R, constraint, kind, K]
+        np.add.at(self._gt[:, 0], rows, 1)
+        np.add.at(self._hits[:, 0], rows, hit)
+        if self.zero_shot is not None:
+            sub = self.zero_shot.mask(gt)
+            np.add.at(self._gt[:, 1], rows[sub], 1)
+            np.add.at(self._hits[:, 1], rows[sub], hit[sub])
 
         c = self._counters
         c["videos"] += 1
@@ -212,7 +269,7 @@ class SceneGraphRecall:
             c["predicate_vocab_known"] += 1
         if len(self._examples) < _MAX_EXAMPLES:
             self._examples.update(sorted(video.unmapped_examples)[: _MAX_EXAMPLES - len(self._examples)])
-        return ranks
+        return ranks[int(self.graph_constraint), 0]
 
     @property
     def missing_predictions(self) -> list[str]:
@@ -248,22 +305,23 @@ class SceneGraphRecall:
             names = sorted({p for names, _, _ in gathered for p in names})
             pos = {p: i for i, p in enumerate(names)}
             idx = np.asarray([pos[p] for p in state.predicates], dtype=np.int64)
-            hits = np.zeros((len(names), len(self.ks)), dtype=np.int64)
-            gt = np.zeros(len(names), dtype=np.int64)
+            hits = np.zeros((len(names), *self._row_shape), dtype=np.int64)
+            gt = np.zeros((len(names), 2), dtype=np.int64)
             hits[idx] = state.hits
             gt[idx] = state.gt
             state.predicates, state.hits, state.gt = names, hits, gt
-        P, nk = state.hits.shape
-        flat = np.concatenate([state.hits.ravel(), state.gt, np.asarray([state.counters[k] for k in _COUNTERS])])
+        nh, ng = state.hits.size, state.gt.size
+        counters = np.asarray([state.counters[k] for k in _COUNTERS])
+        flat = np.concatenate([state.hits.ravel(), state.gt.ravel(), counters])
         device = torch.device("cpu")
         if dist.get_backend() == "nccl":
             device = torch.device("cuda", torch.cuda.current_device())
         buf = torch.from_numpy(flat.astype(np.int64)).to(device)
         dist.all_reduce(buf, op=dist.ReduceOp.SUM)
         out = buf.cpu().numpy()
-        state.hits = out[: P * nk].reshape(P, nk)
-        state.gt = out[P * nk : P * nk + P]
-        state.counters = {k: int(v) for k, v in zip(_COUNTERS, out[P * nk + P :])}
+        state.hits = out[:nh].reshape(state.hits.shape)
+        state.gt = out[nh : nh + ng].reshape(state.gt.shape)
+        state.counters = {k: int(v) for k, v in zip(_COUNTERS, out[nh + ng :])}
         state.missing = sorted({m for _, ms, _ in gathered for m in ms})
         state.unmapped_examples = sorted({e for _, _, es in gathered for e in es})[:_MAX_EXAMPLES]
         return state
@@ -274,22 +332,24 @@ class SceneGraphRecall:
         return self.format(self.sync())
 
     def format(self, state: RecallState) -> dict[str, Any]:
-        total = int(state.gt.sum())
-        valid = state.gt > 0
+        total = int(state.gt[:, 0].sum())
+        zs = self.zero_shot is not None
+        blocks = {
+            name: recall_block(state.hits[:, :, c], state.gt, self.ks, zero_shot=zs)
+            for c, name in enumerate(CONSTRAINTS)
+        }
+        main = int(self.graph_constraint)
         out: dict[str, Any] = {"protocol": self.protocol, "ks": list(self.ks)}
-        for j, k in enumerate(self.ks):
-            out[f"R@{k}"] = 100.0 * float(state.hits[:, j].sum()) / total if total else 0.0
-        for j, k in enumerate(self.ks):
-            per = state.hits[valid, j] / state.gt[valid]
-            out[f"mR@{k}"] = 100.0 * float(per.mean()) if per.size else 0.0
+        out.update(blocks[CONSTRAINTS[main]])  # the plain keys: the configured candidate list
+        strict = state.hits[:, 0, main, 0]  # [P, K]
         order = sorted(range(len(state.predicates)), key=lambda i: state.predicates[i])
         per_predicate: dict[str, dict[str, Any]] = {}
         for i in order:
-            n = int(state.gt[i])
+            n = int(state.gt[i, 0])
             entry: dict[str, Any] = {"gt": n}
             for j, k in enumerate(self.ks):
-                entry[f"hits@{k}"] = int(state.hits[i, j])
-                entry[f"R@{k}"] = 100.0 * int(state.hits[i, j]) / n if n else None
+                entry[f"hits@{k}"] = int(strict[i, j])
+                entry[f"R@{k}"] = 100.0 * int(strict[i, j]) / n if n else None
             per_predicate[state.predicates[i]] = entry
         c = state.counters
         videos = c["videos"]
@@ -310,11 +370,16 @@ class SceneGraphRecall:
                     "predicates_checked": c["checked_predicates"],
                     "examples": state.unmapped_examples,
                 },
+                "zero_shot": {"subset": self.zero_shot.describe(), "num_gt_relations": int(state.gt[:, 1].sum())}
+                if self.zero_shot is not None
+                else None,
+                **blocks,
                 "settings": {
                     "graph_constraint": self.graph_constraint,
                     "iou_threshold": self.iou_threshold,
                     "viou_threshold": self.viou_threshold,
                     "tiou_threshold": self.tiou_threshold,
+                    "weak_viou_threshold": self.weak_viou_threshold,
                     "label_map": bool(self.label_map.objects or self.label_map.predicates),
                 },
             }
@@ -337,7 +402,8 @@ def evaluate(
     ks: Sequence[int] = (20, 50, 100),
     **options: Any,
 ) -> dict[str, Any]:
-    """Score predictions against ground truth in one call (see :class:`SceneGraphRecall` for ``options``).
+    """Score predictions against ground truth in one call (see :class:`SceneGraphRecall` for ``options``,
+    e.g. ``zero_shot=ZeroShot(novel_categories={"dog"})`` for ``zR@K`` on relations involving a dog).
 
     Predictions are streamed; a prediction for a video not in the ground truth, or
     two predictions for one video, raise :class:`DataError`. GT videos without a
@@ -367,21 +433,3 @@ def evaluate(
     if metric.missing_predictions:
         log.warning("%d ground-truth videos have no prediction (scored as misses)", len(metric.missing_predictions))
     return metric.compute()
-
-
-def summary_table(result: Mapping[str, Any]) -> str:
-    """A fixed-width text table of R@K and mR@K."""
-    ks = result["ks"]
-    head = f"{'protocol':<12}" + "".join(f"{'R@' + str(k):>9}" for k in ks) + "".join(f"{'mR@' + str(k):>9}" for k in ks)
-    row = f"{result['protocol']:<12}" + "".join(f"{result[f'R@{k}']:>9.2f}" for k in ks) + "".join(
-        f"{result[f'mR@{k}']:>9.2f}" for k in ks
-    )
-    lines = [head, row, ""]
-    lines.append(
-        f"videos {result['num_videos']}  GT relations {result['num_gt_relations']}"
-        f"  missing predictions {result['num_missing_predictions']}"
-    )
-    um = result["unmapped_labels"]
-    if um["objects"] or um["predicates"]:
-        lines.append(f"unmapped predicted labels: objects {um['objects']}, predicates {um['predicates']}")
-    return "\n".join(lines)

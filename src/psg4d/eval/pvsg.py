@@ -36,8 +36,15 @@ Details taken from the public code where the prose description is silent:
 * Mask IoU with an empty union is 0 (``calculate_mask_iou``).
 * The public loop walks every candidate; only ranks ``< K`` can count, so
   cutting the list to the largest K first gives identical numbers.
-* The public evaluator also reports a "weak" recall (``viou >= 0.1``) and soft
-  recalls; they are not part of the published tables and are not reproduced.
+* The public evaluator also prints a "weak" recall: the same walk with
+  ``viou >= 0.1``. :func:`pvsg_view_ranks` reports it (``weak``), with one
+  difference: the public loop adds a weak hit for *every* tested candidate with
+  ``viou >= 0.1`` up to the first strict hit, so one GT relation can count
+  several times (weak recall above 100%); here a GT relation is weakly hit once,
+  at the rank of the first such candidate (what the public code's commented-out
+  ``weak_hit_flag`` meant). Its soft recalls (sums of vIoU) are not reproduced.
+* Pair recall (``pair``, not in the public code): the same walk testing every
+  candidate whose subject and object categories equal the GT's, any predicate.
 * With no GT relation in the whole split the public code divides by zero;
   here R@K and mR@K are 0.
 
@@ -47,9 +54,11 @@ numbers use the defaults.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
-from psg4d.eval.video import NO_HIT, PreparedVideo
+from psg4d.eval.video import KINDS, NO_HIT, PreparedVideo, view_ranks
 
 
 def pvsg_viou(v: PreparedVideo, cand: np.ndarray, rel: np.ndarray, *, mask_iou_threshold: float = 0.5) -> np.ndarray:
@@ -85,4 +94,31 @@ def pvsg_hit_ranks(
     ok = pvsg_viou(v, cand, rel, mask_iou_threshold=mask_iou_threshold) >= viou_threshold
     # minimum rank per GT relation among the passing candidates
     np.minimum.at(ranks, rel[ok], cand[ok])
+    return ranks
+
+
+def pvsg_view_ranks(
+    v: PreparedVideo,
+    views: Sequence[np.ndarray],
+    *,
+    mask_iou_threshold: float = 0.5,
+    viou_threshold: float = 0.5,
+    weak_viou_threshold: float = 0.1,
+) -> np.ndarray:
+    """int64 ``[len(views), len(KINDS), R]``: per candidate list (``views[i]``, positions of
+    ``v``'s candidates in rank order) and per test (:data:`KINDS`), the rank of the first passing
+    candidate for each GT relation, or :data:`NO_HIT`. Each (candidate, GT) vIoU is computed once."""
+    R = len(v.gt_sub)
+    ranks = np.full((len(views), len(KINDS), R), NO_HIT, dtype=np.int64)
+    cand, rel = np.nonzero(v.pair_match)  # a superset of label_match's pairs, row-major
+    if cand.size == 0:
+        return ranks
+    viou = pvsg_viou(v, cand, rel, mask_iou_threshold=mask_iou_threshold)
+    label = v.label_match[cand, rel]
+    tests = (label & (viou >= viou_threshold), label & (viou >= weak_viou_threshold), viou >= viou_threshold)
+    for i, view in enumerate(views):
+        keep, rank = view_ranks(cand, view, len(v.cand_sub))
+        for j, ok in enumerate(tests):
+            ok = ok[keep]
+            np.minimum.at(ranks[i, j], rel[keep][ok], rank[ok])
     return ranks

@@ -6,6 +6,11 @@ all three labels, and the per-frame overlaps of the tubes involved.
 :func:`prepare_video` builds them once per video (:class:`PreparedVideo`); the
 protocols (:mod:`psg4d.eval.pvsg`, :mod:`psg4d.eval.volumetric`) are then
 array arithmetic on it.
+
+To score with and without the graph constraint in one pass, :func:`candidate_views`
+gives the union of both candidate lists and the positions of each list in it; the
+protocols score every (candidate, GT) pair once and then read each list off it
+(:func:`view_ranks`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ from psg4d.eval.labelmap import IDENTITY, LabelMap, normalize_label
 #: rank given to a GT relation that no candidate hits
 NO_HIT = np.iinfo(np.int64).max
 
+#: the tests a GT relation can pass, in the order of the ``kind`` axis of the protocols' view ranks:
+#: ``strict`` (the protocol's rules), ``weak`` (a lower vIoU threshold), ``pair`` (any predicate)
+KINDS = ("strict", "weak", "pair")
+
 
 @dataclass
 class PreparedVideo:
@@ -30,7 +39,7 @@ class PreparedVideo:
     ``cand_sub``/``cand_obj`` index rows of ``overlap`` (predicted tubes),
     ``gt_sub``/``gt_obj`` its columns (GT tubes). ``label_match[c, r]``: the
     candidate's subject category, object category and predicate all equal the
-    GT relation's.
+    GT relation's; ``pair_match[c, r]``: subject and object categories equal (any predicate).
     """
 
     video_id: str
@@ -44,6 +53,7 @@ class PreparedVideo:
     gt_frames: np.ndarray
     gt_predicates: list[str]
     label_match: np.ndarray
+    pair_match: np.ndarray
     unmapped_objects: int | None = None
     unmapped_predicates: int | None = None
     checked_objects: int = 0
@@ -93,6 +103,42 @@ def candidate_list(pred: SceneGraph4D, *, max_k: int, graph_constraint: bool) ->
     return ranked[:max_k]
 
 
+def candidate_views(pred: SceneGraph4D, *, max_k: int) -> tuple[list[Relation], tuple[np.ndarray, np.ndarray]]:
+    """The ranked candidates that can count at any K with or without the graph constraint, and
+    where each list lies in them: ``(free, constrained)``, int64 positions in rank order, such
+    that ``[cands[i] for i in free] == candidate_list(pred, max_k=max_k, graph_constraint=False)``
+    and likewise ``constrained`` with ``graph_constraint=True``."""
+    kept: list[Relation] = []
+    free: list[int] = []
+    constrained: list[int] = []
+    seen: set[tuple[int, int]] = set()
+    for i, r in enumerate(pred.ranked()):
+        key = (r.subject_id, r.object_id)
+        in_free = i < max_k
+        in_gc = key not in seen and len(constrained) < max_k
+        seen.add(key)
+        if not (in_free or in_gc):
+            if not in_free and len(constrained) >= max_k:
+                break  # both lists are full
+            continue
+        if in_free:
+            free.append(len(kept))
+        if in_gc:
+            constrained.append(len(kept))
+        kept.append(r)
+    return kept, (np.asarray(free, dtype=np.int64), np.asarray(constrained, dtype=np.int64))
+
+
+def view_ranks(cand: np.ndarray, view: np.ndarray, num_candidates: int) -> tuple[np.ndarray, np.ndarray]:
+    """For (candidate, GT) pairs with candidates ``cand`` (positions in the union): which of them are
+    in ``view``, and their rank in it. Views are in rank order, so pairs keep their order."""
+    pos = np.full(num_candidates, -1, dtype=np.int64)
+    pos[view] = np.arange(len(view), dtype=np.int64)
+    r = pos[cand]
+    keep = r >= 0
+    return keep, r[keep]
+
+
 def prepare_video(
     pred: SceneGraph4D | None,
     gt: SceneGraph4D,
@@ -102,12 +148,14 @@ def prepare_video(
     label_map: LabelMap = IDENTITY,
     object_vocab: set[str] | None = None,
     predicate_vocab: set[str] | None = None,
+    candidates: list[Relation] | None = None,
 ) -> PreparedVideo:
     """Check ``pred`` against ``gt`` (raising :class:`DataError` naming the video) and build the arrays.
 
     ``pred=None`` (no prediction for this video) gives zero candidates. Vocabularies
     (normalised labels) decide which predicted labels count as *unmapped*; ``None``
-    means unknown, and nothing is counted.
+    means unknown, and nothing is counted. ``candidates``: the ranked relations of ``pred`` to score
+    (e.g. from :func:`candidate_views`) instead of ``candidate_list(pred, max_k, graph_constraint)``.
     """
     T = gt.num_frames
     gt_where = f"ground truth for video {gt.video_id!r}"
@@ -149,7 +197,11 @@ def prepare_video(
             result_unmapped["predicates"] = len(bad_p)
             checked["predicates"] = len(pred.relations)
             examples.update(f"predicate:{p}" for p in bad_p)
-        cands = candidate_list(pred, max_k=max_k, graph_constraint=graph_constraint)
+        cands = (
+            candidate_list(pred, max_k=max_k, graph_constraint=graph_constraint)
+            if candidates is None
+            else list(candidates)
+        )
         for r in cands:
             rows.setdefault(r.subject_id, len(rows))
             rows.setdefault(r.object_id, len(rows))
@@ -183,6 +235,8 @@ def prepare_video(
         dtype=np.int64,
     ).reshape(len(cands), 3)
     label_match = (c_lab[:, None, :] == g_lab[None, :, :]).all(-1)
+    # columns 0 and 2: subject and object category
+    pair_match = (c_lab[:, None, ::2] == g_lab[None, :, ::2]).all(-1)
 
     return PreparedVideo(
         video_id=gt.video_id,
@@ -196,6 +250,7 @@ def prepare_video(
         gt_frames=span_masks([r.spans for r in gt_rels], T),
         gt_predicates=gt_predicates,
         label_match=label_match,
+        pair_match=pair_match,
         unmapped_objects=result_unmapped["objects"],
         unmapped_predicates=result_unmapped["predicates"],
         checked_objects=checked["objects"],

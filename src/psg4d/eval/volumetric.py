@@ -18,14 +18,25 @@ Differences from ``pvsg`` (:mod:`psg4d.eval.pvsg`), each closing one of its leni
 Greedy matching in rank order makes the matching of the top K a prefix of the
 matching of the top ``max(K)``, so one pass gives every K: a GT triplet is hit
 at K when the rank of the candidate that took it is ``< K``.
+
+Beside the strict test, :func:`volumetric_view_ranks` runs the same matching for
+
+* ``weak``: tube vIoU threshold lowered to ``weak_iou_threshold`` (0.1 by default,
+  the threshold of ``pvsg``'s weak recall); labels and temporal IoU as strict;
+* ``pair``: any predicate (subject and object categories, tube vIoU and temporal
+  IoU as strict). A candidate prefers an unmatched GT relation whose predicate it
+  also gets right, then the highest quality, so that a right triplet is never
+  paired away to another relation of the same pair.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from psg4d.eval.geometry import overlap_tube_viou, span_iou
-from psg4d.eval.video import NO_HIT, PreparedVideo
+from psg4d.eval.video import KINDS, NO_HIT, PreparedVideo, view_ranks
 
 
 def volumetric_scores(v: PreparedVideo, cand: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -47,7 +58,13 @@ def volumetric_hit_ranks(
         return ranks
     quality, tiou = volumetric_scores(v, cand, rel)
     ok = (quality >= iou_threshold) & (tiou >= tiou_threshold)
-    cand, rel, quality = cand[ok], rel[ok], quality[ok]
+    return _greedy(cand[ok], rel[ok], quality[ok], R)
+
+
+def _greedy(cand: np.ndarray, rel: np.ndarray, quality: np.ndarray, R: int) -> np.ndarray:
+    """One-to-one matching of passing (candidate, GT) pairs, given in candidate (rank) order:
+    each candidate takes the unmatched GT relation of highest ``quality``. Returns ranks ``[R]``."""
+    ranks = np.full(R, NO_HIT, dtype=np.int64)
     taken = np.zeros(R, dtype=bool)
     # pairs are in candidate order (np.nonzero is row-major), so one walk over the groups is rank order
     starts = np.flatnonzero(np.r_[True, cand[1:] != cand[:-1]]) if cand.size else np.zeros(0, dtype=np.int64)
@@ -61,4 +78,35 @@ def volumetric_hit_ranks(
         r = rel[a + best]
         taken[r] = True
         ranks[r] = cand[a]
+    return ranks
+
+
+def volumetric_view_ranks(
+    v: PreparedVideo,
+    views: Sequence[np.ndarray],
+    *,
+    iou_threshold: float = 0.5,
+    tiou_threshold: float = 0.5,
+    weak_iou_threshold: float = 0.1,
+) -> np.ndarray:
+    """int64 ``[len(views), len(KINDS), R]``: per candidate list (``views[i]``, positions of ``v``'s
+    candidates in rank order) and per test (:data:`KINDS`), the rank of the candidate matched to
+    each GT relation, or :data:`NO_HIT`. Tube vIoUs are computed once for all lists and tests."""
+    R = len(v.gt_sub)
+    ranks = np.full((len(views), len(KINDS), R), NO_HIT, dtype=np.int64)
+    cand, rel = np.nonzero(v.pair_match)  # a superset of label_match's pairs, row-major
+    if cand.size == 0:
+        return ranks
+    quality, tiou = volumetric_scores(v, cand, rel)
+    label = v.label_match[cand, rel]
+    t_ok = tiou >= tiou_threshold
+    strict = t_ok & (quality >= iou_threshold)
+    # quality <= 1, so +2 ranks every GT relation with the right predicate above every other
+    tests = ((label & strict, quality), (label & t_ok & (quality >= weak_iou_threshold), quality),
+             (strict, quality + 2.0 * label))
+    for i, view in enumerate(views):
+        keep, rank = view_ranks(cand, view, len(v.cand_sub))
+        for j, (ok, q) in enumerate(tests):
+            ok = ok[keep]
+            ranks[i, j] = _greedy(rank[ok], rel[keep][ok], q[keep][ok], R)
     return ranks

@@ -10,4 +10,7 @@ experiment module has a typed config with a ``quick`` mode that the test suite r
   training at scarce 4D sizes, RGB-D and RGB-only input, held-out recall, feature similarity.
 * ``long_video`` (:mod:`~psg4d.experiments.long_video`): ``psg4d predict``'s streaming path with the
   trained model on 100 to 10,000-frame videos: source frames/s and peak RSS per length.
+* ``chain`` (:mod:`~psg4d.experiments.chain`): chained against direct inference with the tiny and
+  the pretrained SmolLM2 LLM: recall, zero-shot recall on categories no training data showed,
+  recall on categories only 2D images showed, and the label mapper's accuracy.
 """

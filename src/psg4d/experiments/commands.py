@@ -74,3 +74,26 @@ def long_video_experiment(
                                  width=width, threads=threads, run_dir=run_dir, quick=quick))
     keys = ("lengths", "frames_per_s", "peak_rss_mb", "rss_ratio", "rss_goal_met", "fps_goal_met")
     typer.echo(json.dumps({k: result[k] for k in keys}, indent=1))
+
+
+@experiment_app.command("chain")
+def chain_experiment(
+    out: Path = typer.Option(Path("bench/results"), "--out", help="Folder for chain.json and chain.svg."),
+    run_dir: Path = typer.Option(Path("runs/experiments/chain"), "--run-dir",
+                                 help="Where the world and the training runs are built (reused)."),
+    llms: list[str] = typer.Option(["tiny", "smollm2-135m"], "--llms", help="LLM presets (repeatable)."),
+    videos: int = typer.Option(200, "--videos", help="4D training videos."),
+    images: int = typer.Option(800, "--images", help="2D training images lifted to pseudo-4D."),
+    test_videos: int = typer.Option(60, "--test-videos", help="4D test videos scored."),
+    quick: bool = typer.Option(False, "--quick", help="Toy size: every stage a few steps (numbers meaningless)."),
+) -> None:
+    """Chained vs direct inference x tiny vs SmolLM2: recall, zero-shot recall on novel categories."""
+    from psg4d.experiments.chain import ChainExperimentConfig, run
+
+    records = run(ChainExperimentConfig(out=out, run_dir=run_dir, llms=list(llms), videos=videos, images=images,
+                                        test_videos=test_videos, quick=quick))
+    for r in records:
+        mode = r["mode"] + (f" ({r['naming']})" if r["naming"] else "")
+        typer.echo(f"{r['llm']:<14}{mode:<20} pvsg R@50 {r['metrics']['pvsg'].get('R@50', float('nan')):6.2f}"
+                   f"  zR@50 novel {r['zR@50_novel']}  seen-only-in-2D R@50 {r['recall@50_seen_only_in_2d']}"
+                   f"  mapper {r['mapper_accuracy']}")

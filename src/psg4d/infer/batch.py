@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from psg4d.errors import Psg4dError
 from psg4d.infer.predictor import Predictor, PredictorConfig
+from psg4d.infer.predictors import build_predictor
 from psg4d.infer.video_predict import ReadOptions, finished, predict_video, write_prediction_report
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def _init_worker(ckpt: str, config: PredictorConfig, opts: ReadOptions, report: 
     from psg4d.model.psg4d_llm import PSG4DModel
 
     logging.basicConfig(level=logging.WARNING)
-    _WORKER.update(predictor=Predictor(model=PSG4DModel.from_pretrained(ckpt), config=config), opts=opts,
+    _WORKER.update(predictor=build_predictor(PSG4DModel.from_pretrained(ckpt), config), opts=opts,
                    report=report)
 
 
@@ -122,7 +123,7 @@ def _run(todo: list[Path], out_dir: Path, *, ckpt: Path, predictor: Predictor | 
         if predictor is None:
             from psg4d.model.psg4d_llm import PSG4DModel
 
-            predictor = Predictor(model=PSG4DModel.from_pretrained(ckpt), config=config)
+            predictor = build_predictor(PSG4DModel.from_pretrained(ckpt), config)
         for v in todo:
             yield v, _predict_one(predictor, v, output_of(v, out_dir), opts, report, progress=False)
         return

@@ -57,6 +57,16 @@ def predict_command(
         None, "--workers",
         help="Batch mode outside torchrun: local worker processes (default: one per 4 CPUs, at least 1).",
     ),
+    mode: str = typer.Option(
+        "auto", "--mode",
+        help="direct (one scene-graph text), chain (describe -> pairs -> relation -> span, open vocabulary;"
+             " needs a checkpoint trained with model.chain_prob > 0) or auto (the better one for this checkpoint).",
+    ),
+    vocab: Optional[Path] = typer.Option(
+        None, "--vocab",
+        help="Chain mode: class names (a text file, one per line, or a dataset folder) for objects of kinds"
+             " training never named (default: such objects are named in free text).",
+    ),
 ) -> None:
     """Predict the 4D scene graph of one video (or a folder of videos) and write it as JSON.
 
@@ -66,7 +76,8 @@ def predict_command(
     from psg4d.utils.io import check_output_file, check_output_folder
     from psg4d.data.video_io import probe_video
     from psg4d.infer.batch import dist_rank, run_batch
-    from psg4d.infer.predictor import Predictor, PredictorConfig
+    from psg4d.infer.predictors import build_predictor, load_vocabulary, resolve_mode
+    from psg4d.infer.predictor import PREDICT_MODES, PredictorConfig
     from psg4d.infer.video_predict import ReadOptions, plan_video, predict_video, write_prediction_report
     from psg4d.model.psg4d_llm import PSG4DModel
     from psg4d.utils.io import atomic_write_text
@@ -80,6 +91,9 @@ def predict_command(
                         ("--max-new-tokens", max_new_tokens)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
+    if mode not in (*PREDICT_MODES, "auto"):
+        raise ConfigError(f"--mode must be one of {', '.join(PREDICT_MODES)} or auto, got {mode!r}")
+    vocabulary = load_vocabulary(vocab) if vocab is not None else None
     if not rgb.exists():
         raise DataError(rgb, "video not found")
     batch = rgb.is_dir() and bool(_video_files(rgb))
@@ -102,7 +116,9 @@ def predict_command(
         log.info("rank %d of %d: a single video is predicted by rank 0 only", *dist_rank())
         return
     model = PSG4DModel.from_pretrained(ckpt)
-    cfg = PredictorConfig(max_new_tokens=max_new_tokens, max_candidates=candidates, threads=threads)
+    cfg = PredictorConfig(max_new_tokens=max_new_tokens, max_candidates=candidates, threads=threads,
+                          mode=resolve_mode(mode, model.config), vocabulary=vocabulary)
+    log.info("prediction mode: %s", cfg.mode)
     if depth is None and model.estimators is not None:
         log.info("no depth given: depth features are estimated from RGB by the checkpoint's depth estimator (F_de)")
     elif depth is None:
@@ -114,7 +130,7 @@ def predict_command(
         videos = _video_files(rgb)
         # under torchrun every rank is one worker (psg4d.infer.batch)
         n_workers = 1 if dist_rank()[1] > 1 else workers or max(1, available_cpus() // 4)
-        local = None if n_workers > 1 else Predictor(model=model, config=cfg)
+        local = None if n_workers > 1 else build_predictor(model, cfg)
         # worker processes load their own copy: the parent's only proved the checkpoint loads (a clear
         # error here instead of a broken pool) and must not sit in memory beside theirs
         del model
@@ -134,7 +150,7 @@ def predict_command(
             raise DataError(rgb, msg)
         return
     plan = plan_video(rgb, model.config.max_frames, model.config.image_size, opts, info=info)
-    res = predict_video(Predictor(model=model, config=cfg), rgb, out, opts, plan=plan)
+    res = predict_video(build_predictor(model, cfg), rgb, out, opts, plan=plan)
     if report:
         write_prediction_report(out, rgb, opts)
     log.info("%s: %d frames (%s), %d objects, %d ranked relations -> %s", res.video_id, res.num_frames, res.mode,

@@ -49,14 +49,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 
 from psg4d.data.masks import rle_encode_batch, rle_tube_viou
 from psg4d.data.schema import MaskTube, ObjectTrack, Relation, SceneGraph4D, Video4D, merge_spans
+from psg4d.errors import ConfigError
 from psg4d.model.batching import resample_indices
 from psg4d.model.generation import Generation, SceneGraphGenerator, VideoContext
 from psg4d.model.grammar import clean_phrase, parse_scene_graph
@@ -66,6 +65,9 @@ from psg4d.model.tokens import OBJ_TOKEN, TRIPLET_SEP
 from psg4d.utils.threads import AdaptiveThreads
 
 log = logging.getLogger(__name__)
+
+
+PREDICT_MODES = ("direct", "chain")
 
 
 @dataclass
@@ -85,6 +87,17 @@ class PredictorConfig:
     # torch intra-op threads: None adapts before every video to the CPUs other processes leave
     # free (psg4d.utils.threads.AdaptiveThreads); a number fixes it.
     threads: int | None = None
+    # "direct": one scene-graph text (this module); "chain": the four chained steps
+    # (psg4d.infer.chain; the model must have been trained with model.chain_prob > 0); "auto": the
+    # better of the two for the model (psg4d.infer.predictors.resolve_mode).
+    mode: str = "direct"
+    # Chain mode: the class names an object of a kind training never named may get (scored by the
+    # LLM's language knowledge); None: it names such an object in free text.
+    vocabulary: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in (*PREDICT_MODES, "auto"):
+            raise ConfigError(f"predict mode must be one of {', '.join(PREDICT_MODES)} or auto, got {self.mode!r}")
 
 
 @dataclass
@@ -297,20 +310,3 @@ class Predictor:
                   "depth_source": gen.context.depth_source,
                   **({"tags": list(gen.context.tags)} if gen.context.tags is not None else {})},
         )
-
-
-def predict_split(
-    ckpt_dir: str | Path, data_path: str | Path, split: str, *, limit: int | None = None,
-    config: PredictorConfig | None = None, progress: bool = False,
-) -> Iterator[SceneGraph4D]:
-    """Predict every video of ``split`` of the dataset at ``data_path`` (lazily, one at a time;
-    ``progress``: a tqdm bar)."""
-    from tqdm import tqdm
-
-    from psg4d.data.readers import open_dataset
-
-    predictor = Predictor(model=PSG4DModel.from_pretrained(ckpt_dir), config=config)
-    reader = open_dataset(data_path)
-    ids = reader.video_ids(split)
-    for vid in tqdm(ids if limit is None else ids[:limit], desc="predict", unit="video", disable=not progress):
-        yield predictor.predict(reader.read_video(vid))

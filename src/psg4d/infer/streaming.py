@@ -187,8 +187,14 @@ class StreamingPredictor:
                 self._windows(frames, fps, video_id), total=total_windows, unit="win",
                 desc=f"streaming {video_id}".strip(), disable=not self.progress,
             )
+            chain: list[dict] = []  # chained inference: each window's turns, so its reasoning stays readable
             for win in bar:
                 graph = self.predict_window(win.video)
+                if "chain" in graph.meta:
+                    chain.append({"first_frame": int(win.video.frame_indices[0]),
+                                  "steps": [{k: v for k, v in st.items() if k != "items"}
+                                            for st in graph.meta["chain"]["steps"]],
+                                  "problems": graph.meta["chain"]["problems"]})
                 state.add_window(win, graph)
             if state.num_windows == 0:
                 raise DataError(video_id or "video", "no frames to predict on")
@@ -203,6 +209,8 @@ class StreamingPredictor:
                     "num_windows": state.num_windows,
                     "relation_score": "max over windows",
                 },
+                **({"mode": "chain", "chain": {"windows": chain, "problems": sum(w["problems"] for w in chain)}}
+                   if chain else {}),
             }
             with atomic_path(out_path) as tmp:
                 state.write_graph(tmp, video_id=video_id, meta=meta)

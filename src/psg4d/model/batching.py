@@ -14,6 +14,9 @@ the model's own predicted tags in evaluation (exactly what inference sees).
 Batch keys (:meth:`SceneGraphCollator.__call__`):
 
 * ``target_ids [B, L]`` / ``target_mask [B, L]``: scene-graph text + ``<eos>``, right-padded;
+  ``target_loss_mask [B, L]``: 1 where a token is a target (0: a chain step's prompt);
+* ``chain [B]`` bool: the sample is written as the chained steps (:mod:`psg4d.model.chain`,
+  probability ``model.chain_prob``), else in the direct grammar;
 * ``gold_tags``: B lists of the vocabulary categories each sample contains (training prompt);
 * ``rgb [B, T, 3, S, S]`` in [0, 1]; ``depth [B, T, 1, S, S]`` metres, or None if any sample lacks it;
   ``disparity_scale [B]`` each camera's focal length (px) x stereo baseline (m), for encoders whose
@@ -44,6 +47,8 @@ from psg4d.data.schema import Relation, Sample, SceneGraph4D, Video4D, merge_spa
 from psg4d.errors import DataError
 from psg4d.model.config import ModelConfig
 from psg4d.model.encoder import disparity_scale_of
+from psg4d.data.descriptions import object_description
+from psg4d.model.chain import format_chain
 from psg4d.model.grammar import format_scene_graph
 from psg4d.model.prompt import Prompt
 from psg4d.model.tokens import OBJ_TOKEN
@@ -195,6 +200,8 @@ class SceneGraphCollator:
         tags = torch.zeros(len(samples), len(cfg.object_vocab))  # [B, V_obj]
         rgbs, depths, targets_ids, gold_tags, semantic = [], [], [], [], []
         mask_targets, mask_valid, obj_ids, obj_cats, frame_idx = [], [], [], [], []
+        loss_masks: list[list[int]] = []
+        chain_flags: list[bool] = []
         for b, s in enumerate(samples):
             present = [o.category for o in s.graph.objects if o.category in self.vocab_index]
             for c in present:
@@ -207,28 +214,41 @@ class SceneGraphCollator:
             if use_depth and depth is None:  # an image beside RGB-D videos: its depth is imagined
                 depth = torch.zeros(t, 1, cfg.image_size, cfg.image_size)
             depths.append(depth)
-            graph = lifted_graph(s.graph) if s.lifted else s.graph
-            gt = format_scene_graph(resampled_graph(graph, idx), predicates=cfg.predicate_vocab or None)
-            target = self.prompt.target_ids(gt.text)
+            graph = resampled_graph(lifted_graph(s.graph) if s.lifted else s.graph, idx)
+            # torch RNG: which samples are chained is resumable like every other draw
+            chained = cfg.chain_prob > 0 and float(torch.rand(())) < cfg.chain_prob
+            if chained:
+                ct = format_chain(graph, describe=object_description)
+                target, loss_mask = self.prompt.chain_target_ids(ct.answers, num_frames=t)
+                occurrences = ct.obj_ids
+            else:
+                gt = format_scene_graph(graph, predicates=cfg.predicate_vocab or None)
+                target = self.prompt.target_ids(gt.text)
+                loss_mask, occurrences = [1] * len(target), gt.obj_ids
             n_obj = sum(1 for i in target if i == self.prompt.ids.obj)
-            if n_obj != len(gt.obj_ids):
+            if n_obj != len(occurrences):
                 raise DataError(
-                    s.graph.video_id, f"tokenized text has {n_obj} {OBJ_TOKEN} tokens, expected {len(gt.obj_ids)}"
+                    s.graph.video_id, f"tokenized text has {n_obj} {OBJ_TOKEN} tokens, expected {len(occurrences)}"
                 )
             targets_ids.append(target)
-            tm, valid = self._mask_targets(s.graph, gt.obj_ids, idx)
+            loss_masks.append(loss_mask)
+            chain_flags.append(chained)
+            tm, valid = self._mask_targets(s.graph, occurrences, idx)
             mask_targets.append(tm)
             mask_valid.append(valid)
-            obj_ids.append(list(gt.obj_ids))
+            obj_ids.append(list(occurrences))
             cats = {o.object_id: o.category for o in s.graph.objects}
-            obj_cats.append(torch.tensor([self.vocab_index.get(cats[i], -100) for i in gt.obj_ids], dtype=torch.long))
+            obj_cats.append(torch.tensor([self.vocab_index.get(cats[i], -100) for i in occurrences], dtype=torch.long))
             frame_idx.append(torch.from_numpy(idx))
             if self.with_semantic:
                 semantic.append(semantic_target(s.graph, idx, cfg.image_size, self.vocab_index))
         target_ids, target_mask = pad_rows(targets_ids, self.prompt.ids.pad)
+        target_loss_mask, _ = pad_rows(loss_masks, 0)
         return {
             "target_ids": target_ids,  # [B, L]
             "target_mask": target_mask,  # [B, L]
+            "target_loss_mask": target_loss_mask,  # [B, L] 1: a token the LLM learns to write
+            "chain": torch.tensor(chain_flags, dtype=torch.bool),  # [B] written as the chained steps
             "gold_tags": gold_tags,  # B x [categories]
             "rgb": torch.stack(rgbs),  # [B, T, 3, S, S]
             "depth": torch.stack(depths) if use_depth else None,  # [B, T, 1, S, S]

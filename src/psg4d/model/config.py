@@ -107,8 +107,20 @@ class ModelConfig:
     obj_cls_loss_weight: float = 0.0
     object_vocab: list[str] = field(default_factory=list)
     predicate_vocab: list[str] = field(default_factory=list)
+    # Chained scene-graph text (psg4d.model.chain): the share of training samples written as the
+    # four chained steps instead of the direct grammar (0: direct only). A model trained on both
+    # predicts either way (`psg4d predict --mode direct|chain`).
+    chain_prob: float = 0.0
+    # Longest answer of one chain step at inference.
+    chain_step_tokens: int = 160
+    # The descriptions the training graphs give each category (filled from the data, like
+    # object_vocab): a description outside them is of an object training never named.
+    category_descriptions: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.chain_prob <= 1.0 or self.chain_step_tokens < 1:
+            raise ConfigError(f"model.chain_prob ({self.chain_prob}) must be in [0, 1] and "
+                              f"model.chain_step_tokens ({self.chain_step_tokens}) >= 1")
         if self.max_frames < 1 or self.image_size < 8 or self.num_visual_tokens < 1:
             raise ConfigError(
                 f"model: max_frames ({self.max_frames}), image_size ({self.image_size}) and "
@@ -146,7 +158,16 @@ class ModelConfig:
         return replace(self.encoder, image_size=self.image_size, max_tokens=self.num_visual_tokens)
 
     def vocab_words(self) -> list[str]:
-        return [*self.object_vocab, *self.predicate_vocab]
+        """Words that seed the ``tiny`` tokenizer (a chained model adds its prompts', the
+        description attributes' and object numbers)."""
+        words = [*self.object_vocab, *self.predicate_vocab]
+        if self.chain_prob > 0:
+            from psg4d.data.descriptions import description_words
+            from psg4d.model.chain import CHAIN_WORDS, ChainTemplates
+
+            described = [d for ds in self.category_descriptions.values() for d in ds]
+            words += [*ChainTemplates.load().words(), *CHAIN_WORDS, *description_words(), *described]
+        return words
 
 
 def _tiny() -> ModelConfig:

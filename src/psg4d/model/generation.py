@@ -69,11 +69,16 @@ class GenerationCache:
     cache: Any
     ids: list[int]
     dists: list[torch.Tensor]
+    offset: int = 0  # dists[0] follows ids[:offset] (a generation that started after some tokens)
 
     def serves(self, context_ids: Sequence[int]) -> bool:
         """Whether scoring after ``context_ids`` needs nothing but this cache."""
         k = len(context_ids)
-        return k < len(self.dists) and self.ids[:k] == list(context_ids)
+        return self.offset <= k < self.offset + len(self.dists) and self.ids[:k] == list(context_ids)
+
+    def dist(self, k: int) -> torch.Tensor:
+        """Next-token log-probabilities ``[V]`` after ``ids[:k]`` (``serves`` that context first)."""
+        return self.dists[k - self.offset]
 
 
 @dataclass
@@ -129,7 +134,9 @@ class SceneGraphGenerator:
 
     # ------------------------------------------------------------------ encode
     @torch.inference_mode()
-    def encode_video(self, video: Video4D) -> VideoContext:
+    def encode_video(self, video: Video4D, *, chain: bool = False) -> VideoContext:
+        """``chain``: the prompt is the chain's first step (:mod:`psg4d.model.chain`) instead of
+        the direct grammar's."""
         model = self.model
         video.validate(video.video_id or "video")
         idx = resample_indices(video.num_frames, min(video.num_frames, model.config.max_frames))
@@ -139,7 +146,8 @@ class SceneGraphGenerator:
         feats, enc, visual, tag_logits = model.encode_scene(
             rgb[None].to(dev), None if depth is None else depth[None].to(dev), scale)
         tags = model.inference_tags(enc.dense[0], None if tag_logits is None else tag_logits[0])
-        ids = model.expand_placeholder(self.prompt.prefix_ids(tags), visual.shape[1])
+        prefix = self.prompt.chain_prefix_ids(tags, len(idx)) if chain else self.prompt.prefix_ids(tags)
+        ids = model.expand_placeholder(prefix, visual.shape[1])
         return VideoContext(
             prefix_embeds=model.embed(torch.tensor([ids], device=dev), visual),
             dense=enc.dense[0],
@@ -157,9 +165,13 @@ class SceneGraphGenerator:
     # ---------------------------------------------------------------- generate
     @torch.inference_mode()
     def generate(
-        self, video: Video4D | VideoContext, *, max_new_tokens: int | None = None, max_repeats: int | None = 3
+        self, video: Video4D | VideoContext, *, max_new_tokens: int | None = None, max_repeats: int | None = 3,
+        after: Sequence[int] = (),
     ) -> Generation:
         """Greedy decoding with the KV cache; collects the hidden state at every generated ``[Obj]``.
+
+        ``after``: tokens the LLM reads after the prefix before it writes (a chain's earlier turns
+        and the next prompt); positions a previous generation on ``video`` cached are not run again.
 
         A small greedy LM easily loops on one triplet. A triplet whose tokens repeat an earlier
         one exactly is dropped from the output (tokens, log-probabilities and ``[Obj]`` states),
@@ -173,7 +185,17 @@ class SceneGraphGenerator:
         embeds, past = ctx.prefix_embeds, None
         tokens: list[int] = []
         positions: list[int] = []
-        fed: list[int] = []
+        fed: list[int] = list(after)
+        if fed:
+            p_len = ctx.prefix_embeds.shape[1]
+            reuse = 0
+            if ctx.kv is not None:
+                shared = next((i for i, (a, b) in enumerate(zip(ctx.kv.ids, fed)) if a != b),
+                              min(len(ctx.kv.ids), len(fed)))
+                reuse = min(p_len + shared, p_len + len(fed) - 1)  # the last position runs: its logits
+                past = kv_rows(ctx.kv.cache, length=reuse)
+            embeds = torch.cat([ctx.prefix_embeds, self._embed_tokens(torch.tensor([fed], device=dev))], dim=1)
+            embeds = embeds[:, reuse:]
         dists: list[torch.Tensor] = []  # dists[k]: next-token log-probs after fed[:k]
         logps: list[float] = []
         obj_hidden: list[torch.Tensor] = []
@@ -214,7 +236,8 @@ class SceneGraphGenerator:
             fed.append(nxt)
             embeds = self._embed_tokens(torch.tensor([[nxt]], device=dev))
         hidden = torch.stack(obj_hidden) if obj_hidden else torch.zeros(0, self.model.hidden_size, device=dev)
-        ctx.kv = GenerationCache(cache=past, ids=list(fed), dists=dists)  # past: prefix + every fed token
+        # past: prefix + every fed token
+        ctx.kv = GenerationCache(cache=past, ids=list(fed), dists=dists, offset=len(after))
         return Generation(
             text=self.decode_grammar(tokens), token_ids=tokens, obj_hidden=hidden, step_logprobs=logps,
             context=ctx, context_ids=fed, positions=positions,
@@ -322,7 +345,7 @@ class SceneGraphGenerator:
             if not conts[r]:
                 continue
             if ctx.kv is not None and ctx.kv.serves(context_ids):
-                on_generation.append((r, p_len + len(context_ids), ctx.kv.dists[len(context_ids)]))
+                on_generation.append((r, p_len + len(context_ids), ctx.kv.dist(len(context_ids))))
             else:
                 cache, first = self._context_cache(ctx, context_ids)
                 n = p_len + len(context_ids)

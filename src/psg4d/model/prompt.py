@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import torch
 
+from psg4d.model.chain import STEPS, ChainTemplates
 from psg4d.model.tokens import PROMPT_TEXT, TAG_PROMPT_TEXT, TAG_SEP, TRIPLET_SEP, SpecialTokenIds, special_token_ids
 
 
@@ -31,6 +32,7 @@ class Prompt:
         self.tag_word_noise = tag_word_noise
         self._order = {c: i for i, c in enumerate(self.object_vocab)}
         self._prompt_ids = self.text_ids(PROMPT_TEXT)
+        self.chain_templates = ChainTemplates.load()
         self._tag_prompt_ids = self.text_ids(TAG_PROMPT_TEXT)
         self._tag_sep_ids = self.text_ids(TAG_SEP)
         # A triplet separator may be spelled with or without a leading space; both count.
@@ -45,15 +47,36 @@ class Prompt:
         """Ids of a scene-graph text followed by ``<eos>``: what the LLM learns to write."""
         return self.text_ids(text) + [self.ids.eos]
 
-    def prefix_ids(self, tags: Sequence[str] | None = None) -> list[int]:
-        """``<bos>? [Video] (objects : t1 , t2 ...)? scene graph :`` (tags None: no tag words)."""
+    def prefix_ids(self, tags: Sequence[str] | None = None, *, instruction: str | None = None) -> list[int]:
+        """``<bos>? [Video] (objects : t1 , t2 ...)? scene graph :`` (tags None: no tag words;
+        ``instruction``: other words in place of ``scene graph :``, e.g. a chain's first prompt)."""
         bos = [] if self.ids.bos is None else [self.ids.bos]
         tag_ids: list[int] = []
         if tags is not None:
             tag_ids = list(self._tag_prompt_ids)
             for k, tag in enumerate(sorted(set(tags), key=lambda c: (self._order.get(c, len(self._order)), c))):
                 tag_ids += (list(self._tag_sep_ids) if k else []) + self.text_ids(tag)
-        return bos + [self.ids.video] + tag_ids + list(self._prompt_ids)
+        instruction_ids = list(self._prompt_ids) if instruction is None else self.text_ids(instruction)
+        return bos + [self.ids.video] + tag_ids + instruction_ids
+
+    def chain_prefix_ids(self, tags: Sequence[str] | None, num_frames: int) -> list[int]:
+        """The prefix of a chained sample: its first prompt (describe) in place of ``scene graph :``."""
+        return self.prefix_ids(tags, instruction=self.chain_templates.render("describe", num_frames=num_frames))
+
+    def chain_target_ids(self, answers: dict[str, str], num_frames: int) -> tuple[list[int], list[int]]:
+        """The chained answers as ``(ids, loss_mask)``: each answer and its ``<eos>`` are targets
+        (1), the prompts of the steps after the first are context (0)."""
+        ids: list[int] = []
+        mask: list[int] = []
+        for k, step in enumerate(STEPS):
+            if k:
+                prompt = self.text_ids(self.chain_templates.render(step, num_frames=num_frames))
+                ids += prompt
+                mask += [0] * len(prompt)
+            answer = (self.text_ids(answers[step]) if answers[step] else []) + [self.ids.eos]
+            ids += answer
+            mask += [1] * len(answer)
+        return ids, mask
 
     def training_tags(self, categories: Sequence[str]) -> list[str]:
         """Ground-truth categories with ``tag_word_noise`` (torch RNG, so resumable): each dropped

@@ -225,15 +225,25 @@ class PSG4DModel(nn.Module):
         return embeds.masked_scatter(where.unsqueeze(-1), visual.to(embeds.dtype))
 
     def sequences(self, target_ids: torch.Tensor, target_mask: torch.Tensor,
-                  prompt_tags: Sequence[Sequence[str]] | None, n_vis: int) -> tuple[torch.Tensor, ...]:
-        """Prompt + target per sample -> (ids, attention, labels) ``[B, L']``, right-padded."""
+                  prompt_tags: Sequence[Sequence[str]] | None, n_vis: int, *, chain: torch.Tensor | None = None,
+                  target_loss_mask: torch.Tensor | None = None, num_frames: int = 1) -> tuple[torch.Tensor, ...]:
+        """Prompt + target per sample -> (ids, attention, labels) ``[B, L']``, right-padded. ``chain [B]``:
+        samples whose prompt is the chain's first step; ``target_loss_mask [B, L]``: 0 where a target
+        token is context (a later step's prompt), labelled -100."""
+        if target_loss_mask is not None and target_loss_mask.shape != target_ids.shape:
+            raise ValueError(f"target_loss_mask {tuple(target_loss_mask.shape)} does not match target_ids "
+                             f"{tuple(target_ids.shape)}")
         rows, labels = [], []
         for b in range(target_ids.shape[0]):
-            prefix = self.expand_placeholder(self.prompt.prefix_ids(None if prompt_tags is None else prompt_tags[b]),
-                                             n_vis)
-            target = target_ids[b][target_mask[b].bool()].tolist()
+            tags = None if prompt_tags is None else prompt_tags[b]
+            chained = chain is not None and bool(chain[b])
+            prefix = self.prompt.chain_prefix_ids(tags, num_frames) if chained else self.prompt.prefix_ids(tags)
+            prefix = self.expand_placeholder(prefix, n_vis)
+            keep = target_mask[b].bool()
+            target = target_ids[b][keep].tolist()
+            learn = [True] * len(target) if target_loss_mask is None else target_loss_mask[b][keep].bool().tolist()
             rows.append(prefix + target)
-            labels.append([-100] * len(prefix) + target)
+            labels.append([-100] * len(prefix) + [t if k else -100 for t, k in zip(target, learn)])
         ids, attention = pad_rows(rows, self.ids.pad)
         lab, _ = pad_rows(labels, -100)
         dev = target_ids.device
@@ -279,13 +289,15 @@ class PSG4DModel(nn.Module):
         self, *, target_ids: torch.Tensor, target_mask: torch.Tensor, rgb: torch.Tensor,
         depth: torch.Tensor | None = None, disparity_scale: torch.Tensor | None = None,
         gold_tags: Sequence[Sequence[str]] | None = None, lifted: torch.Tensor | None = None,
+        chain: torch.Tensor | None = None, target_loss_mask: torch.Tensor | None = None,
     ) -> TeacherForcing:
         """Encode, build each sample's prompt (:meth:`prompt_tags`) and run the LLM over prompt + target.
         In training mode the scene-graph input tokens get ``input_token_dropout``."""
         cfg = self.config
         feats, enc, visual, tag_logits = self.encode_scene(rgb, depth, disparity_scale, lifted=lifted)
         tags = self.prompt_tags(enc, tag_logits, gold_tags)
-        ids, attention, labels = self.sequences(target_ids, target_mask, tags, visual.shape[1])
+        ids, attention, labels = self.sequences(target_ids, target_mask, tags, visual.shape[1], chain=chain,
+                                                target_loss_mask=target_loss_mask, num_frames=rgb.shape[1])
         inp = ids
         if self.training and cfg.input_token_dropout > 0:
             unk = self.tokenizer.unk_token_id
@@ -314,6 +326,8 @@ class PSG4DModel(nn.Module):
         obj_ids: list[list[int]] | None = None,
         obj_categories: list[torch.Tensor] | None = None,
         lifted: torch.Tensor | None = None,
+        chain: torch.Tensor | None = None,
+        target_loss_mask: torch.Tensor | None = None,
         **meta: Any,
     ) -> dict[str, torch.Tensor]:
         """Losses of the configured objective (``model.transfer.objective``, set by the stage kind):
@@ -323,7 +337,8 @@ class PSG4DModel(nn.Module):
         if objective == "estimators":
             return self._estimator_objective(rgb, depth, disparity_scale, lifted)
         tf = self.teacher_forced(target_ids=target_ids, target_mask=target_mask, rgb=rgb, depth=depth,
-                                 disparity_scale=disparity_scale, gold_tags=gold_tags, lifted=lifted)
+                                 disparity_scale=disparity_scale, gold_tags=gold_tags, lifted=lifted,
+                                 chain=chain, target_loss_mask=target_loss_mask)
         logits = tf.logits[:, :-1].float()  # [B, L'-1, V]
         loss_text = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tf.labels[:, 1:].reshape(-1),
                                     ignore_index=-100)

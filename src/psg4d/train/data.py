@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from psg4d.data.readers.base import DatasetReader
+from psg4d.data.descriptions import object_description
 from psg4d.data.schema import Sample
 from psg4d.errors import ConfigError, DataError
 from psg4d.train.stages import DataConfig, DataSourceConfig
@@ -218,15 +219,17 @@ def build_mixture(
 
 def collect_vocab(
     sources: Sequence[DataSourceConfig], data_cfg: DataConfig, *, opener: DatasetOpener | None = None
-) -> tuple[list[str], list[str]]:
+) -> tuple[list[str], list[str], dict[str, list[str]]]:
     """Object categories and predicates that occur in the graphs of ``sources`` (each source's
     split, its first ``max_videos``), in the datasets' declared order, then first-seen.
 
     A dataset's declared vocabulary may name categories that only its validation or test split
     holds (the synthetic world's held-out categories): they must not enter a model trained on
     the training split, so only what the training graphs contain counts (annotations only, no
-    masks are read)."""
+    masks are read). Third: each category's object descriptions, in first-seen order
+    (:func:`~psg4d.data.descriptions.object_description`; the chain's describe step)."""
     readers = _Readers(data_cfg, opener)
+    described: dict[str, dict[str, None]] = {}
     declared_obj: dict[str, None] = {}
     declared_pred: dict[str, None] = {}
     seen_obj: dict[str, None] = {}
@@ -239,9 +242,12 @@ def collect_vocab(
         for vid in ids if src.max_videos is None else ids[: src.max_videos]:
             graph = reader.read_graph(vid, with_masks=False)
             seen_obj.update(dict.fromkeys(o.category for o in graph.objects))
+            for o in graph.objects:
+                described.setdefault(o.category, {})[object_description(o)] = None
             seen_pred.update(dict.fromkeys(r.predicate for r in graph.relations))
 
     def ordered(declared: dict[str, None], seen: dict[str, None]) -> list[str]:
         return [c for c in declared if c in seen] + [c for c in seen if c not in declared]
 
-    return ordered(declared_obj, seen_obj), ordered(declared_pred, seen_pred)
+    objects = ordered(declared_obj, seen_obj)
+    return objects, ordered(declared_pred, seen_pred), {c: list(described[c]) for c in objects}

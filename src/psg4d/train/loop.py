@@ -205,11 +205,13 @@ def with_data_vocab(cfg: ExperimentConfig, opener: DatasetOpener | None = None) 
     """
     model = cfg.model
     wanted = [a for a in ("object_vocab", "predicate_vocab") if hasattr(model, a) and not getattr(model, a)]
+    if getattr(model, "chain_prob", 0) > 0 and not model.category_descriptions:
+        wanted.append("category_descriptions")
     if not wanted:
         return cfg
     sources = [s for stage in cfg.stages for s in cfg.stage_data(stage)]
-    objects, predicates = collect_vocab(sources, cfg.data, opener=opener)
-    found = {"object_vocab": objects, "predicate_vocab": predicates}
+    objects, predicates, descriptions = collect_vocab(sources, cfg.data, opener=opener)
+    found = {"object_vocab": objects, "predicate_vocab": predicates, "category_descriptions": descriptions}
     log.info("vocabularies from the data: %d object and %d predicate categories", len(objects), len(predicates))
     return dataclasses.replace(cfg, model=dataclasses.replace(model, **{a: found[a] for a in wanted}))
 

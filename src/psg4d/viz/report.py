@@ -40,6 +40,7 @@ from PIL import Image
 from psg4d.data.schema import Relation, SceneGraph4D, Video4D, rle_decode, rle_encode, spans_from_mask
 from psg4d.errors import DataError
 from psg4d.utils.io import atomic_write_text
+from psg4d.viz.chain_view import chain_html
 from psg4d.viz.overlay import check_alignment, hex_colour, object_colours
 
 HIT, FALSE_POSITIVE, MISS, PREDICTED = "hit", "false-positive", "miss", "predicted"
@@ -439,6 +440,7 @@ def render_report(
         "__GRAPH_SVG__": graph_svg(pred, shown_rel, colours),
         "__TIMELINE_SVG__": timeline_svg(rows, pred.num_frames, colours, gt is not None),
         "__STATUS_LEGEND__": legend_status,
+        "__CHAIN__": chain_html(pred),
         "__METRICS__": metrics_table(metrics, summary if gt is not None else None) or "<p><em>no metrics given</em></p>",
         "__DATA_JSON__": data_json,
     }

@@ -30,6 +30,9 @@ Where the public code is silent this module fixes the layout:
   ``align_rgb`` files and the size comes from the first mask.
 * An object may carry ``is_thing``; otherwise classes in :data:`HOI_STUFF_CLASSES`
   are stuff and everything else is a thing.
+* An object may carry ``attributes`` (a JSON object, e.g. the synthetic world's
+  ``{"description": "small red sphere"}``): they become the schema object's
+  attributes, beside ``mask_id``.
 * The schema's video id is the short id of ``hoi4d_id.json`` (the HOI4D path
   itself where the file has no short id for it).
 * Depth sits where PSG4D's HOI README puts it, ``HOI4D_depth_video`` (frames
@@ -85,6 +88,9 @@ MASK_KEY = "array"
 MASK_ID_STRIDE = 1000
 DEPTH_SCALE = 1000.0  # PNG units per metre (millimetres)
 DEFAULT_FPS = 15.0  # HOI4D is captured at 15 fps
+
+# Attributes a reader sets from the files themselves (never written back as attributes).
+READER_ATTRIBUTES = frozenset({"mask_id", "segment_id"})
 
 # HOI4D classes that are regions rather than countable objects.
 HOI_STUFF_CLASSES = frozenset(
@@ -197,7 +203,7 @@ class HOIReader(IndexedReader):
 
         categories = self._object_vocab
         raw_objects = get_field(entry, "object", where, ctx=ctx, types=list)
-        objects_meta: list[tuple[int, int, str, bool]] = []
+        objects_meta: list[tuple[int, int, str, bool, dict]] = []
         for j, o in enumerate(raw_objects):
             octx = f"{ctx}: object[{j}]"
             oid = int_field(o, "object_id", where, octx)
@@ -207,7 +213,9 @@ class HOIReader(IndexedReader):
                 raise DataError(self.root / CATEGORY_FILE, f"{octx}: class index {cls} (mask_id {mid}) is not listed")
             name = categories[cls]
             is_thing = bool(o["is_thing"]) if "is_thing" in o else name not in HOI_STUFF_CLASSES
-            objects_meta.append((oid, mid, name, is_thing))
+            extra = o.get("attributes") or {}
+            expect(isinstance(extra, dict), where, f"{octx}: 'attributes' must be a JSON object")
+            objects_meta.append((oid, mid, name, is_thing, extra))
 
         H = W = None
         if "height" in meta and "width" in meta:
@@ -227,7 +235,7 @@ class HOIReader(IndexedReader):
                 f"mask shape mismatch: transposed mask is {m.shape[0]}x{m.shape[1]}, video is {H}x{W}",
             )
             if builder is None:
-                builder = TubeBuilder([mid for _, mid, _, _ in objects_meta], num_frames=T, height=H, width=W)
+                builder = TubeBuilder([mid for _, mid, _, _, _ in objects_meta], num_frames=T, height=H, width=W)
             builder.add_frame(t, m)
         objects = [
             ObjectTrack(
@@ -235,9 +243,9 @@ class HOIReader(IndexedReader):
                 category=name,
                 is_thing=thing,
                 tube=builder.tube(mid) if builder is not None else None,
-                attributes={"mask_id": mid},
+                attributes={**extra, "mask_id": mid},
             )
-            for oid, mid, name, thing in objects_meta
+            for oid, mid, name, thing, extra in objects_meta
         ]
 
         triplets = []
@@ -340,7 +348,11 @@ def write_hoi_video(root: Path, sample: Sample, *, categories: list[str], rel_pa
             raise DataError(where, f"object {o.object_id}: category {o.category!r} is not in categories")
         mid = MASK_ID_STRIDE * (k + 1) + cat_index[o.category]
         mask_ids[o.object_id] = mid
-        objects.append({"object_id": o.object_id, "mask_id": mid, "category": o.category, "is_thing": o.is_thing})
+        entry = {"object_id": o.object_id, "mask_id": mid, "category": o.category, "is_thing": o.is_thing}
+        extra = {k: v for k, v in o.attributes.items() if k not in READER_ATTRIBUTES}
+        if extra:  # the reader's own keys are left out: they are derived from the files
+            entry["attributes"] = extra
+        objects.append(entry)
 
     T, H, W = video.num_frames, video.height, video.width
     for t in range(T):

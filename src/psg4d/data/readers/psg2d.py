@@ -25,6 +25,9 @@ Where OpenPSG is silent this module fixes the rest:
 * A segment may carry ``object_id`` (written by :func:`write_psg_image`); when
   every segment of an image has one, it becomes the schema object id, else the
   segment's index in ``segments_info`` is.
+* A segment may carry ``attributes`` (a JSON object, e.g. the synthetic world's
+  ``{"description": ...}``): they become the schema object's attributes, beside
+  ``segment_id``.
 * Each image becomes a one-frame, depth-less scene graph whose relations span
   ``[[0, 0]]``; the schema video id is ``str(image_id)``.
 """
@@ -132,9 +135,12 @@ class PSGReader(ImageReader):
             is_thing = bool(s["isthing"]) if "isthing" in s else cid < len(self._things)
             oid = as_int(s["object_id"], where, f"{sctx}.object_id") if use_own_ids else j
             tube = MaskTube.from_dense((id_map == sid)[None]) if id_map is not None else None
+            extra = s.get("attributes") or {}
+            expect(isinstance(extra, dict), where, f"{sctx}: 'attributes' must be a JSON object")
             objects.append(
-                ObjectTrack(object_id=oid, category=vocab[cid], is_thing=is_thing, tube=tube, attributes={"segment_id": sid})
-            )
+                ObjectTrack(object_id=oid, category=vocab[cid], is_thing=is_thing, tube=tube,
+                            attributes={**extra, "segment_id": sid})
+            )  # fmt: skip
 
         triplets = []
         for j, r in enumerate(self._entry_list(e, "relations", ctx)):
@@ -203,17 +209,19 @@ def write_psg_image(
         sid = k + 1
         ys, xs = np.nonzero(m)
         bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)] if len(xs) else [0, 0, 0, 0]
-        segs.append(
-            {
-                "id": sid,
-                "category_id": table[o.category],
-                "iscrowd": 0,
-                "isthing": int(o.is_thing),
-                "area": int(m.sum()),
-                "bbox": bbox,
-                "object_id": o.object_id,
-            }
-        )
+        seg = {
+            "id": sid,
+            "category_id": table[o.category],
+            "iscrowd": 0,
+            "isthing": int(o.is_thing),
+            "area": int(m.sum()),
+            "bbox": bbox,
+            "object_id": o.object_id,
+        }
+        extra = {k: v for k, v in o.attributes.items() if k not in ("segment_id", "mask_id")}
+        if extra:  # the reader's own keys are left out: they are derived from the files
+            seg["attributes"] = extra
+        segs.append(seg)
         masks.append((sid, m))
         index_of[o.object_id] = k
     id_map = paint_id_map(masks, (video.height, video.width), where=where, frame=0, dtype=np.int64)

@@ -16,15 +16,18 @@ from psg4d.data.synth.generate import (
     simulate_video,
     split_counts,
 )
-from psg4d.data.synth.world import CATEGORIES, HELD_OUT_CATEGORIES, PREDICATES, preset_vocabulary
+from psg4d.data.synth.describe import describe_category
+from psg4d.data.synth.world import CATEGORIES, HELD_OUT_CATEGORIES, NOVEL_CATEGORIES, PREDICATES, preset_vocabulary
 
 __all__ = [
     "CATEGORIES",
     "HELD_OUT_CATEGORIES",
+    "NOVEL_CATEGORIES",
     "PREDICATES",
     "PRESETS",
     "SynthConfig",
     "SynthSummary",
+    "describe_category",
     "generate",
     "preset_vocabulary",
     "simulate_image",

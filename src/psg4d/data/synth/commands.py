@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -20,6 +21,10 @@ def synth(
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives identical annotations."),
     workers: int = typer.Option(0, "--workers", help="Worker processes (0: one per CPU core)."),
     camera_motion: bool = typer.Option(True, "--camera-motion/--static-camera", help="Slow camera drift and shake."),
+    novel: Optional[str] = typer.Option(
+        None, "--novel", help="Comma-separated object categories shown only in 4D test videos, never in 4D train/val "
+        "nor in the 2D images (the held-out categories are seen in 2D); 'default': the preset's choice.",
+    ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Move a non-empty --out that is not an earlier synth output aside (never deleted)."
     ),
@@ -27,7 +32,7 @@ def synth(
     """Simulate, render and label a synthetic 4D panoptic scene-graph dataset."""
     cfg = SynthConfig(
         preset=preset, videos=videos, images=images, frames=frames, size=size, seed=seed,
-        workers=workers, camera_motion=camera_motion,
+        workers=workers, camera_motion=camera_motion, novel=novel or (),
     )  # fmt: skip
     prepare_output_dir(out, marker=("synth_meta.json",), what="psg4d synth", overwrite=overwrite)
     s = generate(cfg, out)

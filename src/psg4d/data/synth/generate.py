@@ -19,15 +19,17 @@ import numpy as np
 from tqdm import tqdm
 
 from psg4d.config import to_dict
+from psg4d.data.descriptions import DESCRIPTION_KEY
 from psg4d.data.readers.hoi import write_hoi_index, write_hoi_video
 from psg4d.data.readers.psg2d import write_psg_image, write_psg_index
 from psg4d.data.schema import MaskTube, ObjectTrack, Sample, SceneGraph4D, Video4D
 from psg4d.data.synth import preset_gta, preset_hoi
+from psg4d.data.synth.describe import category_descriptions, describe_category
 from psg4d.data.synth.primitives import scene_primitives
 from psg4d.data.synth.relations import compute_relations
 from psg4d.data.synth.render import render
 from psg4d.data.synth.script import ROLE_STUFF, Scene, ScriptOptions
-from psg4d.data.synth.world import STATIC_PREDICATES, graspable, preset_vocabulary
+from psg4d.data.synth.world import NOVEL_CATEGORIES, STATIC_PREDICATES, check_novel, graspable, preset_vocabulary
 from psg4d.errors import ConfigError
 from psg4d.utils.io import atomic_dir, atomic_write_json
 
@@ -72,10 +74,17 @@ class SynthConfig:
     image_frames: int = 8  # frames simulated (not rendered) for a 2D image's motion context
     min_span: int = 2  # shorter runs of a predicate are dropped
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    # categories shown only in 4D test videos (neither 4D train/val nor 2D images); names, a
+    # comma-separated string, or "default" for the preset's NOVEL_CATEGORIES
+    novel: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        self.novel = parse_novel(self.novel, self.preset)
+        problem = check_novel(self.preset, self.novel, min_train=PRESETS[self.preset].max_objects)
+        if problem:
+            raise ConfigError(problem)
         for name in ("videos", "images"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -87,6 +96,21 @@ class SynthConfig:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
         if len(self.split_fractions) != 3 or any(f < 0 for f in self.split_fractions) or sum(self.split_fractions) <= 0:
             raise ConfigError(f"split_fractions must be three non-negative numbers, got {self.split_fractions}")
+
+
+def parse_novel(value: str | tuple[str, ...] | list[str] | None, preset: str) -> tuple[str, ...]:
+    """Novel category names from a tuple/list or a comma-separated string; "default" (alone) is
+    the preset's :data:`~psg4d.data.synth.world.NOVEL_CATEGORIES`."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"novel must be category names, got {value!r}")
+    names = tuple(n for n in (" ".join(v.split()) for v in value) if n)
+    if names == ("default",):
+        return NOVEL_CATEGORIES.get(preset, ())
+    return names
 
 
 def split_counts(n: int, fractions: tuple[float, float, float]) -> dict[str, int]:
@@ -106,31 +130,40 @@ def _rng(config: SynthConfig, kind: str, split: str, index: int) -> np.random.Ge
 
 def _options(config: SynthConfig, kind: str, split: str, index: int, frames: int) -> ScriptOptions:
     spec = PRESETS[config.preset]
-    vocab = preset_vocabulary(config.preset)
+    held, novel = preset_vocabulary(config.preset).held_out, config.novel
     force = None
-    if kind == "video":
-        # held-out categories never reach 4D train/val; every other test video shows one
-        cats = [c.name for c in graspable(config.preset, held_out_ok=split == "test")]
-        if split == "test" and index % 2 == 0:
-            force = vocab.held_out[(index // 2) % len(vocab.held_out)]
-        elif split == "test":
-            cats = [c for c in cats if c not in vocab.held_out]
-    else:
-        cats = [c.name for c in graspable(config.preset, held_out_ok=True)]
+    if kind == "video" and split == "test":
+        # test videos take turns: one shows a held-out category (and maybe more of them), the next
+        # a novel one (when there are any), the next neither; the forced category cycles
+        modes = (["held"] if held else []) + (["novel"] if novel else []) + ["neither"]
+        mode, turn = modes[index % len(modes)], index // len(modes)
+        if mode == "held":
+            cats = graspable(config.preset, held_out_ok=True, novel=novel)
+            force = held[turn % len(held)]
+        elif mode == "novel":
+            cats = graspable(config.preset, held_out_ok=False)
+            force = novel[turn % len(novel)]
+        else:
+            cats = graspable(config.preset, held_out_ok=False, novel=novel)
+    elif kind == "video":  # held-out and novel categories never reach 4D train/val
+        cats = graspable(config.preset, held_out_ok=False, novel=novel)
+    else:  # the 2D images show the held-out categories, never the novel ones
+        cats = graspable(config.preset, held_out_ok=True, novel=novel)
     return ScriptOptions(
         num_frames=frames,
         size=config.size,
         camera_motion=config.camera_motion,
         min_objects=spec.min_objects,
         max_objects=spec.max_objects,
-        categories=tuple(cats),
+        categories=tuple(c.name for c in cats),
         force_category=force,
         fps=spec.fps,
     )
 
 
 def _objects(scene: Scene, ids: np.ndarray) -> list[ObjectTrack]:
-    """One track per entity that is visible in at least one rendered frame."""
+    """One track per entity that is visible in at least one rendered frame, described by its
+    category's look (:func:`~psg4d.data.synth.describe.describe_category`)."""
     out = []
     for e in scene.entities:
         m = ids == e.object_id
@@ -142,12 +175,13 @@ def _objects(scene: Scene, ids: np.ndarray) -> list[ObjectTrack]:
                 category=e.name,
                 is_thing=e.role != ROLE_STUFF,
                 tube=MaskTube.from_dense(m),
+                attributes={DESCRIPTION_KEY: describe_category(e.name)},
             )
         )
     return out
 
 
-def _graph(scene: Scene, video_id: str, ids: np.ndarray, relations, vocab, predicates, meta: dict) -> SceneGraph4D:
+def _graph(scene: Scene, video_id: str, ids: np.ndarray, relations, categories, predicates, meta: dict) -> SceneGraph4D:
     objects = _objects(scene, ids)
     present = {o.object_id for o in objects}
     rels = [r for r in relations if r.subject_id in present and r.object_id in present]
@@ -159,7 +193,7 @@ def _graph(scene: Scene, video_id: str, ids: np.ndarray, relations, vocab, predi
         width=W,
         objects=objects,
         relations=rels,
-        object_vocab=list(vocab.all_categories),
+        object_vocab=list(categories),
         predicate_vocab=list(predicates),
         meta=meta,
     )
@@ -193,11 +227,11 @@ def simulate_video_with_state(config: SynthConfig, split: str, index: int) -> tu
         scene_primitives(scene), scene.camera, scene.lighting, rng=rng,
         rgb_noise=config.rgb_noise, depth_noise=config.depth_noise, shadows=config.shadows,
     )  # fmt: skip
-    vocab = preset_vocabulary(config.preset)
+    vocab = preset_vocabulary(config.preset, config.novel)
     rels = compute_relations(scene, out.ids, out.depth, predicates=vocab.predicates, min_span=config.min_span)
     vid = video_id(config, split, index)
     meta = {"preset": config.preset, "split": split, "index": index, "seed": config.seed, "source": "psg4d.synth"}
-    graph = _graph(scene, vid, out.ids, rels, vocab, vocab.predicates, meta)
+    graph = _graph(scene, vid, out.ids, rels, vocab.all_categories, vocab.predicates, meta)
     video = Video4D(
         rgb=out.rgb, depth=out.depth, intrinsics=scene.camera.intrinsics(), fps=scene.fps, video_id=vid
     )
@@ -212,13 +246,13 @@ def simulate_image(config: SynthConfig, split: str, index: int) -> Sample:
         scene_primitives(scene), scene.camera, scene.lighting, frames=np.array([t]), rng=rng,
         rgb_noise=config.rgb_noise, depth_noise=0.0, shadows=config.shadows,
     )  # fmt: skip
-    vocab = preset_vocabulary(config.preset)
+    vocab = preset_vocabulary(config.preset, config.novel)
     preds = tuple(p for p in vocab.predicates if p in STATIC_PREDICATES)
     rels = compute_relations(scene, out.ids, out.depth, frames=np.array([t]), predicates=preds, min_span=1)
     vid = f"{config.preset}_img_{split}_{index:06d}"
     meta = {"preset": config.preset, "split": split, "index": index, "seed": config.seed, "frame": t}
     meta["source"] = "psg4d.synth"
-    graph = _graph(scene, vid, out.ids, rels, vocab, preds, meta)
+    graph = _graph(scene, vid, out.ids, rels, vocab.image_thing_classes + vocab.stuff_classes, preds, meta)
     video = Video4D(rgb=out.rgb, depth=None, intrinsics=scene.camera.intrinsics(), fps=scene.fps, video_id=vid)
     return Sample(video=video, graph=graph)
 
@@ -250,7 +284,7 @@ def _image_id(split: str, index: int) -> int:
 
 def _job(args: tuple[SynthConfig, str, str, int, str]) -> dict[str, Any]:
     config, kind, split, index, root = args
-    vocab = preset_vocabulary(config.preset)
+    vocab = preset_vocabulary(config.preset, config.novel)
     if kind == "video":
         s = simulate_video(config, split, index)
         entry = write_hoi_video(Path(root) / "4d", s, categories=list(vocab.all_categories))
@@ -259,7 +293,7 @@ def _job(args: tuple[SynthConfig, str, str, int, str]) -> dict[str, Any]:
         s = simulate_image(config, split, index)
         entry = write_psg_image(
             Path(root) / "2d", s, image_id=_image_id(split, index),
-            thing_classes=list(vocab.thing_classes), stuff_classes=list(vocab.stuff_classes),
+            thing_classes=list(vocab.image_thing_classes), stuff_classes=list(vocab.stuff_classes),
             predicate_classes=list(vocab.predicates),
         )  # fmt: skip
         preds = [r.predicate for r in s.graph.relations]
@@ -286,7 +320,7 @@ def generate(config: SynthConfig, out_dir: str | Path, *, progress: bool = True)
     """Write ``out_dir/4d`` (PSG4D-HOI layout), ``out_dir/2d`` (OpenPSG layout) and
     ``out_dir/synth_meta.json``. The folder is built aside and renamed into place."""
     out_dir = Path(out_dir)
-    vocab = preset_vocabulary(config.preset)
+    vocab = preset_vocabulary(config.preset, config.novel)
     workers = config.workers or os.cpu_count() or 1
     start = time.perf_counter()
     with atomic_dir(out_dir) as tmp:
@@ -313,7 +347,7 @@ def generate(config: SynthConfig, out_dir: str | Path, *, progress: bool = True)
         )  # fmt: skip
         (tmp / "2d").mkdir(exist_ok=True)
         write_psg_index(
-            tmp / "2d", [r["entry"] for r in imgs], thing_classes=list(vocab.thing_classes),
+            tmp / "2d", [r["entry"] for r in imgs], thing_classes=list(vocab.image_thing_classes),
             stuff_classes=list(vocab.stuff_classes), predicate_classes=list(vocab.predicates),
             splits={s: [r["id"] for r in imgs if r["split"] == s] for s in SPLITS},
         )  # fmt: skip
@@ -334,7 +368,10 @@ def generate(config: SynthConfig, out_dir: str | Path, *, progress: bool = True)
             "stuff_classes": list(vocab.stuff_classes),
             "predicates": list(vocab.predicates),
             "image_predicates": [p for p in vocab.predicates if p in STATIC_PREDICATES],
-            "held_out_categories": list(vocab.held_out),
+            "held_out_categories": list(vocab.held_out),  # seen in the 2D images and 4D test only
+            "novel_categories": list(vocab.novel),  # seen in 4D test only
+            "image_thing_classes": list(vocab.image_thing_classes),
+            "descriptions": category_descriptions(vocab.all_categories),
             "videos": {s: sum(r["split"] == s for r in vids) for s in SPLITS},
             "images": {s: sum(r["split"] == s for r in imgs) for s in SPLITS},
             "relation_counts_4d": dict(sorted(pred_counts.items())),

@@ -321,7 +321,7 @@ class ScriptOptions:
     min_objects: int
     max_objects: int
     categories: tuple[str, ...]  # movable object categories allowed
-    force_category: str | None = None  # include this one (held-out categories in the test split)
+    force_category: str | None = None  # include this one (a held-out or novel category in the test split)
     fps: float = 5.0
 
 

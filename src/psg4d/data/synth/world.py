@@ -195,6 +195,16 @@ HELD_OUT_CATEGORIES: dict[str, tuple[str, ...]] = {
     "gta": ("lava lamp", "bowling ball", "parcel"),
 }
 
+# Novel categories: never in 4D train/val nor in the 2D images, only in the 4D test split (the
+# zero-shot test, apart from the held-out ones that the 2D images show). None by default: a
+# dataset holds some out only when asked (``SynthConfig.novel``; ``psg4d synth --novel default``
+# takes these). Every word of their descriptions (:mod:`psg4d.data.synth.describe`) occurs in the
+# description of a category 4D training keeps.
+NOVEL_CATEGORIES: dict[str, tuple[str, ...]] = {
+    "hoi": ("apple", "phone", "jar"),
+    "gta": ("beach ball", "cardboard box"),
+}
+
 PREDICATES: tuple[str, ...] = (
     "on",
     "next to",
@@ -231,12 +241,18 @@ PRESET_PREDICATES: dict[str, tuple[str, ...]] = {
 class Vocabulary:
     """A preset's category lists (the 2D set's is wider than 4D train's)."""
 
-    all_categories: tuple[str, ...]  # every category a preset can show (2D set, 4D test)
-    train_categories: tuple[str, ...]  # 4D train/val
-    held_out: tuple[str, ...]
+    all_categories: tuple[str, ...]  # every category a preset can show (4D test)
+    train_categories: tuple[str, ...]  # 4D train/val: neither held out nor novel
+    held_out: tuple[str, ...]  # seen in the 2D images and 4D test only
     predicates: tuple[str, ...]
     thing_classes: tuple[str, ...] = field(default=())
     stuff_classes: tuple[str, ...] = field(default=())
+    novel: tuple[str, ...] = field(default=())  # seen in 4D test only
+
+    @property
+    def image_thing_classes(self) -> tuple[str, ...]:
+        """The 2D image set's thing classes: the novel categories are not among them."""
+        return tuple(c for c in self.thing_classes if c not in self.novel)
 
 
 PRESET_GROUPS: dict[str, tuple[str, ...]] = {
@@ -250,24 +266,52 @@ PRESET_FURNITURE: dict[str, tuple[str, ...]] = {
 PRESET_AGENT: dict[str, str] = {"hoi": "hand", "gta": "person"}
 
 
-def preset_vocabulary(preset: str) -> Vocabulary:
+def preset_vocabulary(preset: str, novel: tuple[str, ...] = ()) -> Vocabulary:
+    """A preset's vocabularies with ``novel`` (see :func:`check_novel`) held out of 4D training and 2D."""
     objects = tuple(c.name for c in THING_CATEGORIES if c.group in PRESET_GROUPS[preset])
     things = objects + PRESET_FURNITURE[preset] + (PRESET_AGENT[preset],)
     stuff = tuple(c.name for c in STUFF_CATEGORIES)
     held = HELD_OUT_CATEGORIES[preset]
+    novel = tuple(novel)
     return Vocabulary(
         all_categories=things + stuff,
-        train_categories=tuple(c for c in things + stuff if c not in held),
+        train_categories=tuple(c for c in things + stuff if c not in held and c not in novel),
         held_out=held,
         predicates=PRESET_PREDICATES[preset],
         thing_classes=things,
         stuff_classes=stuff,
+        novel=novel,
     )
 
 
-def graspable(preset: str, held_out_ok: bool) -> list[Category]:
-    """The movable object categories a preset's videos draw from."""
+def graspable(preset: str, held_out_ok: bool, novel: tuple[str, ...] = ()) -> list[Category]:
+    """The movable object categories a preset's videos draw from (never the ``novel`` ones)."""
     held = set(HELD_OUT_CATEGORIES[preset])
     return [
-        c for c in THING_CATEGORIES if c.group in PRESET_GROUPS[preset] and (held_out_ok or c.name not in held)
-    ]
+        c for c in THING_CATEGORIES
+        if c.group in PRESET_GROUPS[preset] and (held_out_ok or c.name not in held) and c.name not in novel
+    ]  # fmt: skip
+
+
+def check_novel(preset: str, names: tuple[str, ...] | list[str], *, min_train: int) -> str | None:
+    """What is wrong with ``names`` as a preset's novel categories (None: nothing): each must be one
+    of the preset's movable object categories (not furniture, an agent or stuff) and not held out,
+    and at least ``min_train`` movable categories must stay for 4D training."""
+    movable = [c.name for c in THING_CATEGORIES if c.group in PRESET_GROUPS[preset]]
+    held = HELD_OUT_CATEGORIES[preset]
+    for n in names:
+        if n in held:
+            return f"novel category {n!r} is held out in {preset} (seen in the 2D images); held out: {', '.join(held)}"
+        if n not in movable:
+            group = CATEGORIES[n].group if n in CATEGORIES else None
+            what = {None: "is unknown", "furniture": "is furniture", "agent": "is an agent", "stuff": "is stuff"}.get(
+                group, f"is not a {preset} category"
+            )
+            choices = ", ".join(c for c in movable if c not in held)
+            return f"novel category {n!r} {what}; choose among the {preset} preset's objects: {choices}"
+    if len(set(names)) != len(names):
+        return f"novel categories repeat a name: {', '.join(names)}"
+    left = [c for c in movable if c not in held and c not in names]
+    if len(left) < min_train:
+        return f"novel categories leave {len(left)} {preset} categories for 4D training, fewer than {min_train}"
+    return None

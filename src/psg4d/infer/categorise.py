@@ -1,0 +1,117 @@
+"""Naming an object from its description with the language model's own knowledge.
+
+The chain's describe step puts an object's appearance into words before it names it. When the
+description is one that training never connected to a category (an object of a kind no training
+data showed), the trained model can only answer with a name it was trained on. This step asks the
+LLM itself instead, from text alone and with its fine-tuning adapters switched off (what it knew
+before it saw any video), few-shot with the descriptions training did connect to names::
+
+    Object: small white cylinder. Name: mug.
+    Object: tall green cylinder. Name: bottle.
+    Object: small red sphere. Name:            -> " apple."
+
+* with a target vocabulary (``vocabulary``): every name training never used is scored as the
+  continuation ``" <name>."`` and the best one wins. Scores are calibrated against the same
+  name after a neutral description (``Object: object.``): the log-probability the description
+  *adds* to the name, so frequent short words do not win by being frequent;
+* without one: a short greedy answer up to the first ``.`` (free text, mapped to a dataset's
+  vocabulary at evaluation by :mod:`psg4d.eval.labelmap`).
+
+A randomly initialised LLM (the ``tiny`` preset) has no such knowledge: its answers are at chance,
+and the experiment reports them as that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+NEUTRAL_DESCRIPTION = "object"
+_MAX_NAME_TOKENS = 6
+
+
+@dataclass
+class Naming:
+    name: str
+    score: float | None  # calibrated log-probability (vocabulary mode), None for free text
+    how: str  # "vocabulary" or "free"
+
+
+class LanguageCategoriser:
+    """Names described objects with the LLM alone (keyword-only; see the module docstring)."""
+
+    def __init__(self, *, llm: Any, tokenizer: Any, examples: dict[str, list[str]],
+                 vocabulary: Sequence[str] | None = None, known: Sequence[str] = (), max_examples: int = 12):
+        self.llm = llm
+        self.tokenizer = tokenizer
+        shots = [(d, c) for c, ds in examples.items() for d in ds[:1] if d and d.lower() != c.lower()]
+        self.shots = shots[:max_examples]
+        known_l = {k.lower() for k in known}
+        vocab = list(dict.fromkeys(vocabulary or []))
+        # names training used belong to descriptions training saw; an unseen description is of something else
+        unseen = [v for v in vocab if v.lower() not in known_l]
+        self.candidates = unseen or vocab
+        self.free = vocabulary is None
+        self._neutral: dict[str, float] | None = None
+
+    def _prompt(self, description: str) -> str:
+        lines = [f"Object: {d}. Name: {c}." for d, c in self.shots]
+        return "\n".join(lines + [f"Object: {description}. Name:"])
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    @contextlib.contextmanager
+    def _base_model(self):
+        """The LLM without its fine-tuning adapters (peft), if it has any."""
+        disable = getattr(self.llm, "disable_adapter", None)
+        with (disable() if callable(disable) else contextlib.nullcontext()):
+            yield self.llm
+
+    @torch.inference_mode()
+    def _scores(self, description: str) -> list[float]:
+        """Sum of log-probabilities of each candidate continuation ``" <name>."`` after the prompt."""
+        prompt = self._ids(self._prompt(description))
+        rows = [prompt + self._ids(f" {c}.") for c in self.candidates]
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        dev = next(self.llm.parameters()).device
+        with self._base_model() as llm:
+            logits = llm(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits.float()
+        logp = torch.log_softmax(logits, dim=-1)
+        out = []
+        for i, r in enumerate(rows):
+            pos = torch.arange(len(prompt) - 1, len(r) - 1, device=dev)
+            out.append(float(logp[i, pos, torch.tensor(r[len(prompt):], device=dev)].sum()))
+        return out
+
+    @torch.inference_mode()
+    def _free(self, description: str) -> str:
+        ids = self._ids(self._prompt(description))
+        dev = next(self.llm.parameters()).device
+        out: list[int] = []
+        with self._base_model() as llm:
+            for _ in range(_MAX_NAME_TOKENS):
+                logits = llm(input_ids=torch.tensor([ids + out], device=dev)).logits[0, -1]
+                nxt = int(torch.argmax(logits))
+                if nxt == self.tokenizer.eos_token_id:
+                    break
+                out.append(nxt)
+                if any(c in self.tokenizer.decode(out) for c in ".\n"):
+                    break
+        text = self.tokenizer.decode(out, skip_special_tokens=True)
+        return " ".join(text.split("\n")[0].split(".")[0].split())
+
+    def __call__(self, description: str) -> Naming:
+        if self.free or not self.candidates:
+            return Naming(self._free(description), None, "free")
+        if self._neutral is None:
+            self._neutral = dict(zip(self.candidates, self._scores(NEUTRAL_DESCRIPTION)))
+        scores = [s - self._neutral[c] for c, s in zip(self.candidates, self._scores(description))]
+        best = max(range(len(scores)), key=scores.__getitem__)
+        return Naming(self.candidates[best], scores[best], "vocabulary")

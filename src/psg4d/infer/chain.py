@@ -1,0 +1,211 @@
+"""Chained inference: describe and name the objects, pick the interacting pairs, name each
+relation, decide its span: four turns over the same visual tokens (:mod:`psg4d.model.chain`).
+
+:meth:`ChainPredictor.predict`:
+
+1. **describe** — the prompt is the chain's first step; greedy decoding to ``<eos>``. Each listed
+   object's ``[Obj]`` hidden state prompts its tube (one batched decoder call). An object whose
+   description is one the training graphs gave a category keeps the name the model wrote; one
+   whose description training never saw, or whose name is not a training category, is named
+   by :class:`~psg4d.infer.categorise.LanguageCategoriser` (the LLM's language knowledge, from
+   the description alone): this is how a category that no training data showed can be named.
+2. **pairs**, 3. **relation**, 4. **span** — each prompt is appended after everything the LLM
+   read so far (its KV cache continues) and decoding runs to the next ``<eos>``.
+
+Ranking (recall at K needs more than the greedy answers), as the direct predictor ranks: a
+candidate's score is the log-probability of its relation line ``s p o`` under the LLM: the
+greedy answer's lines with their own step scores; every other predicate of an answered pair
+teacher-forced in the context that line had; every other ordered pair (those the pairs step
+listed first, then by how long both tubes are present, at most ``max_new_pairs``) with every
+predicate, teacher-forced as one more line after the relation answer. The pairs step decides
+through the context: the relation answer is written after it. A candidate's spans are the span
+step's for that triplet, else the frames where both tubes are present.
+
+Every turn is kept in ``meta["chain"]["steps"]`` (prompt, answer, how it stopped, what was read
+from it and the problems met), so a person can follow the model's reasoning; a malformed turn
+(unknown object, invalid span, no ``<eos>``) still gives a valid scene graph.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from psg4d.data.schema import SceneGraph4D, Video4D
+from psg4d.infer.categorise import LanguageCategoriser
+from psg4d.infer.predictor import Predictor, PredictorConfig, _Candidate
+from psg4d.model.batching import resample_indices
+from psg4d.model.chain import (
+    STEPS, ChainObject, normalize_description, parse_describe, parse_pairs, parse_relations, parse_spans,
+)
+from psg4d.model.generation import Generation
+from psg4d.model.grammar import clean_phrase
+from psg4d.model.psg4d_llm import PSG4DModel
+from psg4d.model.tokens import TRIPLET_SEP
+
+log = logging.getLogger(__name__)
+
+
+class ChainPredictor:
+    """Chained inference with a model trained with ``model.chain_prob > 0`` (see the module docstring)."""
+
+    def __init__(self, *, model: PSG4DModel, config: PredictorConfig | None = None):
+        self.base = Predictor(model=model, config=config)
+        self.model = self.base.model
+        self.config = self.base.config
+        self.generator = self.base.generator
+        self.prompt = model.prompt
+        mc = model.config
+        if mc.chain_prob <= 0:
+            log.warning("this checkpoint was not trained on chained text (model.chain_prob = 0): its chain "
+                        "answers will be poor; use --mode direct")
+        self.known_descriptions = {normalize_description(d): c for c, ds in mc.category_descriptions.items()
+                                   for d in ds}
+        self.namer = LanguageCategoriser(llm=model.llm, tokenizer=model.tokenizer,
+                                         examples=mc.category_descriptions, vocabulary=self.config.vocabulary,
+                                         known=mc.object_vocab)
+
+    # ------------------------------------------------------------- turns
+    def _turns(self, ctx) -> tuple[list[dict[str, Any]], list[Generation]]:
+        """Run the four turns -> (step records, generations)."""
+        eos = self.prompt.ids.eos
+        limit = self.config.max_new_tokens or self.model.config.chain_step_tokens
+        records, gens = [], []
+        context: list[int] = []
+        for k, step in enumerate(STEPS):
+            text = "" if k == 0 else self.prompt.chain_templates.render(step, num_frames=ctx.num_frames)
+            context = context + (self.prompt.text_ids(text) if text else [])
+            gen = self.generator.generate(ctx, max_new_tokens=limit, after=context)
+            ended = bool(gen.token_ids) and gen.token_ids[-1] == eos
+            records.append({"step": step, "prompt": text or self.prompt.chain_templates.render(step, num_frames=ctx.num_frames),
+                            "answer": gen.text, "stopped": "eos" if ended else "length", "items": [], "problems": []})
+            if not ended:
+                records[-1]["problems"].append(f"{step}: no end of answer within {limit} tokens; cut there")
+            gens.append(gen)
+            context = gen.context_after(eos) + [eos]
+        return records, gens
+
+    # ----------------------------------------------------------- objects
+    def _name(self, obj: ChainObject) -> dict[str, Any]:
+        vocab = {c.lower(): c for c in self.model.config.object_vocab}
+        desc = normalize_description(obj.description)
+        seen = desc in self.known_descriptions
+        if seen and obj.category.lower() in vocab:
+            return {"category": vocab[obj.category.lower()], "source": "model"}
+        naming = self.namer(obj.description or obj.category)
+        why = "unseen description" if not seen else "name outside the training vocabulary"
+        return {"category": naming.name or obj.category, "source": f"language ({naming.how}; {why})",
+                "model_category": obj.category, **({"language_score": naming.score} if naming.score is not None else {})}
+
+    def predict(self, video: Video4D, *, mask_size: tuple[int, int] | None = None) -> SceneGraph4D:
+        """The ranked scene graph of ``video`` by chained inference (``mask_size`` as in :class:`Predictor`)."""
+        video.validate(video.video_id or "video")
+        size = mask_size or (video.height, video.width)
+        self.base.threads()
+        ctx = self.generator.encode_video(video, chain=True)
+        records, gens = self._turns(ctx)
+        model_idx = resample_indices(video.num_frames, ctx.num_frames)
+        owner = np.abs(np.arange(video.num_frames)[:, None] - model_idx[None, :]).argmin(axis=1)  # [T_video]
+
+        described = parse_describe(records[0]["answer"])
+        n_tok = gens[0].obj_hidden.shape[0]
+        listed = [o for o in described.items if o.obj_index < n_tok]
+        if len(listed) < len(described.items):
+            described.problems.append("describe: an object's [Obj] was never read; skipped")
+        tubes = self.base.tubes(ctx, gens[0].obj_hidden[[o.obj_index for o in listed]], size) if listed else []
+        names = [self._name(o) for o in listed]
+        position = {o.index: i for i, o in enumerate(listed)}  # the answer's number -> object index
+        records[0]["items"] = [{"index": o.index, "description": o.description, "object_id": position[o.index], **n}
+                               for o, n in zip(listed, names)]
+        records[0]["problems"] += described.problems
+        known = set(position)
+        pairs = parse_pairs(records[1]["answer"], known)
+        relations = parse_relations(records[2]["answer"], known, self.model.config.predicate_vocab or None)
+        spans = parse_spans(records[3]["answer"], known, ctx.num_frames)
+        for rec, res in zip(records[1:], (pairs, relations, spans)):
+            rec["items"] = [list(x) for x in res.items]
+            rec["problems"] += res.problems
+        for s, p, o in relations.items:
+            if (s, o) not in pairs.items:
+                records[2]["problems"].append(f"relation: {s} {p} {o} is for a pair the pairs step did not list")
+        listed_rel = set(relations.items)
+        for s, p, o, _, _ in spans.items:
+            if (s, p, o) not in listed_rel:
+                records[3]["problems"].append(f"span: {s} {p} {o} is a relation the relation step did not list")
+
+        objects = [(n["category"], t) for n, t in zip(names, tubes)]
+        cands = self._candidates(ctx, gens[2], objects, position, pairs.items, relations.items, spans.items)
+        ranked = sorted(cands.values(), key=lambda c: -c.score)[: self.config.max_candidates]
+        graph = self.base._scene_graph(video, size, gens[0], 0, objects, ranked, owner)
+        for track, o, n in zip(graph.objects, listed, names):
+            track.attributes.update({"description": o.description, "category_source": n["source"],
+                                     **({"model_category": n["model_category"]} if "model_category" in n else {})})
+        graph.meta["generated_text"] = " | ".join(r["answer"] for r in records)
+        graph.meta["num_generated_tokens"] = sum(len(g.token_ids) for g in gens)
+        graph.meta["mode"] = "chain"
+        graph.meta["chain"] = {"steps": records,
+                               "problems": sum(len(r["problems"]) for r in records)}
+        return graph
+
+    # -------------------------------------------------------- candidates
+    def _answer_lines(self, gen: Generation, known: set[int]):
+        """The relation answer's lines as ``(s, predicate, o, first token, end token)``, read one
+        line at a time so each keeps its own tokens (and so its context and score)."""
+        sep, eos = self.prompt.sep_ids, self.prompt.ids.eos
+        vocab = self.model.config.predicate_vocab or None
+        lines, start = [], 0
+        ids = gen.token_ids
+        for i in range(len(ids) + 1):
+            if i < len(ids) and ids[i] not in sep and ids[i] != eos:
+                continue
+            res = parse_relations(self.generator.decode_grammar(ids[start:i]), known, vocab)
+            if len(res.items) == 1:
+                lines.append((*res.items[0], start, i))
+            start = i + 1
+        return lines
+
+    def _candidates(self, ctx, gen: Generation, objects, position, pairs, relations, spans):
+        """Relation candidates (the module docstring's ranking) keyed by (subject, object, predicate)."""
+        cfg = self.config
+        n = len(objects)
+        if n < 2:
+            return {}
+        number = {i: k for k, i in position.items()}  # object index -> the number the answers use
+        presence = [tube.present() for _, tube in objects]
+        predicates = [clean_phrase(p) for p in self.model.config.predicate_vocab if clean_phrase(p)]
+        for _, p, _ in relations:
+            if p.lower() not in {q.lower() for q in predicates}:
+                predicates.append(p)
+        span_of: dict[tuple[int, str, int], list[tuple[int, int]]] = {}
+        for s, p, o, a, b in spans:
+            span_of.setdefault((position[s], p.lower(), position[o]), []).append((a, b))
+        cands: dict[tuple[int, int, str], _Candidate] = {}
+
+        def add(a: int, b: int, p: str, score: float) -> None:
+            c = cands.setdefault((a, b, p.lower()), _Candidate(a, b, p))
+            c.spans = span_of.get((a, p.lower(), b)) or [Predictor._pair_span(presence[a], presence[b])]
+            c.score = max(c.score, score)
+
+        t = self.prompt.text_ids
+        requests, owners = [], []
+        for s, p, o, first, end in self._answer_lines(gen, set(position)):
+            a, b = position[s], position[o]
+            add(a, b, p, float(sum(gen.step_logprobs[first:end])))
+            alts = [q for q in predicates if q.lower() != p.lower()]
+            requests.append((gen.context_before(first), [t(f"{s} {q} {o}") for q in alts]))
+            owners.append([(a, b, q) for q in alts])
+        answered = {(c.subject, c.object) for c in cands.values()}
+        listed = [(position[s], position[o]) for s, o in pairs]
+        rest = [(a, b) for a in range(n) for b in range(n) if a != b and (a, b) not in answered]
+        rest.sort(key=lambda ab: (ab not in listed, -int((presence[ab[0]] & presence[ab[1]]).sum())))
+        rest = rest[: cfg.max_new_pairs]
+        if rest and predicates:
+            after = gen.context_after(self.prompt.ids.eos) + t(TRIPLET_SEP)
+            requests.append((after, [t(f"{number[a]} {q} {number[b]}") for a, b in rest for q in predicates]))
+            owners.append([(a, b, q) for a, b in rest for q in predicates])
+        for keys, scores in zip(owners, self.generator.score_many(ctx, requests, batch_size=cfg.score_batch_size)):
+            for (a, b, q), sc in zip(keys, scores):
+                add(a, b, q, sc)
+        return cands
