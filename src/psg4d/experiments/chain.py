@@ -25,8 +25,8 @@ Predictions are scored through the label mapper (``--label-map auto``): R/mR@20/
 protocols; ``zR@50_novel`` is pvsg R@50 on the test relations with a novel subject or object,
 ``recall@50_seen_only_in_2d`` the same on those with a seen-only-in-2D one; ``mapper_accuracy`` is,
 over predicted objects named by language (matched to a ground-truth object: tube vIoU >= 0.5), how
-often the mapped name is the ground truth's class; ``naming`` per novel category lists what those
-objects were called. Validation is off: every setting is fixed in advance, the test split is only
+often the mapped name is the ground truth's class; ``novel_named_as`` lists what each novel
+category's matched objects were called. Validation is off: every setting is fixed in advance, the test split is only
 scored.
 
 Writes ``OUT/chain.json``: a list of records (``mode``, ``llm``, ``naming``, ``metrics``
@@ -315,6 +315,7 @@ def _score(preds: list, gts: list, vocab: list[str], predicates: list[str], grou
 
 
 def run(cfg: ChainExperimentConfig) -> list[dict[str, Any]]:
+    from psg4d.data.schema import save_scene_graphs
     from psg4d.data.synth.world import preset_vocabulary
     from psg4d.model.psg4d_llm import PSG4DModel
 
@@ -337,6 +338,9 @@ def run(cfg: ChainExperimentConfig) -> list[dict[str, Any]]:
         arms = []
         for mode in ("direct", "chain"):
             preds, gts, seconds, predicates = _predict(model, world, cfg, mode, vocab)
+            # kept beside the runs: a person can read the chains, `psg4d eval` can score them again
+            (cfg.run_dir / "predictions").mkdir(parents=True, exist_ok=True)
+            save_scene_graphs(cfg.run_dir / "predictions" / f"{llm}_{mode}.jsonl", preds)
             if mode == "direct":
                 arms.append((mode, None, preds, seconds))
                 continue
