@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from psg4d.errors import ConfigError
-from psg4d.experiments.output import check_output_folder, machine_info
+from psg4d.experiments.output import check_output_folder, jsonable, machine_info
 from psg4d.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -358,7 +358,7 @@ def run(cfg: ChainExperimentConfig) -> list[dict[str, Any]]:
                      scored["recall@50_seen_only_in_2d"], scored["mapper_accuracy"])
             atomic_write_json(out / f"{NAME}.json", records, indent=1)  # a long run keeps what it has
     atomic_write_json(out / f"{NAME}.json", records, indent=1)
-    atomic_write_json(out / f"{NAME}_run.json", {"machine": machine_info(), "config": _jsonable(asdict(cfg))},
+    atomic_write_json(out / f"{NAME}_run.json", {"machine": machine_info(), "config": jsonable(asdict(cfg))},
                       indent=1)
     _plot(out / f"{NAME}.svg", records)
     log.info("wrote %s", out / f"{NAME}.json")
@@ -373,11 +373,3 @@ def _plot(path: Path, records: list[dict[str, Any]]) -> None:
               "zR@50 novel": [r["zR@50_novel"] or 0.0 for r in records],
               "R@50 seen only in 2D": [r["recall@50_seen_only_in_2d"] or 0.0 for r in records]}
     write_bar_chart(path, labels, series, title="chained vs direct inference (pvsg protocol)", unit="%")
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return str(obj) if isinstance(obj, Path) else obj

@@ -31,3 +31,12 @@ def machine_info() -> dict[str, Any]:
                 break
     return {"cpu": cpu, "available_cpus": available_cpus(), "torch": torch.__version__,
             "python": platform.python_version(), "date": date.today().isoformat()}
+
+
+def jsonable(obj: Any) -> Any:
+    """Config values as JSON: paths as strings, tuples as lists (nested)."""
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    return str(obj) if isinstance(obj, Path) else obj

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from psg4d.errors import ConfigError
-from psg4d.experiments.output import check_output_folder, machine_info
+from psg4d.experiments.output import check_output_folder, jsonable, machine_info
 from psg4d.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -299,7 +299,7 @@ def run(cfg: TransferExperimentConfig) -> list[dict[str, Any]]:
                        for k, v in feats.items()} for stage, feats in features.items()}
     atomic_write_json(out / f"{NAME}_features.json", {
         "num_4d_videos": min(cfg.sizes), "videos": cfg.feature_videos, "split": "val", "similarity": summary,
-        "machine": machine_info(), "config": _jsonable(asdict(cfg)),
+        "machine": machine_info(), "config": jsonable(asdict(cfg)),
     }, indent=1)
     labels = {"estimator_fit": "after stage 2 (estimator_fit)", "pseudo4d_init": "after stage 3 (pseudo4d_init)"}
     titles = {"rgb_cosine": "RGB: per-token cosine", "depth_cosine": "depth: per-token cosine",
@@ -313,12 +313,3 @@ def run(cfg: TransferExperimentConfig) -> list[dict[str, Any]]:
     log.info("wrote %s, %s and %s", out / f"{NAME}.json", out / f"{NAME}_features.json",
              out / f"{NAME}_features.png")
     return records
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return str(obj) if isinstance(obj, Path) else obj
-
