@@ -61,6 +61,7 @@ class ChainPredictor:
         if mc.chain_prob <= 0:
             log.warning("this checkpoint was not trained on chained text (model.chain_prob = 0): its chain "
                         "answers will be poor; use --mode direct")
+        self.vocab = {c.lower(): c for c in mc.object_vocab}
         self.known_descriptions = {normalize_description(d): c for c, ds in mc.category_descriptions.items()
                                    for d in ds}
         self.namer = LanguageCategoriser(llm=model.llm, tokenizer=model.tokenizer,
@@ -89,11 +90,9 @@ class ChainPredictor:
 
     # ----------------------------------------------------------- objects
     def _name(self, obj: ChainObject) -> dict[str, Any]:
-        vocab = {c.lower(): c for c in self.model.config.object_vocab}
-        desc = normalize_description(obj.description)
-        seen = desc in self.known_descriptions
-        if seen and obj.category.lower() in vocab:
-            return {"category": vocab[obj.category.lower()], "source": "model"}
+        seen = normalize_description(obj.description) in self.known_descriptions
+        if seen and obj.category.lower() in self.vocab:
+            return {"category": self.vocab[obj.category.lower()], "source": "model"}
         naming = self.namer(obj.description or obj.category)
         why = "unseen description" if not seen else "name outside the training vocabulary"
         return {"category": naming.name or obj.category, "source": f"language ({naming.how}; {why})",
