@@ -124,3 +124,28 @@ def test_chain_experiment_quick(tmp_path):
     assert (out / "chain.svg").read_text().startswith("<svg")
     # a rerun reuses the world and the trained models
     assert main(["experiment", "chain", "--quick", "--out", str(out), "--run-dir", str(run), "--llms", "tiny"]) == 0
+
+
+def test_compare_experiment_quick(tmp_path):
+    out = tmp_path / "results"
+    run = tmp_path / "run"
+    assert main(["experiment", "compare", "--quick", "--out", str(out), "--run-dir", str(run)]) == 0
+    records = json.loads((out / "compare.json").read_text())
+    arms = [(r["preset"], r["method"]) for r in records]
+    assert arms == [("hoi", m) for m in ("pipeline", "pipeline_no_depth", "pipeline_no_temporal", "4d_llm",
+                                         "4d_llm_transfer")] + [("gta", m) for m in (
+        "pipeline", "pipeline_no_depth", "pipeline_no_temporal", "4d_llm")]  # GTA has no 2D images to transfer
+    for r in records:
+        assert set(r["metrics"]) == {"pvsg", "volumetric"} and {"R@20", "R@50", "R@100", "mR@50"} <= set(
+            r["metrics"]["pvsg"])
+        assert {"mean_tube_viou", "panoptic_quality", "train_wall_s", "predict_s_per_video"} <= set(r)
+        assert r["mean_tube_viou"] is None or 0.0 <= r["mean_tube_viou"] <= 1.0
+        assert r["train_wall_s"] > 0 and r["predict_s_per_video"] > 0 and r["test_videos"] == 3
+    # the ablations are what they say: no depth backbone; the pipeline's segmenter, no temporal transformer
+    from psg4d.baseline.checkpoint import read_config
+
+    by = {(r["preset"], r["method"]): read_config(r["checkpoint"]) for r in records if r["method"].startswith("pipe")}
+    assert by[("hoi", "pipeline_no_depth")]["segmenter"]["use_depth"] is False
+    assert by[("hoi", "pipeline_no_temporal")]["relation"]["use_temporal"] is False
+    assert by[("hoi", "pipeline_no_temporal")]["segmenter"] == by[("hoi", "pipeline")]["segmenter"]
+    assert (out / "compare.svg").read_text().startswith("<svg")

@@ -2,7 +2,7 @@
 
 The key names are documented in :mod:`psg4d.eval.metric`; this module only
 computes them from the sums (``recall_block``) and lays them out
-(``summary_table``).
+(``summary_table``, with :mod:`psg4d.eval.segmentation`'s numbers when the result has them).
 """
 
 from __future__ import annotations
@@ -85,4 +85,27 @@ def summary_table(result: Mapping[str, Any]) -> str:
     um = result["unmapped_labels"]
     if um["objects"] or um["predicates"]:
         lines.append(f"unmapped predicted labels: objects {um['objects']}, predicates {um['predicates']}")
+    if result.get("segmentation"):
+        lines.extend(segmentation_lines(result["segmentation"]))
     return "\n".join(lines)
+
+
+def _num(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def segmentation_lines(seg: Mapping[str, Any]) -> list[str]:
+    """The table's lines for :mod:`psg4d.eval.segmentation`'s result (``{"tube": ..., "panoptic": ...}``)."""
+    t, p = seg["tube"], seg["panoptic"]
+    tube_line = (
+        f"segmentation: mean tube vIoU {_num(t['mean_tube_viou'], '.2f')}"
+        f" (recall@0.5 {_num(t['recall@0.5'], '.2f')}, class-correct {_num(t['class_recall@0.5'], '.2f')};"
+        f" things {_num(t['mean_tube_viou_things'], '.2f')}, stuff {_num(t['mean_tube_viou_stuff'], '.2f')})"
+        f" over {t['num_gt_objects']} GT objects"
+    )
+    pq_line = (
+        f"panoptic: PQ {_num(p['PQ'], '.1f')} (SQ {_num(p['SQ'], '.1f')}, RQ {_num(p['RQ'], '.1f')};"
+        f" things {_num(p['PQ_things'], '.1f')}, stuff {_num(p['PQ_stuff'], '.1f')})"
+        f" over {p['num_categories']} categories, per frame"
+    )
+    return [tube_line, pq_line]

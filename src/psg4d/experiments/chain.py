@@ -41,12 +41,12 @@ import logging
 import math
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from psg4d.errors import ConfigError
-from psg4d.experiments.output import check_output_folder, jsonable, machine_info
+from psg4d.experiments.output import check_output_folder, write_results
 from psg4d.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,10 @@ class ChainExperimentConfig:
     novel: tuple[str, ...] = NOVEL
     videos: int = 200  # 4D training videos
     images: int = 800  # 2D training images
-    test_videos: int = 30
+    test_videos: int = 30  # scored: the first N of the world's test split
+    # the world's test split is sized for this many videos whatever --test-videos scores, so that
+    # scoring fewer (a slow pretrained LLM) reuses the world and the trained runs
+    world_test_videos: int = 60
     frames: int = 16
     size: int = 64
     seed: int = 1
@@ -88,6 +91,7 @@ class ChainExperimentConfig:
     def __post_init__(self) -> None:
         if self.quick:
             self.videos, self.images, self.test_videos, self.frames, self.size = 8, 12, 3, 6, 32
+            self.world_test_videos = 3
             self.steps, self.llm_steps = {s: 2 for s in STAGE_ORDER}, 2
         unknown = [m for m in self.llms if m not in LLM_PRESETS]
         if unknown or not self.llms:
@@ -105,7 +109,8 @@ def _world(cfg: ChainExperimentConfig) -> Path:
     from psg4d.data.synth.generate import SynthConfig, generate
 
     data = cfg.run_dir / "data"
-    synth = SynthConfig(preset="hoi", videos=max(math.ceil(cfg.videos / 0.7), math.ceil(cfg.test_videos / 0.15)) + 2,
+    test_videos = max(cfg.test_videos, cfg.world_test_videos)
+    synth = SynthConfig(preset="hoi", videos=max(math.ceil(cfg.videos / 0.7), math.ceil(test_videos / 0.15)) + 2,
                         images=math.ceil(cfg.images / 0.7) + 2, frames=cfg.frames, size=cfg.size, seed=cfg.seed,
                         novel=tuple(cfg.novel))
     stamp = cfg.run_dir / "synth_config.json"
@@ -349,7 +354,7 @@ def run(cfg: ChainExperimentConfig) -> list[dict[str, Any]]:
         for mode, naming, preds, seconds in arms:
             scored = _score(preds, gts, vocab, predicates, groups)
             records.append({"mode": mode, "llm": llm, "naming": naming, **scored, "wall_s": round(wall, 1),
-                            "predict_s_per_video": round(seconds, 3),
+                            "predict_s_per_video": round(seconds, 3), "test_videos": len(gts),
                             "steps": sum(cfg.steps.values()) if llm == "tiny" else cfg.llm_steps,
                             "novel_categories": sorted(groups["novel"]),
                             "seen_only_in_2d_categories": sorted(groups["seen_only_in_2d"])})
@@ -357,11 +362,7 @@ def run(cfg: ChainExperimentConfig) -> list[dict[str, Any]]:
                      naming, scored["metrics"]["pvsg"].get("R@50", float("nan")), scored["zR@50_novel"],
                      scored["recall@50_seen_only_in_2d"], scored["mapper_accuracy"])
             atomic_write_json(out / f"{NAME}.json", records, indent=1)  # a long run keeps what it has
-    atomic_write_json(out / f"{NAME}.json", records, indent=1)
-    atomic_write_json(out / f"{NAME}_run.json", {"machine": machine_info(), "config": jsonable(asdict(cfg))},
-                      indent=1)
-    _plot(out / f"{NAME}.svg", records)
-    log.info("wrote %s", out / f"{NAME}.json")
+    write_results(out, NAME, records, cfg, _plot)
     return records
 
 

@@ -84,7 +84,7 @@ def chain_experiment(
     llms: list[str] = typer.Option(["tiny", "smollm2-135m"], "--llms", help="LLM presets (repeatable)."),
     videos: int = typer.Option(200, "--videos", help="4D training videos."),
     images: int = typer.Option(800, "--images", help="2D training images lifted to pseudo-4D."),
-    test_videos: int = typer.Option(60, "--test-videos", help="4D test videos scored."),
+    test_videos: int = typer.Option(30, "--test-videos", help="4D test videos scored."),
     quick: bool = typer.Option(False, "--quick", help="Toy size: every stage a few steps (numbers meaningless)."),
 ) -> None:
     """Chained vs direct inference x tiny vs SmolLM2: recall, zero-shot recall on novel categories."""
@@ -97,3 +97,33 @@ def chain_experiment(
         typer.echo(f"{r['llm']:<14}{mode:<20} pvsg R@50 {r['metrics']['pvsg'].get('R@50', float('nan')):6.2f}"
                    f"  zR@50 novel {r['zR@50_novel']}  seen-only-in-2D R@50 {r['recall@50_seen_only_in_2d']}"
                    f"  mapper {r['mapper_accuracy']}")
+
+
+@experiment_app.command("compare")
+def compare_experiment(
+    out: Path = typer.Option(Path("bench/results"), "--out", help="Folder for compare.json and compare.svg."),
+    run_dir: Path = typer.Option(Path("runs/experiments/compare"), "--run-dir",
+                                 help="Where the worlds and the pipeline runs are built (reused)."),
+    hoi_run_dir: Optional[Path] = typer.Option(
+        None, "--hoi-run-dir", help="The HOI world and 4D-LLM runs in the transfer experiment's layout (reused; "
+        "e.g. runs/experiments/transfer). Default: RUN_DIR/hoi."),
+    presets: list[str] = typer.Option(["hoi", "gta"], "--presets", help="Synthetic presets (repeatable)."),
+    methods: list[str] = typer.Option(
+        ["pipeline", "pipeline_no_depth", "pipeline_no_temporal", "4d_llm", "4d_llm_transfer"], "--methods",
+        help="Arms (repeatable)."),
+    videos: int = typer.Option(100, "--videos", help="4D training videos."),
+    test_videos: int = typer.Option(100, "--test-videos", help="4D test videos scored."),
+    segment_steps: int = typer.Option(1500, "--segment-steps", help="Segmenter training steps."),
+    relation_steps: int = typer.Option(1500, "--relation-steps", help="Relation-model training steps."),
+    quick: bool = typer.Option(False, "--quick", help="Toy size: every stage a few steps (numbers meaningless)."),
+) -> None:
+    """The PSG4DFormer pipeline baseline (and ablations) against the 4D-LLM, same data, same evaluator."""
+    from psg4d.experiments.compare import CompareExperimentConfig, run
+
+    records = run(CompareExperimentConfig(out=out, run_dir=run_dir, hoi_run_dir=hoi_run_dir, presets=list(presets),
+                                          methods=list(methods), videos=videos, test_videos=test_videos,
+                                          segment_steps=segment_steps, relation_steps=relation_steps, quick=quick))
+    for r in records:
+        typer.echo(f"{r['preset']:<5}{r['method']:<22} pvsg R@50 {r['metrics']['pvsg'].get('R@50', float('nan')):6.2f}"
+                   f"  volumetric R@50 {r['metrics']['volumetric'].get('R@50', float('nan')):6.2f}"
+                   f"  tube vIoU {r['mean_tube_viou']}  PQ {r['panoptic_quality']['PQ']}")

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import platform
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
+from psg4d.utils.io import atomic_write_json
 from psg4d.utils.io import check_output_folder as check_writable_folder
 from psg4d.utils.threads import available_cpus
+
+
+log = logging.getLogger(__name__)
 
 
 def check_output_folder(out: Path) -> Path:
@@ -40,3 +46,14 @@ def jsonable(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [jsonable(v) for v in obj]
     return str(obj) if isinstance(obj, Path) else obj
+
+
+def write_results(out: Path, name: str, records: list[dict[str, Any]], config: Any,
+                  plot: Callable[[Path, list[dict[str, Any]]], None]) -> None:
+    """An experiment's end: ``OUT/NAME.json`` (the records), ``OUT/NAME_run.json`` (machine and the
+    config that ran) and the plot ``OUT/NAME.svg``."""
+    atomic_write_json(out / f"{name}.json", records, indent=1)
+    run = {"machine": machine_info(), "config": jsonable(dataclasses.asdict(config))}
+    atomic_write_json(out / f"{name}_run.json", run, indent=1)
+    plot(out / f"{name}.svg", records)
+    log.info("wrote %s", out / f"{name}.json")

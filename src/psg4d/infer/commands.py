@@ -115,6 +115,11 @@ def predict_command(
         # under torchrun one video is one piece of work: rank 0 writes it, the others must not race it
         log.info("rank %d of %d: a single video is predicted by rank 0 only", *dist_rank())
         return
+    from psg4d.baseline.predict import is_pipeline_checkpoint
+
+    if is_pipeline_checkpoint(ckpt):
+        raise ConfigError(f"{ckpt}: a pipeline-baseline checkpoint; `psg4d predict` runs the 4D-LLM. Predict a "
+                          "dataset split with `psg4d eval --ckpt CKPT --data DIR --split S --save-pred P.jsonl`")
     model = PSG4DModel.from_pretrained(ckpt)
     cfg = PredictorConfig(max_new_tokens=max_new_tokens, max_candidates=candidates, threads=threads,
                           mode=resolve_mode(mode, model.config), vocabulary=vocabulary)

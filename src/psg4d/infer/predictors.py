@@ -59,12 +59,17 @@ def predict_split(
     config: PredictorConfig | None = None, progress: bool = False,
 ) -> Iterator[SceneGraph4D]:
     """Predict every video of ``split`` of the dataset at ``data_path`` (lazily, one at a time;
-    ``progress``: a tqdm bar)."""
+    ``progress``: a tqdm bar) with a 4D-LLM or a pipeline-baseline checkpoint."""
     from tqdm import tqdm
 
     from psg4d.data.readers import open_dataset
 
-    predictor = build_predictor(PSG4DModel.from_pretrained(ckpt_dir), config)
+    from psg4d.baseline.predict import PipelinePredictor, is_pipeline_checkpoint
+
+    if is_pipeline_checkpoint(ckpt_dir):  # the pipeline baseline: one way to predict, no modes
+        predictor = PipelinePredictor.from_pretrained(ckpt_dir)
+    else:
+        predictor = build_predictor(PSG4DModel.from_pretrained(ckpt_dir), config)
     reader = open_dataset(data_path)
     ids = reader.video_ids(split)
     for vid in tqdm(ids if limit is None else ids[:limit], desc="predict", unit="video", disable=not progress):

@@ -40,11 +40,18 @@ def train_command(
         None, "--stage", help="Run (or resume) only this stage; `init: previous` is the previous stage's final."
     ),
 ) -> None:
-    """Train the 4D-LLM through the experiment's stages; writes checkpoints and metrics.jsonl."""
+    """Train the 4D-LLM through the experiment's stages (or, for a `kind: pipeline` config, the
+    pipeline baseline's segment, track and relation stages); writes checkpoints and metrics."""
+    from psg4d.baseline.pipeline import is_pipeline_yaml
+
+    path = resolve_config(config)
+    if is_pipeline_yaml(path):
+        _train_pipeline(path, list(overrides), out, resume, stage)
+        return
     from psg4d.train.loop import train
     from psg4d.train.stages import load_experiment
 
-    cfg = load_experiment(resolve_config(config), list(overrides))
+    cfg = load_experiment(path, list(overrides))
     result = train(cfg, out_dir=out, resume=resume, only_stage=stage)
     if int(os.environ.get("RANK", "0")) == 0:
         for st in result.stages:
@@ -53,3 +60,14 @@ def train_command(
             val = ", ".join(f"{k} {v:.4f}" for k, v in sorted(st.val.items()))
             typer.echo(f"stage {st.name}: {state}, final loss {loss}{'; ' + val if val else ''}")
         typer.echo(f"final model: {result.final_dir}")
+
+
+def _train_pipeline(path: Path, overrides: list[str], out: Path | None, resume: bool, stage: str | None) -> None:
+    from psg4d.baseline.pipeline import load_pipeline_config, train_pipeline
+
+    result = train_pipeline(load_pipeline_config(path, overrides), out_dir=out, resume=resume, only_stage=stage)
+    for st in result.stages:
+        state = "already done" if st.skipped else f"{st.steps} {'videos' if st.name == 'track' else 'steps'} in {st.wall_s:.0f} s"
+        loss = f", final loss {st.final_loss:.4f}" if st.final_loss is not None else ""
+        typer.echo(f"stage {st.name}: {state}{loss}")
+    typer.echo(f"final pipeline: {result.final_dir}" if result.final_dir else "pipeline not complete yet")

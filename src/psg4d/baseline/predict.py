@@ -1,0 +1,133 @@
+"""The pipeline at inference: video -> per-frame segments -> tubes -> ranked relations -> ``SceneGraph4D``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from psg4d.baseline.checkpoint import load_modules, read_config
+from psg4d.baseline.config import PipelineConfig
+from psg4d.baseline.relation import RelationModel
+from psg4d.baseline.segmenter import QuerySegmenter
+from psg4d.baseline.tracker import Tracker
+from psg4d.baseline.types import FrameDetections, TrackedTubes
+from psg4d.config import from_dict
+from psg4d.data.schema import MaskTube, ObjectTrack, Relation, SceneGraph4D, Video4D
+from psg4d.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+PIPELINE_KIND = "pipeline"
+
+
+def is_pipeline_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` holds a pipeline checkpoint (its config says ``kind: pipeline``)."""
+    try:
+        return read_config(path).get("kind") == PIPELINE_KIND
+    except CheckpointError:
+        return False
+
+
+def pipeline_config_from(path: str | Path) -> PipelineConfig:
+    data = read_config(path)
+    if data.get("kind") != PIPELINE_KIND:
+        raise CheckpointError(f"{path}: not a pipeline checkpoint (config kind {data.get('kind')!r})")
+    return from_dict(PipelineConfig, data, where="", source=Path(path) / "config.json")
+
+
+class PipelinePredictor:
+    """Segmenter + tracker + relation model. ``relation`` may be ``None`` (the track stage, before
+    the relation model exists: :meth:`tubes` only)."""
+
+    def __init__(self, *, config: PipelineConfig, segmenter: QuerySegmenter, tracker: Tracker,
+                 relation: RelationModel | None, chunk: int = 16):
+        self.config = config
+        self.segmenter = segmenter.eval()
+        self.tracker = tracker
+        self.relation = relation.eval() if relation is not None else None
+        self.chunk = chunk
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "PipelinePredictor":
+        cfg = pipeline_config_from(path)
+        seg, rel = QuerySegmenter(config=cfg.segmenter), RelationModel(config=cfg.relation)
+        load_modules(path, {"segmenter": seg, "relation": rel})
+        return cls(config=cfg, segmenter=seg, tracker=Tracker(config=cfg.tracker), relation=rel)
+
+    @torch.no_grad()
+    def segment(self, video: Video4D) -> list[FrameDetections]:
+        """Per-frame panoptic segments at the segmenter's ``image_size``, ``chunk`` frames a pass."""
+        dets: list[FrameDetections] = []
+        for start in range(0, video.num_frames, self.chunk):
+            frames = list(range(start, min(start + self.chunk, video.num_frames)))
+            rgb, depth = self.segmenter.preprocess(video, frames)
+            dets += self.segmenter.detect(self.segmenter(rgb, depth if self.config.segmenter.use_depth else None))
+        return dets
+
+    def tubes(self, video: Video4D) -> TrackedTubes:
+        """The video's tubes at ``image_size`` (what the track stage caches)."""
+        depth = None
+        if self.config.segmenter.use_depth and video.depth is not None:
+            size = self.config.segmenter.image_size
+            depth = F.interpolate(torch.from_numpy(np.nan_to_num(video.depth, nan=0.0, posinf=0.0))[:, None],
+                                  size=(size, size), mode="nearest")[:, 0].numpy()  # [T, S, S]
+        return self.tracker.track(self.segment(video), depth)
+
+    @torch.no_grad()
+    def predict(self, video: Video4D) -> SceneGraph4D:
+        if self.relation is None:
+            raise CheckpointError("this pipeline has no relation model yet (train its relation stage)")
+        tubes = self.tubes(video)
+        triplets = self._relations(tubes) if len(tubes) else []
+        names = self.config.segmenter.class_names
+        stuff = set(self.config.segmenter.stuff_names)
+        masks = _resize_tubes(tubes.masks, video.height, video.width)  # [N, T, H, W]
+        objects = []
+        for i in range(len(tubes)):
+            cat = names[int(tubes.labels[i])]
+            frame_cats = [names[int(c)] if c >= 0 else None for c in tubes.frame_labels[i]]
+            objects.append(ObjectTrack(object_id=i + 1, category=cat, is_thing=cat not in stuff,
+                                       tube=MaskTube.from_dense(masks[i], present=tubes.valid[i]),
+                                       frame_categories=frame_cats, score=round(float(tubes.scores[i]), 4)))
+        relations = [Relation(s + 1, o + 1, pred, [(int(a), int(b)) for a, b in spans], score=float(score))
+                     for s, o, pred, score, spans in triplets]
+        return SceneGraph4D(video_id=video.video_id, num_frames=video.num_frames, height=video.height,
+                            width=video.width, objects=objects, relations=relations,
+                            predicate_vocab=list(self.config.relation.predicate_names),
+                            meta={"model": "pipeline", "tubes": len(tubes),
+                                  "use_depth": self.config.segmenter.use_depth,
+                                  "use_temporal": self.config.relation.use_temporal})
+
+
+    def _relations(self, tubes: TrackedTubes) -> list:
+        """The relation model's triplets; a video longer than its learned temporal positions is
+        read at ``max_frames`` evenly spaced frames, and each span mapped back to the video's frames."""
+        limit = self.config.relation.max_frames
+        if tubes.num_frames <= limit:
+            return self.relation.predict(tubes)
+        keep = np.unique(np.linspace(0, tubes.num_frames - 1, limit).round().astype(int))  # [T']
+        sub = TrackedTubes(masks=tubes.masks[:, keep], valid=tubes.valid[:, keep], feats=tubes.feats[:, keep],
+                           geometry=tubes.geometry[:, keep], class_probs=tubes.class_probs, labels=tubes.labels,
+                           frame_labels=tubes.frame_labels[:, keep], scores=tubes.scores)
+        out = []
+        for s, o, pred, score, spans in self.relation.predict(sub):
+            # a span between two kept frames holds until just before the next kept frame after it
+            full = [(int(keep[a]), int(keep[b + 1] - 1) if b + 1 < len(keep) else tubes.num_frames - 1)
+                    for a, b in spans]
+            out.append((s, o, pred, score, full))
+        return out
+
+
+def _resize_tubes(masks: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``[N, T, S, S]`` bool -> ``[N, T, H, W]`` (bilinear on the binary mask, then 0.5: smoother
+    outlines than nearest when a real video is larger than the segmenter's input)."""
+    if masks.shape[-2:] == (height, width) or masks.shape[0] == 0:
+        return masks if masks.shape[0] else np.zeros((0, masks.shape[1], height, width), bool)
+    n, t = masks.shape[:2]
+    x = torch.from_numpy(masks.reshape(n * t, 1, *masks.shape[-2:]).astype(np.float32))
+    return (F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)[:, 0] > 0.5).numpy() \
+        .reshape(n, t, height, width)

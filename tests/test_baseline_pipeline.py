@@ -1,0 +1,208 @@
+"""The pipeline baseline end to end: `psg4d train` on a `kind: pipeline` config, its cached stages,
+resume, the assembled checkpoint that `psg4d eval --ckpt` scores, and config errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from psg4d.baseline.checkpoint import read_config
+from psg4d.baseline.config import PipelineConfig
+from psg4d.baseline.pipeline import load_pipeline_config, train_pipeline
+from psg4d.baseline.predict import PipelinePredictor, is_pipeline_checkpoint
+from psg4d.baseline.types import TrackedTubes
+from psg4d.cli import main
+from psg4d.data.readers import open_dataset
+from psg4d.data.synth.generate import SynthConfig, generate
+from psg4d.train.commands import PRESET_DIR
+
+PRESET = PRESET_DIR / "pipeline_hoi_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline_world")
+    generate(SynthConfig(preset="hoi", videos=8, images=0, frames=4, size=32, seed=3, workers=1), root)
+    return root
+
+
+def _overrides(world, **extra) -> list[str]:
+    sets = {"data.root": str(world), "segmenter.image_size": 32, "segmenter.widths": "[8, 16, 16]",
+            "segmenter.hidden": 16, "segmenter.ffn": 32, "segmenter.num_queries": 8, "relation.hidden": 16,
+            "segment_train.steps": 30, "segment_train.batch_size": 4, "segment_train.save_every": 20,
+            "segment_train.lr": 3e-3, "segment_train.warmup_steps": 10,
+            "relation_train.steps": 3, "relation_train.batch_size": 2, "relation_train.save_every": 2}
+    sets.update(extra)
+    return [f"{k}={v}" for k, v in sets.items()]
+
+
+@pytest.fixture(scope="module")
+def trained(world, tmp_path_factory):
+    """A pipeline trained through `psg4d train` (the segmenter long enough to separate objects:
+    about 120 steps here) -> (run folder, what the command printed)."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("pipeline_run") / "run"
+    argv = ["train", "--config", "pipeline_hoi_tiny", "--out", str(out)]
+    for s in _overrides(world, **{"segment_train.steps": 120}):
+        argv += ["--set", s]
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(argv) == 0
+    first = buf.getvalue()
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(argv) == 0
+    return out, first, buf.getvalue()
+
+
+def test_train_cli_runs_every_stage_and_eval_scores_the_checkpoint(world, trained, tmp_path):
+    out, first, rerun = trained
+    assert "stage segment: 120 steps" in first and "stage relation: 3 steps" in first and "final pipeline:" in first
+    # each stage on disk: the segmenter, one tube file per training video, the relation model
+    reader = open_dataset(world / "4d")
+    train_ids = reader.video_ids("train")
+    assert sorted(p.stem for p in (out / "track" / "train").glob("*.npz")) == sorted(train_ids)
+    tubes = TrackedTubes.load(out / "track" / "train" / f"{train_ids[0]}.npz")
+    assert tubes.masks.shape[1:] == (4, 32, 32) and tubes.valid.shape == tubes.masks.shape[:2]
+    assert sum(len(TrackedTubes.load(p)) >= 2 for p in (out / "track" / "train").glob("*.npz")) >= 3
+    final = out / "final"
+    assert is_pipeline_checkpoint(final) and not is_pipeline_checkpoint(out / "segment" / "final")
+    cfg = read_config(final)
+    assert cfg["segmenter"]["class_names"] == list(reader.object_vocab)
+    assert cfg["relation"]["predicate_names"] == list(reader.predicate_vocab)
+    assert "floor" in cfg["segmenter"]["stuff_names"] and "mug" not in cfg["segmenter"]["stuff_names"]
+    # a rerun keeps every finished stage
+    assert "stage segment: already done" in rerun and "stage relation: already done" in rerun
+    # the checkpoint predicts valid scene graphs that psg4d eval scores, with segmentation quality
+    assert main(["eval", "--ckpt", str(final), "--data", str(world / "4d"), "--split", "test",
+                 "--out", str(tmp_path / "m.json")]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert "R@50" in metrics and metrics["segmentation"]["tube"]["num_gt_objects"] > 0
+
+
+def test_prediction_is_a_valid_scene_graph_at_the_video_size(world, trained):
+    predictor = PipelinePredictor.from_pretrained(trained[0] / "final")
+    reader = open_dataset(world / "4d")
+    video = reader.read_video(reader.video_ids("test")[0])
+    graph = predictor.predict(video)
+    graph.validate(require_tubes=True)
+    assert (graph.num_frames, graph.height, graph.width) == (video.num_frames, video.height, video.width)
+    assert len(graph.objects) >= 2 and graph.relations
+    ids = {o.object_id for o in graph.objects}
+    scores = [r.score for r in graph.relations]
+    assert scores == sorted(scores, reverse=True)
+    for r in graph.relations:
+        assert r.subject_id in ids and r.object_id in ids and r.subject_id != r.object_id
+        assert r.predicate in reader.predicate_vocab
+        assert all(0 <= a <= b < video.num_frames for a, b in r.spans)
+    for o in graph.objects:
+        assert o.category in reader.object_vocab
+        assert o.tube.num_frames == video.num_frames
+    # a larger video: tubes come back at its own size
+    big = replace(video, rgb=np.repeat(np.repeat(video.rgb, 2, axis=1), 2, axis=2),
+                  depth=np.repeat(np.repeat(video.depth, 2, axis=1), 2, axis=2))
+    graph = predictor.predict(big)
+    graph.validate(require_tubes=True)
+    assert (graph.height, graph.width) == (64, 64)
+
+
+def test_an_interrupted_stage_resumes_from_its_last_save(world, tmp_path, caplog):
+    out = tmp_path / "run"
+    cfg = load_pipeline_config(PRESET, _overrides(world))
+    train_pipeline(cfg, out_dir=out, only_stage="segment")
+    first = load_file(str(out / "segment" / "final" / "model.safetensors"))
+    # as if the run had stopped after step 20's save: the final model is not there yet
+    import shutil
+
+    shutil.rmtree(out / "segment" / "final")
+    with caplog.at_level(logging.INFO, logger="psg4d.baseline.pipeline"):
+        result = train_pipeline(cfg, out_dir=out, only_stage="segment")
+    assert "segmenter: resuming at step 20" in caplog.text
+    assert result.stages[0].steps == 30 and not result.stages[0].skipped
+    # the resumed run ends where the uninterrupted one did (same data order, RNG and optimizer state;
+    # up to float rounding: the thread count, and so the order of sums, may differ between runs)
+    again = load_file(str(out / "segment" / "final" / "model.safetensors"))
+    assert again.keys() == first.keys()
+    for k in first:
+        assert torch.allclose(again[k].float(), first[k].float(), rtol=1e-3, atol=1e-5), k
+
+
+def test_the_relation_ablation_reuses_the_segmenter_and_its_tubes(world, trained, tmp_path):
+    base = trained[0]
+    cfg = load_pipeline_config(PRESET, _overrides(world) + [f"reuse={base}", "relation.use_temporal=false"])
+    result = train_pipeline(cfg, out_dir=tmp_path / "no_temporal")
+    assert [s.skipped for s in result.stages] == [True, True, False]
+    assert not (tmp_path / "no_temporal" / "segment").exists() and not (tmp_path / "no_temporal" / "track").exists()
+    final = read_config(result.final_dir)
+    assert final["relation"]["use_temporal"] is False
+    assert final["segmenter"] == read_config(base / "final")["segmenter"]
+
+
+def test_a_run_folder_refuses_other_settings(world, tmp_path):
+    out = tmp_path / "run"
+    train_pipeline(load_pipeline_config(PRESET, _overrides(world)), out_dir=out, only_stage="segment")
+    other = load_pipeline_config(PRESET, _overrides(world, **{"segmenter.num_queries": 6}))
+    with pytest.raises(Exception, match="other settings"):
+        train_pipeline(other, out_dir=out)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("segmenter.image_size=30", "segmenter.image_size must be a multiple of 8"),
+    ("segment_train.lr=2", "segment_train.lr must be in"),
+    ("segmenter.num_querys=3", "num_querys"),
+])
+def test_bad_pipeline_settings_are_one_line(world, tmp_path, capsys, bad, message):
+    argv = ["train", "--config", "pipeline_hoi_tiny", "--out", str(tmp_path / "r"), "--set", f"data.root={world}",
+            "--set", bad]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_default_config_is_the_preset():
+    cfg = load_pipeline_config(PRESET)
+    assert isinstance(cfg, PipelineConfig) and cfg.kind == "pipeline" and cfg.segmenter.use_depth
+    assert cfg.relation.use_temporal and cfg.segment_train.steps > 0
+    assert np.isclose(cfg.relation_train.lr, 5e-4)
+
+
+def test_a_video_longer_than_the_relation_model_reads_is_sampled(world, trained):
+    predictor = PipelinePredictor.from_pretrained(trained[0] / "final")
+    predictor.config.relation.max_frames = 3  # the video has 4 frames
+    reader = open_dataset(world / "4d")
+    video = reader.read_video(reader.video_ids("test")[0])
+    graph = predictor.predict(video)
+    graph.validate(require_tubes=True)
+    assert graph.relations and all(0 <= a <= b < video.num_frames for r in graph.relations for a, b in r.spans)
+
+
+def test_predict_command_names_a_pipeline_checkpoint(trained, tmp_path, capsys):
+    from PIL import Image
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(frames / f"{i:04d}.png")
+    assert main(["predict", "--ckpt", str(trained[0] / "final"), "--rgb", str(frames),
+                 "--out", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pipeline-baseline checkpoint" in err and "psg4d eval --ckpt" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_without_two_tubes_anywhere_the_relation_stage_says_so(world, tmp_path, caplog):
+    # one query: at most one segment per frame, so no video has a pair of tubes to relate
+    cfg = load_pipeline_config(PRESET, _overrides(world, **{"segmenter.num_queries": 1, "segment_train.steps": 2}))
+    with caplog.at_level(logging.WARNING, logger="psg4d.baseline.pipeline"):
+        result = train_pipeline(cfg, out_dir=tmp_path / "run")
+    assert "relation model stays untrained" in caplog.text
+    assert result.stages[-1].extra == {"untrained": True} and result.stages[-1].steps == 0
+    assert json.loads((tmp_path / "run" / "relation" / "final" / "trainer.json").read_text())["untrained"] is True
