@@ -140,6 +140,7 @@ def test_compare_experiment_quick(tmp_path):
             r["metrics"]["pvsg"])
         assert {"mean_tube_viou", "panoptic_quality", "train_wall_s", "predict_s_per_video"} <= set(r)
         assert r["mean_tube_viou"] is None or 0.0 <= r["mean_tube_viou"] <= 1.0
+        assert (run / "predictions" / f"{r['preset']}_{r['method']}.jsonl").is_file()
         assert r["train_wall_s"] > 0 and r["predict_s_per_video"] > 0 and r["test_videos"] == 3
     # the ablations are what they say: no depth backbone; the pipeline's segmenter, no temporal transformer
     from psg4d.baseline.checkpoint import read_config

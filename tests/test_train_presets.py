@@ -16,8 +16,11 @@ PRESETS = {"hoi_tiny": "tiny", "hoi_lite0": "tiny", "hoi_smollm2": "smollm2-135m
 TRANSFER_STAGES = ["4d_init", "estimator_fit", "pseudo4d_init", "transfer_2d", "finetune_4d"]
 
 
+PIPELINE_PRESETS = {"pipeline_hoi_tiny"}  # `kind: pipeline`: tests/test_baseline_pipeline.py
+
+
 def test_shipped_presets_are_the_expected_set():
-    assert sorted(p.stem for p in PRESET_DIR.glob("*.yaml")) == sorted(PRESETS)
+    assert sorted(p.stem for p in PRESET_DIR.glob("*.yaml")) == sorted([*PRESETS, *PIPELINE_PRESETS])
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -101,7 +104,8 @@ def test_cli_reports_missing_weights_as_an_error_line(capsys):
 
 def test_cli_unknown_config_lists_presets(capsys):
     assert main(["train", "--config", "nope.yaml"]) == 2
-    assert ("shipped presets: ['gta_full', 'hoi_chain', 'hoi_full', 'hoi_lite0', 'hoi_smollm2', 'hoi_tiny', 'hoi_transfer']"
+    assert ("shipped presets: ['gta_full', 'hoi_chain', 'hoi_full', 'hoi_lite0', 'hoi_smollm2', 'hoi_tiny', 'hoi_transfer',"
+            " 'pipeline_hoi_tiny']"
             in capsys.readouterr().err)
 
 

@@ -28,7 +28,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -158,9 +158,10 @@ def _pipeline_arms(cfg: CompareExperimentConfig, preset: str, world: Path) -> di
 
 
 # ------------------------------------------------------------------------ scoring
-def _score(ckpt: Path, world: Path, cfg: CompareExperimentConfig, method: str) -> dict[str, Any]:
+def _score(ckpt: Path, world: Path, cfg: CompareExperimentConfig, preset: str, method: str) -> dict[str, Any]:
     from psg4d.baseline.predict import PipelinePredictor
     from psg4d.data.readers import open_dataset
+    from psg4d.data.schema import save_scene_graphs
     from psg4d.eval import evaluate
     from psg4d.eval.segmentation import SegmentationQuality
     from psg4d.infer.predictor import Predictor, PredictorConfig
@@ -174,7 +175,9 @@ def _score(ckpt: Path, world: Path, cfg: CompareExperimentConfig, method: str) -
         predictor = Predictor(model=PSG4DModel.from_pretrained(ckpt),
                               config=PredictorConfig(max_new_tokens=48 if cfg.quick else None))
     preds, gts = [], []
-    seg = SegmentationQuality()
+    # every GT object, and only those in a GT relation: the 4D-LLM writes (and so segments) only the
+    # objects of its triplets, the pipeline every segment it finds
+    seg, seg_related = SegmentationQuality(), SegmentationQuality()
     seconds = 0.0
     for vid in ids:
         video, gt = reader.read_video(vid), reader.read_graph(vid)
@@ -182,6 +185,8 @@ def _score(ckpt: Path, world: Path, cfg: CompareExperimentConfig, method: str) -
         pred = predictor.predict(video)
         seconds += time.perf_counter() - t0
         seg.update(pred, gt)
+        related = {i for r in gt.relations for i in (r.subject_id, r.object_id)}
+        seg_related.update(pred, replace(gt, objects=[o for o in gt.objects if o.object_id in related]))
         preds.append(pred)
         gts.append(gt)
     by_id = {g.video_id: g for g in gts}
@@ -192,9 +197,15 @@ def _score(ckpt: Path, world: Path, cfg: CompareExperimentConfig, method: str) -
                              if isinstance(v, (int, float)) and k.startswith(("R@", "mR@"))}
     quality = seg.compute()
     tq, pqr = quality["tube"], quality["panoptic"]
+    tq_related = seg_related.compute()["tube"]
+    # kept beside the runs: `psg4d eval --pred` scores them again, `psg4d viz` shows them
+    (cfg.run_dir / "predictions").mkdir(parents=True, exist_ok=True)
+    save_scene_graphs(cfg.run_dir / "predictions" / f"{preset}_{method}.jsonl", preds)
     return {"metrics": metrics,
             "mean_tube_viou": None if tq["mean_tube_viou"] is None else round(float(tq["mean_tube_viou"]), 4),
             "tube_recall@0.5": tq.get("recall@0.5"), "tube_class_recall@0.5": tq.get("class_recall@0.5"),
+            "mean_tube_viou_related_objects": None if tq_related["mean_tube_viou"] is None
+            else round(float(tq_related["mean_tube_viou"]), 4),
             "panoptic_quality": {k: (None if pqr.get(k) is None else round(float(pqr[k]), 2))
                                  for k in ("PQ", "SQ", "RQ", "PQ_things", "PQ_stuff")},
             "predict_s_per_video": round(seconds / max(len(ids), 1), 3), "test_videos": len(ids),
@@ -210,7 +221,7 @@ def run(cfg: CompareExperimentConfig) -> list[dict[str, Any]]:
         arms = {**_pipeline_arms(cfg, preset, world), **_llm_arms(cfg, preset, world)}
         for method in [m for m in METHODS if m in arms]:
             ckpt, wall = arms[method]
-            scored = _score(ckpt, world, cfg, method)
+            scored = _score(ckpt, world, cfg, preset, method)
             records.append({"method": method, "preset": preset, **scored, "train_wall_s": round(wall, 1),
                             "train_videos": cfg.videos, "checkpoint": str(ckpt)})
             log.info("%s %s: pvsg R@50 %.2f, volumetric R@50 %.2f, mean tube vIoU %s, PQ %s, train %.0f s, "
