@@ -81,6 +81,10 @@ def test_train_cli_runs_every_stage_and_eval_scores_the_checkpoint(world, traine
     assert "floor" in cfg["segmenter"]["stuff_names"] and "mug" not in cfg["segmenter"]["stuff_names"]
     # a rerun keeps every finished stage
     assert "stage segment: already done" in rerun and "stage relation: already done" in rerun
+    # ... and stages.json still holds the reports of the run that did each stage's work
+    stages = {r["name"]: r for r in json.loads((out / "stages.json").read_text())}
+    assert not any(r["skipped"] for r in stages.values())
+    assert stages["segment"]["steps"] == 120 and stages["track"]["steps"] == len(train_ids)
     # the checkpoint predicts valid scene graphs that psg4d eval scores, with segmentation quality
     assert main(["eval", "--ckpt", str(final), "--data", str(world / "4d"), "--split", "test",
                  "--out", str(tmp_path / "m.json")]) == 0
@@ -206,3 +210,14 @@ def test_without_two_tubes_anywhere_the_relation_stage_says_so(world, tmp_path, 
     assert "relation model stays untrained" in caplog.text
     assert result.stages[-1].extra == {"untrained": True} and result.stages[-1].steps == 0
     assert json.loads((tmp_path / "run" / "relation" / "final" / "trainer.json").read_text())["untrained"] is True
+
+
+@pytest.mark.parametrize("stage, message", [("track", "run the segment stage first"),
+                                            ("relation", "run the track stage first")])
+def test_a_stage_run_alone_before_its_input_says_which_to_run(world, tmp_path, capsys, stage, message):
+    argv = ["train", "--config", "pipeline_hoi_tiny", "--out", str(tmp_path / "r"), "--stage", stage]
+    for s in _overrides(world):
+        argv += ["--set", s]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1

@@ -236,6 +236,9 @@ def _segment_stage(cfg: PipelineConfig, out: Path, *, resume: bool) -> StageRepo
 # ------------------------------------------------------------------------ stage 2: tubes
 def _track_stage(cfg: PipelineConfig, out: Path) -> StageReport:
     stage_dir = out / "track"
+    if not (out / "segment" / "final").is_dir():
+        raise ConfigError(f"{out / 'segment'}: the segmenter is not trained yet; run the segment stage first "
+                          "(--stage segment)")
     seg = QuerySegmenter(config=cfg.segmenter)
     load_modules(out / "segment" / "final", {"segmenter": seg})
     predictor = PipelinePredictor(config=cfg, segmenter=seg, tracker=Tracker(config=cfg.tracker), relation=None)
@@ -283,8 +286,13 @@ def _relation_stage(cfg: PipelineConfig, out: Path, tubes_from: Path, *, resume:
     rel_cfg = cfg.relation
     model = RelationModel(config=rel_cfg)
     reader = open_dataset(cfg.data.root / cfg.data.path)
+    ids = train_ids(reader, cfg)
+    missing = [v for v in ids if not (tubes_from / "track" / cfg.data.train_split / f"{_safe(v)}.npz").is_file()]
+    if missing:
+        raise ConfigError(f"{tubes_from / 'track' / cfg.data.train_split}: no tubes of {len(missing)} training videos "
+                          f"(e.g. {missing[0]}); run the track stage first (--stage track)")
     items, matched, gold_objects, gold_rel, kept_rel = [], 0, 0, 0, 0
-    for vid in tqdm(train_ids(reader, cfg), desc="relation: targets", unit="video", leave=False):
+    for vid in tqdm(ids, desc="relation: targets", unit="video", leave=False):
         tubes, gold = cached_tubes(tubes_from, cfg.data.train_split, vid), reader.read_graph(vid)
         match = match_tubes_to_gold(tubes, gold, cfg.segmenter.class_names, match_iou=rel_cfg.match_iou,
                                     min_matched_frames=rel_cfg.min_matched_frames)
@@ -360,8 +368,19 @@ def train_pipeline(cfg: PipelineConfig, *, out_dir: Path | None = None, resume: 
     final = None
     if (seg_from / "segment" / "final").is_dir() and (out / "relation" / "final").is_dir():
         final = _assemble(cfg, out, seg_from)
-    atomic_write_json(out / "stages.json", [r.__dict__ for r in reports], indent=1)
+    _record(out / "stages.json", reports)
     return PipelineResult(stages=reports, final_dir=final)
+
+
+def _record(path: Path, reports: list[StageReport]) -> None:
+    """``stages.json``: each stage's report from the run that did its work (a stage skipped now keeps
+    the earlier run's report, so its time is not lost)."""
+    before = {r["name"]: r for r in json.loads(path.read_text())} if path.is_file() else {}
+    now = {r.name: dict(r.__dict__) for r in reports}
+    for name, rep in now.items():
+        if rep["skipped"] and name in before and not before[name]["skipped"]:
+            now[name] = before[name]
+    atomic_write_json(path, [now.get(n) or before[n] for n in PIPELINE_STAGES if n in now or n in before], indent=1)
 
 
 def _from_reused(cfg: PipelineConfig) -> PipelineConfig:
