@@ -81,6 +81,10 @@ def test_train_cli_runs_every_stage_and_eval_scores_the_checkpoint(world, traine
     assert "floor" in cfg["segmenter"]["stuff_names"] and "mug" not in cfg["segmenter"]["stuff_names"]
     # a rerun keeps every finished stage
     assert "stage segment: already done" in rerun and "stage relation: already done" in rerun
+    # the finished pipeline was scored on the validation videos
+    val = json.loads((out / "val.json").read_text())
+    assert val["split"] == "val" and val["videos"] == len(reader.video_ids("val")) and "R@50" in val["pvsg"]
+    assert 0.0 <= val["segmentation"]["tube"]["mean_tube_viou"] <= 1.0
     # ... and stages.json still holds the reports of the run that did each stage's work
     stages = {r["name"]: r for r in json.loads((out / "stages.json").read_text())}
     assert not any(r["skipped"] for r in stages.values())

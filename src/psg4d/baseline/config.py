@@ -93,6 +93,7 @@ class PipelineDataConfig:
     train_split: str = "train"
     max_videos: int | None = None  # the first N videos of the training split (None: all)
     val_split: str = "val"
+    val_videos: int = 16  # the finished pipeline is scored on the first N (0: not validated); OUT/val.json
     cache_splits: list[str] = field(default_factory=lambda: ["train", "val"])  # tubes the track stage writes
 
 

@@ -368,8 +368,38 @@ def train_pipeline(cfg: PipelineConfig, *, out_dir: Path | None = None, resume: 
     final = None
     if (seg_from / "segment" / "final").is_dir() and (out / "relation" / "final").is_dir():
         final = _assemble(cfg, out, seg_from)
+        if cfg.data.val_videos > 0 and cfg.data.val_split and not (out / "val.json").is_file():
+            _validate(cfg, out, final)
     _record(out / "stages.json", reports)
     return PipelineResult(stages=reports, final_dir=final)
+
+
+def _validate(cfg: PipelineConfig, out: Path, final: Path) -> dict[str, Any]:
+    """Score the finished pipeline on the first ``val_videos`` validation videos (pvsg R@K and the
+    segmentation quality): ``OUT/val.json``, and the log."""
+    from psg4d.eval import SegmentationQuality, evaluate
+
+    reader = open_dataset(cfg.data.root / cfg.data.path)
+    if cfg.data.val_split not in reader.splits:
+        log.warning("validation: %s has no split %r; not validated", cfg.data.root / cfg.data.path, cfg.data.val_split)
+        return {}
+    predictor = PipelinePredictor.from_pretrained(final)
+    preds, gts, seg = [], [], SegmentationQuality()
+    for vid in tqdm(reader.video_ids(cfg.data.val_split)[: cfg.data.val_videos], desc="validate", unit="video",
+                    leave=False):
+        pred, gt = predictor.predict(reader.read_video(vid)), reader.read_graph(vid)
+        seg.update(pred, gt)
+        preds.append(pred)
+        gts.append(gt)
+    recall = evaluate(preds, {g.video_id: g for g in gts}, protocol="pvsg")
+    result = {"split": cfg.data.val_split, "videos": len(gts),
+              "pvsg": {k: round(float(v), 2) for k, v in recall.items() if k in ("R@20", "R@50", "R@100", "mR@50")},
+              "segmentation": seg.compute() if seg.scored else None}
+    tube = (result["segmentation"] or {}).get("tube", {}).get("mean_tube_viou")
+    log.info("validation (%d %s videos): pvsg R@50 %.2f, mean tube vIoU %s", len(gts), cfg.data.val_split,
+             result["pvsg"].get("R@50", float("nan")), "n/a" if tube is None else f"{tube:.3f}")
+    atomic_write_json(out / "val.json", result, indent=1)
+    return result
 
 
 def _record(path: Path, reports: list[StageReport]) -> None:
@@ -410,8 +440,11 @@ def _check_same_config(out: Path, cfg: PipelineConfig) -> None:
     now = json.loads(json.dumps(to_dict(cfg)))
     if file.is_file():
         before = json.loads(file.read_text())
-        keys = ("data", "segmenter", "tracker", "relation", "segment_train", "relation_train", "reuse")
+        keys = ("segmenter", "tracker", "relation", "segment_train", "relation_train", "reuse")
+        # where validation reads does not change what trained
+        data_keys = [k for k in now["data"] if k not in ("val_split", "val_videos")]
         diff = [k for k in keys if before.get(k) != now.get(k)]
+        diff += [f"data.{k}" for k in data_keys if before.get("data", {}).get(k) != now["data"].get(k)]
         if diff:
             raise ConfigError(f"{out}: holds a pipeline run with other settings ({', '.join(diff)}); "
                               "give another --out")
