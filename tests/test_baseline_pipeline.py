@@ -192,18 +192,38 @@ def test_a_video_longer_than_the_relation_model_reads_is_sampled(world, trained)
     assert graph.relations and all(0 <= a <= b < video.num_frames for r in graph.relations for a, b in r.spans)
 
 
-def test_predict_command_names_a_pipeline_checkpoint(trained, tmp_path, capsys):
+def test_predict_command_runs_a_pipeline_checkpoint_on_a_video(world, trained, tmp_path, capsys):
     from PIL import Image
 
-    frames = tmp_path / "frames"
+    from psg4d.data.schema import SceneGraph4D
+
+    reader = open_dataset(world / "4d")
+    video = reader.read_video(reader.video_ids("test")[0])
+    frames, depth = tmp_path / "frames", tmp_path / "depth"
     frames.mkdir()
-    for i in range(3):
-        Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(frames / f"{i:04d}.png")
-    assert main(["predict", "--ckpt", str(trained[0] / "final"), "--rgb", str(frames),
-                 "--out", str(tmp_path / "p.json")]) == 2
+    depth.mkdir()
+    for i in range(video.num_frames):
+        Image.fromarray(video.rgb[i]).save(frames / f"{i:04d}.png")
+        np.save(depth / f"{i:04d}.npy", video.depth[i])
+    final = str(trained[0] / "final")
+    out = tmp_path / "p.json"
+    assert main(["predict", "--ckpt", final, "--rgb", str(frames), "--depth", str(depth), "--out", str(out),
+                 "--report"]) == 0
+    graph = SceneGraph4D.load(out)
+    graph.validate(require_tubes=True)
+    assert (graph.num_frames, graph.height, graph.width) == (video.num_frames, video.height, video.width)
+    assert graph.meta["model"] == "pipeline" and graph.meta["frame_indices"] == list(range(video.num_frames))
+    assert graph.objects and out.with_suffix(".html").is_file()
+    # the same video through the dataset path gives the same graph (the PNGs are lossless)
+    direct = PipelinePredictor.from_pretrained(final).predict(video)
+    assert [o.category for o in graph.objects] == [o.category for o in direct.objects]
+    # the 4D-LLM's options are refused in one line, before any work
+    capsys.readouterr()
+    assert main(["predict", "--ckpt", final, "--rgb", str(frames), "--out", str(tmp_path / "q.json"),
+                 "--mode", "chain"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "pipeline-baseline checkpoint" in err and "psg4d eval --ckpt" in err and len(err.splitlines()) == 1
-    assert not (tmp_path / "p.json").exists()
+    assert "--mode and --vocab are the 4D-LLM's" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "q.json").exists()
 
 
 def test_without_two_tubes_anywhere_the_relation_stage_says_so(world, tmp_path, caplog):

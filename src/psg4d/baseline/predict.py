@@ -78,14 +78,17 @@ class PipelinePredictor:
         return self.tracker.track(self.segment(video), depth)
 
     @torch.no_grad()
-    def predict(self, video: Video4D) -> SceneGraph4D:
+    def predict(self, video: Video4D, *, mask_size: tuple[int, int] | None = None) -> SceneGraph4D:
+        """The video's scene graph: ranked relations, every tube at ``mask_size`` (default: the
+        video's frame size)."""
         if self.relation is None:
             raise CheckpointError("this pipeline has no relation model yet (train its relation stage)")
         tubes = self.tubes(video)
         triplets = self._relations(tubes) if len(tubes) else []
         names = self.config.segmenter.class_names
         stuff = set(self.config.segmenter.stuff_names)
-        masks = _resize_tubes(tubes.masks, video.height, video.width)  # [N, T, H, W]
+        height, width = mask_size or (video.height, video.width)
+        masks = _resize_tubes(tubes.masks, height, width)  # [N, T, H, W]
         objects = []
         for i in range(len(tubes)):
             cat = names[int(tubes.labels[i])]
@@ -95,8 +98,8 @@ class PipelinePredictor:
                                        frame_categories=frame_cats, score=round(float(tubes.scores[i]), 4)))
         relations = [Relation(s + 1, o + 1, pred, [(int(a), int(b)) for a, b in spans], score=float(score))
                      for s, o, pred, score, spans in triplets]
-        return SceneGraph4D(video_id=video.video_id, num_frames=video.num_frames, height=video.height,
-                            width=video.width, objects=objects, relations=relations,
+        return SceneGraph4D(video_id=video.video_id, num_frames=video.num_frames, height=height,
+                            width=width, objects=objects, relations=relations,
                             predicate_vocab=list(self.config.relation.predicate_names),
                             meta={"model": "pipeline", "tubes": len(tubes),
                                   "use_depth": self.config.segmenter.use_depth,

@@ -118,8 +118,13 @@ def predict_command(
     from psg4d.baseline.predict import is_pipeline_checkpoint
 
     if is_pipeline_checkpoint(ckpt):
-        raise ConfigError(f"{ckpt}: a pipeline-baseline checkpoint; `psg4d predict` runs the 4D-LLM. Predict a "
-                          "dataset split with `psg4d eval --ckpt CKPT --data DIR --split S --save-pred P.jsonl`")
+        if batch:
+            raise ConfigError(f"{ckpt}: a pipeline-baseline checkpoint; batch mode runs 4D-LLM checkpoints. Predict "
+                              "a dataset split with `psg4d eval --ckpt CKPT --data DIR --split S --save-pred P.jsonl`")
+        if mode != "auto" or vocabulary is not None:
+            raise ConfigError("--mode and --vocab are the 4D-LLM's; a pipeline-baseline checkpoint predicts one way")
+        _predict_pipeline(ckpt, rgb, out, opts, info, candidates=candidates, threads=threads, report=report)
+        return
     model = PSG4DModel.from_pretrained(ckpt)
     cfg = PredictorConfig(max_new_tokens=max_new_tokens, max_candidates=candidates, threads=threads,
                           mode=resolve_mode(mode, model.config), vocabulary=vocabulary)
@@ -159,6 +164,26 @@ def predict_command(
     if report:
         write_prediction_report(out, rgb, opts)
     log.info("%s: %d frames (%s), %d objects, %d ranked relations -> %s", res.video_id, res.num_frames, res.mode,
+             res.num_objects, res.num_relations, out)
+
+
+def _predict_pipeline(ckpt: Path, rgb: Path, out: Path, opts, info, *, candidates: int, threads: int | None,
+                      report: bool) -> None:
+    """``psg4d predict`` with a pipeline-baseline checkpoint: the whole video in one pass (the tracker
+    follows any length; the relation model reads long videos at evenly spaced frames)."""
+    from psg4d.baseline.predict import PipelinePredictor
+    from psg4d.infer.video_predict import plan_video, predict_video, write_prediction_report
+    from psg4d.utils.threads import AdaptiveThreads
+
+    AdaptiveThreads(threads)()
+    predictor = PipelinePredictor.from_pretrained(ckpt)
+    predictor.config.relation.top_k = min(predictor.config.relation.top_k, candidates)
+    # no streaming windows: "max_frames" is unbounded for the pipeline
+    plan = plan_video(rgb, 2**62, predictor.config.segmenter.image_size, opts, info=info)
+    res = predict_video(predictor, rgb, out, opts, plan=plan)
+    if report:
+        write_prediction_report(out, rgb, opts)
+    log.info("%s: %d frames (pipeline), %d objects, %d ranked relations -> %s", res.video_id, res.num_frames,
              res.num_objects, res.num_relations, out)
 
 

@@ -126,11 +126,15 @@ class VideoResult:
 
 def predict_video(predictor: Predictor, rgb: Path, out: Path, opts: ReadOptions, *,
                   plan: VideoPlan | None = None, progress: bool = True) -> VideoResult:
-    """Predict ``rgb`` (a video file or frame folder) into ``out`` (atomically) following its plan."""
+    """Predict ``rgb`` (a video file or frame folder) into ``out`` (atomically) following its plan.
+
+    ``predictor`` is the 4D-LLM's, or any object with ``predict(video, *, mask_size)`` given a plan
+    that does not stream (the pipeline baseline's)."""
     from psg4d.data.video_io import iter_frames, load_video
 
-    cfg = predictor.model.config
-    plan = plan or plan_video(rgb, cfg.max_frames, cfg.image_size, opts)
+    if plan is None:
+        cfg = predictor.model.config
+        plan = plan_video(rgb, cfg.max_frames, cfg.image_size, opts)
     meta = {"sampling": plan.sampling_meta(opts)}
     video_id = plan.info.path.stem
     log.info("%s: %d of %d source frames at %dx%d, %s", video_id, plan.num_frames, plan.info.num_frames,
