@@ -15,7 +15,7 @@ from typing import Iterable, Iterator, Optional
 import typer
 
 from psg4d.data.schema import SceneGraph4D, iter_scene_graphs, save_scene_graphs
-from psg4d.errors import ConfigError, DataError
+from psg4d.errors import ConfigError
 from psg4d.eval.automap import auto_map_predictions
 from psg4d.eval.labelmap import LabelMap
 from psg4d.eval.metric import PROTOCOLS, evaluate, summary_table
@@ -50,27 +50,6 @@ def _with_tubes(graphs: Iterable[SceneGraph4D], path: Path) -> Iterator[SceneGra
     for g in graphs:
         require_tubes(g, f"{path}: video {g.video_id!r}")
         yield g
-
-
-def _ground_truth_by_id(gts: Iterable[SceneGraph4D]) -> dict[str, SceneGraph4D]:
-    """GT graphs keyed by video id (``evaluate`` holds them all too; duplicates refused as it does)."""
-    truth: dict[str, SceneGraph4D] = {}
-    for g in gts:
-        if g.video_id in truth:
-            raise DataError(f"video {g.video_id!r}", "appears twice in the ground truth")
-        truth[g.video_id] = g
-    return truth
-
-
-def _scoring_segmentation(
-    preds: Iterable[SceneGraph4D], truth: dict[str, SceneGraph4D], seg: SegmentationQuality, seen: set[str]
-) -> Iterator[SceneGraph4D]:
-    """``preds``, updating ``seg`` on each as the recall metric streams them (one pass, nothing held)."""
-    for p in preds:
-        yield p
-        # after the yield: the recall metric has checked the video first (unknown, twice, shape)
-        seen.add(p.video_id)
-        seg.update(p, truth[p.video_id])
 
 
 def _label_map_file(value: str) -> LabelMap:
@@ -161,13 +140,9 @@ def eval_command(
     mapping = None
     if label_map == "auto":  # the predictions' free text onto the ground truth's vocabulary, as an explicit map
         preds, gts, lm, mapping = auto_map_predictions(preds, gts, vocab)
-    truth = _ground_truth_by_id(gts)
-    seg, seen = SegmentationQuality(label_map=lm), set()
-    result = evaluate(_scoring_segmentation(preds, truth, seg, seen), truth, protocol=protocol,
-                      graph_constraint=graph_constraint, label_map=lm, zero_shot=zs, **vocab)
-    for vid, g in truth.items():
-        if vid not in seen:  # no prediction: its GT objects are all misses
-            seg.update(None, g)
+    seg = SegmentationQuality(label_map=lm)
+    result = evaluate(preds, gts, protocol=protocol, graph_constraint=graph_constraint, label_map=lm,
+                      zero_shot=zs, also=[seg], **vocab)
     if seg.scored:
         result["segmentation"] = seg.compute()
     else:

@@ -367,7 +367,9 @@ def train_pipeline(cfg: PipelineConfig, *, out_dir: Path | None = None, resume: 
             reports.append(_relation_stage(cfg, out, seg_from, resume=resume))
     final = None
     if (seg_from / "segment" / "final").is_dir() and (out / "relation" / "final").is_dir():
-        final = _assemble(cfg, out, seg_from)
+        # written again only when a stage it holds was (re)trained now
+        rebuilt = not (out / "final").is_dir() or any(not r.skipped for r in reports if r.name != "track")
+        final = _assemble(cfg, out, seg_from) if rebuilt else out / "final"
         if cfg.data.val_videos > 0 and cfg.data.val_split and not (out / "val.json").is_file():
             _validate(cfg, out, final)
     _record(out / "stages.json", reports)
@@ -384,19 +386,16 @@ def _validate(cfg: PipelineConfig, out: Path, final: Path) -> dict[str, Any]:
         log.warning("validation: %s has no split %r; not validated", cfg.data.root / cfg.data.path, cfg.data.val_split)
         return {}
     predictor = PipelinePredictor.from_pretrained(final)
-    preds, gts, seg = [], [], SegmentationQuality()
-    for vid in tqdm(reader.video_ids(cfg.data.val_split)[: cfg.data.val_videos], desc="validate", unit="video",
-                    leave=False):
-        pred, gt = predictor.predict(reader.read_video(vid)), reader.read_graph(vid)
-        seg.update(pred, gt)
-        preds.append(pred)
-        gts.append(gt)
-    recall = evaluate(preds, {g.video_id: g for g in gts}, protocol="pvsg")
-    result = {"split": cfg.data.val_split, "videos": len(gts),
+    ids = reader.video_ids(cfg.data.val_split)[: cfg.data.val_videos]
+    seg = SegmentationQuality()
+    preds = (predictor.predict(reader.read_video(vid))
+             for vid in tqdm(ids, desc="validate", unit="video", leave=False))
+    recall = evaluate(preds, [reader.read_graph(vid) for vid in ids], protocol="pvsg", also=[seg])
+    result = {"split": cfg.data.val_split, "videos": len(ids),
               "pvsg": {k: round(float(v), 2) for k, v in recall.items() if k in ("R@20", "R@50", "R@100", "mR@50")},
               "segmentation": seg.compute() if seg.scored else None}
     tube = (result["segmentation"] or {}).get("tube", {}).get("mean_tube_viou")
-    log.info("validation (%d %s videos): pvsg R@50 %.2f, mean tube vIoU %s", len(gts), cfg.data.val_split,
+    log.info("validation (%d %s videos): pvsg R@50 %.2f, mean tube vIoU %s", len(ids), cfg.data.val_split,
              result["pvsg"].get("R@50", float("nan")), "n/a" if tube is None else f"{tube:.3f}")
     atomic_write_json(out / "val.json", result, indent=1)
     return result

@@ -59,23 +59,21 @@ class PipelinePredictor:
         return cls(config=cfg, segmenter=seg, tracker=Tracker(config=cfg.tracker), relation=rel)
 
     @torch.no_grad()
-    def segment(self, video: Video4D) -> list[FrameDetections]:
-        """Per-frame panoptic segments at the segmenter's ``image_size``, ``chunk`` frames a pass."""
+    def tubes(self, video: Video4D) -> TrackedTubes:
+        """The video's tubes at the segmenter's ``image_size`` (what the track stage caches): per-frame
+        segments, ``chunk`` frames a pass, linked by the tracker (with the same resized depth for the
+        tubes' geometry, when the segmenter uses depth)."""
+        use_depth = self.config.segmenter.use_depth
         dets: list[FrameDetections] = []
+        depths: list[torch.Tensor] = []
         for start in range(0, video.num_frames, self.chunk):
             frames = list(range(start, min(start + self.chunk, video.num_frames)))
-            rgb, depth = self.segmenter.preprocess(video, frames)
-            dets += self.segmenter.detect(self.segmenter(rgb, depth if self.config.segmenter.use_depth else None))
-        return dets
-
-    def tubes(self, video: Video4D) -> TrackedTubes:
-        """The video's tubes at ``image_size`` (what the track stage caches)."""
-        depth = None
-        if self.config.segmenter.use_depth and video.depth is not None:
-            size = self.config.segmenter.image_size
-            depth = F.interpolate(torch.from_numpy(np.nan_to_num(video.depth, nan=0.0, posinf=0.0))[:, None],
-                                  size=(size, size), mode="nearest")[:, 0].numpy()  # [T, S, S]
-        return self.tracker.track(self.segment(video), depth)
+            rgb, depth = self.segmenter.preprocess(video, frames)  # [t, 3, S, S], [t, 1, S, S] | None
+            depth = depth if use_depth else None
+            dets += self.segmenter.detect(self.segmenter(rgb, depth))
+            if depth is not None:
+                depths.append(depth[:, 0].cpu())
+        return self.tracker.track(dets, torch.cat(depths).numpy() if depths else None)
 
     @torch.no_grad()
     def predict(self, video: Video4D, *, mask_size: tuple[int, int] | None = None) -> SceneGraph4D:

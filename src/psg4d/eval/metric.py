@@ -400,6 +400,7 @@ def evaluate(
     *,
     protocol: str = "pvsg",
     ks: Sequence[int] = (20, 50, 100),
+    also: Sequence[Any] = (),
     **options: Any,
 ) -> dict[str, Any]:
     """Score predictions against ground truth in one call (see :class:`SceneGraphRecall` for ``options``,
@@ -408,6 +409,8 @@ def evaluate(
     Predictions are streamed; a prediction for a video not in the ground truth, or
     two predictions for one video, raise :class:`DataError`. GT videos without a
     prediction count as all misses and are listed in ``missing_predictions``.
+    ``also``: other metrics with ``update(pred | None, gt)`` (e.g.
+    :class:`~psg4d.eval.segmentation.SegmentationQuality`) fed in the same pass, after these checks.
     """
     if isinstance(gts, Mapping):
         truth = dict(gts)
@@ -427,9 +430,13 @@ def evaluate(
             raise DataError(f"prediction for video {vid!r}", "the video is predicted twice")
         seen.add(vid)
         metric.update(p, truth[vid])
+        for m in also:
+            m.update(p, truth[vid])
     for vid, g in truth.items():
         if vid not in seen:
             metric.update(None, g)
+            for m in also:
+                m.update(None, g)
     if metric.missing_predictions:
         log.warning("%d ground-truth videos have no prediction (scored as misses)", len(metric.missing_predictions))
     return metric.compute()

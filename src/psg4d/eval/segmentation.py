@@ -38,6 +38,7 @@ The state of each metric is a dict of plain Python numbers that adds across proc
 
 from __future__ import annotations
 
+import abc
 import logging
 from typing import Any, Callable, Mapping
 
@@ -113,7 +114,7 @@ def _frame_labels(o: ObjectTrack, num_frames: int, label: Callable[[str], str]) 
     return [label(fc[t] if t < len(fc) and fc[t] is not None else o.category) for t in range(num_frames)]
 
 
-class _SumState:
+class _SumState(abc.ABC):
     """A metric whose state is a flat or nested dict of numbers that adds across workers."""
 
     state: dict[str, Any]
@@ -132,8 +133,9 @@ class _SumState:
         self.reset()
         _add_into(self.state, state)
 
+    @abc.abstractmethod
     def reset(self) -> None:
-        raise NotImplementedError
+        """Empty the state (each metric knows its keys)."""
 
 
 def _add_into(into: dict[str, Any], other: Mapping[str, Any]) -> None:
