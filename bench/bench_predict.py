@@ -1,6 +1,6 @@
 """Prediction speed and memory: ``psg4d experiment predict`` (see psg4d.experiments.predict_speed).
 
-    python bench/bench_predict.py [--ckpt CKPT --data DIR] [--videos 20] [--quick] [--out bench/results]
+    python bench/bench_predict.py [--ckpt CKPT --data DIR] [--videos 20] [--quick] [--out runs/experiments/predict]
 """
 
 from __future__ import annotations

@@ -162,6 +162,23 @@ def test_a_run_folder_refuses_other_settings(world, tmp_path):
         train_pipeline(other, out_dir=out)
 
 
+def test_no_resume_retrains_a_finished_stage_and_keeps_the_earlier_one(world, tmp_path):
+    out = tmp_path / "run"
+    cfg = load_pipeline_config(PRESET, _overrides(world, **{"segment_train.steps": 4}))
+    train_pipeline(cfg, out_dir=out, only_stage="segment")
+    first = load_file(str(out / "segment" / "final" / "model.safetensors"))
+    again = train_pipeline(cfg, out_dir=out, only_stage="segment", resume=False)
+    assert not again.stages[0].skipped and again.stages[0].steps == 4
+    (aside,) = out.glob("segment.replaced-*")
+    kept = load_file(str(aside / "final" / "model.safetensors"))
+    assert all(torch.equal(first[k], kept[k]) for k in first) and (aside / "experiment.json").is_file()
+    # with no stage named, the whole run folder moves aside
+    from psg4d.utils.io import start_over
+
+    moved = start_over(out)
+    assert moved is not None and (moved / "segment" / "final").is_dir() and not out.exists()
+
+
 @pytest.mark.parametrize("bad, message", [
     ("segmenter.image_size=30", "segmenter.image_size must be a multiple of 8"),
     ("segment_train.lr=2", "segment_train.lr must be in"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 
@@ -10,6 +11,8 @@ from psg4d.cli import main
 from psg4d.data.synth import SynthConfig, generate
 from psg4d.model.psg4d_llm import PSG4DModel
 from test_model_psg4d import tiny_config
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_predict_experiment_quick(tmp_path, capsys):
@@ -37,15 +40,24 @@ def test_predict_experiment_quick(tmp_path, capsys):
     assert "must be a folder" in capsys.readouterr().err
 
 
-def test_long_video_experiment_quick(tmp_path, capsys):
+def test_long_video_experiment_quick(tmp_path, capsys, monkeypatch):
     generate(SynthConfig(videos=6, images=0, frames=6, size=32, workers=1, shadows=False), tmp_path / "ds",
              progress=False)
     torch.manual_seed(0)
     PSG4DModel.from_config(tiny_config()).save_pretrained(tmp_path / "ck")
-    out = tmp_path / "results"
     args = ["experiment", "long_video", "--quick", "--ckpt", str(tmp_path / "ck"), "--data",
             str(tmp_path / "ds" / "4d"), "--run-dir", str(tmp_path / "run"), "--threads", "1"]
-    assert main([*args, "--out", str(out)]) == 0
+    # a quick run never replaces a full run's results, such as the shipped ones BENCHMARKS.md cites
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "long_video.json").write_bytes((REPO / "bench" / "results" / "long_video.json").read_bytes())
+    assert main([*args, "--out", str(shipped)]) == 2
+    assert "long_video.json: holds the results of a full run" in capsys.readouterr().err
+    assert (shipped / "long_video.json").read_bytes() == (REPO / "bench" / "results" / "long_video.json").read_bytes()
+    # by default the results go under runs/experiments/NAME of the current folder, never to bench/results
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 0
+    out = tmp_path / "runs" / "experiments" / "long_video"
     printed = json.loads(capsys.readouterr().out)
     result = json.loads((out / "long_video.json").read_text())
     assert printed["lengths"] == result["lengths"] == [20, 40, 80]

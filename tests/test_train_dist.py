@@ -50,7 +50,24 @@ SCRIPT = textwrap.dedent(
         built.append(Recording(sleep_s=args["sleep_s"], pretrained=tuple(args["pretrained"])))
         return built[-1]
 
-    train(cfg, out_dir=args["out"], model_factory=factory, opener=ToyOpener())
+    validator = None
+    if args.get("recall_validator"):
+        # R@K through the collective metric, as the default validator computes it: each rank scores
+        # its share of the val videos (their ground truth as the prediction) and the metric sums them
+        from psg4d.eval import evaluate
+        from psg4d.train.data import build_mixture
+
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+
+        def validator(model, *, stage, step):
+            val = build_mixture(cfg.data.val, cfg.data, opener=ToyOpener())
+            mine = [val[i].graph for i in range(len(val))][rank::world]
+            scores = evaluate(mine, {g.video_id: g for g in mine})
+            with open(Path(args["record"]) / f"val_rank{rank}.txt", "a") as f:
+                f.write(f"{step} {len(mine)}\\n")
+            return {"num_gt_relations": scores["num_gt_relations"], "num_videos": scores["num_videos"]}
+
+    train(cfg, out_dir=args["out"], model_factory=factory, opener=ToyOpener(), validator=validator)
     torch.save(built[-1].state_dict(), Path(args["record"]) / f"weights_rank{rank}.pt")
     """
 )
@@ -69,20 +86,25 @@ def _env() -> dict:
     return env
 
 
-def _torchrun(script: Path, args: dict) -> str:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(script), json.dumps(args)]
+def _run_or_kill(cmd: list[str], *, timeout: float) -> str:
+    """Run ``cmd`` (a torchrun) to success within ``timeout`` seconds; its output."""
     # own process group, so a hang can be cleaned up with the workers torchrun started
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
-        output, _ = proc.communicate(timeout=240)
+        output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         output, _ = proc.communicate()
-        pytest.fail(f"torchrun timed out:\n{output[-3000:]}")
+        pytest.fail(f"torchrun timed out (a hang):\n{output[-3000:]}")
     assert proc.returncode == 0, output[-3000:]
     return output
+
+
+def _torchrun(script: Path, args: dict) -> str:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(script), json.dumps(args)]
+    return _run_or_kill(cmd, timeout=240)
 
 
 def _losses(path):
@@ -165,6 +187,69 @@ def test_torchrun_two_processes_shard_data_and_write_one_checkpoint(tmp_path):
     assert [s for s, _ in losses] == list(range(1, 7))
     val = [r for r in read_metrics(tmp_path / "ddp" / "s1" / "metrics.jsonl") if "val" in r]
     assert len(val) == 1 and val[0]["val"]["val_loss"] > 0
+
+
+def test_torchrun_validation_with_a_collective_metric_finishes_and_resumes(tmp_path):
+    """Every rank validates: a validator's collectives (R@K summed over the ranks' shares) cannot
+    leave a rank waiting at a barrier while another waits in the metric's all-gather."""
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    for steps in (4, 6):  # the second run resumes from the first one's last checkpoint
+        cfg = toy_experiment(tmp_path, stages=[{"name": "s1", "trainable": ["encoder", "llm", "mask_decoder"],
+                                                 "max_steps": steps}], train__save_every=2, train__val_every=2)
+        args = {"cfg": _cfg_dict(cfg), "out": str(tmp_path / "ddp"), "record": str(rec), "sleep_s": 0.0,
+                "pretrained": PRETRAINED, "recall_validator": True}
+        _torchrun(script, args)
+    val = [r for r in read_metrics(tmp_path / "ddp" / "s1" / "metrics.jsonl") if "val" in r]
+    # 3 val videos over 2 ranks, each counted once; every rank validated at every step
+    from test_train_toy import ToyReader
+
+    reader = ToyReader(tmp_path / "a")
+    relations = sum(len(reader.read_graph(v).relations) for v in reader.video_ids("val"))
+    assert [(r["step"], r["val"]["num_videos"], r["val"]["num_gt_relations"]) for r in val] == [
+        (2, 3, relations), (4, 3, relations), (6, 3, relations)]
+    shares = [[line.split() for line in (rec / f"val_rank{r}.txt").read_text().splitlines()] for r in range(2)]
+    assert shares == [[["2", "2"], ["4", "2"], ["6", "2"]], [["2", "1"], ["4", "1"], ["6", "1"]]]
+    assert [s for s, _ in _losses(tmp_path / "ddp" / "s1" / "metrics.jsonl")] == list(range(1, 7))
+    assert ckpt.load_training_state(tmp_path / "ddp" / "s1" / "last")["step"] == 6
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_readme_multiprocess_training_line_validates_checkpoints_resumes_and_finishes(tmp_path):
+    """The README's torchrun line on 1 node x 2 processes, with the shipped preset's validation
+    (val loss, diagnostics and R@K of predicted scene graphs), then resumed to a longer schedule."""
+    from psg4d.data.readers import open_dataset
+    from psg4d.data.synth.generate import SynthConfig, generate
+
+    generate(SynthConfig(preset="hoi", videos=12, images=0, frames=4, size=32, seed=5, workers=1), tmp_path / "w")
+    out = tmp_path / "run"
+    for steps in (2, 4):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+               "--rdzv_id", "psg4d-test", "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{_free_port()}",
+               "-m", "psg4d.cli", "train", "--config", "hoi_tiny", "--out", str(out)]
+        for kv in (f"data.root={tmp_path / 'w'}", f"stages.0.max_steps={steps}", "train.val_every=2",
+                   "train.save_every=2", "train.val_max_videos=3", "train.num_threads=1", "train.progress=false",
+                   "model.max_new_tokens=24"):
+            cmd += ["--set", kv]
+        output = _run_or_kill(cmd, timeout=400)
+    val = [r for r in read_metrics(out / "4d_init" / "metrics.jsonl") if "val" in r]
+    assert [r["step"] for r in val] == [2, 4]
+    val_videos = min(3, len(open_dataset(tmp_path / "w" / "4d").video_ids("val")))
+    assert val_videos >= 2  # both ranks validate a share
+    for r in val:  # each val video scored once, whatever the number of ranks
+        assert r["val"]["num_videos"] == val_videos and "R@50" in r["val"] and "val_grounding_gap" in r["val"]
+    assert "resuming from" in output and (out / "final" / ckpt.MODEL_WEIGHTS).is_file()
+    assert ckpt.load_training_state(out / "4d_init" / "last")["step"] == 4
 
 
 def test_fsdp_on_cpu_is_a_config_error():

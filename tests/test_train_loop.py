@@ -121,9 +121,35 @@ def test_finished_stage_is_skipped_and_no_resume_starts_over(tmp_path):
     _run(cfg, tmp_path / "out")
     again = _run(cfg, tmp_path / "out")
     assert again.stages[0].skipped and again.stages[0].steps == 12
+    first = _weights(tmp_path / "out" / "s1" / "final")
     fresh = _run(cfg, tmp_path / "out", resume=False)
     assert not fresh.stages[0].skipped and fresh.stages[0].resumed_from_step is None
     assert len(_losses(tmp_path / "out" / "s1" / "metrics.jsonl")) == 12
+    # the earlier run is moved aside whole, never deleted
+    (aside,) = tmp_path.glob("out.replaced-*")
+    assert (aside / "s1" / "last").is_symlink() and (aside / "experiment.yaml").is_file()
+    kept = _weights(aside / "s1" / "final")
+    assert all(torch.equal(first[k], kept[k]) for k in first)
+    assert len(_losses(aside / "s1" / "metrics.jsonl")) == 12
+
+
+def test_no_resume_of_one_stage_moves_only_that_stage_aside(tmp_path):
+    cfg = toy_experiment(
+        tmp_path,
+        stages=[
+            {"name": "first", "trainable": ["encoder", "mask_decoder"], "max_steps": 3},
+            {"name": "second", "init": "previous", "trainable": ["llm"], "max_steps": 2},
+        ],
+    )
+    factory = toy_factory(pretrained=("projector", "llm", "obj_proj"))
+    _run(cfg, tmp_path / "out", factory=factory)
+    res = train(cfg, out_dir=tmp_path / "out", model_factory=factory, opener=ToyOpener(), resume=False,
+                only_stage="second")
+    assert not res.stages[0].skipped and res.stages[0].resumed_from_step is None
+    (aside,) = (tmp_path / "out").glob("second.replaced-*")
+    assert (aside / "final" / ckpt.MODEL_WEIGHTS).is_file() and (aside / "experiment.yaml").is_file()
+    assert (tmp_path / "out" / "first" / "final" / ckpt.MODEL_WEIGHTS).is_file()  # the other stage is untouched
+    assert not list(tmp_path.glob("out.replaced-*"))
 
 
 def test_only_trainable_prefixes_change_and_lr_groups_apply(tmp_path):
@@ -330,6 +356,8 @@ def test_resuming_into_a_folder_of_another_model_is_refused(tmp_path):
     assert (tmp_path / "out" / "s1" / "final" / ckpt.MODEL_WEIGHTS).exists()
     fresh = _run(other, tmp_path / "out", resume=False)
     assert not fresh.stages[0].skipped
+    (aside,) = tmp_path.glob("out.replaced-*")  # the other model is kept beside it, config and all
+    assert "max_new_tokens: 256" in (aside / "experiment.yaml").read_text()
     # a longer schedule is not a different model: it continues
     longer = toy_experiment(tmp_path, model={"max_new_tokens": 99}, train__lr=1e-3)
     assert _run(longer, tmp_path / "out").stages[0].skipped

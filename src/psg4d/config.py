@@ -14,16 +14,20 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import logging
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Iterable, Sequence, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 from psg4d.errors import ConfigError
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 def to_dict(cfg: Any) -> Any:
@@ -178,10 +182,38 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+@dataclass(frozen=True, kw_only=True)
+class ExclusiveKeys:
+    """Keys of one config section of which at most one may be set (e.g. a stage's ``max_steps`` and
+    ``epochs``). An override that sets one of them replaces the others where the preset set them;
+    overrides that set two of them on one command line are an error."""
+
+    # Dotted path of the section; ``*`` matches any one key or list index (``stages.*``).
+    section: str
+    keys: tuple[str, ...]
+
+    def covers(self, section: Sequence[str], key: str) -> bool:
+        pattern = self.section.split(".") if self.section else []
+        return key in self.keys and len(pattern) == len(section) and all(
+            p in ("*", s) for p, s in zip(pattern, section)
+        )
+
+
+def apply_overrides(
+    data: dict[str, Any], overrides: list[str] | None, *, exclusive: Sequence[ExclusiveKeys] = ()
+) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a copy of a plain dict;
-    a numeric part indexes a list (``stages.0.max_steps=100``)."""
+    a numeric part indexes a list (``stages.0.max_steps=100``).
+
+    ``exclusive``: groups of keys that exclude each other. Overriding one with a value clears the
+    others (set to null) when they came from ``data`` (the preset), so ``stages.0.max_steps=500``
+    works on a preset whose stage sets ``epochs``; two of them set on the same command line are a
+    ConfigError naming both overrides."""
     data = copy.deepcopy(data)
+    # what the command line set, to tell the preset's values (replaced) from the user's (a conflict):
+    # (section node, key, override) per exclusive key set, and the sections an override assigned whole
+    set_keys: list[tuple[dict, str, str]] = []
+    given: list[tuple[Any, str]] = []
     for ov in overrides or []:
         if "=" not in ov:
             raise ConfigError(f"override {ov!r} must look like key.path=value")
@@ -205,10 +237,48 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
         if isinstance(node, list):
             node[_list_index(node, parts[-1], ov)] = value
         elif isinstance(node, dict):
+            if value is not None:
+                _replace_exclusive(node, parts, ov, exclusive, set_keys, given)
             node[parts[-1]] = value
+            if value is not None and any(g.covers(parts[:-1], parts[-1]) for g in exclusive):
+                set_keys.append((node, parts[-1], ov))
         else:
             raise ConfigError(f"override {ov!r}: {parts[-2]!r} is not a section")
+        given.extend((section, ov) for section in _sections(value))
     return data
+
+
+def _sections(value: Any) -> list[Any]:
+    """Every mapping inside ``value`` (itself included): sections an override assigned whole."""
+    if isinstance(value, dict):
+        return [value] + [s for v in value.values() for s in _sections(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _sections(v)]
+    return []
+
+
+def _replace_exclusive(
+    node: dict, parts: list[str], ov: str, exclusive: Sequence[ExclusiveKeys],
+    set_keys: list[tuple[dict, str, str]], given: list[tuple[Any, str]],
+) -> None:
+    """Clear the keys that ``ov`` (setting ``parts[-1]`` of section ``node``) excludes, unless
+    the command line set them too (then a ConfigError naming both overrides)."""
+    key = parts[-1]
+    for group in exclusive:
+        if not group.covers(parts[:-1], key):
+            continue
+        for other in group.keys:
+            if other == key or node.get(other) is None:
+                continue
+            by = [o for n, k, o in set_keys if n is node and k == other]
+            by += [o for n, o in given if n is node]
+            if by:
+                raise ConfigError(
+                    f"overrides {by[-1]!r} and {ov!r} set both {other} and {key}, which exclude each other;"
+                    f" give one of {' / '.join(group.keys)}"
+                )
+            log.info("override %r replaces %s=%r of %s", ov, other, node[other], ".".join(parts[:-1]))
+            node[other] = None
 
 
 def _list_index(items: list, part: str, ov: str) -> int:

@@ -36,7 +36,7 @@ from psg4d.baseline.types import TrackedTubes
 from psg4d.config import apply_overrides, from_dict, load_yaml, to_dict
 from psg4d.data.readers import open_dataset
 from psg4d.errors import ConfigError
-from psg4d.utils.io import atomic_path, atomic_write_json
+from psg4d.utils.io import atomic_path, atomic_write_json, start_over
 from psg4d.utils.threads import AdaptiveThreads
 
 log = logging.getLogger(__name__)
@@ -347,6 +347,8 @@ def train_pipeline(cfg: PipelineConfig, *, out_dir: Path | None = None, resume: 
         cfg = _from_reused(cfg)
     cfg = with_data_vocab(replace(cfg, output_dir=out))
     torch.set_num_threads(max(1, cfg.num_threads))
+    if not resume:  # finished stages too: the earlier run moves aside, nothing is deleted
+        start_over(out, part=only_stage, describes=("experiment.json",))
     out.mkdir(parents=True, exist_ok=True)
     _check_same_config(out, cfg)
     seg_from = Path(cfg.reuse) if cfg.reuse is not None else out

@@ -101,7 +101,11 @@ class PipelinePredictor:
                             predicate_vocab=list(self.config.relation.predicate_names),
                             meta={"model": "pipeline", "tubes": len(tubes),
                                   "use_depth": self.config.segmenter.use_depth,
-                                  "use_temporal": self.config.relation.use_temporal})
+                                  "use_temporal": self.config.relation.use_temporal,
+                                  # the depth branch reads the sensor's depth only when both exist; without
+                                  # depth it reads zeros ("unknown"), which is no depth, not an estimate
+                                  "depth_source": "sensor" if self.config.segmenter.use_depth
+                                  and video.depth is not None else "none"})
 
 
     def _relations(self, tubes: TrackedTubes) -> list:

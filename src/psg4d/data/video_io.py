@@ -79,6 +79,14 @@ class Frame:
     depth: np.ndarray | None = None
 
 
+@dataclass(kw_only=True)
+class DecodeTally:
+    """Filled by :func:`iter_frames`: the source frames it went through (all that decode when it
+    read to the end; a container header may promise more)."""
+
+    frames: int = 0
+
+
 @dataclass(frozen=True, kw_only=True)
 class VideoWindow:
     """A window of consecutive sampled frames; ``start`` is the position of its first frame."""
@@ -303,11 +311,13 @@ def iter_frames(
     source_fps: float | None = None,
     info: VideoInfo | None = None,
     keep: Iterable[int] | None = None,
+    tally: DecodeTally | None = None,
 ) -> Iterator[Frame]:
     """Decode, sample and resize frames one at a time (memory: one frame).
 
     ``keep``: explicit source frame numbers (sorted); overrides ``fps``.
     ``source_fps`` overrides the source's rate (a frame folder has none: 30 assumed).
+    ``tally``: filled with the count of source frames gone through.
     """
     info = info or probe_video(rgb)
     src_fps = float(source_fps or info.fps)
@@ -320,7 +330,9 @@ def iter_frames(
     wanted = None if keep is None else iter(sorted(int(k) for k in keep))
     next_wanted = None if wanted is None else next(wanted, None)
     pos = 0
+    tally = tally if tally is not None else DecodeTally()
     for i, where, get_rgb in _iter_source(info, hw):
+        tally.frames = i + 1
         if wanted is not None:
             if next_wanted is None:
                 break
@@ -337,6 +349,12 @@ def iter_frames(
             d = resize_depth(dsrc.read(i, (info.height, info.width)), hw)
         yield Frame(index=i, position=pos, rgb=frame, depth=d)
         pos += 1
+    else:
+        if keep is None and tally.frames < info.num_frames:
+            # a whole-video read keeps every frame that decodes; say so once (load_video passes
+            # ``keep`` and says it itself)
+            log.warning("%s: the header promised %d frames but %d decode; read those %d", info.path,
+                        info.num_frames, tally.frames, tally.frames)
     if pos == 0:
         raise DataError(info.path, "video has no frames")
 
@@ -375,15 +393,22 @@ def load_video(
     hw = target_size(info.height, info.width, size)
     rgbs = np.empty((len(keep), hw[0], hw[1], 3), dtype=np.uint8)
     depths = np.empty((len(keep), hw[0], hw[1]), dtype=np.float32) if dsrc is not None else None
-    got: list[int] = []
-    for fr in iter_frames(rgb, depth=depth, depth_scale=depth_scale, size=size, info=info, keep=keep):
-        rgbs[fr.position] = fr.rgb
-        if depths is not None:
-            depths[fr.position] = fr.depth
-        got.append(fr.index)
+    tally = DecodeTally()
+    got = _read_into(rgbs, depths, iter_frames(rgb, depth=depth, depth_scale=depth_scale, size=size, info=info,
+                                               keep=keep, tally=tally))
     if len(got) < len(keep):
-        # container headers can overstate the frame count; keep what decoded rather than fail
-        log.warning("%s: header promised %d frames, decoded %d", info.path, info.num_frames, got[-1] + 1)
+        # The header over-promised (a truncated or badly muxed file): frames chosen from its count
+        # mostly lie past the end. Choose again over the frames that do decode (tally.frames: the
+        # source ended, so every one of them was gone through) and read those.
+        again = keep if frame_indices is not None else select_positions(
+            tally.frames, source_fps=src_fps, fps=fps, max_frames=max_frames)
+        log.warning("%s: the header promised %d frames but %d decode; %s", info.path, info.num_frames,
+                    tally.frames, "kept the asked frames that exist" if frame_indices is not None
+                    else f"sampled {len(again)} frames over those {tally.frames}")
+        if frame_indices is None and not np.array_equal(again, got):
+            rgbs, depths = rgbs[: len(again)], None if depths is None else depths[: len(again)]
+            got = _read_into(rgbs, depths, iter_frames(rgb, depth=depth, depth_scale=depth_scale, size=size,
+                                                       info=info, keep=again))
         rgbs = rgbs[: len(got)]
         depths = None if depths is None else depths[: len(got)]
     idx = np.asarray(got, dtype=np.int64)
@@ -395,6 +420,17 @@ def load_video(
         frame_indices=idx,
         video_id=video_id if video_id is not None else info.path.stem,
     ).validate(info.path)
+
+
+def _read_into(rgbs: np.ndarray, depths: np.ndarray | None, frames: Iterable[Frame]) -> list[int]:
+    """Fill ``rgbs`` / ``depths`` at each frame's position; the source frame numbers read."""
+    got: list[int] = []
+    for fr in frames:
+        rgbs[fr.position] = fr.rgb
+        if depths is not None:
+            depths[fr.position] = fr.depth
+        got.append(fr.index)
+    return got
 
 
 def windows_from_frames(

@@ -47,7 +47,7 @@ from psg4d.data.schema import SceneGraph4D
 from psg4d.errors import ConfigError, DataError
 from psg4d.eval.labelmap import IDENTITY, LabelMap, normalize_label
 from psg4d.eval.pvsg import pvsg_hit_ranks, pvsg_view_ranks
-from psg4d.eval.report import recall_block, summary_table  # noqa: F401  (summary_table: re-exported)
+from psg4d.eval.report import recall_block, summary_table, unmapped_warning  # noqa: F401  (summary_table: re-exported)
 from psg4d.eval.subsets import ZeroShot
 from psg4d.eval.video import KINDS, PreparedVideo, candidate_views, prepare_video
 from psg4d.eval.volumetric import volumetric_hit_ranks, volumetric_view_ranks
@@ -83,7 +83,8 @@ class RecallState:
     gt: np.ndarray  # int64 [P, subset]
     counters: dict[str, int]
     missing: list[str] = field(default_factory=list)
-    unmapped_examples: list[str] = field(default_factory=list)
+    # every distinct predicted label outside the vocabulary, "object:<label>" / "predicate:<label>"
+    unmapped_labels: list[str] = field(default_factory=list)
 
 
 def _dist_world() -> Any:
@@ -159,6 +160,8 @@ class SceneGraphRecall:
             raise ConfigError(f"zero_shot must be a psg4d.eval.subsets.ZeroShot, got {type(zero_shot).__name__}")
         self.zero_shot = zero_shot
         self.label_map = label_map or IDENTITY
+        # a map that was given (even one that maps nothing) changes what the unmapped warning advises
+        self.label_map_given = label_map is not None
         self.fixed_predicates = None if predicates is None else self._dedup([normalize_label(p) for p in predicates])
         self.object_vocab = None if objects is None else {normalize_label(o) for o in objects}
         self._k_arr = np.asarray(self.ks, dtype=np.int64)
@@ -181,7 +184,8 @@ class SceneGraphRecall:
         self._gt = np.zeros((len(names), 2), dtype=np.int64)
         self._counters = dict.fromkeys(_COUNTERS, 0)
         self._missing: list[str] = []
-        self._examples: set[str] = set()
+        # all of them, not a sample: the warning counts distinct labels
+        self._unmapped: set[str] = set()
 
     def _predicate_rows(self, names: Iterable[str], where: str) -> np.ndarray:
         out = []
@@ -267,8 +271,7 @@ class SceneGraphRecall:
             c["unmapped_predicates"] += video.unmapped_predicates
             c["checked_predicates"] += video.checked_predicates
             c["predicate_vocab_known"] += 1
-        if len(self._examples) < _MAX_EXAMPLES:
-            self._examples.update(sorted(video.unmapped_examples)[: _MAX_EXAMPLES - len(self._examples)])
+        self._unmapped.update(video.unmapped_examples)
         return ranks[int(self.graph_constraint), 0]
 
     @property
@@ -284,7 +287,7 @@ class SceneGraphRecall:
             gt=self._gt.copy(),
             counters=dict(self._counters),
             missing=list(self._missing),
-            unmapped_examples=sorted(self._examples),
+            unmapped_labels=sorted(self._unmapped),
         )
 
     def sync(self) -> RecallState:
@@ -299,7 +302,7 @@ class SceneGraphRecall:
 
         gathered: list[Any] = [None] * dist.get_world_size()
         fixed = self.fixed_predicates is not None
-        dist.all_gather_object(gathered, (None if fixed else state.predicates, state.missing, state.unmapped_examples))
+        dist.all_gather_object(gathered, (None if fixed else state.predicates, state.missing, state.unmapped_labels))
         if not fixed:
             # ranks saw different predicates in different orders: lay every rank's sums out on the union
             names = sorted({p for names, _, _ in gathered for p in names})
@@ -323,7 +326,7 @@ class SceneGraphRecall:
         state.gt = out[nh : nh + ng].reshape(state.gt.shape)
         state.counters = {k: int(v) for k, v in zip(_COUNTERS, out[nh + ng :])}
         state.missing = sorted({m for _, ms, _ in gathered for m in ms})
-        state.unmapped_examples = sorted({e for _, _, es in gathered for e in es})[:_MAX_EXAMPLES]
+        state.unmapped_labels = sorted({e for _, _, es in gathered for e in es})
         return state
 
     # ------------------------------------------------------------------ result
@@ -353,6 +356,9 @@ class SceneGraphRecall:
             per_predicate[state.predicates[i]] = entry
         c = state.counters
         videos = c["videos"]
+        # a count is only meaningful where every video had a vocabulary to check against
+        known = {k: bool(videos) and c[f"{k[:-1]}_vocab_known"] == videos for k in ("objects", "predicates")}
+        distinct = {k: sum(e.startswith(f"{k[:-1]}:") for e in state.unmapped_labels) for k in known}
         out.update(
             {
                 "per_predicate": per_predicate,
@@ -361,14 +367,12 @@ class SceneGraphRecall:
                 "num_missing_predictions": c["missing_predictions"],
                 "missing_predictions": state.missing,
                 "unmapped_labels": {
-                    # a count is only meaningful where every video had a vocabulary to check against
-                    "objects": c["unmapped_objects"] if videos and c["object_vocab_known"] == videos else None,
-                    "predicates": c["unmapped_predicates"]
-                    if videos and c["predicate_vocab_known"] == videos
-                    else None,
+                    # objects / predicates: predicted objects and relations; distinct_*: distinct labels
+                    **{k: c[f"unmapped_{k}"] if known[k] else None for k in known},
+                    **{f"distinct_{k}": distinct[k] if known[k] else None for k in known},
                     "objects_checked": c["checked_objects"],
                     "predicates_checked": c["checked_predicates"],
-                    "examples": state.unmapped_examples,
+                    "examples": state.unmapped_labels[:_MAX_EXAMPLES],
                 },
                 "zero_shot": {"subset": self.zero_shot.describe(), "num_gt_relations": int(state.gt[:, 1].sum())}
                 if self.zero_shot is not None
@@ -384,13 +388,10 @@ class SceneGraphRecall:
                 },
             }
         )
-        if c["unmapped_objects"] or c["unmapped_predicates"]:
-            log.warning(
-                "%d predicted object labels and %d predicate labels are outside the vocabulary and score as wrong "
-                "(give a label map to map free text)",
-                c["unmapped_objects"],
-                c["unmapped_predicates"],
-            )
+        warning = unmapped_warning(objects=c["unmapped_objects"], predicates=c["unmapped_predicates"],
+                                   labels=state.unmapped_labels, label_map_given=self.label_map_given)
+        if warning:
+            log.warning("%s", warning)
         return out
 
 

@@ -2,7 +2,8 @@
 
 The key names are documented in :mod:`psg4d.eval.metric`; this module only
 computes them from the sums (``recall_block``) and lays them out
-(``summary_table``, with :mod:`psg4d.eval.segmentation`'s numbers when the result has them).
+(``summary_table``, with :mod:`psg4d.eval.segmentation`'s numbers when the result has them;
+``unmapped_warning``, the words for predicted labels outside the vocabulary).
 """
 
 from __future__ import annotations
@@ -13,6 +14,44 @@ import numpy as np
 
 #: result-key prefix of each test, in the order of :data:`psg4d.eval.video.KINDS`
 KIND_PREFIX = ("", "weak ", "pair ")
+#: unmapped labels named in the warning (the counts cover all of them)
+MAX_NAMED = 10
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def unmapped_counts(labels: int | None, things: int | None, kind: str, *, adjective: str = "") -> str:
+    """``"2 object labels (8 objects)"``: distinct labels, then the predicted objects (or relations)
+    that carry them; the counts differ, and both matter (one odd label on every object scores them
+    all as wrong)."""
+    thing = "object" if kind == "object" else "relation"
+    noun = f"{adjective} {kind} label" if adjective else f"{kind} label"
+    return f"{_n(labels or 0, noun)} ({_n(things or 0, thing)})"
+
+
+def unmapped_warning(*, objects: int, predicates: int, labels: Sequence[str], label_map_given: bool) -> str | None:
+    """The warning for predicted labels outside the ground truth's vocabulary (None when there are
+    none). ``objects``/``predicates``: the predicted objects and relations carrying them; ``labels``:
+    each distinct label, ``"object:<label>"`` or ``"predicate:<label>"``. A label map that was given
+    left them unmapped, so the advice to give one is only for when none was."""
+    counts, named = [], []
+    for kind, things in (("object", objects), ("predicate", predicates)):
+        if not things:
+            continue
+        mine = sorted(e.split(":", 1)[1] for e in labels if e.startswith(f"{kind}:"))
+        counts.append(unmapped_counts(len(mine), things, kind, adjective="" if counts else "predicted"))
+        more = ", ..." if len(mine) > MAX_NAMED else ""
+        named.append(f"{kind} " + ", ".join(repr(x) for x in mine[:MAX_NAMED]) + more)
+    if not counts:
+        return None
+    one = len(counts) == 1 and counts[0].startswith("1 ")
+    advice = (f"the label map given leaves {'it' if one else 'them'} unmapped" if label_map_given
+              else "give a label map, --label-map auto or MAP.json, to map free text onto it")
+    verbs = "is not in the ground truth's vocabulary and scores" if one else \
+        "are not in the ground truth's vocabulary and score"
+    return f"{' and '.join(counts)} {verbs} as wrong ({advice}): {'; '.join(named)}"
 
 
 def _pooled(hits: np.ndarray, gt: np.ndarray) -> float:
@@ -84,7 +123,9 @@ def summary_table(result: Mapping[str, Any]) -> str:
         lines.append(f"zero-shot subset: {zs['num_gt_relations']} GT relations, {zs['subset']}")
     um = result["unmapped_labels"]
     if um["objects"] or um["predicates"]:
-        lines.append(f"unmapped predicted labels: objects {um['objects']}, predicates {um['predicates']}")
+        parts = [unmapped_counts(um.get(f"distinct_{k}s"), um[f"{k}s"], k) for k in ("object", "predicate")
+                 if um[f"{k}s"] is not None]  # None: no vocabulary to check that kind against
+        lines.append(f"unmapped predicted labels: {', '.join(parts)}")
     if result.get("segmentation"):
         lines.extend(segmentation_lines(result["segmentation"]))
     return "\n".join(lines)

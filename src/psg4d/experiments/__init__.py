@@ -1,4 +1,8 @@
-"""Experiments: commands that measure something and write ``bench/results/NAME.json`` (+ a plot).
+"""Experiments: commands that measure something and write ``OUT/NAME.json`` (+ a plot).
+
+``OUT`` is ``runs/experiments/NAME`` unless ``--out`` says otherwise; the results BENCHMARKS.md
+cites live in ``bench/results`` and are replaced only by an explicit ``--out bench/results`` of a
+full run (a ``--quick`` run never replaces a full run's results: :func:`~psg4d.experiments.output.check_output_folder`).
 
 ``psg4d experiment NAME`` (:mod:`psg4d.experiments.commands`, one command per experiment): each
 experiment module has a typed config with a ``quick`` mode that the test suite runs, and a

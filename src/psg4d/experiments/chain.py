@@ -1,6 +1,6 @@
 """Experiment ``chain``: chained vs direct inference, and what a pretrained LLM's language knowledge adds.
 
-    psg4d experiment chain [--llms tiny smollm2-135m] [--quick] [--out bench/results]
+    psg4d experiment chain [--llms tiny smollm2-135m] [--quick] [--out runs/experiments/chain]
 
 One synthetic HOI world in which some categories are **novel** (in no training data at all: never
 in a 4D training video, never in a 2D image; shown in 4D test videos) and some are **seen only in
@@ -61,7 +61,7 @@ NOVEL = ("apple", "phone", "globe", "jar")
 
 @dataclass(kw_only=True)
 class ChainExperimentConfig:
-    out: Path = Path("bench/results")
+    out: Path = Path("runs/experiments/chain")  # the shipped results: --out bench/results
     run_dir: Path = Path("runs/experiments/chain")
     llms: list[str] = field(default_factory=lambda: ["tiny", "smollm2-135m"])
     novel: tuple[str, ...] = NOVEL
@@ -324,7 +324,7 @@ def run(cfg: ChainExperimentConfig) -> list[dict[str, Any]]:
     from psg4d.data.synth.world import preset_vocabulary
     from psg4d.model.psg4d_llm import PSG4DModel
 
-    out = check_output_folder(cfg.out)
+    out = check_output_folder(cfg.out, name=NAME, quick=cfg.quick)
     world = _world(cfg)
     voc = preset_vocabulary("hoi")
     vocab = list(voc.all_categories)

@@ -8,12 +8,18 @@ from typing import Optional
 
 import typer
 
-experiment_app = typer.Typer(help="Run an experiment; results go to OUT/NAME.json (+ a plot).", no_args_is_help=True)
+experiment_app = typer.Typer(
+    help="Run an experiment; results go to OUT/NAME.json (+ a plot), by default under runs/experiments/NAME.",
+    no_args_is_help=True,
+)
 
 
 @experiment_app.command("predict")
 def predict_experiment(
-    out: Path = typer.Option(Path("bench/results"), "--out", help="Folder for predict.json and predict.svg."),
+    out: Path = typer.Option(
+        Path("runs/experiments/predict"), "--out",
+        help="Folder for predict.json and predict.svg (bench/results: the shipped ones, which BENCHMARKS.md cites).",
+    ),
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint to measure (default: train the demo's)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset of the videos to predict (with --ckpt)."),
     split: str = typer.Option("test", "--split", help="Split whose videos are predicted."),
@@ -34,7 +40,10 @@ def predict_experiment(
 
 @experiment_app.command("transfer")
 def transfer_experiment(
-    out: Path = typer.Option(Path("bench/results"), "--out", help="Folder for transfer.json and the feature plots."),
+    out: Path = typer.Option(
+        Path("runs/experiments/transfer"), "--out",
+        help="Folder for transfer.json and the feature plots (bench/results: the shipped ones, which BENCHMARKS.md cites).",
+    ),
     run_dir: Path = typer.Option(Path("runs/experiments/transfer"), "--run-dir",
                                  help="Where the world and the training runs are built (reused)."),
     sizes: list[int] = typer.Option([100, 400], "--sizes", help="4D training videos per arm (repeatable)."),
@@ -55,7 +64,10 @@ def transfer_experiment(
 
 @experiment_app.command("long_video")
 def long_video_experiment(
-    out: Path = typer.Option(Path("bench/results"), "--out", help="Folder for long_video.json and long_video.svg."),
+    out: Path = typer.Option(
+        Path("runs/experiments/long_video"), "--out",
+        help="Folder for long_video.json and long_video.svg (bench/results: the shipped ones, which BENCHMARKS.md cites).",
+    ),
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint to measure (default: train the demo's)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset whose test video makes the clip (with --ckpt)."),
     split: str = typer.Option("test", "--split", help="Split of the clip's source video."),
@@ -78,7 +90,10 @@ def long_video_experiment(
 
 @experiment_app.command("chain")
 def chain_experiment(
-    out: Path = typer.Option(Path("bench/results"), "--out", help="Folder for chain.json and chain.svg."),
+    out: Path = typer.Option(
+        Path("runs/experiments/chain"), "--out",
+        help="Folder for chain.json and chain.svg (bench/results: the shipped ones, which BENCHMARKS.md cites).",
+    ),
     run_dir: Path = typer.Option(Path("runs/experiments/chain"), "--run-dir",
                                  help="Where the world and the training runs are built (reused)."),
     llms: list[str] = typer.Option(["tiny", "smollm2-135m"], "--llms", help="LLM presets (repeatable)."),
@@ -101,7 +116,10 @@ def chain_experiment(
 
 @experiment_app.command("compare")
 def compare_experiment(
-    out: Path = typer.Option(Path("bench/results"), "--out", help="Folder for compare.json and compare.svg."),
+    out: Path = typer.Option(
+        Path("runs/experiments/compare"), "--out",
+        help="Folder for compare.json and compare.svg (bench/results: the shipped ones, which BENCHMARKS.md cites).",
+    ),
     run_dir: Path = typer.Option(Path("runs/experiments/compare"), "--run-dir",
                                  help="Where the worlds and the pipeline runs are built (reused)."),
     hoi_run_dir: Optional[Path] = typer.Option(

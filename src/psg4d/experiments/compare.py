@@ -1,6 +1,6 @@
 """Experiment ``compare``: the PSG4DFormer pipeline baseline against the end-to-end 4D-LLM.
 
-    psg4d experiment compare [--presets hoi gta] [--videos 100] [--quick] [--out bench/results]
+    psg4d experiment compare [--presets hoi gta] [--videos 100] [--quick] [--out runs/experiments/compare]
 
 Per synthetic preset, on the same world, the same training videos, the same test videos and the
 same evaluator:
@@ -46,7 +46,7 @@ PRESETS = ("hoi", "gta")
 
 @dataclass(kw_only=True)
 class CompareExperimentConfig:
-    out: Path = Path("bench/results")
+    out: Path = Path("runs/experiments/compare")  # the shipped results: --out bench/results
     run_dir: Path = Path("runs/experiments/compare")
     # the HOI world and its 4D-LLM runs (the transfer experiment's layout); None: RUN_DIR/hoi
     hoi_run_dir: Path | None = None
@@ -214,7 +214,7 @@ def _score(ckpt: Path, world: Path, cfg: CompareExperimentConfig, preset: str, m
 
 # ------------------------------------------------------------------------ driver
 def run(cfg: CompareExperimentConfig) -> list[dict[str, Any]]:
-    out = check_output_folder(cfg.out)
+    out = check_output_folder(cfg.out, name=NAME, quick=cfg.quick)
     records: list[dict[str, Any]] = []
     for preset in cfg.presets:
         world = _world(cfg, preset)

@@ -1,7 +1,7 @@
 """Experiment ``long_video``: throughput and peak memory of ``psg4d predict`` on long videos.
 
     psg4d experiment long_video [--ckpt CKPT --data DIR] [--lengths 100 --lengths 1000 --lengths 10000]
-                                [--threads 2] [--quick] [--out bench/results]
+                                [--threads 2] [--quick] [--out runs/experiments/long_video]
 
 What is measured is the CLI's own path for one video file
 (:func:`psg4d.infer.video_predict.predict_video`: decoding scaled to the model's
@@ -48,7 +48,7 @@ FPS_GOAL = 25.0
 
 @dataclass(kw_only=True)
 class LongVideoConfig:
-    out: Path = Path("bench/results")
+    out: Path = Path("runs/experiments/long_video")  # the shipped results: --out bench/results
     run_dir: Path = Path("runs/experiments/long_video")
     ckpt: Path | None = None
     data: Path | None = None
@@ -151,7 +151,7 @@ def run(cfg: LongVideoConfig) -> dict[str, Any]:
     from psg4d.experiments.predict_speed import PredictSpeedConfig, _prepare
     from psg4d.viz.plots import write_bar_chart
 
-    out_json = check_output_folder(cfg.out) / f"{NAME}.json"
+    out_json = check_output_folder(cfg.out, name=NAME, quick=cfg.quick) / f"{NAME}.json"
     ckpt, data = _prepare(PredictSpeedConfig(out=cfg.out, run_dir=cfg.run_dir, ckpt=cfg.ckpt, data=cfg.data,
                                              split=cfg.split, quick=cfg.quick))
     frames = _clip_frames(data, cfg.split, cfg.height, cfg.width)

@@ -2,7 +2,7 @@
 candidate scoring, at each thread count, idle and with a competing CPU-bound process; and the
 peak memory of predicting a long full-resolution video.
 
-    psg4d experiment predict [--ckpt CKPT --data DIR] [--videos 20] [--quick] [--out bench/results]
+    psg4d experiment predict [--ckpt CKPT --data DIR] [--videos 20] [--quick] [--out runs/experiments/predict]
 
 Without ``--ckpt`` it builds what it measures: the demo's synthetic HOI world (160 videos, so the
 test split has >= 20) and the demo's 400-step training run, in ``--run-dir`` (reused when done).
@@ -47,7 +47,7 @@ _COMPETITOR = "while True: pass"
 
 @dataclass(kw_only=True)
 class PredictSpeedConfig:
-    out: Path = Path("bench/results")
+    out: Path = Path("runs/experiments/predict")  # the shipped results: --out bench/results
     run_dir: Path = Path("runs/experiments/predict")
     ckpt: Path | None = None
     data: Path | None = None
@@ -190,7 +190,7 @@ def run(cfg: PredictSpeedConfig) -> dict[str, Any]:
     from psg4d.model.psg4d_llm import PSG4DModel
     from psg4d.viz.plots import write_bar_chart
 
-    out_json = check_output_folder(cfg.out) / f"{NAME}.json"
+    out_json = check_output_folder(cfg.out, name=NAME, quick=cfg.quick) / f"{NAME}.json"
 
     ckpt, data = _prepare(cfg)
     model = PSG4DModel.from_pretrained(ckpt)

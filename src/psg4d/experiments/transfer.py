@@ -1,6 +1,6 @@
 """Experiment ``transfer``: what the 2D-to-4D transfer buys when 4D training videos are scarce.
 
-    psg4d experiment transfer [--sizes 100 400] [--images 2000] [--quick] [--out bench/results]
+    psg4d experiment transfer [--sizes 100 400] [--images 2000] [--quick] [--out runs/experiments/transfer]
 
 One synthetic HOI world holds the 4D videos and the 2D scene-graph images (the 2D set has
 every category, the 4D training split none of the held-out ones). Per 4D size N (the first N
@@ -54,7 +54,7 @@ STAGE_ORDER = ("4d_init", "estimator_fit", "pseudo4d_init", "transfer_2d", "fine
 
 @dataclass(kw_only=True)
 class TransferExperimentConfig:
-    out: Path = Path("bench/results")
+    out: Path = Path("runs/experiments/transfer")  # the shipped results: --out bench/results
     run_dir: Path = Path("runs/experiments/transfer")
     sizes: list[int] = field(default_factory=lambda: [100, 400])  # 4D training videos per arm
     images: int = 2000  # 2D training images (the lifted set)
@@ -259,7 +259,7 @@ def feature_similarity(ckpt: Path, world: Path, videos: int) -> dict[str, np.nda
 def run(cfg: TransferExperimentConfig) -> list[dict[str, Any]]:
     from psg4d.viz.plots import histograms_png
 
-    out = check_output_folder(cfg.out)
+    out = check_output_folder(cfg.out, name=NAME, quick=cfg.quick)
     world = _world(cfg)
     n_2d = cfg.images
     records: list[dict[str, Any]] = []

@@ -67,6 +67,11 @@ def predict_command(
         help="Chain mode: class names (a text file, one per line, or a dataset folder) for objects of kinds"
              " training never named (default: such objects are named in free text).",
     ),
+    video_id: Optional[str] = typer.Option(
+        None, "--video-id",
+        help="The prediction's video id, what `psg4d eval` matches to the ground truth (default: the file's"
+             " name; for a frame folder named like align_rgb, rgb or frames, its parent folder's name).",
+    ),
 ) -> None:
     """Predict the 4D scene graph of one video (or a folder of videos) and write it as JSON.
 
@@ -99,6 +104,9 @@ def predict_command(
     batch = rgb.is_dir() and bool(_video_files(rgb))
     if batch and depth is not None:
         raise DataError(depth, "--depth is for a single video; batch mode over a folder of videos is RGB-only")
+    if video_id is not None and (batch or not video_id.strip()):
+        raise ConfigError("--video-id names one video: give a non-empty id" if not batch else
+                          "--video-id names one video; in batch mode each video is named after its file")
     (check_output_folder if batch else check_output_file)(out)
     if report and not batch:
         check_output_file(out.with_suffix(".html"))
@@ -123,7 +131,8 @@ def predict_command(
                               "a dataset split with `psg4d eval --ckpt CKPT --data DIR --split S --save-pred P.jsonl`")
         if mode != "auto" or vocabulary is not None:
             raise ConfigError("--mode and --vocab are the 4D-LLM's; a pipeline-baseline checkpoint predicts one way")
-        _predict_pipeline(ckpt, rgb, out, opts, info, candidates=candidates, threads=threads, report=report)
+        _predict_pipeline(ckpt, rgb, out, opts, info, candidates=candidates, threads=threads, report=report,
+                          video_id=video_id)
         return
     model = PSG4DModel.from_pretrained(ckpt)
     cfg = PredictorConfig(max_new_tokens=max_new_tokens, max_candidates=candidates, threads=threads,
@@ -160,7 +169,7 @@ def predict_command(
             raise DataError(rgb, msg)
         return
     plan = plan_video(rgb, model.config.max_frames, model.config.image_size, opts, info=info)
-    res = predict_video(build_predictor(model, cfg), rgb, out, opts, plan=plan)
+    res = predict_video(build_predictor(model, cfg), rgb, out, opts, plan=plan, video_id=video_id)
     if report:
         write_prediction_report(out, rgb, opts)
     log.info("%s: %d frames (%s), %d objects, %d ranked relations -> %s", res.video_id, res.num_frames, res.mode,
@@ -168,7 +177,7 @@ def predict_command(
 
 
 def _predict_pipeline(ckpt: Path, rgb: Path, out: Path, opts, info, *, candidates: int, threads: int | None,
-                      report: bool) -> None:
+                      report: bool, video_id: str | None) -> None:
     """``psg4d predict`` with a pipeline-baseline checkpoint: the whole video in one pass (the tracker
     follows any length; the relation model reads long videos at evenly spaced frames)."""
     from psg4d.baseline.predict import PipelinePredictor
@@ -178,9 +187,12 @@ def _predict_pipeline(ckpt: Path, rgb: Path, out: Path, opts, info, *, candidate
     AdaptiveThreads(threads)()
     predictor = PipelinePredictor.from_pretrained(ckpt)
     predictor.config.relation.top_k = min(predictor.config.relation.top_k, candidates)
+    if opts.depth is None and predictor.config.segmenter.use_depth:
+        log.warning("no depth given: the pipeline's depth branch reads every pixel as unknown depth"
+                    " (meta depth_source 'none')")
     # no streaming windows: "max_frames" is unbounded for the pipeline
     plan = plan_video(rgb, 2**62, predictor.config.segmenter.image_size, opts, info=info)
-    res = predict_video(predictor, rgb, out, opts, plan=plan)
+    res = predict_video(predictor, rgb, out, opts, plan=plan, video_id=video_id)
     if report:
         write_prediction_report(out, rgb, opts)
     log.info("%s: %d frames (pipeline), %d objects, %d ranked relations -> %s", res.video_id, res.num_frames,

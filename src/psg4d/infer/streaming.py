@@ -25,7 +25,14 @@ window graphs into one video-level graph:
   as one span. The score is the **maximum** over windows: a relation seen
   confidently in one window is evidence regardless of how many windows it is
   absent from, and averaging would rank relations of long videos lower just
-  because they are short relative to the video.
+  because they are short relative to the video. ``max_relations`` caps the
+  video's ranked list after stitching (the best by score; each window's own
+  cap loses none of them: a relation of the video's top K is in its best
+  window's top K). Every object is kept: the objects are the video's panoptic
+  segmentation, scored on their own, not only through relations.
+* **Depth.** ``meta["depth_source"]`` is the windows' common one (``sensor``,
+  ``estimated`` or ``none``); windows that disagree give ``mixed`` and
+  ``meta["depth_source_windows"]`` (each source -> the first frames of its windows).
 
 The output file is one scene-graph JSON object on one line (so it is valid as
 ``.json`` and as a one-line ``.jsonl``); it carries the source frame numbers
@@ -69,7 +76,7 @@ class StreamSummary:
     num_frames: int
     num_windows: int
     num_objects: int
-    num_relations: int
+    num_relations: int  # written (at most max_relations)
     seconds: float
 
     @property
@@ -120,6 +127,7 @@ class StreamingPredictor:
         window: int,
         stride: int,
         iou_threshold: float = 0.5,
+        max_relations: int | None = None,
         progress: bool = True,
     ):
         if window < 2:
@@ -129,10 +137,13 @@ class StreamingPredictor:
             raise ConfigError(f"streaming stride must be in [1, window-1] = [1, {window - 1}], got {stride}")
         if not 0.0 < iou_threshold <= 1.0:
             raise ConfigError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+        if max_relations is not None and max_relations < 1:
+            raise ConfigError(f"max_relations must be at least 1, got {max_relations}")
         self.predict_window = predict_window
         self.window = window
         self.stride = stride
         self.iou_threshold = iou_threshold
+        self.max_relations = max_relations
         self.progress = progress
 
     # ------------------------------------------------------------------ input
@@ -188,8 +199,12 @@ class StreamingPredictor:
                 desc=f"streaming {video_id}".strip(), disable=not self.progress,
             )
             chain: list[dict] = []  # chained inference: each window's turns, so its reasoning stays readable
+            depth_sources: dict[str, list[int]] = {}  # depth source -> first frames of the windows that used it
             for win in bar:
                 graph = self.predict_window(win.video)
+                if "depth_source" in graph.meta:
+                    depth_sources.setdefault(str(graph.meta["depth_source"]), []).append(
+                        int(win.video.frame_indices[0]))
                 if "chain" in graph.meta:
                     chain.append({"first_frame": int(win.video.frame_indices[0]),
                                   "steps": [{k: v for k, v in st.items() if k != "items"}
@@ -208,23 +223,35 @@ class StreamingPredictor:
                     "iou_threshold": self.iou_threshold,
                     "num_windows": state.num_windows,
                     "relation_score": "max over windows",
+                    "max_relations": self.max_relations,
+                    "relations_stitched": len(state.relations),
                 },
+                **_depth_meta(depth_sources, video_id),
                 **({"mode": "chain", "chain": {"windows": chain, "problems": sum(w["problems"] for w in chain)}}
                    if chain else {}),
             }
             with atomic_path(out_path) as tmp:
-                state.write_graph(tmp, video_id=video_id, meta=meta)
+                written = state.write_graph(tmp, video_id=video_id, meta=meta, max_relations=self.max_relations)
             return StreamSummary(
                 out_path=out_path,
                 video_id=video_id,
                 num_frames=state.committed,
                 num_windows=state.num_windows,
                 num_objects=len(state.tracks),
-                num_relations=len(state.relations),
+                num_relations=written,
                 seconds=time.perf_counter() - t0,
             )
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _depth_meta(sources: dict[str, list[int]], video_id: str) -> dict:
+    """The video's ``depth_source`` from its windows' (none recorded: nothing to say)."""
+    if len(sources) <= 1:
+        return {"depth_source": next(iter(sources))} if sources else {}
+    log.warning("%s: the windows disagree on where depth came from (%s): depth_source is 'mixed'",
+                video_id or "video", ", ".join(f"{s} from frame {f[0]}" for s, f in sources.items()))
+    return {"depth_source": "mixed", "depth_source_windows": sources}
 
 
 def _chunks_to_frames(chunks: Iterable[Video4D]) -> Iterator[Frame]:
@@ -369,14 +396,15 @@ class _StitchState:
         self._commit(self.stop)
 
     # -- output
-    def write_graph(self, path: Path, *, video_id: str, meta: dict) -> None:
-        """Assemble the scene-graph JSON from the per-track files without loading them whole."""
+    def write_graph(self, path: Path, *, video_id: str, meta: dict, max_relations: int | None = None) -> int:
+        """Assemble the scene-graph JSON from the per-track files without loading them whole; the
+        best ``max_relations`` relations by score are written (their count is returned)."""
         assert self.hw is not None
         h, w = self.hw
         n = self.committed
         ranked = sorted(
             self.relations.items(), key=lambda kv: (-(kv[1].score if kv[1].score is not None else -math.inf), kv[0])
-        )
+        )[:max_relations]
         with open(path, "w") as f:
             head = {"schema_version": SCHEMA_VERSION, "video_id": video_id, "num_frames": n, "height": h, "width": w}
             f.write(json.dumps(head)[:-1])
@@ -408,6 +436,7 @@ class _StitchState:
                 for i, line in enumerate(idx):
                     f.write(("," if i else "") + line.strip())
             f.write("]}}\n")
+        return len(ranked)
 
     @staticmethod
     def _write_rles(f, tr: _Track, n: int) -> None:

@@ -21,6 +21,10 @@ How a video is read (:func:`plan_video`), decided before any frame is decoded:
 * **Record.** The output's ``meta["frame_indices"]`` lists the source frame of
   every output frame and ``meta["sampling"]`` how they were chosen, so
   ``psg4d viz PRED --video VIDEO`` reads the same frames with no flags.
+* **Name.** The prediction's ``video_id`` is ``--video-id``, else
+  :func:`default_video_id`: the file's stem, or for a frame folder with a generic
+  name (:data:`FRAME_FOLDER_NAMES`, e.g. PSG4D-HOI's ``<video>/align_rgb``) its
+  parent's name, so ``psg4d eval`` can match it to the ground truth.
 """
 
 from __future__ import annotations
@@ -38,6 +42,10 @@ from psg4d.infer.predictor import Predictor
 from psg4d.infer.streaming import StreamingPredictor
 
 log = logging.getLogger(__name__)
+
+# Names of frame folders that say what the folder holds, not which video: a prediction of such a
+# folder is named after its parent (PSG4D-HOI: HOI4D_release/<video>/align_rgb/).
+FRAME_FOLDER_NAMES = frozenset({"align_rgb", "rgb", "color", "colour", "frames", "images", "image", "img", "imgs"})
 
 # Source frames per model frame in a default streaming window: the model reads 1 frame in 4
 # (at 25-30 fps: ~7 model frames per second of video), and a window costs one generation.
@@ -114,6 +122,16 @@ def plan_video(rgb: Path, model_max_frames: int, image_size: int, opts: ReadOpti
                      stride=stride)
 
 
+def default_video_id(path: Path) -> str:
+    """The id a prediction of ``path`` gets without ``--video-id`` (see the module docstring)."""
+    path = Path(path)
+    if path.is_dir() and path.name.lower() in FRAME_FOLDER_NAMES:
+        parent = path.resolve().parent.name
+        if parent:
+            return parent
+    return path.stem
+
+
 @dataclass(frozen=True, kw_only=True)
 class VideoResult:
     out: Path
@@ -125,25 +143,33 @@ class VideoResult:
 
 
 def predict_video(predictor: Predictor, rgb: Path, out: Path, opts: ReadOptions, *,
-                  plan: VideoPlan | None = None, progress: bool = True) -> VideoResult:
+                  plan: VideoPlan | None = None, progress: bool = True, video_id: str | None = None) -> VideoResult:
     """Predict ``rgb`` (a video file or frame folder) into ``out`` (atomically) following its plan.
 
-    ``predictor`` is the 4D-LLM's, or any object with ``predict(video, *, mask_size)`` given a plan
-    that does not stream (the pipeline baseline's)."""
+    ``predictor`` is the 4D-LLM's (a streamed video keeps its config's ``max_candidates`` best
+    relations of the whole video), or any object with ``predict(video, *, mask_size)`` given a
+    plan that does not stream (the pipeline baseline's). ``video_id``: default
+    :func:`default_video_id`."""
     from psg4d.data.video_io import iter_frames, load_video
 
     if plan is None:
         cfg = predictor.model.config
         plan = plan_video(rgb, cfg.max_frames, cfg.image_size, opts)
     meta = {"sampling": plan.sampling_meta(opts)}
-    video_id = plan.info.path.stem
+    if video_id is None:
+        video_id = default_video_id(plan.info.path)
+        how = "its parent folder's name" if video_id != plan.info.path.stem else "its name"
+        log.info("%s: video id %r (%s; --video-id sets it)", plan.info.path, video_id, how)
+    else:
+        log.info("%s: video id %r (--video-id)", plan.info.path, video_id)
     log.info("%s: %d of %d source frames at %dx%d, %s", video_id, plan.num_frames, plan.info.num_frames,
              plan.hw[1], plan.hw[0], plan.mode if plan.mode != "streaming" else
              f"streaming (windows of {plan.window} frames every {plan.stride})")
     if plan.mode == "streaming":
+        # the cap is the video's: each window keeps as many, and the stitched list is cut again
         streamer = StreamingPredictor(predict_window=partial(predictor.predict, mask_size=plan.mask_hw),
                                       window=plan.window, stride=plan.stride,
-                                      progress=progress)
+                                      max_relations=predictor.config.max_candidates, progress=progress)
         frames = iter_frames(rgb, depth=opts.depth, depth_scale=opts.depth_scale, fps=opts.fps, size=plan.size,
                              info=plan.info)
         fps = plan.info.fps if opts.fps is None else min(opts.fps, plan.info.fps)
@@ -151,7 +177,7 @@ def predict_video(predictor: Predictor, rgb: Path, out: Path, opts: ReadOptions,
         return VideoResult(out=out, video_id=video_id, num_frames=s.num_frames, num_objects=s.num_objects,
                            num_relations=s.num_relations, mode=plan.mode)
     video = load_video(rgb, depth=opts.depth, depth_scale=opts.depth_scale, fps=opts.fps,
-                       max_frames=opts.max_frames, size=plan.size)
+                       max_frames=opts.max_frames, size=plan.size, video_id=video_id)
     graph = predictor.predict(video, mask_size=plan.mask_hw)
     graph.meta.update(meta, frame_indices=[int(i) for i in video.frame_indices])
     graph.save(out)

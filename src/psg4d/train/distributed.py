@@ -93,6 +93,15 @@ def mean_across_ranks(value: float, info: DistInfo) -> float:
     return float(t.item()) / info.world_size
 
 
+def sum_across_ranks(values: list[float], info: DistInfo) -> list[float]:
+    """Element-wise sums of ``values`` over the ranks (collective: every rank passes as many)."""
+    if not info.distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=info.device if info.device.type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return [float(v) for v in t.cpu()]
+
+
 def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     """Every rank's ``obj``, in rank order (on every rank)."""
     if not info.distributed:

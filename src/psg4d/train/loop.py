@@ -35,7 +35,6 @@ import importlib.util
 import json
 import logging
 import math
-import shutil
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -62,7 +61,7 @@ from psg4d.train.optim import build_optimizer, build_scheduler, param_groups, re
 from psg4d.train.params import FrozenModules, check_frozen_initialised, set_trainable, top_level_modules
 from psg4d.train.stages import INIT_PREVIOUS, ExperimentConfig, StageConfig, check_local_weights
 from psg4d.train.validation import DefaultValidator, Validator, autocast, seed_everything, to_device
-from psg4d.utils.io import check_writable_dir
+from psg4d.utils.io import check_writable_dir, start_over
 from psg4d.utils.threads import AdaptiveThreads
 
 log = logging.getLogger(__name__)
@@ -162,6 +161,10 @@ def train(
         if resume:
             # every rank checks, so all of them stop on a conflict instead of waiting at a barrier
             ckpt.check_resume_config(out / EXPERIMENT_FILE, yaml.safe_load(yaml.safe_dump(to_dict(cfg))))
+        else:
+            if info.is_main:
+                start_over(out, part=only_stage, describes=(EXPERIMENT_FILE,))
+            dist_utils.barrier(info)  # no rank looks into `out` before the earlier run has moved
         if info.is_main:
             check_writable_dir(out)
             save_yaml(cfg, out / EXPERIMENT_FILE)
@@ -305,8 +308,6 @@ class _StageRun:
         """Model, optimizer and schedule, restored from `last` when resuming."""
         stage, info, t = self.stage, self.info, self.t
         last = ckpt.find_last(self.dir) if self.resume else None
-        if not self.resume:
-            self._clear()
         dist_utils.barrier(info)
         if info.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -338,20 +339,6 @@ class _StageRun:
             total=total, step=step, elapsed_s=elapsed, resumed_from=resumed_from,
             last_loss=next((r["loss"] for r in reversed(kept) if "loss" in r), None), val_fn=val_fn,
         )
-
-    def _clear(self) -> None:
-        """Remove this stage's artefacts from an earlier run (only ours: checkpoints, metrics)."""
-        if not self.info.is_main or not self.dir.exists():
-            return
-        for _, p in ckpt.step_checkpoints(self.dir):
-            shutil.rmtree(p)
-        for name in (ckpt.LAST, ckpt.FINAL):
-            p = self.dir / name
-            if p.is_symlink():
-                p.unlink()
-            elif p.is_dir():
-                shutil.rmtree(p)
-        log.warning("stage %s: starting over (--no-resume): removed earlier checkpoints in %s", self.stage.name, self.dir)
 
     def _init_dir(self) -> Path | None:
         init = self.stage.init
@@ -544,8 +531,6 @@ class _StageRun:
     def _default_validator(self) -> Validator | None:
         if not self.cfg.data.val:
             return None
-        if not self.info.is_main:
-            return None
         if self.t.val_recall and importlib.util.find_spec("psg4d.infer.predictor") is None:
             raise ConfigError(
                 "train.val_recall=true needs psg4d.infer.predictor (R@K of predicted scene graphs);"
@@ -554,7 +539,7 @@ class _StageRun:
         dataset = build_mixture(self.cfg.data.val, self.cfg.data, opener=self.opener, max_videos=self.t.val_max_videos)
         return DefaultValidator(
             dataset=dataset, device=self.info.device, amp=self.amp, batch_size=self.t.batch_size,
-            recall=self.t.val_recall, protocol=self.t.val_protocol,
+            recall=self.t.val_recall, protocol=self.t.val_protocol, info=self.info,
         )
 
     def _validate(self, val_fn: Validator | None, step: int) -> dict[str, float]:
@@ -562,9 +547,10 @@ class _StageRun:
         if not has_val:
             return {}
         metrics: dict[str, float] = {}
-        # Collective under FSDP (all ranks gather the full weights); rank 0 evaluates.
+        # Collective under FSDP (all ranks gather the full weights). Every rank validates: a
+        # validator's collectives (the default one reduces its ranks' shares) need them all.
         with dist_utils.full_params(self.wrapped) as model:
-            if self.info.is_main and val_fn is not None:
+            if val_fn is not None:
                 model.eval()
                 try:
                     metrics = dict(val_fn(model, stage=self.stage, step=step))

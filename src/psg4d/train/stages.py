@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection, Literal, get_args
 
-from psg4d.config import apply_overrides, did_you_mean, from_dict, load_yaml, merge_dicts, to_dict
+from psg4d.config import ExclusiveKeys, apply_overrides, did_you_mean, from_dict, load_yaml, merge_dicts, to_dict
 from psg4d.errors import ConfigError
 from psg4d.model.config import ModelConfig
 
@@ -87,6 +87,14 @@ STAGE_KINDS: dict[str, StageKind] = {
         model_settings=(_ESTIMATORS, ("transfer.objective", "llm"), ("transfer.pathway", "real")),
     ),
 }
+
+
+# Keys of which a config sets exactly one. A `--set` of one replaces the others where the preset
+# set them (`--set stages.0.max_steps=500` on a preset whose stage runs `epochs: 3`); setting two of
+# them on one command line is an error (psg4d.config.apply_overrides).
+EXCLUSIVE_KEYS: tuple[ExclusiveKeys, ...] = (
+    ExclusiveKeys(section="stages.*", keys=("max_steps", "epochs")),
+)
 
 
 @dataclass(kw_only=True)
@@ -344,8 +352,10 @@ def load_experiment(path: str | Path | None = None, overrides: list[str] | None 
     """YAML preset (with ``_base_``) + ``key=value`` overrides -> :class:`ExperimentConfig`."""
     data: dict[str, Any] = load_yaml(path) if path is not None else {}
     where = str(path) if path else "config"
+    # outside the try: a conflict between overrides names them itself
+    data = apply_overrides(data, overrides, exclusive=EXCLUSIVE_KEYS)
     try:
-        return experiment_from_data(apply_overrides(data, overrides), where=where)
+        return experiment_from_data(data, where=where)
     except ConfigError as e:
         # a bad value given on the command line is the user's --set, not the preset file's
         problem = str(e).removeprefix(f"{where}: ")

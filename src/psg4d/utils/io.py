@@ -153,16 +153,35 @@ def clean_stale_temps(path: str | Path) -> list[Path]:
     return removed
 
 
-def move_aside(path: Path) -> Path:
+def move_aside(path: Path, *, reason: str = "--overwrite") -> Path:
     """Rename ``path`` to a fresh ``NAME.replaced-<UTC time>`` sibling and return the new name."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     for i in range(1000):
         target = path.with_name(f"{path.name}.replaced-{stamp}" + (f"-{i}" if i else ""))
         if not target.exists():
             os.replace(path, target)
-            log.warning("moved the existing %s aside to %s (--overwrite)", path, target)
+            log.warning("moved the existing %s aside to %s (%s)", path, target, reason)
             return target
     raise Psg4dError(f"{path}: cannot find a free name to move it aside")
+
+
+def start_over(run_dir: str | Path, *, part: str | None = None, describes: tuple[str, ...] = ()) -> Path | None:
+    """``--no-resume``: move an earlier training run aside so that a fresh one starts in its place.
+
+    The whole ``run_dir`` moves to ``RUN.replaced-<UTC time>``; with ``part`` (one stage rerun on
+    its own) only ``run_dir/part`` moves, within the run, and gets a copy of the run's
+    ``describes`` files (its config), which the new run may rewrite. Nothing is deleted. Returns
+    where the earlier run went (None: there was none)."""
+    run_dir = Path(run_dir)
+    target = run_dir / part if part else run_dir
+    if not target.is_dir() or _is_empty_dir(target):
+        return None
+    moved = move_aside(target, reason="--no-resume: starting over")
+    if part:
+        for name in describes:
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, moved / name)
+    return moved
 
 
 def prepare_output_dir(

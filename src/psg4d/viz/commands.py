@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 from pathlib import Path
 from typing import Optional
 
@@ -13,8 +12,6 @@ import typer
 from psg4d.data.schema import SceneGraph4D, iter_scene_graphs
 from psg4d.errors import ConfigError, DataError
 from psg4d.utils.io import atomic_path
-
-log = logging.getLogger(__name__)
 
 # The report embeds frames at most this long (psg4d.viz.report.render_report's max_side).
 REPORT_MAX_SIDE = 640
@@ -49,12 +46,17 @@ def _read_metrics(path: Path) -> dict:
 
 
 def viz_command(
-    pred: Path = typer.Argument(..., help="Predicted scene graph (.json, or a .jsonl collection with --video-id)."),
+    pred: Path = typer.Argument(
+        ..., metavar="PRED", help="Predicted scene graph (.json, or a .jsonl collection with --video-id)."
+    ),
     video: Path = typer.Option(..., "--video", help="The RGB video: a folder of frames or a video file."),
     out: Path = typer.Option(..., "--out", help="Report to write (one self-contained .html)."),
     depth: Optional[Path] = typer.Option(None, "--depth", help="Depth folder (.npy metres or 16-bit PNG)."),
     depth_scale: float = typer.Option(1000.0, "--depth-scale", help="16-bit PNG depth units per metre."),
-    gt: Optional[Path] = typer.Option(None, "--gt", help="Ground-truth scene graph(s) to compare with."),
+    gt: Optional[Path] = typer.Option(
+        None, "--gt", help="Ground truth to compare with, as psg4d eval takes it: a scene-graph file or a dataset"
+        " folder (the prediction's video is looked up by its id)."
+    ),
     metrics: Optional[Path] = typer.Option(None, "--metrics", help="metrics.json to show as a table."),
     gif: Optional[Path] = typer.Option(None, "--gif", help="Also write the overlay as an animated GIF."),
     mp4: Optional[Path] = typer.Option(None, "--mp4", help="Also write the overlay as an MP4."),
@@ -65,6 +67,7 @@ def viz_command(
     display_frames: int = typer.Option(300, "--display-frames", help="Most frames embedded for playback."),
 ) -> None:
     """Write an HTML report of a predicted 4D scene graph over its video (and GT, metrics)."""
+    from psg4d.eval.sources import ground_truth_for_video
     from psg4d.viz.overlay import export_gif, export_mp4
     from psg4d.viz.report import render_report
 
@@ -79,7 +82,7 @@ def viz_command(
         if path is not None:
             check_output_file(path)
     graph = pick_graph(pred, video_id, "prediction")
-    gt_graph = _pick_gt(gt, graph.video_id) if gt is not None else None
+    gt_graph = ground_truth_for_video(gt, graph.video_id) if gt is not None else None
     metrics_d = _read_metrics(metrics) if metrics is not None else None
     vid = load_video_for(graph, video, depth=depth, depth_scale=depth_scale, fps=fps, max_frames=max_frames)
     html_text = render_report(graph, vid, gt=gt_graph, metrics=metrics_d, top_k=top_k, max_frames=display_frames)
@@ -116,12 +119,3 @@ def load_video_for(graph: SceneGraph4D, video: Path, *, depth: Path | None = Non
     return load_video(video, depth=depth, depth_scale=depth_scale, fps=fps, max_frames=max_frames, size=size,
                       frame_indices=keep)
 
-
-def _pick_gt(path: Path, video_id: str) -> SceneGraph4D:
-    """A lone GT graph is taken as is; in a collection, the one with the prediction's video id."""
-    graphs = list(iter_scene_graphs(path))
-    if len(graphs) == 1:
-        if graphs[0].video_id != video_id:
-            log.warning("%s: ground truth is for video %r, prediction for %r", path, graphs[0].video_id, video_id)
-        return graphs[0]
-    return pick_graph(path, video_id, "ground-truth")

@@ -29,6 +29,11 @@ FORMATS: dict[str, type[DatasetReader]] = {
 }
 
 
+# ``psg4d synth`` writes this beside its datasets (4d/, 2d/); the folder itself is no dataset
+SYNTH_META = "synth_meta.json"
+MAX_SUBFOLDERS = 64  # subfolders looked into for a hint when a folder holds no dataset
+
+
 def known_formats() -> str:
     """``name (marker), ...`` for error messages and help texts."""
     return ", ".join(f"{name} ({' or '.join((cls.marker, *cls.alt_markers))})" for name, cls in FORMATS.items())
@@ -41,9 +46,10 @@ def detect_format(path: str | Path) -> str:
         raise DataError(root, "dataset folder not found")
     if not root.is_dir():
         raise DataError(root, "not a folder; give the dataset's root folder")
-    hits = [name for name, cls in FORMATS.items() if cls.marker_path(root) is not None]
+    hits = _formats_at(root)
     if not hits:
-        raise DataError(root, f"no known dataset marker file found; known formats: {known_formats()}")
+        hint = nested_datasets_hint(root)
+        raise DataError(root, f"no known dataset marker file found; {hint or f'known formats: {known_formats()}'}")
     if len(hits) > 1:
         raise DataError(
             root,
@@ -51,6 +57,28 @@ def detect_format(path: str | Path) -> str:
             f"(known formats: {known_formats()})",
         )
     return hits[0]
+
+
+def _formats_at(root: Path) -> list[str]:
+    return [name for name, cls in FORMATS.items() if cls.marker_path(root) is not None]
+
+
+def nested_datasets_hint(root: str | Path) -> str | None:
+    """Where to look instead when ``root`` holds datasets one folder down (a ``psg4d synth``
+    output holds ``4d/`` and ``2d/``), or ``None``: the datasets of its subfolders and their formats."""
+    root = Path(root)
+    synth = (root / SYNTH_META).is_file()
+    try:
+        # a synth output's own folders first, the 4D set before the 2D images
+        subs = [root / "4d", root / "2d"] if synth else sorted(p for p in root.iterdir() if p.is_dir())[:MAX_SUBFOLDERS]
+    except OSError:
+        return None
+    found = [f"{sub} (format {fmts[0]})" for sub in subs if sub.is_dir() and len(fmts := _formats_at(sub)) == 1]
+    if not found:
+        return None
+    if synth:
+        return f"{root} is a psg4d synth output: inspect {' or '.join(found)}"
+    return f"datasets found in subfolders: {', '.join(found)}"
 
 
 def open_dataset(path: str | Path, format: str | None = None) -> DatasetReader:
@@ -67,7 +95,14 @@ def open_dataset(path: str | Path, format: str | None = None) -> DatasetReader:
     cls = FORMATS[format]
     if cls.marker_path(root) is None:
         where = " or ".join((cls.marker, *cls.alt_markers))
-        raise DataError(root / cls.marker, f"file not found (format {format} needs {where} under the dataset root)")
+        # a wrong format names the format that is there; a folder of datasets, its subfolders
+        others = _formats_at(root) if root.is_dir() else []
+        hint = f"the folder holds a {' and a '.join(others)} dataset" if others else None
+        hint = hint or (nested_datasets_hint(root) if root.is_dir() else None)
+        raise DataError(
+            root / cls.marker,
+            f"file not found (format {format} needs {where} under the dataset root)" + (f"; {hint}" if hint else ""),
+        )
     return cls(root)
 
 
@@ -82,5 +117,6 @@ __all__ = [
     "VGReader",
     "detect_format",
     "known_formats",
+    "nested_datasets_hint",
     "open_dataset",
 ]

@@ -40,6 +40,20 @@ def expect(cond: bool, where: str | Path, problem: str, *, field: str | None = N
         raise DataError(where, problem, field=field)
 
 
+def checked_sample(sample: Any) -> tuple[Any, Any, str, str]:
+    """``(video, graph, video id, where)`` of a sample a writer is given, after checking that both
+    are valid and the graph has the video's frames and size (a writer never writes a broken video)."""
+    video, graph = sample.video, sample.graph
+    vid = graph.video_id or video.video_id
+    where = f"video {vid!r}"
+    video.validate(where)
+    graph.validate(where)
+    shape = (video.num_frames, video.height, video.width)
+    expect((graph.num_frames, graph.height, graph.width) == shape, where,
+           f"scene graph is {graph.num_frames}x{graph.height}x{graph.width} but video is {'x'.join(map(str, shape))}")
+    return video, graph, vid, where
+
+
 def get_field(d: Any, key: str, where: str | Path, *, ctx: str = "", types: type | tuple = object) -> Any:
     """``d[key]`` with a DataError naming the file (and context) if absent or of the wrong type."""
     prefix = f"{ctx}: " if ctx else ""
@@ -147,6 +161,13 @@ def save_image(path: Path, arr: np.ndarray, *, fmt: str, **kwargs: Any) -> None:
     dataset's frames are committed by the index file written last)."""
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format=fmt, **kwargs)
+    atomic_write_bytes(path, buf.getvalue(), fsync=False)
+
+
+def save_npy(path: Path, arr: np.ndarray) -> None:
+    """One array as ``.npy``, written atomically (no fsync, as :func:`save_image`)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
     atomic_write_bytes(path, buf.getvalue(), fsync=False)
 
 

@@ -1,4 +1,4 @@
-"""PSG4D-GTA (third-person RGB-D videos built from SAIL-VOS 3D): reader.
+"""PSG4D-GTA (third-person RGB-D videos built from SAIL-VOS 3D): reader and writer.
 
 Layout under the dataset root, as PSG4D's ``data/GTA`` scripts build it
 (``rearrange_files.py`` cuts and renumbers the SAIL-VOS 3D frames from 0,
@@ -37,24 +37,39 @@ when its category is listed under ``objects.stuff`` (for a flat class list: in
 :data:`GTA_STUFF_CLASSES`). ``visible`` is read only when ``masks`` is absent:
 stuff tubes are then empty, and the reader warns once.
 
-Depth: SAIL-VOS stores ``depth = 6 * (z_ndc + 4e-5)``; when the frame's
-``rage_matrices`` file exists, depth is converted to metric camera depth with
-its ``P_inv`` (row-vector convention, as the public code); otherwise the
+Depth (:mod:`psg4d.data.readers.sailvos_depth`): SAIL-VOS stores
+``depth = 6 * (z_ndc + 4e-5)``; when the frame's ``rage_matrices`` file exists,
+depth is converted to metric camera depth with its ``P_inv`` (row-vector
+convention, as the public code); otherwise the
 ``.npy`` values are taken to be metres already (the convention of datasets
-written in this layout by other tools).
+written in this layout by other tools). The sky value ``24e-5`` (``z_ndc`` 0:
+no surface) reads as depth 0, psg4d's "no depth here".
+
+Where the public files are silent, an entry's ``meta`` may carry ``height``,
+``width`` and a 3x3 ``intrinsics``, and an object ``attributes`` (a JSON
+object, e.g. the synthetic world's descriptions); the public code ignores them.
+
+Writer (:func:`write_gta_video`, :func:`write_gta_index`; the synthetic ``gta``
+preset's layout): RGB as 24-bit BMP, depth as SAIL-VOS NDC values with a
+per-frame ``rage_matrices`` ``P_inv`` built from the intrinsics (reversed-Z
+infinite projection, so :func:`ndc_depth_to_metres` gives the metres back),
+``visible`` (things) and ``masks`` (things + stuff) as uint16 maps, and object
+ids by :func:`gta_object_ids`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection, Sequence
 
 import numpy as np
 
 from psg4d.data.readers._util import (
     TubeBuilder,
     as_int,
+    checked_sample,
     expect,
     get_field,
     int_field,
@@ -62,12 +77,24 @@ from psg4d.data.readers._util import (
     load_npy,
     load_npz_key,
     merged_relations,
+    paint_id_map,
     parse_span,
+    safe_rel_path,
+    save_image,
+    save_npy,
+    save_npz,
     thing_stuff_classes,
 )
 from psg4d.data.readers.base import IndexedReader
-from psg4d.data.schema import ObjectTrack, SceneGraph4D, Span, Video4D
+from psg4d.data.readers.sailvos_depth import (
+    default_intrinsics,
+    metres_to_ndc_depth,
+    ndc_depth_to_metres,
+    ndc_projection,
+)
+from psg4d.data.schema import ObjectTrack, Sample, SceneGraph4D, Span, Video4D
 from psg4d.errors import DataError
+from psg4d.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +106,7 @@ THINGS_DIR = "visible"  # SAIL-VOS instance maps: things only
 RAGE_DIR = "rage_matrices"
 STUFF_OFFSET = 1000
 DEFAULT_FPS = 5.0  # PSG4D-GTA is annotated at about 5 fps
-NDC_SCALE, NDC_SHIFT = 6.0, 4e-5  # z_ndc = depth / 6 - 4e-5 (public generate_3d_data.py)
+MAX_BACKGROUND = 255  # background_masks are 8-bit: stuff ids run 1001..1255
 
 # Stuff classes of the public PSG4D-GTA class list, for indexes with a flat class list.
 GTA_STUFF_CLASSES = frozenset({"sky", "floor", "ceiling", "ground", "wall", "grass", "fence", "stair", "window"})
@@ -181,7 +208,7 @@ class GTAReader(IndexedReader):
         names = self._checked_frames(video_id)
         T = len(names)
         raw_objs = get_field(e, "object", where, ctx=ctx, types=list)
-        objs: list[tuple[int, str, bool]] = []
+        objs: list[tuple[int, str, bool, dict]] = []
         for j, o in enumerate(raw_objs):
             octx = f"{ctx}: object[{j}]"
             oid = int_field(o, "object_id", where, octx)
@@ -194,7 +221,9 @@ class GTAReader(IndexedReader):
                 f"{octx}: stuff object {cat!r} has object_id {oid}; a stuff id is its mask value "
                 f"(background value + {STUFF_OFFSET}), so it must exceed {STUFF_OFFSET}",
             )
-            objs.append((oid, cat, is_thing))
+            extra = o.get("attributes") or {}
+            expect(isinstance(extra, dict), where, f"{octx}: 'attributes' must be a JSON object")
+            objs.append((oid, cat, is_thing, extra))
 
         mask_dir = self._mask_dir(video_id)
         builder: TubeBuilder | None = None
@@ -210,8 +239,11 @@ class GTAReader(IndexedReader):
             builder.add_frame(t, m)
 
         objects = [
-            ObjectTrack(object_id=oid, category=cat, is_thing=thing, tube=builder.tube(oid) if builder else None)
-            for oid, cat, thing in objs
+            ObjectTrack(
+                object_id=oid, category=cat, is_thing=thing, tube=builder.tube(oid) if builder else None,
+                attributes=dict(extra),
+            )
+            for oid, cat, thing, extra in objs
         ]
         triplets = []
         for j, r in enumerate(self._entry_list(e, "relations", ctx)):
@@ -220,8 +252,11 @@ class GTAReader(IndexedReader):
             s = as_int(r[0], where, f"{rctx} subject")
             o = as_int(r[2], where, f"{rctx} object")
             triplets.append((s, o, self._predicate(r[1], rctx), _spans(r[3], where, rctx)))
+        meta = self._entry_meta(video_id)
+        if shape is None and "height" in meta and "width" in meta:  # index-only read: the size the index gives
+            shape = tuple(as_int(meta[k], where, f"{ctx}: meta.{k}") for k in ("height", "width"))
         H, W = shape if shape else (0, 0)
-        fps = float(self._entry_meta(video_id).get("fps", DEFAULT_FPS))
+        fps = float(meta.get("fps", DEFAULT_FPS))
         return self._graph(
             video_id, size=(T, H, W), objects=objects, relations=merged_relations(triplets), where=where, meta={"fps": fps}
         )
@@ -238,10 +273,13 @@ class GTAReader(IndexedReader):
             if rage.is_file():
                 d = ndc_depth_to_metres(d, load_npz_key(rage, "P_inv", what="camera matrix"))
             depths.append(d)
+        meta = self._entry_meta(video_id)
+        intr = meta.get("intrinsics")
         video = Video4D(
             rgb=rgb,
             depth=np.stack(depths),
-            fps=float(self._entry_meta(video_id).get("fps", DEFAULT_FPS)),
+            intrinsics=None if intr is None else np.asarray(intr, dtype=np.float64),
+            fps=float(meta.get("fps", DEFAULT_FPS)),
             frame_indices=np.array([int(s) for s in names], dtype=np.int64),
             video_id=video_id,
         )
@@ -254,20 +292,117 @@ def _spans(raw: Any, where: Path, rctx: str) -> list[Span]:
     return [parse_span(sp, where, rctx) for sp in (raw if isinstance(raw[0], list) else [raw])]
 
 
-def ndc_depth_to_metres(depth: np.ndarray, p_inv: np.ndarray) -> np.ndarray:
-    """SAIL-VOS depth -> metric camera depth (positive distance along the view axis).
+# --------------------------------------------------------------------------- writer
 
-    Pixels map to NDC as in the public code (x: -1..1 left to right, y: 1..-1
-    top to bottom); points are row vectors, ``camera = ndc @ P_inv``.
+def gta_object_ids(objects: Sequence[ObjectTrack]) -> dict[int, int]:
+    """``object_id -> id in the GTA layout`` (which is also the object's mask value).
+
+    In order of precedence: a thing keeps an id in 1..999 and a stuff object one in 1001..1255
+    (a GTA graph read back is written with the same ids); a stuff id in 1..255 is taken as its
+    background value and becomes id + 1000, as ``merge_masks.py`` does (the synthetic floor 1 ->
+    1001); any other id, or one already taken, gets the lowest free id of its range. Ties go to
+    the earlier object.
     """
-    H, W = depth.shape
-    yy, xx = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
-    x = 2.0 / max(W - 1, 1) * xx - 1.0
-    y = -2.0 / max(H - 1, 1) * yy + 1.0
-    z = depth / NDC_SCALE - NDC_SHIFT
-    ndc = np.stack([x, y, z, np.ones_like(z)], axis=-1).astype(np.float64)
-    cam = ndc @ np.asarray(p_inv, dtype=np.float64)
-    w = cam[..., 3]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        zc = np.where(np.abs(w) > 1e-12, cam[..., 2] / w, 0.0)
-    return np.abs(zc).astype(np.float32)
+    lo_hi = {True: (1, STUFF_OFFSET - 1), False: (STUFF_OFFSET + 1, STUFF_OFFSET + MAX_BACKGROUND)}
+    out: dict[int, int] = {}
+    taken: set[int] = set()
+
+    def claim(o: ObjectTrack, i: int | None) -> None:
+        if o.object_id not in out and i is not None and i not in taken:
+            out[o.object_id] = i
+            taken.add(i)
+
+    for o in objects:
+        lo, hi = lo_hi[o.is_thing]
+        claim(o, o.object_id if lo <= o.object_id <= hi else None)
+    for o in objects:
+        claim(o, o.object_id + STUFF_OFFSET if not o.is_thing and 1 <= o.object_id <= MAX_BACKGROUND else None)
+    for o in objects:
+        lo, hi = lo_hi[o.is_thing]
+        claim(o, next((i for i in range(lo, hi + 1) if i not in taken), None))
+        if o.object_id not in out:
+            kind = "thing" if o.is_thing else "stuff"
+            raise DataError(f"object {o.object_id}", f"no free {kind} id left in {lo}..{hi} of the PSG4D-GTA layout")
+    return out
+
+
+def _frame_stems(video: Video4D, where: str) -> list[str]:
+    fidx = [int(i) for i in np.asarray(video.frame_indices)]
+    ok = all(i >= 0 for i in fidx) and all(b > a for a, b in zip(fidx, fidx[1:]))
+    expect(ok, where, "frame_indices must be increasing and non-negative: they name the frame files")
+    return [f"{i:06d}" for i in fidx]
+
+
+def write_gta_video(root: Path, sample: Sample, *, stuff_classes: Collection[str]) -> dict:
+    """Write one video's frames, depth, camera matrices and id maps under ``root``; return its
+    ``sailvos3d.json`` entry (ids by :func:`gta_object_ids`, relations renumbered with them).
+
+    Only per-video files are written, so videos can be written from parallel worker processes;
+    :func:`write_gta_index` writes the index at the end. The layout needs depth; an object is
+    stuff exactly when its category is in ``stuff_classes`` (the reader decides by class).
+    """
+    root = Path(root)
+    video, graph, vid, where = checked_sample(sample)
+    T, H, W = video.num_frames, video.height, video.width
+    expect(video.depth is not None, where, "the PSG4D-GTA layout needs depth; this video has none")
+    expect(math.isfinite(float(video.fps)), where, f"fps must be finite, got {video.fps}")
+    rel = safe_rel_path(vid, where)
+    stems = _frame_stems(video, where)
+    stuff = set(stuff_classes)
+    for o in graph.objects:
+        expect(o.is_thing != (o.category in stuff), where, f"object {o.object_id} ({o.category!r}) is "
+               f"{'a thing' if o.is_thing else 'stuff'}, but the PSG4D-GTA layout tells stuff by class")  # fmt: skip
+    ids = gta_object_ids(graph.objects)
+
+    objects = []
+    for o in graph.objects:
+        entry: dict[str, Any] = {"object_id": ids[o.object_id], "category": o.category}
+        if o.attributes:
+            entry["attributes"] = dict(o.attributes)
+        objects.append(entry)
+
+    K = video.intrinsics if video.intrinsics is not None else default_intrinsics(H, W)
+    p = ndc_projection(K, H, W)
+    p_inv = np.linalg.inv(p)
+    tubes = [(ids[o.object_id], o.tube) for o in graph.objects if o.tube is not None]
+    for t, stem in enumerate(stems):
+        save_image(root / IMAGE_DIR / rel / f"{stem}.bmp", video.rgb[t], fmt="BMP")
+        save_npy(root / DEPTH_DIR / rel / f"{stem}.npy", metres_to_ndc_depth(video.depth[t], p))
+        save_npz(root / RAGE_DIR / rel / f"{stem}.npz", P_inv=p_inv)
+        # uint16, as ids >= 1000 need (merge_masks.py); thing ids are < 1000, stuff ids above
+        panoptic = paint_id_map(((i, m.frame(t)) for i, m in tubes), (H, W), where=where, frame=t, dtype=np.uint16)
+        save_npy(root / THINGS_DIR / rel / f"{stem}.npy", np.where(panoptic < STUFF_OFFSET, panoptic, 0))
+        save_npy(root / PANOPTIC_DIR / rel / f"{stem}.npy", panoptic)
+
+    # one span per entry, as the public file lists them
+    relations = [
+        [ids[r.subject_id], r.predicate, ids[r.object_id], [int(a), int(b)]] for r in graph.relations for a, b in r.spans
+    ]
+    meta: dict[str, Any] = {"num_frames": T, "fps": float(video.fps), "height": H, "width": W}
+    if video.intrinsics is not None:
+        meta["intrinsics"] = np.asarray(video.intrinsics, dtype=np.float64).tolist()
+    return {"video_id": rel, "object": objects, "relations": relations, "meta": meta}
+
+
+def write_gta_index(
+    root: Path,
+    entries: list[dict],
+    *,
+    thing_classes: Sequence[str],
+    stuff_classes: Sequence[str],
+    predicates: Sequence[str],
+    splits: dict[str, list[str]],
+) -> None:
+    """Write ``sailvos3d.json`` (the marker, so it comes last: a half-written dataset is never
+    detected). ``predicate_classes`` fixes the predicate order (the public file has none)."""
+    root = Path(root)
+    known = {str(e["video_id"]) for e in entries}
+    for name, vids in splits.items():
+        for v in vids:
+            expect(str(v) in known, root / INDEX_FILE, f"split {name!r} names video {v!r} that has no entry")
+    atomic_write_json(root / INDEX_FILE, {
+        "objects": {"thing": list(thing_classes), "stuff": list(stuff_classes)},
+        "predicate_classes": list(predicates),
+        "split": {k: [str(v) for v in vids] for k, vids in splits.items()},
+        "data": entries,
+    })  # fmt: skip

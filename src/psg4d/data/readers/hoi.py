@@ -54,6 +54,7 @@ import numpy as np
 from psg4d.data.readers._util import (
     TubeBuilder,
     as_int,
+    checked_sample,
     count_files,
     expect,
     get_field,
@@ -326,17 +327,7 @@ def write_hoi_video(root: Path, sample: Sample, *, categories: list[str], rel_pa
     Overlapping masks are refused (a mask_id map holds one object per pixel).
     """
     root = Path(root)
-    video, graph = sample.video, sample.graph
-    vid = graph.video_id or video.video_id
-    where = f"video {vid!r}"
-    video.validate(where)
-    graph.validate(where)
-    expect(
-        (graph.num_frames, graph.height, graph.width) == (video.num_frames, video.height, video.width),
-        where,
-        f"scene graph is {graph.num_frames}x{graph.height}x{graph.width} but video is "
-        f"{video.num_frames}x{video.height}x{video.width}",
-    )
+    video, graph, vid, where = checked_sample(sample)
     expect(len(categories) <= MASK_ID_STRIDE, where, f"at most {MASK_ID_STRIDE} categories fit mask_id % {MASK_ID_STRIDE}")
     rel = safe_rel_path(rel_path if rel_path is not None else vid, where)
     cat_index = {c: i for i, c in enumerate(categories)}

@@ -4,7 +4,8 @@ Scenes of primitives (boxes, spheres, cylinders, capsules) on a floor between
 walls are simulated (agents reach, grasp, carry, push, walk, sit, talk),
 rendered by vectorised ray casting (RGB, z-depth, panoptic ids) and labelled
 with relations computed from the simulated state. ``generate`` writes a 4D set
-in the PSG4D-HOI layout and a 2D image set in the OpenPSG layout.
+in the layout of the dataset the preset imitates (``hoi``: PSG4D-HOI, ``gta``:
+PSG4D-GTA) and a 2D image set in the OpenPSG layout.
 """
 
 from psg4d.data.synth.generate import (

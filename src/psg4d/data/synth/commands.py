@@ -13,7 +13,7 @@ from psg4d.utils.io import prepare_output_dir
 
 def synth(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (written atomically): 4d/, 2d/, synth_meta.json; an earlier synth output there is replaced."),
-    preset: str = typer.Option("hoi", "--preset", help="hoi (egocentric hand-object) or gta (third-person people)."),
+    preset: str = typer.Option("hoi", "--preset", help="hoi (egocentric hand-object; 4d/ in the PSG4D-HOI layout) or gta (third-person people; 4d/ in the PSG4D-GTA layout)."),
     videos: int = typer.Option(24, "--videos", help="Number of 4D RGB-D videos (split train/val/test)."),
     images: int = typer.Option(200, "--images", help="Number of 2D images (split train/val/test)."),
     frames: int = typer.Option(16, "--frames", help="Frames per video."),

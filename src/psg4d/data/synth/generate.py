@@ -20,11 +20,11 @@ from tqdm import tqdm
 
 from psg4d.config import to_dict
 from psg4d.data.descriptions import DESCRIPTION_KEY
-from psg4d.data.readers.hoi import write_hoi_index, write_hoi_video
-from psg4d.data.readers.psg2d import write_psg_image, write_psg_index
+from psg4d.data.readers.psg2d import PSGReader, write_psg_image, write_psg_index
 from psg4d.data.schema import MaskTube, ObjectTrack, Sample, SceneGraph4D, Video4D
 from psg4d.data.synth import preset_gta, preset_hoi
 from psg4d.data.synth.describe import category_descriptions, describe_category
+from psg4d.data.synth.layouts import LAYOUTS_4D, Layout4D
 from psg4d.data.synth.primitives import scene_primitives
 from psg4d.data.synth.relations import compute_relations
 from psg4d.data.synth.render import render
@@ -42,18 +42,25 @@ KIND_CODE = {"video": 0, "image": 1}
 
 @dataclass(frozen=True, kw_only=True)
 class PresetSpec:
-    """What one preset's scenes contain, and the function that scripts one."""
+    """What one preset's scenes contain, the function that scripts one, and the layout of the
+    real dataset it imitates, which its 4D set is written in (a key of ``LAYOUTS_4D``)."""
 
     min_objects: int  # movable objects (things besides furniture and agents)
     max_objects: int
     fps: float
     build: Callable[[np.random.Generator, ScriptOptions], Scene]
+    format_4d: str
+
+    @property
+    def layout_4d(self) -> Layout4D:
+        return LAYOUTS_4D[self.format_4d]
 
 
 PRESETS: dict[str, PresetSpec] = {
-    "hoi": PresetSpec(min_objects=3, max_objects=5, fps=5.0, build=preset_hoi.build_hoi),
-    "gta": PresetSpec(min_objects=2, max_objects=3, fps=5.0, build=preset_gta.build_gta),
+    "hoi": PresetSpec(min_objects=3, max_objects=5, fps=5.0, build=preset_hoi.build_hoi, format_4d="psg4d-hoi"),
+    "gta": PresetSpec(min_objects=2, max_objects=3, fps=5.0, build=preset_gta.build_gta, format_4d="psg4d-gta"),
 }
+FORMAT_2D = PSGReader.format_name  # every preset's 2D images: the OpenPSG layout
 
 
 @dataclass(kw_only=True)
@@ -287,7 +294,7 @@ def _job(args: tuple[SynthConfig, str, str, int, str]) -> dict[str, Any]:
     vocab = preset_vocabulary(config.preset, config.novel)
     if kind == "video":
         s = simulate_video(config, split, index)
-        entry = write_hoi_video(Path(root) / "4d", s, categories=list(vocab.all_categories))
+        entry = PRESETS[config.preset].layout_4d.write_video(Path(root) / "4d", s, vocab)
         preds = [r.predicate for r in s.graph.relations]
     else:
         s = simulate_image(config, split, index)
@@ -317,10 +324,12 @@ def _tasks(config: SynthConfig, root: str) -> Iterator[tuple[SynthConfig, str, s
 
 
 def generate(config: SynthConfig, out_dir: str | Path, *, progress: bool = True) -> SynthSummary:
-    """Write ``out_dir/4d`` (PSG4D-HOI layout), ``out_dir/2d`` (OpenPSG layout) and
-    ``out_dir/synth_meta.json``. The folder is built aside and renamed into place."""
+    """Write ``out_dir/4d`` (the preset's layout: PSG4D-HOI for ``hoi``, PSG4D-GTA for ``gta``),
+    ``out_dir/2d`` (OpenPSG layout) and ``out_dir/synth_meta.json``. The folder is built aside and
+    renamed into place."""
     out_dir = Path(out_dir)
     vocab = preset_vocabulary(config.preset, config.novel)
+    layout = PRESETS[config.preset].layout_4d
     workers = config.workers or os.cpu_count() or 1
     start = time.perf_counter()
     with atomic_dir(out_dir) as tmp:
@@ -339,12 +348,10 @@ def generate(config: SynthConfig, out_dir: str | Path, *, progress: bool = True)
         bar.close()
         vids = [r for r in results if r["kind"] == "video"]
         imgs = [r for r in results if r["kind"] == "image"]
-        # 4D: categories index = the preset's full vocabulary, so ids are stable across splits
         (tmp / "4d").mkdir(exist_ok=True)
-        write_hoi_index(
-            tmp / "4d", [r["entry"] for r in vids], categories=list(vocab.all_categories),
-            predicates=list(vocab.predicates), splits={s: [r["id"] for r in vids if r["split"] == s] for s in SPLITS},
-        )  # fmt: skip
+        layout.write_index(
+            tmp / "4d", [r["entry"] for r in vids], vocab, {s: [r["id"] for r in vids if r["split"] == s] for s in SPLITS}
+        )
         (tmp / "2d").mkdir(exist_ok=True)
         write_psg_index(
             tmp / "2d", [r["entry"] for r in imgs], thing_classes=list(vocab.image_thing_classes),
@@ -359,6 +366,8 @@ def generate(config: SynthConfig, out_dir: str | Path, *, progress: bool = True)
             "generator": "psg4d.data.synth",
             "config": to_dict(config) | {"workers": None},
             "preset": config.preset,
+            "format_4d": layout.format,  # what open_dataset(out_dir / "4d") detects
+            "format_2d": FORMAT_2D,
             "seed": config.seed,
             "size": [config.size, config.size],
             "frames": config.frames,
