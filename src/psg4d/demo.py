@@ -29,7 +29,7 @@ import typer
 import psg4d
 from psg4d.config import to_dict
 from psg4d.errors import ConfigError
-from psg4d.utils.io import atomic_write_json
+from psg4d.utils.io import atomic_write_json, check_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,7 @@ def _report(data_4d: Path, eval_dir: Path, out: Path, metrics: dict[str, Any]) -
 
 def run_demo(cfg: DemoConfig) -> DemoResult:
     out = Path(cfg.out)
+    check_output_folder(out)  # before minutes of work: a file there, or a folder it cannot write
     out.mkdir(parents=True, exist_ok=True)
     data_dir, model_dir, eval_dir = out / "data", out / "model", out / "eval"
     seconds: dict[str, float] = {}

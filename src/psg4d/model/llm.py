@@ -95,8 +95,14 @@ def _build_tiny(cfg: LLMConfig, vocab_words: Iterable[str], max_frames: int):
 
 
 def smollm2_folder() -> Path:
-    """The converted SmolLM2 HF folder, converting the packaged GGUF on first use."""
-    out = cache_dir() / "smollm2-135m-instruct"
+    """The converted SmolLM2 HF folder, converting the packaged GGUF on first use.
+
+    One folder per transformers major version: files a 5.x release writes (its tokenizer
+    classes) do not load in 4.x, and environments of both may share the cache."""
+    import transformers
+
+    major = transformers.__version__.split(".")[0]
+    out = cache_dir() / f"smollm2-135m-instruct.transformers{major}"
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
