@@ -190,6 +190,7 @@ def train(
             )
             results.append(runner.run())
             prev_final = results[-1].final_dir
+            del runner  # its DDP wrapper goes now, not after the process group (see distributed.shutdown)
         if info.is_main and (only_stage is None or only_stage == names[-1]):
             _link(out / ckpt.FINAL, results[-1].final_dir)
         dist_utils.barrier(info)
