@@ -92,11 +92,7 @@ def barrier(info: DistInfo) -> None:
 
 
 def mean_across_ranks(value: float, info: DistInfo) -> float:
-    if not info.distributed:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=info.device if info.device.type == "cuda" else "cpu")
-    dist.all_reduce(t)
-    return float(t.item()) / info.world_size
+    return sum_across_ranks([value], info)[0] / info.world_size
 
 
 def sum_across_ranks(values: list[float], info: DistInfo) -> list[float]:
