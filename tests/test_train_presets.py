@@ -11,7 +11,7 @@ from psg4d.errors import ConfigError
 from psg4d.train.commands import PRESET_DIR, resolve_config
 from psg4d.train.stages import ExperimentConfig, check_local_weights, load_experiment
 
-PRESETS = {"hoi_tiny": "tiny", "hoi_lite0": "tiny", "hoi_smollm2": "smollm2-135m", "hoi_full": "full", "gta_full": "full",
+PRESETS = {"hoi_tiny": "tiny", "hoi_tiny_sam2": "tiny-sam2", "hoi_lite0": "tiny", "hoi_smollm2": "smollm2-135m", "hoi_full": "full", "gta_full": "full",
            "hoi_transfer": "tiny", "hoi_chain": "tiny"}
 TRANSFER_STAGES = ["4d_init", "estimator_fit", "pseudo4d_init", "transfer_2d", "finetune_4d"]
 
@@ -28,7 +28,8 @@ def test_preset_loads_into_an_experiment(name):
     cfg = load_experiment(resolve_config(name))
     assert isinstance(cfg, ExperimentConfig)
     assert cfg.model.preset == PRESETS[name]
-    assert [s.kind for s in cfg.stages] == (TRANSFER_STAGES if name in ("hoi_transfer", "hoi_chain") else ["4d_init"])
+    kinds = {"hoi_transfer": TRANSFER_STAGES, "hoi_chain": TRANSFER_STAGES, "hoi_tiny_sam2": ["sam2_pretrain", "4d_init"]}
+    assert [s.kind for s in cfg.stages] == kinds.get(name, ["4d_init"])
     # only the chain preset writes samples as the chained steps
     assert (cfg.model.chain_prob > 0) == (name == "hoi_chain")
     assert cfg.data.train and cfg.data.val
@@ -38,6 +39,13 @@ def test_preset_loads_into_an_experiment(name):
         lifted = {s.name: [d.path for d in cfg.stage_data(s) if d.lift_2d] for s in cfg.stages}
         assert lifted == {"4d_init": [], "estimator_fit": [], "pseudo4d_init": [], "transfer_2d": ["2d"],
                           "finetune_4d": ["2d"]}
+    if name == "hoi_tiny_sam2":
+        # SAM2 as SAM2 on every frame, pretrained on every object's masks before the 4D-LLM stage starts from it
+        assert cfg.model.mask_decoder.kind == "sam2" and cfg.model.max_frames == 16
+        assert cfg.model.supervise_all_objects and [s.init for s in cfg.stages] == [None, "previous"]
+    if name.endswith("_full"):
+        assert cfg.model.mask_decoder.kind == "sam2" and cfg.model.mask_decoder.sam2.frozen == ["image_encoder.trunk"]
+        assert cfg.model.mask_decoder.weights_path.endswith("sam2.1_hiera_large.pt")
     if name == "hoi_tiny":
         assert cfg.train.device == "cpu" and cfg.train.num_threads == 2 and cfg.data.root == "runs/synth_hoi_big"
     if name == "hoi_lite0":
@@ -104,7 +112,8 @@ def test_cli_reports_missing_weights_as_an_error_line(capsys):
 
 def test_cli_unknown_config_lists_presets(capsys):
     assert main(["train", "--config", "nope.yaml"]) == 2
-    assert ("shipped presets: ['gta_full', 'hoi_chain', 'hoi_full', 'hoi_lite0', 'hoi_smollm2', 'hoi_tiny', 'hoi_transfer',"
+    assert ("shipped presets: ['gta_full', 'hoi_chain', 'hoi_full', 'hoi_lite0', 'hoi_smollm2', 'hoi_tiny', 'hoi_tiny_sam2',"
+            " 'hoi_transfer',"
             " 'pipeline_hoi_tiny']"
             in capsys.readouterr().err)
 
@@ -159,6 +168,40 @@ def test_tiny_preset_trains_one_step_of_the_real_model_through_the_cli(tiny_worl
     recs = read_metrics(out / "4d_init" / "metrics.jsonl")
     assert [r["step"] for r in recs if "loss" in r] == [1, 2]
     assert any("resuming from" in r.getMessage() and "at step 1 of 2" in r.getMessage() for r in caplog.records)
+
+
+def test_sam2_preset_pretrains_then_trains_and_predicts_a_tube_on_every_frame(tiny_world, tmp_path, capsys):
+    """hoi_tiny_sam2 through the CLI: sam2_pretrain, then 4d_init from its weights; prediction
+    decodes every frame of the video through SAM2."""
+    import torch
+
+    from psg4d.data.readers import open_dataset
+    from psg4d.infer.predictor import Predictor
+    from psg4d.model.psg4d_llm import PSG4DModel
+    from psg4d.train.loop import read_metrics
+
+    out = tmp_path / "run"
+    code = main([
+        "train", "--config", str(PRESET_DIR / "hoi_tiny_sam2.yaml"), "--set", f"data.root={tiny_world}",
+        "--set", "stages.0.max_steps=2", "--set", "stages.1.max_steps=1", "--set", "model.image_size=32",
+        "--set", "train.val_recall=false", "--set", "train.val_max_videos=2", "--set", "train.batch_size=2",
+        "--out", str(out),
+    ])
+    assert code == 0, capsys.readouterr().err
+    pre = read_metrics(out / "sam2_pretrain" / "metrics.jsonl")
+    assert [r["step"] for r in pre if "loss" in r] == [1, 2] and "loss_presence" in pre[0]
+    assert set(pre[-1]["val"]) == {"val_loss"}  # no LLM to judge in this stage
+    llm = read_metrics(out / "4d_init" / "metrics.jsonl")
+    assert "loss_text" in llm[0] and "loss_presence" in llm[0]
+    first = PSG4DModel.from_pretrained(out / "sam2_pretrain" / "final")
+    model = PSG4DModel.from_pretrained(out / "final")
+    assert model.sam2 and model.config.max_frames == 16
+    assert not torch.equal(first.mask_decoder.sam.sam_mask_decoder.iou_token.weight,
+                           torch.zeros_like(first.mask_decoder.sam.sam_mask_decoder.iou_token.weight))
+    ds = open_dataset(tiny_world / "4d")
+    video = ds.read_video(next(iter(ds.iter_graphs("test"))).video_id)
+    graph = Predictor(model=model).predict(video)
+    assert graph.objects and all(len(o.tube.rles) == video.num_frames for o in graph.objects if o.tube is not None)
 
 
 def test_default_validation_reports_recall_of_predicted_scene_graphs(tiny_world, tmp_path):

@@ -39,6 +39,7 @@ MODEL_CHOICES: dict[str, str] = {
     "tiny": "hoi_tiny.yaml",  # own tiny encoder + tiny Llama, all from scratch
     "lite0": "hoi_lite0.yaml",  # frozen pretrained EfficientNet-Lite0 branches + tiny Llama
     "smollm2-135m": "hoi_smollm2.yaml",  # tiny encoder + pretrained SmolLM2-135M-Instruct (LoRA)
+    "tiny-sam2": "hoi_tiny_sam2.yaml",  # tiny 4D-LLM with SAM2 as SAM2 (sam2_pretrain, then 4d_init)
 }
 
 
@@ -53,7 +54,9 @@ class DemoConfig:
     seed: int = 0
     model: str = "tiny"
     # None: the training preset's own length (thousands of steps; the demo default is short).
+    # `steps` sets every 4D-LLM stage, `pretrain_steps` SAM2's promptable pretraining stage.
     steps: int | None = 400
+    pretrain_steps: int | None = 120
     workers: int = 0
     overrides: list[str] = field(default_factory=list)
 
@@ -98,9 +101,10 @@ def train_model(cfg: DemoConfig, data_dir: Path, model_dir: Path):
         raise ConfigError(f"unknown --model {cfg.model!r}; choose one of {sorted(MODEL_CHOICES)}")
     overrides = [f"data.root={data_dir.resolve()}", f"output_dir={model_dir.resolve()}", f"seed={cfg.seed}"]
     exp = load_experiment(PRESET_DIR / MODEL_CHOICES[cfg.model], overrides + list(cfg.overrides))
-    if cfg.steps is not None:
-        for stage in exp.stages:
-            stage.max_steps, stage.epochs = cfg.steps, None
+    for stage in exp.stages:
+        n = cfg.pretrain_steps if stage.kind == "sam2_pretrain" else cfg.steps
+        if n is not None:
+            stage.max_steps, stage.epochs = n, None
     return train(exp, out_dir=model_dir, resume=True)
 
 
@@ -199,7 +203,9 @@ def demo_command(
     images: int = typer.Option(200, help="Synthetic 2D scene-graph images."),
     frames: int = typer.Option(16, help="Frames per video."),
     size: int = typer.Option(64, help="Frame size in pixels."),
-    steps: int = typer.Option(400, help="Training steps (0: the preset's full length)."),
+    steps: int = typer.Option(400, help="Training steps of each 4D-LLM stage (0: the preset's full length)."),
+    pretrain_steps: int = typer.Option(120, help="Steps of SAM2's promptable pretraining, --model tiny-sam2"
+                                                 " (0: the preset's)."),
     model: str = typer.Option("tiny", help=f"Model preset: {', '.join(MODEL_CHOICES)}."),
     seed: int = typer.Option(0, help="Seed of the world and the training run."),
     workers: int = typer.Option(0, help="Synthesis processes (0: all cores)."),
@@ -208,7 +214,8 @@ def demo_command(
     """Synthesise a small world, train the tiny 4D-LLM, evaluate it and write a visual report."""
     res = run_demo(
         DemoConfig(
-            out=out, videos=videos, images=images, frames=frames, size=size, steps=steps or None, model=model,
+            out=out, videos=videos, images=images, frames=frames, size=size, steps=steps or None,
+            pretrain_steps=pretrain_steps or None, model=model,
             seed=seed, workers=workers, overrides=list(set_),
         )
     )

@@ -97,7 +97,8 @@ def teacher_forced_masks(model: PSG4DModel, samples: Sequence[Sample], *, thresh
         pos = torch.nonzero(tf.ids[0] == model.ids.obj).flatten()
         if pos.numel() == 0:
             continue
-        logits, _ = model.decode_tubes(tf.enc.dense[0], tf.hidden[0, pos])  # [N, T, h, w]
+        features = model.mask_features(batch["rgb"][0].to(dev), tf.enc.dense[0])
+        logits, _ = model.decode_tubes(features, tf.hidden[0, pos])  # [N, T, h, w]
         target = batch["mask_targets"][0]  # [N, T, S, S]
         pred = upsample_to(logits, tuple(target.shape[-2:])).cpu() > 0
         inter = (pred & target).flatten(2).sum(-1).float()

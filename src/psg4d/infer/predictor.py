@@ -191,6 +191,11 @@ class Predictor:
         context = gen.context_after(self.prompt.ids.eos)
         return context + self.prompt.text_ids(TRIPLET_SEP) if context else []
 
+    def _after_end(self, gen: Generation) -> list[int]:
+        """The text as the LLM read it, its ``<eos>`` and a separator: where a model trained with
+        ``supervise_all_objects`` learned the tubes of objects no triplet mentions."""
+        return gen.context_after(self.prompt.ids.eos) + [self.prompt.ids.eos] + self.prompt.text_ids(TRIPLET_SEP)
+
     def predict(self, video: Video4D, *, mask_size: tuple[int, int] | None = None) -> SceneGraph4D:
         """The ranked scene graph of ``video``. ``mask_size`` (H, W): the size of the masks written
         (default: the video's); a video read downscaled still gets masks at its source resolution."""
@@ -222,7 +227,8 @@ class Predictor:
         missing = [t for t in (ctx.tags or []) if t.lower() not in named] if cfg.tag_objects else []
         hidden = gen.obj_hidden
         if missing:
-            tag_hidden = self.generator.obj_hidden_after(ctx, self._after_text(gen), missing,
+            context = self._after_end(gen) if self.model.config.supervise_all_objects else self._after_text(gen)
+            tag_hidden = self.generator.obj_hidden_after(ctx, context, missing,
                                                          batch_size=cfg.score_batch_size)
             hidden = torch.cat([hidden, tag_hidden.to(hidden.dtype)])
         tubes = self.tubes(ctx, hidden, size)

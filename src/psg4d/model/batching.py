@@ -21,7 +21,10 @@ Batch keys (:meth:`SceneGraphCollator.__call__`):
 * ``rgb [B, T, 3, S, S]`` in [0, 1]; ``depth [B, T, 1, S, S]`` metres, or None if any sample lacks it;
   ``disparity_scale [B]`` each camera's focal length (px) x stereo baseline (m), for encoders whose
   depth input is disparity (:func:`~psg4d.model.encoder.disparity_scale_of`);
-* ``mask_targets`` B x ``[N_obj, T, S, S]`` bool, one per ``[Obj]`` occurrence in the target;
+* ``mask_targets`` B x ``[N_obj, T, S, S]`` bool, one per ``[Obj]`` occurrence in the target
+  (with ``model.supervise_all_objects``, the target ends with ``<eos> ; <category> [Obj]`` for each
+  object with a tube that no triplet mentions: context, not learned as text);
+  ``object_masks`` B x ``[N_all, T, S, S]`` bool: every object with a tube (SAM2's pretraining);
   ``mask_valid`` B x ``[N_obj]`` (False: that object has no tube); ``obj_ids`` B x [N_obj];
   ``obj_categories`` B x ``[N_obj]`` object_vocab index of each ``[Obj]`` (-100 outside it);
 * ``tags [B, V_obj]`` multi-hot categories present; ``semantic [B, T, S, S]`` category index
@@ -51,7 +54,7 @@ from psg4d.data.descriptions import object_description
 from psg4d.model.chain import format_chain
 from psg4d.model.grammar import format_scene_graph
 from psg4d.model.prompt import Prompt
-from psg4d.model.tokens import OBJ_TOKEN
+from psg4d.model.tokens import OBJ_TOKEN, TRIPLET_SEP
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +149,19 @@ def pad_rows(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
+def per_object_prompts(keep: torch.Tensor, obj_ids: Sequence[int], k: int) -> torch.Tensor:
+    """At most ``k`` random valid ``[Obj]`` occurrences (``keep [N]`` bool) of each object (torch
+    RNG: resumable): every object keeps a mask prompt, its mentions take turns."""
+    order = torch.randperm(keep.numel()).tolist()
+    count: dict[int, int] = {}
+    out = torch.zeros_like(keep)
+    for i in order:
+        if bool(keep[i]) and count.get(obj_ids[i], 0) < k:
+            count[obj_ids[i]] = count.get(obj_ids[i], 0) + 1
+            out[i] = True
+    return out
+
+
 def sample_prompts(keep: torch.Tensor, obj_ids: Sequence[int] | None, k: int) -> torch.Tensor:
     """A random ``k`` of the valid ``[Obj]`` occurrences (``keep [N]`` bool), every distinct object
     before any second mention of one (torch RNG: resumable).
@@ -199,7 +215,7 @@ class SceneGraphCollator:
             log.debug("mixed RGB-D and RGB-only samples in one batch: using RGB only")
         tags = torch.zeros(len(samples), len(cfg.object_vocab))  # [B, V_obj]
         rgbs, depths, targets_ids, gold_tags, semantic = [], [], [], [], []
-        mask_targets, mask_valid, obj_ids, obj_cats, frame_idx = [], [], [], [], []
+        mask_targets, mask_valid, obj_ids, obj_cats, frame_idx, object_masks = [], [], [], [], [], []
         loss_masks: list[list[int]] = []
         chain_flags: list[bool] = []
         for b, s in enumerate(samples):
@@ -224,7 +240,10 @@ class SceneGraphCollator:
             else:
                 gt = format_scene_graph(graph, predicates=cfg.predicate_vocab or None)
                 target = self.prompt.target_ids(gt.text)
-                loss_mask, occurrences = [1] * len(target), gt.obj_ids
+                loss_mask, occurrences = [1] * len(target), list(gt.obj_ids)
+                if cfg.supervise_all_objects:
+                    extra, extra_ids = self._unmentioned_items(graph, occurrences)
+                    target, loss_mask, occurrences = target + extra, loss_mask + [0] * len(extra), occurrences + extra_ids
             n_obj = sum(1 for i in target if i == self.prompt.ids.obj)
             if n_obj != len(occurrences):
                 raise DataError(
@@ -235,6 +254,8 @@ class SceneGraphCollator:
             chain_flags.append(chained)
             tm, valid = self._mask_targets(s.graph, occurrences, idx)
             mask_targets.append(tm)
+            with_tube = [o.object_id for o in s.graph.objects if o.tube is not None]
+            object_masks.append(self._mask_targets(s.graph, with_tube, idx)[0])
             mask_valid.append(valid)
             obj_ids.append(list(occurrences))
             cats = {o.object_id: o.category for o in s.graph.objects}
@@ -255,6 +276,7 @@ class SceneGraphCollator:
             "disparity_scale": torch.tensor([disparity_scale_of(s.video, cfg.encoder) for s in samples]),  # [B]
             "mask_targets": mask_targets,  # B x [N_obj, T, S, S] bool
             "mask_valid": mask_valid,  # B x [N_obj] bool
+            "object_masks": object_masks,  # B x [N_all, T, S, S] bool
             "obj_ids": obj_ids,
             "frame_indices": frame_idx,  # B x [T]
             "tags": tags,  # [B, V_obj]
@@ -262,6 +284,19 @@ class SceneGraphCollator:
             "obj_categories": obj_cats,  # B x [N_obj]
             "lifted": torch.tensor([s.lifted for s in samples], dtype=torch.bool),  # [B]
         }
+
+    def _unmentioned_items(self, graph: SceneGraph4D, occurrences: Sequence[int]) -> tuple[list[int], list[int]]:
+        """Ids of ``; <category> [Obj]`` for each object with a tube that ``occurrences`` lacks, and
+        their object ids (the target's ``<eos>`` comes first: the text the LLM learns ends there)."""
+        seen = set(occurrences)
+        ids: list[int] = []
+        objs: list[int] = []
+        for o in graph.objects:
+            if o.object_id in seen or o.tube is None:
+                continue
+            ids += self.prompt.text_ids(f"{TRIPLET_SEP} {o.category} {OBJ_TOKEN}")
+            objs.append(o.object_id)
+        return ids, objs
 
     def _mask_targets(self, graph: SceneGraph4D, occurrences: Sequence[int], idx: np.ndarray):
         """``[N_obj, T, S, S]`` bool target per ``[Obj]`` occurrence and ``[N_obj]`` validity."""

@@ -3,12 +3,16 @@
 :data:`MODEL_PRESETS` is the explicit table:
 
 * ``tiny`` — tiny encoder + random 4-layer Llama with the word-level tokenizer +
-  tiny SAM2-style decoder; trains on CPU in seconds.
+  tiny SAM2-style decoder on the scene encoder's maps (``mask_decoder.kind: fused``); trains on CPU
+  in seconds.
+* ``tiny-sam2`` — ``tiny`` with SAM2 as SAM2 (:mod:`psg4d.model.sam2_tubes`: a tiny SAM2 from the
+  package's config, its own image encoder, memory across all 16 frames), every object supervised;
+  trained after a ``sam2_pretrain`` stage (``configs/hoi_tiny_sam2.yaml``).
 * ``smollm2-135m`` — tiny encoder/decoder, the pretrained SmolLM2-135M-Instruct
   trained through LoRA.
 * ``full`` — the paper's sizes: ImageBind-Huge RGB and depth branches,
-  LLaMA-2-7B from a local folder (``checkpoints/llama-2-7b-hf``, LoRA), SAM2
-  Hiera-L decoder sizes and weights.
+  LLaMA-2-7B from a local folder (``checkpoints/llama-2-7b-hf``, LoRA), SAM2.1
+  Hiera-L as released (``checkpoints/sam2.1_hiera_large.pt``, the whole model, trunk frozen).
 
 ``image_size`` and ``num_visual_tokens`` are the model-level truth: the encoder
 built from this config gets them (``resolved_encoder``), so an override such as
@@ -58,6 +62,13 @@ class ModelConfig:
     # Each object is mentioned in several triplets, so a few prompts per video carry the
     # mask signal at a fraction of the decoder's cost, which dominates a tiny model's step.
     max_mask_prompts: int = 0
+    # [Obj] occurrences of one object decoded per training sample (a random subset; 0: all):
+    # every object is supervised, its mentions take turns
+    mask_prompts_per_object: int = 0
+    # Every gold object with a tube gets a mask in training: objects no triplet mentions are
+    # teacher-forced after the text ("<eos> ; mug [Obj]", not learned as text), the way the
+    # predictor asks for a tagged object the generation did not mention.
+    supervise_all_objects: bool = False
     # Weight of the auxiliary tagging loss: a linear head on the projected visual tokens
     # predicts which object categories the video contains (max over tokens, multi-label
     # BCE). It makes visual tokens carry category evidence early in training, before the
@@ -134,10 +145,11 @@ class ModelConfig:
             value = getattr(self, name, 0.0)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"model.{name}: must be a finite number >= 0, got {value!r}")
-        if self.max_new_tokens < 1 or self.max_mask_prompts < 0:
+        if self.max_new_tokens < 1 or self.max_mask_prompts < 0 or self.mask_prompts_per_object < 0:
             raise ConfigError(
                 f"model.max_new_tokens ({self.max_new_tokens}) must be >= 1 and "
-                f"model.max_mask_prompts ({self.max_mask_prompts}) >= 0"
+                f"model.max_mask_prompts ({self.max_mask_prompts}) and model.mask_prompts_per_object"
+                f" ({self.mask_prompts_per_object}) >= 0"
             )
         if self.tag_source not in TAG_SOURCES:
             raise ConfigError(f"model.tag_source must be one of {TAG_SOURCES}, got {self.tag_source!r}")
@@ -148,7 +160,7 @@ class ModelConfig:
                 f"model.tag_word_noise ({self.tag_word_noise}) must be in [0, 1] and "
                 f"model.tag_threshold ({self.tag_threshold}) in (0, 1)"
             )
-        if self.mask_decoder.in_dim != self.encoder.dim:
+        if self.mask_decoder.kind == "fused" and self.mask_decoder.in_dim != self.encoder.dim:
             raise ConfigError(
                 f"model.mask_decoder.in_dim ({self.mask_decoder.in_dim}) must equal "
                 f"model.encoder.dim ({self.encoder.dim})"
@@ -185,6 +197,20 @@ def _tiny() -> ModelConfig:
     )
 
 
+def _tiny_sam2() -> ModelConfig:
+    # The tiny 4D-LLM with SAM2 as SAM2 (a tiny SAM2 from the package's sam2.1_hiera_t config, its own
+    # image encoder on all 16 frames, memory across frames), every object supervised. Not yet the
+    # tiny default: at the demo's budget it trains ~3x slower per step (BENCHMARKS.md).
+    cfg = _tiny()
+    cfg.preset = "tiny-sam2"
+    cfg.mask_decoder = MaskDecoderConfig.sam2_tiny()
+    cfg.max_frames = 16
+    cfg.max_mask_prompts = 0
+    cfg.mask_prompts_per_object = 1
+    cfg.supervise_all_objects = True
+    return cfg
+
+
 def _smollm2() -> ModelConfig:
     return ModelConfig(
         preset="smollm2-135m",
@@ -206,7 +232,9 @@ def _full() -> ModelConfig:
             lora_dropout=0.05,
             max_position_embeddings=4096,
         ),
-        mask_decoder=MaskDecoderConfig.full(),
+        mask_decoder=MaskDecoderConfig.sam2_full(),
+        mask_prompts_per_object=1,
+        supervise_all_objects=True,
         num_visual_tokens=enc.max_tokens,
         image_size=enc.image_size,
         max_frames=32,
@@ -216,6 +244,7 @@ def _full() -> ModelConfig:
 
 MODEL_PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "tiny": _tiny,
+    "tiny-sam2": _tiny_sam2,
     "smollm2-135m": _smollm2,
     "full": _full,
 }

@@ -38,7 +38,8 @@ from psg4d.model.merging import sinusoid
 
 # What a training stage optimises (``TransferConfig.objective``) and how it makes a 4D sample's
 # features (``TransferConfig.pathway``); explicit tables, set per stage kind.
-OBJECTIVES = ("llm", "estimators", "llm+estimators")
+# "masks": SAM2's promptable video segmentation alone (the ``sam2_pretrain`` stage; no LLM pass).
+OBJECTIVES = ("llm", "estimators", "llm+estimators", "masks")
 PATHWAYS = ("real", "pseudo")
 
 
@@ -80,7 +81,7 @@ class TransferConfig:
             raise ConfigError(f"model.transfer.objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.pathway not in PATHWAYS:
             raise ConfigError(f"model.transfer.pathway must be one of {PATHWAYS}, got {self.pathway!r}")
-        if not self.estimators and (self.objective != "llm" or self.pathway != "real"):
+        if not self.estimators and (self.objective not in ("llm", "masks") or self.pathway != "real"):
             raise ConfigError(
                 f"model.transfer: objective {self.objective!r} / pathway {self.pathway!r} need the estimators"
                 " (model.transfer.estimators: true)"

@@ -50,7 +50,8 @@ class VideoContext:
     """An encoded video ready for decoding: the LLM prefix and the dense maps."""
 
     prefix_embeds: torch.Tensor  # [1, P, H_llm] bos + visual tokens + prompt
-    dense: torch.Tensor  # [T, C, h, w] per-frame maps for the mask decoder
+    dense: torch.Tensor  # [T, C, h, w] the scene encoder's per-frame maps
+    mask_features: Any  # what the mask decoder reads (PSG4DModel.mask_features): SAM2's, or `dense`
     frame_indices: np.ndarray  # [T] source frame of each model frame
     num_frames: int  # T, the model timeline
     tags: list[str] | None = None  # the tag words in the prompt (model.tag_words)
@@ -151,6 +152,7 @@ class SceneGraphGenerator:
         return VideoContext(
             prefix_embeds=model.embed(torch.tensor([ids], device=dev), visual),
             dense=enc.dense[0],
+            mask_features=model.mask_features(rgb.to(dev), enc.dense[0]),
             frame_indices=np.asarray(video.frame_indices)[idx],
             num_frames=len(idx),
             tags=tags,
@@ -420,4 +422,4 @@ class SceneGraphGenerator:
     def decode_masks(self, ctx: VideoContext, obj_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``obj_hidden [N, H]`` -> ``(mask_logits [N, T, h, w], iou_pred [N, T])`` in one decoder call;
         with a presence head, frames it scores absent (logit < 0) get an empty mask."""
-        return self.model.decode_tubes(ctx.dense, obj_hidden)
+        return self.model.decode_tubes(ctx.mask_features, obj_hidden)

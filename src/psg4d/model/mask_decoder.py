@@ -1,4 +1,7 @@
-"""Mask-tube decoder built from SAM2's own modules.
+"""Mask-tube decoders: SAM2 itself (``kind: sam2``, :mod:`psg4d.model.sam2_tubes`) or the earlier
+"fused" decoder described here (``kind: fused``; checkpoints from before SAM2 was used as SAM2).
+
+The fused decoder is built from SAM2's mask decoder alone.
 
 For each object prompt (an ``[Obj]`` hidden state projected to the decoder
 width by the assembler) and each frame, SAM2's two-way-transformer
@@ -40,7 +43,7 @@ SAM2 checkpoint (``sam2_hiera_*.pt``: a dict with ``"model"``).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -49,15 +52,26 @@ from torch import nn
 
 from psg4d.errors import CheckpointError, ConfigError
 from psg4d.model.merging import sinusoid
+from psg4d.model.sam2_tubes import Sam2Settings, Sam2Tubes, build_sam2_tubes
 from psg4d.model.weights import mark_pretrained
 
 log = logging.getLogger(__name__)
 
 
+MASK_DECODER_KINDS = ("sam2", "fused")
+
+
 @dataclass
 class MaskDecoderConfig:
-    """Decoder settings; defaults are the tiny CPU model, :meth:`full` is SAM2's size."""
+    """Decoder settings. ``kind: sam2`` (the presets): SAM2 as SAM2, :attr:`sam2` says which;
+    ``kind: fused`` (the default, so checkpoints written before ``kind`` existed load as what
+    they are): SAM2's mask decoder on the scene encoder's maps, sized by the fields below."""
 
+    kind: str = "fused"
+    sam2: Sam2Settings = field(default_factory=Sam2Settings)
+    # kind sam2, training: each sample's tubes are decoded over a random window of this many
+    # consecutive model frames (0: all), as SAM2 trains on 8-frame clips; inference decodes all
+    train_frames: int = 8
     in_dim: int = 64  # encoder width D (channels of the dense maps)
     transformer_dim: int = 64
     num_heads: int = 4
@@ -77,6 +91,29 @@ class MaskDecoderConfig:
     max_batch: int = 0  # >0: decode at most this many (object, frame) pairs per call
     pretrained: bool = False
     weights_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in MASK_DECODER_KINDS:
+            raise ConfigError(f"model.mask_decoder.kind must be one of {MASK_DECODER_KINDS}, got {self.kind!r}")
+        if self.train_frames < 0:
+            raise ConfigError(f"model.mask_decoder.train_frames must be >= 0, got {self.train_frames}")
+
+    @classmethod
+    def sam2_tiny(cls) -> "MaskDecoderConfig":
+        """The tiny SAM2 (``sam2.1_hiera_t.yaml`` shrunk by :data:`~psg4d.model.sam2_tubes.SAM2_SIZES`)."""
+        return cls(kind="sam2", sam2=Sam2Settings())
+
+    @classmethod
+    def sam2_full(cls) -> "MaskDecoderConfig":
+        """SAM2.1 Hiera-L as released: the whole checkpoint, its trunk frozen."""
+        return cls(
+            kind="sam2",
+            sam2=Sam2Settings(config="configs/sam2.1/sam2.1_hiera_l.yaml", size="official", image_size=1024,
+                              frozen=["image_encoder.trunk"]),
+            train_frames=8,
+            pretrained=True,
+            weights_path="checkpoints/sam2.1_hiera_large.pt",
+        )
 
     @classmethod
     def full(cls) -> "MaskDecoderConfig":
@@ -299,8 +336,11 @@ def upsample_to(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
     return out.reshape(*lead, *size).to(mask_logits.dtype)
 
 
-def build_mask_decoder(cfg: MaskDecoderConfig) -> TubeDecoder:
-    """Build the decoder from SAM2 modules (and load SAM2 weights where configured)."""
+def build_mask_decoder(cfg: MaskDecoderConfig) -> TubeDecoder | Sam2Tubes:
+    """Build the configured decoder (and load SAM2 weights where configured)."""
+    if cfg.kind == "sam2":
+        return build_sam2_tubes(cfg.sam2, num_prompt_tokens=cfg.num_prompt_tokens, weights_path=cfg.weights_path,
+                                pretrained=cfg.pretrained)
     MaskDecoder, PromptEncoder, TwoWayTransformer, _, _, _ = _sam2()
     if cfg.transformer_dim % 8 or cfg.transformer_dim % cfg.num_heads:
         raise ConfigError(

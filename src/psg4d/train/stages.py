@@ -52,6 +52,13 @@ _HEADS = ("tag_head", "seg_head", "obj_cls_head")
 _ESTIMATORS = ("transfer.estimators", True)
 
 STAGE_KINDS: dict[str, StageKind] = {
+    # stage 0 (SAM2 as SAM2): SAM2's promptable video segmentation (points, boxes, masks; memory
+    # across frames) on the dense masks of every object, no LLM: the tiny-scale counterpart of
+    # starting from SAM2's released weights. The 4D-LLM stages start from it.
+    "sam2_pretrain": StageKind(
+        default_trainable=("mask_decoder",),
+        model_settings=(("transfer.objective", "masks"),),
+    ),
     # stage 1: train the 4D-LLM on 4D scenes with gold 4D scene graphs
     "4d_init": StageKind(
         default_trainable=("projector", "llm", "obj_proj", "mask_decoder"),

@@ -97,7 +97,9 @@ class DefaultValidator:
                 batches += 1
         sums = {"val_loss": (loss_sum, batches)}
         shared: dict[str, float] = {}
-        if isinstance(model, PSG4DModel) and len(samples) >= 2:
+        # SAM2's pretraining stage has no LLM to judge yet: its val_loss is the promptable one
+        llm_stage = not (isinstance(model, PSG4DModel) and model.config.transfer.objective == "masks")
+        if isinstance(model, PSG4DModel) and len(samples) >= 2 and llm_stage:
             # cheap (teacher forced) and says what R@K cannot: whether the LLM reads the
             # video at all, and the mask quality perfect text would get
             from psg4d.infer.diagnostics import grounding, teacher_forced_masks
@@ -111,7 +113,7 @@ class DefaultValidator:
         if "val_tf_mask_hit" in sums:
             metrics.setdefault("val_tf_mask_hit", 0.0)  # no [Obj] decoded: no object frame was hit
         metrics.update(dist_utils.gather_objects(shared, info)[0])
-        if self.recall:
+        if self.recall and llm_stage:
             from psg4d.eval import evaluate
             from psg4d.infer.predictor import Predictor, PredictorConfig
 
