@@ -11,15 +11,14 @@ import torch
 
 from psg4d.errors import CheckpointError, ConfigError
 from psg4d.model.mask_decoder import MaskDecoderConfig, build_mask_decoder
+from psg4d.model.sam2_prompts import sample_spatial_prompts
 from psg4d.model.sam2_tubes import (
     NO_OBJECT_LOGIT,
-    PROMPT_KINDS,
     SAM2_SIZES,
     Sam2Settings,
     Sam2Tubes,
     build_sam2_tubes,
     load_sam2_model_checkpoint,
-    sample_spatial_prompts,
 )
 
 
