@@ -17,6 +17,9 @@ class SpatialPrompts:
     boxes: torch.Tensor | None = None  # [N, 4] x0, y0, x1, y1 in SAM2-input pixels
     masks: torch.Tensor | None = None  # [N, 1, H, W] float in [0, 1]
 
+    def to(self, device: torch.device) -> "SpatialPrompts":
+        return SpatialPrompts(**{k: None if v is None else v.to(device) for k, v in vars(self).items()})
+
 
 PROMPT_KINDS = ("points", "box", "mask")
 

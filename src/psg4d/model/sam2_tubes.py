@@ -76,9 +76,7 @@ def _tiny_overrides(embed: int = 24, dim: int = 64, mem: int = 32) -> list[str]:
         f"++model.memory_attention.layer.d_model={dim}",
         "++model.memory_attention.layer.dim_feedforward=256",
         f"++model.memory_attention.layer.self_attention.embedding_dim={dim}",
-        "++model.memory_attention.layer.self_attention.feat_sizes=[8,8]",
         f"++model.memory_attention.layer.cross_attention.embedding_dim={dim}",
-        "++model.memory_attention.layer.cross_attention.feat_sizes=[8,8]",
         f"++model.memory_attention.layer.cross_attention.kv_in_dim={mem}",
         # one memory-attention layer and one fuser block (SAM2-T: 4 and 2): each costs ~15 % of a
         # training step's decoding on a CPU
@@ -144,6 +142,7 @@ def build_sam2_model(settings: Sam2Settings) -> nn.Module:
     """A ``SAM2Base`` from the package config ``settings.config`` with the size's and the extra overrides."""
     compose, instantiate, OmegaConf = _sam2_modules()
     grid = settings.image_size // 16
+    # RoPE's feature size follows from the input size (stride 16), for every size of the table
     overrides = [
         *SAM2_SIZES[settings.size],
         f"++model.image_size={settings.image_size}",

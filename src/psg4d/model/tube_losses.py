@@ -143,7 +143,7 @@ def promptable_loss(model: "PSG4DModel", rgb: torch.Tensor, object_masks: list[t
         zero = sum(p.sum() * 0 for p in dec.parameters() if p.requires_grad) + feats.vision_feats[-1].sum() * 0
         return {"loss": zero, "loss_focal": zero, "loss_dice": zero, "loss_iou": zero}
     prompts = sample_spatial_prompts(target[:, frame].cpu(), image_size=dec.image_size, kind=kind, generator=gen)
-    prompts = type(prompts)(**{k: None if v is None else v.to(rgb.device) for k, v in vars(prompts).items()})
+    prompts = prompts.to(rgb.device)
     out = dec.propagate_prompted(feats, prompts, frame, videos=torch.cat(videos).to(rgb.device))
     losses = mask_losses(out.mask_logits, out.iou_pred, target, cfg=model.config.loss,
                          object_logits=out.object_logits if dec.has_presence_head else None)
