@@ -12,14 +12,8 @@ import torch
 from psg4d.errors import CheckpointError, ConfigError
 from psg4d.model.mask_decoder import MaskDecoderConfig, build_mask_decoder
 from psg4d.model.sam2_prompts import sample_spatial_prompts
-from psg4d.model.sam2_tubes import (
-    NO_OBJECT_LOGIT,
-    SAM2_SIZES,
-    Sam2Settings,
-    Sam2Tubes,
-    build_sam2_tubes,
-    load_sam2_model_checkpoint,
-)
+from psg4d.model.sam2_build import SAM2_SIZES, Sam2Settings, build_sam2_tubes, load_sam2_model_checkpoint
+from psg4d.model.sam2_tubes import NO_OBJECT_LOGIT, Sam2Tubes
 
 
 def test_built_from_the_package_config_with_sam2_modules():
@@ -247,3 +241,88 @@ def test_every_object_gets_a_mask_target_and_each_object_a_prompt():
         chosen = per_object_prompts(keep, obj_ids, 1)
         assert sorted(obj_ids[i] for i in torch.nonzero(chosen).flatten().tolist()) == [0, 1, 2, 3]
     assert int(per_object_prompts(keep, obj_ids, 2).sum()) == 6
+
+
+def _two_category_clip(t: int = 4, size: int = 64):
+    """Frames with a red square (category 0) and a blue square (category 1) at positions
+    that change every frame, on grey noise; per-pixel categories (2 = unlabelled)."""
+    g = torch.Generator().manual_seed(1)
+    rgb = 0.4 + 0.1 * torch.rand(t, 3, size, size, generator=g)
+    semantic = torch.full((t, size, size), 2, dtype=torch.long)
+    colours = (torch.tensor([0.9, 0.1, 0.1]), torch.tensor([0.1, 0.2, 0.9]))
+    for f in range(t):
+        for c, colour in enumerate(colours):
+            y, x = (int(v) for v in torch.randint(0, size - 16, (2,), generator=g))
+            rgb[f, :, y : y + 16, x : x + 16] = colour[:, None, None]
+            semantic[f, y : y + 16, x : x + 16] = c
+    return rgb, semantic
+
+
+def test_semantic_head_teaches_sam2s_own_features_where_each_category_is():
+    """SAM2's semantic head (mask_decoder.semantic_loss_weight) reads SAM2's own stride-8/16
+    features; trained with the dense category loss they come to tell the categories apart."""
+    from psg4d.model.losses import segmentation_loss
+
+    torch.manual_seed(0)
+    dec = build_sam2_tubes(Sam2Settings(image_size=64), num_classes=3)
+    assert {n.split(".")[0] for n, _ in dec.named_parameters()} == {"sam", "slot_embed", "time_proj", "semantic_head"}
+    rgb, semantic = _two_category_clip()
+    logits = dec.semantic_logits(dec.frame_features(rgb))
+    assert logits.shape == (4, 3, 8, 8)  # stride 8 of SAM2's 64-px input
+
+    def accuracy() -> float:
+        with torch.no_grad():
+            pred = dec.semantic_logits(dec.frame_features(rgb)).argmax(1)  # [T, 8, 8]
+        # a cell counts where one category covers all of it
+        cells = torch.nn.functional.one_hot(semantic, 3).permute(0, 3, 1, 2).float()
+        cover = torch.nn.functional.avg_pool2d(cells, 8)  # [T, 3, 8, 8]
+        full, cls = cover.max(1)
+        objects = (full == 1) & (cls < 2)
+        return float((pred[objects] == cls[objects]).float().mean())
+
+    opt = torch.optim.AdamW(dec.parameters(), lr=3e-3)
+    for _ in range(40):
+        loss = segmentation_loss(dec.semantic_logits(dec.frame_features(rgb)), semantic)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert accuracy() >= 0.9
+    # the region prompt of an object named "category 0" covers the red square, not the blue one
+    feats = dec.frame_features(rgb)
+    region = dec.region_masks(feats, torch.tensor([[1.0, 0.0]]), videos=torch.tensor([0]))  # [1, T, 8, 8]
+    assert region.shape == (1, 4, 8, 8) and not region.requires_grad
+    cells = torch.nn.functional.avg_pool2d(torch.nn.functional.one_hot(semantic, 3).permute(0, 3, 1, 2).float(), 8)
+    red, blue = cells[:, 0] == 1, cells[:, 1] == 1
+    assert float((region[0][red] > 0).float().mean()) >= 0.9
+    assert float((region[0][blue] < 0).float().mean()) >= 0.9
+    with pytest.raises(ConfigError, match="only with kind: sam2"):
+        MaskDecoderConfig(kind="fused", semantic_loss_weight=1.0)
+    with pytest.raises(ConfigError, match="region_prompt needs the semantic head"):
+        MaskDecoderConfig(kind="sam2", region_prompt=True)
+
+
+def test_semantic_loss_joins_both_sam2_stages():
+    """With semantic_loss_weight > 0 both the sam2_pretrain and the 4D-LLM objectives report and
+    train SAM2's semantic head; it is not idle in sam2_pretrain; region prompts reach SAM2."""
+    from test_model_psg4d import make_sample, tiny_config
+
+    from psg4d.model.psg4d_llm import PSG4DModel
+
+    md = dataclasses.replace(MaskDecoderConfig.sam2_tiny(), semantic_loss_weight=1.0, region_prompt=True)
+    cfg = tiny_config(mask_decoder=md, supervise_all_objects=True, mask_prompts_per_object=1,
+                      obj_cls_loss_weight=1.0)
+    torch.manual_seed(0)
+    for objective in ("llm", "masks"):
+        cfg.transfer = dataclasses.replace(cfg.transfer, objective=objective)
+        model = PSG4DModel.from_config(cfg).train()
+        batch = model.collate([make_sample(1, size=48), make_sample(2, size=48)])
+        assert batch["semantic"] is not None
+        out = model(**batch)
+        assert float(out["loss_sam2_seg"]) > 0
+        out["loss"].backward()
+        head = model.mask_decoder.semantic_head
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters()), objective
+        assert not any(n.startswith("mask_decoder.semantic_head.") for n in model.unused_parameters())
+        if objective == "llm":  # the region prompt reaches SAM2 through its mask-prompt path
+            down = model.mask_decoder.sam.sam_prompt_encoder.mask_downscaling
+            assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in down.parameters())

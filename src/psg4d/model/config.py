@@ -203,7 +203,10 @@ def _tiny_sam2() -> ModelConfig:
     # tiny default: at the demo's budget it trains ~3x slower per step (BENCHMARKS.md).
     cfg = _tiny()
     cfg.preset = "tiny-sam2"
-    cfg.mask_decoder = MaskDecoderConfig.sam2_tiny()
+    # SAM2 trained from scratch learns categories from a dense loss on its own features, and each
+    # [Obj] prompt carries its category's region as a mask prompt (BENCHMARKS.md: without them
+    # several categories got no mask at all)
+    cfg.mask_decoder = replace(MaskDecoderConfig.sam2_tiny(), semantic_loss_weight=1.0, region_prompt=True)
     cfg.max_frames = 16
     cfg.max_mask_prompts = 0
     cfg.mask_prompts_per_object = 1

@@ -52,7 +52,8 @@ from torch import nn
 
 from psg4d.errors import CheckpointError, ConfigError
 from psg4d.model.merging import sinusoid
-from psg4d.model.sam2_tubes import Sam2Settings, Sam2Tubes, build_sam2_tubes
+from psg4d.model.sam2_build import Sam2Settings, build_sam2_tubes
+from psg4d.model.sam2_tubes import Sam2Tubes
 from psg4d.model.weights import mark_pretrained
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,12 @@ class MaskDecoderConfig:
     # kind sam2, training: each sample's tubes are decoded over a random window of this many
     # consecutive model frames (0: all), as SAM2 trains on 8-frame clips; inference decodes all
     train_frames: int = 8
+    # kind sam2: weight of a dense category loss on SAM2's own image features (a 1x1 head per
+    # level, outside SAM2); > 0 teaches a SAM2 trained from scratch where each category is
+    semantic_loss_weight: float = 0.0
+    # kind sam2: every frame's [Obj] prompt also gets a mask prompt, the semantic head's map of the
+    # category the [Obj] state names (obj_cls_head): where to look, which the [Obj] tokens lack
+    region_prompt: bool = False
     in_dim: int = 64  # encoder width D (channels of the dense maps)
     transformer_dim: int = 64
     num_heads: int = 4
@@ -97,10 +104,15 @@ class MaskDecoderConfig:
             raise ConfigError(f"model.mask_decoder.kind must be one of {MASK_DECODER_KINDS}, got {self.kind!r}")
         if self.train_frames < 0:
             raise ConfigError(f"model.mask_decoder.train_frames must be >= 0, got {self.train_frames}")
+        if self.semantic_loss_weight < 0 or (self.semantic_loss_weight > 0 and self.kind != "sam2"):
+            raise ConfigError("model.mask_decoder.semantic_loss_weight must be >= 0, and > 0 only with kind: sam2,"
+                              f" got {self.semantic_loss_weight} with kind {self.kind!r}")
+        if self.region_prompt and self.semantic_loss_weight <= 0:
+            raise ConfigError("model.mask_decoder.region_prompt needs the semantic head (semantic_loss_weight > 0)")
 
     @classmethod
     def sam2_tiny(cls) -> "MaskDecoderConfig":
-        """The tiny SAM2 (``sam2.1_hiera_t.yaml`` shrunk by :data:`~psg4d.model.sam2_tubes.SAM2_SIZES`)."""
+        """The tiny SAM2 (``sam2.1_hiera_t.yaml`` shrunk by :data:`~psg4d.model.sam2_build.SAM2_SIZES`)."""
         return cls(kind="sam2", sam2=Sam2Settings())
 
     @classmethod
@@ -336,11 +348,13 @@ def upsample_to(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
     return out.reshape(*lead, *size).to(mask_logits.dtype)
 
 
-def build_mask_decoder(cfg: MaskDecoderConfig) -> TubeDecoder | Sam2Tubes:
-    """Build the configured decoder (and load SAM2 weights where configured)."""
+def build_mask_decoder(cfg: MaskDecoderConfig, *, num_classes: int = 0) -> TubeDecoder | Sam2Tubes:
+    """Build the configured decoder (and load SAM2 weights where configured). ``num_classes``:
+    the categories (+ unlabelled) of SAM2's semantic head, when ``semantic_loss_weight > 0``."""
     if cfg.kind == "sam2":
         return build_sam2_tubes(cfg.sam2, num_prompt_tokens=cfg.num_prompt_tokens, weights_path=cfg.weights_path,
-                                pretrained=cfg.pretrained)
+                                pretrained=cfg.pretrained,
+                                num_classes=num_classes if cfg.semantic_loss_weight > 0 else 0)
     MaskDecoder, PromptEncoder, TwoWayTransformer, _, _, _ = _sam2()
     if cfg.transformer_dim % 8 or cfg.transformer_dim % cfg.num_heads:
         raise ConfigError(

@@ -106,7 +106,10 @@ class PSG4DModel(nn.Module):
         self.prompt = Prompt(tokenizer=tokenizer, object_vocab=config.object_vocab,
                              tag_word_noise=config.tag_word_noise)
         self.ids = self.prompt.ids
-        self.collator = SceneGraphCollator(config=config, prompt=self.prompt, with_semantic=seg_head is not None)
+        # per-pixel categories feed the scene encoder's segmentation head and SAM2's semantic head
+        sam2_semantic = getattr(mask_decoder, "semantic_head", None) is not None
+        self.collator = SceneGraphCollator(config=config, prompt=self.prompt,
+                                           with_semantic=seg_head is not None or sam2_semantic)
         rows = self.llm.get_input_embeddings().weight.shape[0]
         if rows < len(tokenizer):
             raise CheckpointError(f"LLM has {rows} embedding rows but the tokenizer has {len(tokenizer)} tokens")
@@ -134,7 +137,12 @@ class PSG4DModel(nn.Module):
             obj_proj = nn.Linear(hidden, cfg.mask_decoder.transformer_dim)
             mask_decoder = build_mask_decoder(cfg.mask_decoder)
         else:
-            mask_decoder = build_mask_decoder(cfg.mask_decoder)
+            if cfg.mask_decoder.semantic_loss_weight > 0 and not n_obj:
+                raise ConfigError("model.mask_decoder.semantic_loss_weight > 0 needs an object vocabulary")
+            if cfg.mask_decoder.region_prompt and cfg.obj_cls_loss_weight <= 0:
+                raise ConfigError("model.mask_decoder.region_prompt needs the [Obj] category head (obj_cls_loss_weight > 0)")
+            # one class per category plus "unlabelled", as the segmentation head
+            mask_decoder = build_mask_decoder(cfg.mask_decoder, num_classes=n_obj + 1)
             obj_proj = nn.Linear(hidden, mask_decoder.dim)
         return cls(
             config=cfg,
@@ -177,7 +185,8 @@ class PSG4DModel(nn.Module):
         under the ``masks`` objective (``sam2_pretrain``), everything but SAM2 itself."""
         unused = {f"mask_decoder.{n}" for n in self.mask_decoder.unused_parameters()}
         if self.config.transfer.objective == "masks":
-            unused |= {n for n, _ in self.named_parameters() if not n.startswith("mask_decoder.sam.")}
+            unused |= {n for n, _ in self.named_parameters()
+                       if not n.startswith(("mask_decoder.sam.", "mask_decoder.semantic_head."))}
         return unused
 
     @property
@@ -364,16 +373,19 @@ class PSG4DModel(nn.Module):
         if objective == "estimators":
             return self._estimator_objective(rgb, depth, disparity_scale, lifted)
         if objective == "masks":
-            return promptable_loss(self, rgb, object_masks)
+            return promptable_loss(self, rgb, object_masks, semantic)
         tf = self.teacher_forced(target_ids=target_ids, target_mask=target_mask, rgb=rgb, depth=depth,
                                  disparity_scale=disparity_scale, gold_tags=gold_tags, lifted=lifted,
                                  chain=chain, target_loss_mask=target_loss_mask)
         logits = tf.logits[:, :-1].float()  # [B, L'-1, V]
         loss_text = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tf.labels[:, 1:].reshape(-1),
                                     ignore_index=-100)
-        mask = tube_loss(self, tf, rgb, mask_targets, mask_valid, obj_ids)
+        mask = tube_loss(self, tf, rgb, mask_targets, mask_valid, obj_ids, semantic)
         loss = cfg.text_loss_weight * loss_text + cfg.mask_loss_weight * mask["total"]
         extra: dict[str, torch.Tensor] = {}
+        if "semantic" in mask:
+            extra["loss_sam2_seg"] = mask["semantic"]
+            loss = loss + cfg.mask_decoder.semantic_loss_weight * mask["semantic"]
         if tf.tag_logits is not None and tags is not None:
             extra["loss_tag"] = F.binary_cross_entropy_with_logits(tf.tag_logits, tags.to(tf.tag_logits))
             loss = loss + cfg.tag_loss_weight * extra["loss_tag"]
@@ -442,5 +454,17 @@ class PSG4DModel(nn.Module):
         """``features`` (:meth:`mask_features` of one clip), ``obj_hidden [N, H]`` -> ``(mask_logits
         [N, T, h, w], iou_pred [N, T])``; frames the presence head (if any) scores absent get an
         empty mask."""
-        out = self.mask_decoder.decode(features, self.obj_proj(obj_hidden.to(self.obj_proj.weight.dtype)))
+        regions = self.region_prompts(features, obj_hidden, torch.zeros(obj_hidden.shape[0], dtype=torch.long))
+        out = self.mask_decoder.decode(features, self.obj_proj(obj_hidden.to(self.obj_proj.weight.dtype)),
+                                       **({"regions": regions} if regions is not None else {}))
         return self.mask_decoder.gate_absent(out), out.iou_pred
+
+    def region_prompts(self, features: FrameFeatures | torch.Tensor, obj_hidden: torch.Tensor,
+                       videos: torch.Tensor) -> torch.Tensor | None:
+        """With ``mask_decoder.region_prompt``: each ``[Obj]``'s mask prompts ``[N, T, h, w]``, the
+        semantic head's map of the category distribution its hidden state ``obj_hidden [N, H]``
+        names (:meth:`Sam2Tubes.region_masks`); otherwise None."""
+        if not (self.sam2 and self.config.mask_decoder.region_prompt):
+            return None
+        categories = self.obj_cls_head(obj_hidden.to(self.obj_cls_head.weight.dtype)).float().softmax(-1)
+        return self.mask_decoder.region_masks(features, categories, videos.to(categories.device))

@@ -1,9 +1,7 @@
 """Mask tubes the way SAM2 makes them: SAM2's own model, prompted by ``[Obj]``, tracked by its memory.
 
-The model is a :class:`sam2.modeling.sam2_base.SAM2Base` composed from one of the ``sam2``
-package's own configs (``configs/sam2.1/sam2.1_hiera_*.yaml``) through hydra, as
-``sam2.build_sam.build_sam2`` does, plus the overrides of a size from :data:`SAM2_SIZES`
-(``tiny``: the Hiera trunk, FPN neck, memory attention and memory encoder shrunk for a CPU).
+The model is a :class:`sam2.modeling.sam2_base.SAM2Base` built by :mod:`psg4d.model.sam2_build`
+from one of the ``sam2`` package's own configs and a size of its table.
 Nothing of SAM2 is re-implemented here: its image encoder (trunk + neck, with the stride-4/8
 high-resolution features the decoder reads through ``use_high_res_features_in_sam``), prompt
 encoder, mask decoder with the object-presence head, memory encoder, memory attention and
@@ -35,18 +33,16 @@ for the losses.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from psg4d.errors import CheckpointError, ConfigError
+from psg4d.errors import ConfigError
 from psg4d.model.merging import sinusoid
 from psg4d.model.sam2_prompts import SpatialPrompts
-from psg4d.model.weights import mark_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -55,107 +51,6 @@ NO_OBJECT_LOGIT = -1024.0
 # SAM2's input normalisation (``sam2.utils.transforms.SAM2Transforms``: ImageNet statistics).
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
-
-
-def _tiny_overrides(embed: int = 24, dim: int = 64, mem: int = 32) -> list[str]:
-    """Hydra overrides that shrink ``sam2.1_hiera_t.yaml`` to a CPU model of ~1.6 M parameters
-    (trunk widths 24-192 in 1/1/2/1 blocks, neck and decoder width 64, memory width 32, one
-    memory-attention layer); strides 4/8/16 as in SAM2, so at 128 px the decoder reads an 8x8
-    map plus 32x32 and 16x16 high-resolution features."""
-    return [
-        f"++model.image_encoder.trunk.embed_dim={embed}",
-        "++model.image_encoder.trunk.num_heads=1",
-        "++model.image_encoder.trunk.stages=[1,1,2,1]",
-        "++model.image_encoder.trunk.global_att_blocks=[3]",
-        "++model.image_encoder.trunk.window_spec=[8,4,8,4]",
-        "++model.image_encoder.trunk.window_pos_embed_bkg_spatial_size=[4,4]",
-        f"++model.image_encoder.neck.d_model={dim}",
-        f"++model.image_encoder.neck.backbone_channel_list=[{8 * embed},{4 * embed},{2 * embed},{embed}]",
-        f"++model.image_encoder.neck.position_encoding.num_pos_feats={dim}",
-        f"++model.memory_attention.d_model={dim}",
-        f"++model.memory_attention.layer.d_model={dim}",
-        "++model.memory_attention.layer.dim_feedforward=256",
-        f"++model.memory_attention.layer.self_attention.embedding_dim={dim}",
-        f"++model.memory_attention.layer.cross_attention.embedding_dim={dim}",
-        f"++model.memory_attention.layer.cross_attention.kv_in_dim={mem}",
-        # one memory-attention layer and one fuser block (SAM2-T: 4 and 2): each costs ~15 % of a
-        # training step's decoding on a CPU
-        "++model.memory_attention.num_layers=1",
-        "++model.memory_encoder.fuser.num_layers=1",
-        # no dropout: on a CPU it costs a fifth of the decoding time (bernoulli draws, and the
-        # attention falls back from the fused kernel), and a 1.8 M-parameter model needs no more
-        "++model.memory_attention.layer.dropout=0.0",
-        "++model.memory_attention.layer.self_attention.dropout=0.0",
-        "++model.memory_attention.layer.cross_attention.dropout=0.0",
-        f"++model.memory_encoder.out_dim={mem}",
-        f"++model.memory_encoder.in_dim={dim}",
-        f"++model.memory_encoder.position_encoding.num_pos_feats={mem}",
-        f"++model.memory_encoder.mask_downsampler.embed_dim={dim}",
-        # two 4x4/4 convolutions instead of four 3x3/2 (total stride 16 either way): the third
-        # of those four, 64 -> 256 channels at 16x16, was the largest single cost per frame
-        "++model.memory_encoder.mask_downsampler.kernel_size=4",
-        "++model.memory_encoder.mask_downsampler.stride=4",
-        "++model.memory_encoder.mask_downsampler.padding=0",
-        f"++model.memory_encoder.fuser.layer.dim={dim}",
-    ]
-
-
-# size -> hydra overrides of the package config (the explicit table; "official": the config as released)
-SAM2_SIZES: dict[str, list[str]] = {
-    "official": [],
-    "tiny": _tiny_overrides(),
-}
-
-
-@dataclass
-class Sam2Settings:
-    """Which SAM2: a config of the ``sam2`` package, a size from :data:`SAM2_SIZES`, extra hydra
-    overrides, SAM2's input size, and the submodules of the SAM2 model that stay frozen."""
-
-    config: str = "configs/sam2.1/sam2.1_hiera_t.yaml"
-    size: str = "tiny"
-    overrides: list[str] = field(default_factory=list)
-    image_size: int = 128
-    # SAM2 submodule prefixes (e.g. "image_encoder.trunk") that never train; they must come from
-    # the checkpoint (mask_decoder.weights_path)
-    frozen: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if self.size not in SAM2_SIZES:
-            raise ConfigError(f"model.mask_decoder.sam2.size must be one of {sorted(SAM2_SIZES)}, got {self.size!r}")
-        if self.image_size < 32 or self.image_size % 16:
-            raise ConfigError(f"model.mask_decoder.sam2.image_size must be a multiple of 16 >= 32, got {self.image_size}")
-
-
-def _sam2_modules():
-    try:
-        import sam2  # noqa: F401  (initialises hydra's config search path to the package)
-        from hydra import compose
-        from hydra.utils import instantiate
-        from omegaconf import OmegaConf
-    except ImportError as e:
-        raise ConfigError("the SAM2 mask path needs the sam2 package (pip install 'psg4d[sam2]')") from e
-    return compose, instantiate, OmegaConf
-
-
-def build_sam2_model(settings: Sam2Settings) -> nn.Module:
-    """A ``SAM2Base`` from the package config ``settings.config`` with the size's and the extra overrides."""
-    compose, instantiate, OmegaConf = _sam2_modules()
-    grid = settings.image_size // 16
-    # RoPE's feature size follows from the input size (stride 16), for every size of the table
-    overrides = [
-        *SAM2_SIZES[settings.size],
-        f"++model.image_size={settings.image_size}",
-        f"++model.memory_attention.layer.self_attention.feat_sizes=[{grid},{grid}]",
-        f"++model.memory_attention.layer.cross_attention.feat_sizes=[{grid},{grid}]",
-        *settings.overrides,
-    ]
-    try:
-        cfg = compose(config_name=settings.config, overrides=overrides)
-    except Exception as e:  # hydra's MissingConfigException / override errors carry the reason
-        raise ConfigError(f"model.mask_decoder.sam2: cannot compose {settings.config!r}: {e}") from e
-    OmegaConf.resolve(cfg)
-    return instantiate(cfg.model, _recursive_=True)
 
 
 @dataclass
@@ -184,7 +79,7 @@ class TubeOutput:
 class Sam2Tubes(nn.Module):
     """``[Obj]``-prompted SAM2 video segmentation (see the module docstring)."""
 
-    def __init__(self, *, sam: nn.Module, num_prompt_tokens: int = 2):
+    def __init__(self, *, sam: nn.Module, num_prompt_tokens: int = 2, num_classes: int = 0):
         super().__init__()
         if num_prompt_tokens not in (1, 2):
             raise ConfigError(f"mask_decoder.num_prompt_tokens must be 1 or 2, got {num_prompt_tokens}")
@@ -197,6 +92,15 @@ class Sam2Tubes(nn.Module):
         self.time_proj = nn.Linear(self.dim, self.dim)
         nn.init.zeros_(self.time_proj.weight)
         nn.init.zeros_(self.time_proj.bias)
+        # num_classes > 0: a per-cell category head on SAM2's own features (stride 16, the map the
+        # prompt tokens attend to, plus stride 8), trained by a dense segmentation loss. Without it
+        # a SAM2 trained from scratch learns which region a category is only through the [Obj]
+        # loss (BENCHMARKS.md: 0 % teacher-forced hits on several categories).
+        self.semantic_head: nn.ModuleDict | None = None
+        if num_classes > 0:
+            fine = int(sam.sam_mask_decoder.conv_s1.out_channels)
+            self.semantic_head = nn.ModuleDict({"s16": nn.Conv2d(self.dim, num_classes, 1),
+                                                "s8": nn.Conv2d(fine, num_classes, 1)})
         self.register_buffer("_mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -241,6 +145,18 @@ class Sam2Tubes(nn.Module):
         _, feats, pos, sizes = self.sam._prepare_backbone_features(backbone_out)
         return FrameFeatures(vision_feats=feats, vision_pos=pos, feat_sizes=sizes,
                              out_size=(int(rgb.shape[-2]), int(rgb.shape[-1])), num_frames=int(t))
+
+    def semantic_logits(self, feats: FrameFeatures) -> torch.Tensor:
+        """Per-cell category logits ``[V*T, C, h8, w8]`` from SAM2's stride-16 map (upsampled) plus
+        its stride-8 features, clip-major columns as in ``feats``."""
+        if self.semantic_head is None:
+            raise ConfigError("model.mask_decoder.semantic_loss_weight is 0: SAM2 has no semantic head")
+        (h8, w8), (h16, w16) = feats.feat_sizes[-2], feats.feat_sizes[-1]
+        n = int(feats.vision_feats[-1].shape[1])
+        s8 = feats.vision_feats[-2].permute(1, 2, 0).reshape(n, -1, h8, w8)  # [V*T, C8, h8, w8]
+        s16 = feats.vision_feats[-1].permute(1, 2, 0).reshape(n, -1, h16, w16)  # [V*T, D, h16, w16]
+        coarse = F.interpolate(self.semantic_head["s16"](s16), size=(h8, w8), mode="bilinear", align_corners=False)
+        return coarse + self.semantic_head["s8"](s8)
 
     # -------------------------------------------------------------- prompts
     def prompt_tokens(self, prompts: torch.Tensor, t: int) -> torch.Tensor:
@@ -343,12 +259,26 @@ class Sam2Tubes(nn.Module):
     def _videos(videos: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
         return torch.zeros(n, dtype=torch.long, device=device) if videos is None else videos.to(device).long()
 
+    def region_masks(self, feats: FrameFeatures, categories: torch.Tensor, videos: torch.Tensor) -> torch.Tensor:
+        """Where the semantic head sees each object's category: ``categories [N, C']`` (a
+        distribution over the head's first C' classes, C' = categories without "unlabelled") of
+        objects in clips ``videos [N]`` -> mask-prompt logits ``[N, T, h8, w8]``, SAM2's mask-prompt
+        scale (1 -> +10, 0 -> -10, as gt masks are fed to it). Detached: a prompt, as SAM2 feeds
+        its own earlier masks back."""
+        t_all = feats.num_frames
+        with torch.no_grad():
+            probs = self.semantic_logits(feats).float().softmax(1)  # [V*T, C, h, w]
+            probs = probs.view(-1, t_all, *probs.shape[1:])[videos.long()]  # [N, T, C, h, w]
+            region = torch.einsum("nc,ntchw->nthw", categories.detach().float(), probs[:, :, : categories.shape[1]])
+        return region * 20.0 - 10.0
+
     def decode(self, feats: FrameFeatures, prompts: torch.Tensor, *, videos: torch.Tensor | None = None,
-               time_offset: int = 0) -> TubeOutput:
+               time_offset: int = 0, regions: torch.Tensor | None = None) -> TubeOutput:
         """``prompts [N, D]`` (projected ``[Obj]`` states) of objects in clips ``videos [N]`` (None:
         all in clip 0) -> one tube per prompt over every frame of ``feats``, ``[N, T, H, W]``.
         ``time_offset``: the clip's first frame on the model's timeline (a training window), for
-        the prompts' time embedding."""
+        the prompts' time embedding. ``regions [N, T, h, w]`` (:meth:`region_masks`): a mask
+        prompt per frame beside the ``[Obj]`` tokens (SAM2's dense prompt), else none."""
         if prompts.dim() != 2 or prompts.shape[1] != self.dim:
             raise ValueError(f"prompts must be [N, {self.dim}], got {tuple(prompts.shape)}")
         n, t_all = prompts.shape[0], feats.num_frames
@@ -356,9 +286,21 @@ class Sam2Tubes(nn.Module):
             empty = prompts.new_zeros(0, t_all)
             return TubeOutput(prompts.new_zeros(0, t_all, *feats.out_size), empty, empty)
         sparse = self.prompt_tokens(prompts, time_offset + t_all)[:, time_offset:]  # [N, T, K, D]
-        dense = self._no_mask(n, sparse.dtype)
+        if regions is None:
+            dense = self._no_mask(n, sparse.dtype)
+
+            def prompt_at(t: int):
+                return sparse[:, t], dense
+        else:
+            enc = self.sam.sam_prompt_encoder
+
+            def prompt_at(t: int):
+                masks = F.interpolate(regions[:, t, None], size=enc.mask_input_size, mode="bilinear",
+                                      align_corners=False)  # [N, 1, 4h, 4w]
+                _, dense_t = enc(points=None, boxes=None, masks=masks.to(sparse.dtype))
+                return sparse[:, t], dense_t
         return self._run(feats, self._videos(videos, n, prompts.device), [(t, False) for t in range(t_all)],
-                         lambda t: (sparse[:, t], dense))
+                         prompt_at)
 
     def propagate_prompted(self, feats: FrameFeatures, prompts: SpatialPrompts, frame: int, *,
                            videos: torch.Tensor) -> TubeOutput:
@@ -378,61 +320,3 @@ class Sam2Tubes(nn.Module):
     def forward(self, feats: FrameFeatures, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.decode(feats, prompts)
         return out.mask_logits, out.iou_pred
-
-
-# ------------------------------------------------------------------- build / load
-
-
-def build_sam2_tubes(settings: Sam2Settings, *, num_prompt_tokens: int = 2, weights_path: str | None = None,
-                     pretrained: bool = False) -> Sam2Tubes:
-    """Build SAM2 from its package config; with ``pretrained``, load a whole SAM2 checkpoint
-    strictly and freeze ``settings.frozen``."""
-    tubes = Sam2Tubes(sam=build_sam2_model(settings), num_prompt_tokens=num_prompt_tokens)
-    if pretrained:
-        if not weights_path:
-            raise ConfigError("mask_decoder.weights_path: pretrained=true needs a SAM2 checkpoint (sam2*_hiera_*.pt)")
-        load_sam2_model_checkpoint(tubes.sam, weights_path)
-    if settings.frozen:
-        names = [n for n, _ in tubes.sam.named_parameters()]
-        for prefix in settings.frozen:
-            if not any(n == prefix or n.startswith(prefix + ".") for n in names):
-                raise ConfigError(f"model.mask_decoder.sam2.frozen: {prefix!r} names no SAM2 parameter")
-        for n, p in tubes.sam.named_parameters():
-            if any(n == pre or n.startswith(pre + ".") for pre in settings.frozen):
-                if not pretrained:
-                    raise ConfigError(f"model.mask_decoder.sam2.frozen needs pretrained SAM2 weights ({n} would stay random)")
-                p.requires_grad_(False)
-    return tubes
-
-
-def load_sam2_model_checkpoint(sam: nn.Module, path: str | Path) -> list[str]:
-    """Load a SAM2 checkpoint (``{"model": state_dict}``, the official key layout) into ``sam``:
-    every tensor must be there with the right shape and none may be left over (named in the
-    error). Returns the loaded key names."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: SAM2 checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file
-        raise CheckpointError(f"{path}: cannot read a SAM2 checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
-        raise CheckpointError(f"{path}: not a SAM2 checkpoint (expected a dict with 'model')")
-    sd = ckpt["model"]
-    own = sam.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    bad = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
-    if missing or unexpected or bad:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing[:6]}" + (f" (+{len(missing) - 6} more)" if len(missing) > 6 else ""))
-        if unexpected:
-            parts.append(f"unexpected {unexpected[:6]}" + (f" (+{len(unexpected) - 6} more)" if len(unexpected) > 6 else ""))
-        if bad:
-            parts.append("shape mismatch " + ", ".join(f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in bad[:4]))
-        raise CheckpointError(f"{path}: does not fit the configured SAM2: {'; '.join(parts)}")
-    sam.load_state_dict(sd, strict=True)
-    mark_pretrained(sam, sd, source=path)
-    log.info("loaded %d SAM2 tensors from %s", len(sd), path)
-    return sorted(sd)

@@ -16,7 +16,7 @@ import torch
 
 from psg4d.errors import ConfigError, DataError
 from psg4d.model.batching import per_object_prompts, sample_prompts
-from psg4d.model.losses import mask_losses
+from psg4d.model.losses import mask_losses, segmentation_loss
 from psg4d.model.sam2_prompts import PROMPT_KINDS, sample_spatial_prompts
 from psg4d.model.tokens import OBJ_TOKEN
 
@@ -47,15 +47,29 @@ def _mask_prompts(model: "PSG4DModel", tf: "TeacherForcing", mask_targets, mask_
     return out
 
 
+def _semantic(model: "PSG4DModel") -> bool:
+    return model.sam2 and model.mask_decoder.semantic_head is not None
+
+
+def _semantic_loss(model: "PSG4DModel", feats, semantic: torch.Tensor | None, window: slice) -> torch.Tensor:
+    """SAM2's semantic head on the window's frames against ``semantic [B, T, S, S]``."""
+    if semantic is None:
+        raise DataError(None, "model.mask_decoder.semantic_loss_weight > 0 needs the batch's per-pixel categories")
+    target = semantic[:, window]  # [B, t, S, S]
+    logits = model.mask_decoder.semantic_logits(feats).float()  # [B*t, C, h, w]
+    return segmentation_loss(logits, target.reshape(-1, *target.shape[-2:]))
+
+
 def tube_loss(model: "PSG4DModel", tf: "TeacherForcing", rgb, mask_targets, mask_valid,
-              obj_ids) -> dict[str, torch.Tensor]:
-    """Mask-tube losses of each sample's ``[Obj]`` occurrences, weighted by their count."""
+              obj_ids, semantic: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Mask-tube losses of each sample's ``[Obj]`` occurrences, weighted by their count (and,
+    under ``"semantic"``, SAM2's semantic-head loss where it has one)."""
     cfg = model.config
     presence = model.mask_decoder.has_presence_head
     keys = ["focal", "dice", "iou", "total"] + (["presence"] if presence else [])
     chosen = _mask_prompts(model, tf, mask_targets, mask_valid, obj_ids)
-    if chosen and model.sam2:
-        return _sam2_tube_loss(model, tf, rgb, mask_targets, chosen)
+    if model.sam2 and (chosen or _semantic(model)):
+        return _sam2_tube_loss(model, tf, rgb, mask_targets, chosen, semantic)
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     weights = []
     for b, keep in chosen:
@@ -88,37 +102,51 @@ def _train_window(model: "PSG4DModel", t: int) -> slice:
 def _idle_prompt_zero(model: "PSG4DModel") -> torch.Tensor:
     """An exact zero over the SAM2 parameters only spatial prompts use: an ``[Obj]``-prompted
     stage leaves them idle, and DDP needs every trainable parameter in the graph."""
-    idle = model.mask_decoder.spatial_prompt_parameters()
+    # (with region prompts the mask path is used and no_mask_embed is the idle one: cover the whole encoder)
+    idle = model.mask_decoder.spatial_prompt_parameters() | {
+        f"sam.sam_prompt_encoder.{n}" for n, _ in model.mask_decoder.sam.sam_prompt_encoder.named_parameters()}
     return sum((p.sum() * 0 for n, p in model.mask_decoder.named_parameters() if n in idle and p.requires_grad),
                torch.zeros((), device=model.device))
 
 
 def _sam2_tube_loss(model: "PSG4DModel", tf: "TeacherForcing", rgb: torch.Tensor, mask_targets,
-                    chosen: list[tuple[int, torch.Tensor]]) -> dict[str, torch.Tensor]:
+                    chosen: list[tuple[int, torch.Tensor]], semantic: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """SAM2 decodes every chosen ``[Obj]`` of the batch in one frame-by-frame pass over a
     training window (``mask_decoder.train_frames``) of all the batch's clips."""
     window = _train_window(model, rgb.shape[1])
     feats = model.mask_decoder.frame_features(rgb[:, window])
-    prompts, videos, targets = [], [], []
+    extra = {"semantic": _semantic_loss(model, feats, semantic, window)} if _semantic(model) else {}
+    if not chosen:  # no [Obj] to decode: an exact zero keeps the prompt path in the graph (DDP)
+        zero = sum((p.sum() * 0 for p in [*model.obj_proj.parameters(), *model.mask_decoder.parameters()]
+                    if p.requires_grad), tf.hidden.sum() * 0)
+        keys = ["focal", "dice", "iou", "total"] + (["presence"] if model.mask_decoder.has_presence_head else [])
+        return {**{k: zero for k in keys}, **extra}
+    prompts, videos, targets, hidden_rows = [], [], [], []
     for b, keep in chosen:
         pos = torch.nonzero(tf.ids[b] == model.ids.obj).flatten()
-        prompts.append(model.obj_proj(tf.hidden[b, pos[keep]]))
+        hidden_rows.append(tf.hidden[b, pos[keep]])
+        prompts.append(model.obj_proj(hidden_rows[-1]))
         videos.append(torch.full((int(keep.sum()),), b, dtype=torch.long))
         targets.append(mask_targets[b][keep.to(mask_targets[b].device)][:, window])
-    out = model.mask_decoder.decode(feats, torch.cat(prompts), videos=torch.cat(videos),
-                                   time_offset=window.start)
+    hidden = torch.cat(hidden_rows)  # [N, H]
+    videos = torch.cat(videos)
+    regions = model.region_prompts(feats, hidden, videos)
+    out = model.mask_decoder.decode(feats, torch.cat(prompts), videos=videos, time_offset=window.start,
+                                   **({"regions": regions} if regions is not None else {}))
     target = torch.cat(targets).to(out.mask_logits.device)
     losses = mask_losses(out.mask_logits, out.iou_pred, target, cfg=model.config.loss,
                          object_logits=out.object_logits if model.mask_decoder.has_presence_head else None)
     losses["total"] = losses["total"] + _idle_prompt_zero(model)
-    return losses
+    return {**losses, **extra}
 
 
-def promptable_loss(model: "PSG4DModel", rgb: torch.Tensor, object_masks: list[torch.Tensor] | None) -> dict[str, torch.Tensor]:
+def promptable_loss(model: "PSG4DModel", rgb: torch.Tensor, object_masks: list[torch.Tensor] | None,
+                    semantic: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The ``sam2_pretrain`` stage: SAM2's promptable video segmentation on the dense masks of
     every object. A random frame of a random training window conditions: each object present on
     it gets points, a box or its mask there (one kind per step, as SAM2's training draws them),
-    and SAM2's memory carries it to the rest of the window, forwards then backwards."""
+    and SAM2's memory carries it to the rest of the window, forwards then backwards. With a
+    semantic head, its loss on the window's frames is added (``mask_decoder.semantic_loss_weight``)."""
     if not model.sam2:
         raise ConfigError("the sam2_pretrain stage needs model.mask_decoder.kind: sam2")
     if object_masks is None:
@@ -139,9 +167,14 @@ def promptable_loss(model: "PSG4DModel", rgb: torch.Tensor, object_masks: list[t
         videos.append(torch.full((int(present.sum()),), b, dtype=torch.long))
     target = torch.cat(masks).to(rgb.device)
     feats = dec.frame_features(rgb[:, window])
+    extra: dict[str, torch.Tensor] = {}
+    sem_total = feats.vision_feats[-1].sum() * 0
+    if _semantic(model):
+        extra["loss_sam2_seg"] = _semantic_loss(model, feats, semantic, window)
+        sem_total = model.config.mask_decoder.semantic_loss_weight * extra["loss_sam2_seg"]
     if target.shape[0] == 0:  # nothing on that frame: an exact zero keeps every parameter in the graph
         zero = sum(p.sum() * 0 for p in dec.parameters() if p.requires_grad) + feats.vision_feats[-1].sum() * 0
-        return {"loss": zero, "loss_focal": zero, "loss_dice": zero, "loss_iou": zero}
+        return {"loss": zero + sem_total, "loss_focal": zero, "loss_dice": zero, "loss_iou": zero, **extra}
     prompts = sample_spatial_prompts(target[:, frame].cpu(), image_size=dec.image_size, kind=kind, generator=gen)
     prompts = prompts.to(rgb.device)
     out = dec.propagate_prompted(feats, prompts, frame, videos=torch.cat(videos).to(rgb.device))
@@ -149,4 +182,5 @@ def promptable_loss(model: "PSG4DModel", rgb: torch.Tensor, object_masks: list[t
                          object_logits=out.object_logits if dec.has_presence_head else None)
     # the [Obj] prompt path (slots, time embedding) and the rest of the 4D-LLM are idle here
     zero = sum(p.sum() * 0 for n, p in dec.named_parameters() if not n.startswith("sam.") and p.requires_grad)
-    return {"loss": losses["total"] + zero, **{f"loss_{k}": v for k, v in losses.items() if k != "total"}}
+    return {"loss": losses["total"] + zero + sem_total,
+            **{f"loss_{k}": v for k, v in losses.items() if k != "total"}, **extra}
