@@ -66,9 +66,9 @@ THINGS = ["person", "car"]
 STUFF = ["sky", "ground"]
 
 
-def _visible(new_t: int) -> np.ndarray:
+def _visible(new_t: int, person_id: int = 3) -> np.ndarray:
     m = np.zeros((H, W), np.uint16)
-    m[2:5, 1:3] = 3
+    m[2:5, 1:3] = person_id
     if new_t != 1:
         m[0:2, 6:9] = 2
     return m
@@ -87,7 +87,7 @@ def _projection(near: float = 0.5, far: float = 100.0) -> np.ndarray:
     )
 
 
-def _write_source(work: Path) -> None:
+def _write_source(work: Path, person_id: int = 3) -> None:
     """The SAIL-VOS 3D side: per-video modality folders in source numbering, the
     cut file and the background masks (named by the renumbered frame)."""
     for old in SOURCE_FRAMES:
@@ -97,7 +97,7 @@ def _write_source(work: Path) -> None:
             (base / sub).mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.full((H, W, 3), 20 * (old - 8), np.uint8)).save(base / "images" / f"{old:06d}.bmp")
         np.save(base / "depth" / f"{old:06d}.npy", np.full((H, W), 0.01 * old, np.float32))
-        np.save(base / "visible" / f"{old:06d}.npy", _visible(new))
+        np.save(base / "visible" / f"{old:06d}.npy", _visible(new, person_id))
         np.savez(base / "rage_matrices" / f"{old:06d}.npz", P_inv=np.linalg.inv(_projection()))
         if old != 11:  # a gap: rearrange_files.py skips missing files
             (base / "camera" / f"{old:06d}.yaml").write_text("K: [[1, 0, 0], [0, 1, 0], [0, 0, 1]]\n")
@@ -133,17 +133,27 @@ def _merge_masks(work: Path, out: Path) -> None:
             np.save(out / "masks" / vid / f"{vis_path.stem}.npy", merged)
 
 
-def build_psg4d_gta(work: Path) -> Path:
-    """Build the source side under ``work`` and return the dataset root ``work/psg4d_gta``."""
+def build_psg4d_gta(work: Path, *, person_id: int = 3) -> Path:
+    """Build the source side under ``work`` and return the dataset root ``work/psg4d_gta``.
+
+    ``person_id`` is the person's id in ``visible`` (and so in ``masks`` and the annotation);
+    one of 1000 or more lands in the range ``merge_masks.py`` gives stuff (1003 is the ground's
+    value too)."""
     out = work / "psg4d_gta"
-    _write_source(work)
+    _write_source(work, person_id)
     _rearrange(work, out)
     _merge_masks(work, out)
     n = CUT[1] - CUT[0] + 1
+
+    def renumber(i: int) -> int:
+        return person_id if i == 3 else i
+
+    objects = [dict(o, object_id=renumber(o["object_id"])) for o in OBJECTS]
+    relations = [[renumber(s), p, renumber(o), span] for s, p, o, span in RELATIONS]
     index = {
         "objects": {"thing": THINGS, "stuff": STUFF},
         "split": {"train": [VID], "val": []},
-        "data": [{"video_id": VID, "meta": {"num_frames": n}, "object": OBJECTS, "relations": RELATIONS}],
+        "data": [{"video_id": VID, "meta": {"num_frames": n}, "object": objects, "relations": relations}],
     }
     (out / "sailvos3d.json").write_text(json.dumps(index))
     return out

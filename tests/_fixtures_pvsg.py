@@ -95,22 +95,30 @@ def _palette() -> list[int]:
     return pal
 
 
-def build_pvsg(root: Path) -> Path:
+def build_pvsg(root: Path, *, object_ids: dict[str, list[int]] | None = None) -> Path:
+    """The dataset under ``root``. ``object_ids`` gives a video's objects other ids (one per
+    position in ``OBJECTS[vid]``), its masks and relations renumbered to match: a file that is
+    self-consistent but breaks OpenPVSG's ``object_id == position + 1``."""
     data = []
     for vid, (T, H, W) in SIZES.items():
         src = SOURCE[vid]
+        ids = (object_ids or {}).get(vid) or [k + 1 for k in range(len(OBJECTS[vid]))]
+        assert len(ids) == len(OBJECTS[vid])
+        lut = np.arange(256, dtype=np.uint8)  # position + 1 -> the id written
+        lut[1 : len(ids) + 1] = ids
         for kind in ("frames", "masks"):
             (root / src / kind / vid).mkdir(parents=True)
         for t in range(T):
             Image.fromarray(np.full((H, W, 3), 20 * t, np.uint8)).save(root / src / "frames" / vid / f"{t:04d}.png")
-            im = Image.fromarray(_mask(vid, t), mode="P")
+            im = Image.fromarray(lut[_mask(vid, t)], mode="P")
             im.putpalette(_palette())
             im.save(root / src / "masks" / vid / f"{t:04d}.png")
         objects = [
-            {"object_id": k + 1, "category": c, "is_thing": th, "status": []} for k, (c, th) in enumerate(OBJECTS[vid])
+            {"object_id": ids[k], "category": c, "is_thing": th, "status": []} for k, (c, th) in enumerate(OBJECTS[vid])
         ]
+        relations = [[ids[s - 1], ids[o - 1], p, spans] for s, o, p, spans in RELATIONS[vid]]
         meta = {"height": H, "width": W, "fps": 5, "duration": T / 5, "num_frames": T}
-        data.append({"video_id": vid, "meta": meta, "objects": objects, "relations": RELATIONS[vid],
+        data.append({"video_id": vid, "meta": meta, "objects": objects, "relations": relations,
                      "captions": [], "qa_pairs": [], "summary": ""})
     split = {
         "vidor": {"train": [VIDOR], "val": []},

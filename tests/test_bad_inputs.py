@@ -69,6 +69,33 @@ def _eval(d: Path, pred: Path) -> list[str]:
 # --------------------------------------------------------------------------- data loss
 
 
+def test_synth_refuses_zero_videos_before_writing(tmp_path, capsys):
+    _fails(capsys, ["synth", "--videos", "0", "--images", "0", "--out", str(tmp_path / "w")], "--videos must be >= 1")
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("command", ["synth", "convert"])
+def test_out_dot_in_an_empty_working_folder_is_written_there(command, synth_dir, tmp_path, monkeypatch, capsys):
+    """``--out .`` in an empty folder: the output lands in it (the folder itself is kept, so a shell
+    standing in it still sees the files), and a second run replaces it there."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    argv = SYNTH + ["--out", "."] if command == "synth" else ["data", "convert", str(synth_dir / "4d"), "--out", "."]
+    inode = here.stat().st_ino
+    for _ in range(2):
+        code, err = main(argv), capsys.readouterr().err
+        assert code == 0, err
+        marker = "synth_meta.json" if command == "synth" else "psg4d_dataset.json"
+        assert (here / marker).is_file() and here.stat().st_ino == inode
+        assert not [p for p in tmp_path.iterdir() if p.name != "here"]  # no temporaries left beside it
+    # a user's own file in the folder is still never replaced
+    (here / marker).unlink()
+    (here / "notes.txt").write_text("mine")
+    _fails(capsys, argv, "not an earlier output")
+    assert (here / "notes.txt").read_text() == "mine"
+
+
 def test_synth_refuses_a_users_folder_and_keeps_its_files(tmp_path, capsys):
     out = tmp_path / "mine"
     out.mkdir()
@@ -228,6 +255,7 @@ def test_non_utf8_prediction_file(files, capsys):
         (lambda p: p["relations"][0].update(subject_id=77), "subject id 77 is not an object"),
         (lambda p: p["objects"][1].update(object_id=p["objects"][0]["object_id"]), "duplicate object_id"),
         (lambda p: p["relations"][0].update(spans="all"), "malformed relation"),
+        (lambda p: p["relations"][0].update(spans=[]), "has an empty span list"),
     ],
 )
 def test_inconsistent_graphs(files, capsys, edit, needle):
@@ -267,6 +295,7 @@ def test_checkpoint_with_a_nan_tensor_is_refused_naming_file_and_tensor(checkpoi
     from safetensors.torch import load_file, save_file
 
     from psg4d.model.psg4d_llm import PSG4DModel
+    from psg4d.model.weight_files import file_sha256
 
     bad = tmp_path / "nan"
     shutil.copytree(checkpoint, bad)
@@ -274,6 +303,9 @@ def test_checkpoint_with_a_nan_tensor_is_refused_naming_file_and_tensor(checkpoi
     name = sorted(k for k, v in state.items() if v.is_floating_point())[0]
     state[name].view(-1)[0] = math.nan
     save_file(state, str(bad / "model.safetensors"), metadata={"format": "psg4d"})
+    meta = json.loads((bad / "config.json").read_text())
+    meta["weights_sha256"] = file_sha256(bad / "model.safetensors")  # saved with the NaN, not damaged since
+    (bad / "config.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=rf"nan/model.safetensors: tensor '{name}' holds NaN"):
         PSG4DModel.from_pretrained(bad)
 
@@ -283,7 +315,7 @@ def test_checkpoint_with_a_nan_tensor_is_refused_naming_file_and_tensor(checkpoi
     [
         (lambda p: (p / "config.json").unlink(), "config.json: missing"),
         (lambda p: (p / "model.safetensors").write_bytes((p / "model.safetensors").read_bytes()[:1000]),
-         "model.safetensors: unreadable or corrupted"),
+         "model.safetensors: corrupted or changed since it was saved: its sha256 hash differs"),
     ],
 )
 def test_damaged_checkpoint_is_one_line(checkpoint, synth_dir, tmp_path, capsys, damage, needle):
@@ -306,6 +338,24 @@ def test_invalid_training_values_are_config_errors(synth_dir, tmp_path, capsys):
     _fails(capsys, base + ["--set", "model.text_loss_weight=-1"], "model.text_loss_weight: must be a finite number >= 0")
     _fails(capsys, base + ["--set", "data.num_workers=-2"], "data.num_workers (-2)")
     _fails(capsys, base + ["--set", "stages.0.lr={llm: -0.1}"], "lr['llm'] must be a finite number >= 0")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_set_is_blamed_on_the_set_not_on_the_preset(synth_dir, tmp_path, capsys):
+    base = ["train", "--config", "hoi_tiny", "--set", f"data.root={synth_dir}", "--out", str(tmp_path / "run")]
+    line = _fails(capsys, base + ["--set", "model.nosuch=1"], "--set model.nosuch=1: model: unknown key(s) ['nosuch']")
+    assert "hoi_tiny.yaml" not in line
+    line = _fails(capsys, base + ["--set", "train.lr=0.01", "--set", "stages.0.max_steps=-5"],
+                  "--set stages.0.max_steps=-5: stages[0] ('4d_init'): max_steps must be >= 1")
+    assert "hoi_tiny.yaml" not in line
+    # the pipeline baseline's configs too
+    _fails(capsys, ["train", "--config", "pipeline_hoi_tiny", "--set", f"data.root={synth_dir}",
+                    "--set", "relation.max_pairs=0", "--out", str(tmp_path / "p")], "--set relation.max_pairs=0:")
+    # a fault of the preset itself stays the preset's
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("_base_: " + str(Path(__file__).parents[1] / "src/psg4d/configs/hoi_tiny.yaml") + "\n"
+                   "train:\n  bach_size: 2\n")
+    _fails(capsys, ["train", "--config", str(cfg), "--set", "train.lr=0.01"], f"{cfg}: train: unknown key(s)")
     assert not (tmp_path / "run").exists()
 
 
@@ -387,3 +437,26 @@ def test_unreadable_config_files(tmp_path, capsys):
     binary.write_bytes(b"train:\n  lr: \xff\xfe\n")
     _fails(capsys, ["train", "--config", str(binary)], f"{binary}: not UTF-8 text")
     _fails(capsys, ["train", "--config", str(tmp_path)], f"{tmp_path}: not a file")
+
+
+@pytest.mark.parametrize("command", ["inspect", "convert"])
+@pytest.mark.parametrize(("extra", "needle"), [
+    # a backwards span of a triplet that another span of it covers: merging would hide it
+    (lambda r: [r[0], r[1], r[2], r[4], r[3]], "starts after it ends"),
+])
+def test_a_backwards_span_is_refused_by_inspect_and_convert_never_dropped(synth_dir, tmp_path, capsys, command,
+                                                                          extra, needle):
+    world = tmp_path / "w"
+    shutil.copytree(synth_dir / "4d", world)
+    index = world / "psg4d_hoi.json"
+    data = json.loads(index.read_text())
+    rels = next(v for v in data["data"] if any(r[4] > r[3] for r in v["relations"]))["relations"]
+    r = next(r for r in rels if r[4] > r[3])
+    rels.append(extra(r))
+    index.write_text(json.dumps(data))
+    argv = ["data", "inspect", str(world)] if command == "inspect" else ["data", "convert", str(world), "--out",
+                                                                          str(tmp_path / "c")]
+    code = main(argv)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "%|" not in line]  # no progress bar
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {index}") and needle in err[0], err
+    assert not (tmp_path / "c").exists()

@@ -5,21 +5,29 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import shutil
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_model_pretrained import assert_still_readable, flip_middle_bytes
 
-from psg4d.baseline.checkpoint import read_config
-from psg4d.baseline.config import PipelineConfig
+from psg4d.baseline.checkpoint import load_modules, read_config, save_modules
+from psg4d.baseline.config import PipelineConfig, RelationConfig, SegmenterConfig
 from psg4d.baseline.pipeline import load_pipeline_config, train_pipeline
 from psg4d.baseline.predict import PipelinePredictor, is_pipeline_checkpoint
+from psg4d.baseline.relation import RelationModel
+from psg4d.baseline.segmenter import QuerySegmenter
 from psg4d.baseline.types import TrackedTubes
 from psg4d.cli import main
+from psg4d.config import to_dict
 from psg4d.data.readers import open_dataset
 from psg4d.data.synth.generate import SynthConfig, generate
+from psg4d.errors import CheckpointError
+from psg4d.model.weight_files import WEIGHTS_SHA256, file_sha256
 from psg4d.train.commands import PRESET_DIR
 
 PRESET = PRESET_DIR / "pipeline_hoi_tiny.yaml"
@@ -262,3 +270,62 @@ def test_a_stage_run_alone_before_its_input_says_which_to_run(world, tmp_path, c
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def _small_pipeline(hidden: int = 32) -> tuple[PipelineConfig, dict[str, torch.nn.Module]]:
+    """A pipeline config with small modules (built untrained, seeded) -> (config, modules by prefix)."""
+    torch.manual_seed(0)
+    cfg = PipelineConfig(
+        segmenter=SegmenterConfig(class_names=["cup", "table", "hand"], image_size=32, widths=(8, 16, 16),
+                                  hidden=hidden, ffn=32, num_queries=8),
+        relation=RelationConfig(predicate_names=["on", "holding"], num_classes=3, feat_dim=16, hidden=16))
+    return cfg, {"segmenter": QuerySegmenter(config=cfg.segmenter), "relation": RelationModel(config=cfg.relation)}
+
+
+def _same_weights(predictor: PipelinePredictor, modules: dict[str, torch.nn.Module]) -> None:
+    for prefix, module in modules.items():
+        for k, v in getattr(predictor, prefix).state_dict().items():
+            torch.testing.assert_close(v, module.state_dict()[k])
+
+
+def test_pipeline_checkpoints_record_and_check_a_weights_sha256(tmp_path):
+    cfg, modules = _small_pipeline()
+    ck = save_modules(tmp_path / "ck", modules, to_dict(cfg), meta={"step": 5})
+    weights = ck / "model.safetensors"
+    meta = json.loads((ck / "trainer.json").read_text())
+    assert meta[WEIGHTS_SHA256] == file_sha256(weights) and meta["step"] == 5
+    assert WEIGHTS_SHA256 not in read_config(ck)  # config.json stays exactly the pipeline's config
+    _same_weights(PipelinePredictor.from_pretrained(ck), modules)  # intact: loads, the same weights
+    shutil.copytree(ck, tmp_path / "old")
+
+    flip_middle_bytes(weights)
+    assert_still_readable(weights)
+    with pytest.raises(CheckpointError) as err:
+        PipelinePredictor.from_pretrained(ck)
+    msg = str(err.value)
+    assert msg.startswith(f"{weights}: ") and "sha256 hash differs" in msg and "trainer.json" in msg, msg
+    assert "\n" not in msg
+
+    # a checkpoint written before the hash was recorded loads as before, unverified
+    old = tmp_path / "old"
+    meta = json.loads((old / "trainer.json").read_text())
+    del meta[WEIGHTS_SHA256]
+    (old / "trainer.json").write_text(json.dumps(meta))
+    _same_weights(PipelinePredictor.from_pretrained(old), modules)
+
+
+def test_pipeline_weights_of_other_sizes_are_one_line(tmp_path):
+    cfg, modules = _small_pipeline(hidden=16)
+    ck = save_modules(tmp_path / "ck", modules, to_dict(cfg))
+    _, wider = _small_pipeline(hidden=32)
+    with pytest.raises(CheckpointError) as err:
+        load_modules(ck, {"segmenter": wider["segmenter"]})
+    msg = str(err.value)
+    assert "\n" not in msg, msg
+    m = re.fullmatch(rf"{re.escape(str(ck / 'model.safetensors'))}: weights do not fit this model: (\d+) tensors"
+                     r" differ in shape \(e\.g\. (segmenter\.\S+) \[.*\] in the file vs \[.*\] here\);"
+                     r" was it trained with other model sizes\?", msg)
+    assert m, msg
+    theirs, ours = modules["segmenter"].state_dict(), wider["segmenter"].state_dict()
+    differ = {f"segmenter.{k}" for k, v in ours.items() if k in theirs and theirs[k].shape != v.shape}
+    assert int(m.group(1)) == len(differ) > 1 and m.group(2) in differ

@@ -38,6 +38,29 @@ def test_eval_files_table_and_json_out(split_files, capsys):
     assert f"{expected['R@20']:.2f}" in table
 
 
+def test_eval_validates_each_graph_once(split_files, capsys, monkeypatch):
+    """Predictions and ground truth are validated as their files are read, not again by the metric."""
+    from psg4d.data.schema import SceneGraph4D
+
+    d, gts, preds = split_files
+    seen: list[str] = []
+    original = SceneGraph4D.validate
+
+    def counting(self, *args, **kwargs):
+        seen.append(self.video_id)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SceneGraph4D, "validate", counting)
+    assert main(["eval", "--pred", str(d / "pred.jsonl"), "--gt", str(d / "gt.jsonl"), "--json"]) == 0
+    capsys.readouterr()
+    # 3 ground-truth graphs and 2 predictions, each once
+    assert sorted(seen) == sorted([g.video_id for g in gts] + [p.video_id for p in preds])
+    # the library call on graphs nobody validated still validates them
+    seen.clear()
+    evaluate(preds, gts)
+    assert len(seen) == len(gts) + len(preds)
+
+
 def test_eval_json_flag_graph_constraint_and_label_map(split_files, capsys):
     d, gts, _ = split_files
     perfect = [perfect_prediction(g) for g in gts]

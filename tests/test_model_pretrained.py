@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +17,8 @@ from psg4d.errors import CheckpointError
 from psg4d.model.imagebind import IMAGEBIND_SIZES
 from psg4d.model.mask_decoder import MaskDecoderConfig, build_mask_decoder
 from psg4d.model.psg4d_llm import PSG4DModel
-from psg4d.model.weight_files import WEIGHTS_ENV, fingerprint
+from psg4d.model.llm import LLMConfig
+from psg4d.model.weight_files import WEIGHTS_ENV, WEIGHTS_SHA256, file_sha256, fingerprint
 from psg4d.model.weights import pretrained_source
 from test_model_psg4d import make_sample, tiny_config
 from test_model_vision_backbones import _imagebind_state_dict
@@ -139,3 +142,82 @@ def test_trainable_pretrained_parameters_are_stored(tmp_path):
     again = PSG4DModel.from_pretrained(tmp_path / "ck")
     batch = model.collate([make_sample(0, size=56)])
     torch.testing.assert_close(_loss(again, batch), _loss(model, batch))
+
+
+def flip_middle_bytes(file: Path, n: int = 1 << 16) -> None:
+    """Invert ``n`` bytes (at most a quarter of the file) in the middle of ``file``, keeping its size
+    and modification time: damage to tensor data that leaves a safetensors file readable."""
+    data = bytearray(file.read_bytes())
+    n = min(n, len(data) // 4)
+    start = (len(data) - n) // 2
+    data[start:start + n] = bytes(b ^ 0xFF for b in data[start:start + n])
+    st = file.stat()
+    file.write_bytes(bytes(data))
+    os.utime(file, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def assert_still_readable(file: Path) -> None:
+    """The damage is invisible to safetensors: only the recorded hash can catch it."""
+    from safetensors.torch import load_file
+
+    assert load_file(str(file))
+
+
+def test_damaged_model_weights_are_refused_by_their_recorded_sha256(tmp_path):
+    from psg4d.train.checkpoint import load_model_weights
+
+    torch.manual_seed(0)
+    model = PSG4DModel.from_config(tiny_config()).eval()
+    ck = tmp_path / "ck"
+    model.save_pretrained(ck)
+    weights = ck / "model.safetensors"
+    assert json.loads((ck / "config.json").read_text())[WEIGHTS_SHA256] == file_sha256(weights)
+    again = PSG4DModel.from_pretrained(ck)  # intact: loads, the same weights
+    for k, v in again.state_dict().items():
+        torch.testing.assert_close(v, model.state_dict()[k])
+    shutil.copytree(ck, tmp_path / "old")
+
+    flip_middle_bytes(weights)
+    assert_still_readable(weights)
+    for load in (PSG4DModel.from_pretrained, lambda p: load_model_weights(PSG4DModel.from_config(tiny_config()), p)):
+        with pytest.raises(CheckpointError) as err:
+            load(ck)
+        msg = str(err.value)
+        assert msg.startswith(f"{weights}: ") and "sha256 hash differs" in msg and "\n" not in msg, msg
+
+    # a checkpoint written before the hash was recorded loads as before, unverified
+    old = tmp_path / "old"
+    meta = json.loads((old / "config.json").read_text())
+    del meta[WEIGHTS_SHA256]
+    (old / "config.json").write_text(json.dumps(meta))
+    again = PSG4DModel.from_pretrained(old)
+    for k, v in again.state_dict().items():
+        torch.testing.assert_close(v, model.state_dict()[k])
+
+
+def test_a_checkpoint_of_other_model_sizes_is_one_line(tmp_path):
+    from psg4d.train.checkpoint import load_model_weights
+
+    model = PSG4DModel.from_config(tiny_config())  # hidden size 128
+    model.save_pretrained(tmp_path / "ck")
+    smaller = PSG4DModel.from_config(tiny_config(llm=LLMConfig(hidden_size=64, num_layers=2, num_heads=4,
+                                                               intermediate_size=256)))
+    # a stage's init trained with other sizes, and a config.json edited to other sizes
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    cfg["model"]["llm"]["hidden_size"] = 64
+    shutil.copytree(tmp_path / "ck", tmp_path / "edited")
+    (tmp_path / "edited" / "config.json").write_text(json.dumps(cfg))
+    for load in (lambda: load_model_weights(smaller, tmp_path / "ck"),
+                 lambda: PSG4DModel.from_pretrained(tmp_path / "edited")):
+        with pytest.raises(CheckpointError) as err:
+            load()
+        msg = str(err.value)
+        assert "\n" not in msg, msg
+        m = re.search(r"model\.safetensors: weights do not fit this model: (\d+) tensors differ in shape"
+                      r" \(e\.g\. (\S+) \[(\d+), (\d+)\] in the file vs \[(\d+), (\d+)\] here\);"
+                      r" was it trained with other model sizes\?$", msg)
+        assert m, msg
+        differ = [k for k, v in smaller.state_dict().items() if k in model.state_dict()
+                  and model.state_dict()[k].shape != v.shape]
+        assert int(m.group(1)) == len(differ) > 1 and m.group(2) in differ
+        assert "128" in m.group(3, 4) and "64" in m.group(5, 6)

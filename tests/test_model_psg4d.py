@@ -24,6 +24,7 @@ from psg4d.model.batching import (
 )
 from psg4d.model.generation import SceneGraphGenerator
 from psg4d.model.psg4d_llm import PSG4DModel
+from psg4d.model.weight_files import file_sha256
 
 CATS = ["person", "water dispenser", "cup", "table"]
 # 17 predicates: 3 objects give 6 ordered pairs x 17 = 102 ranked candidates (R@100 needs >= 100)
@@ -265,6 +266,9 @@ def test_checkpoint_errors(trained, tmp_path):
     dropped = sorted(k for k in state if k.startswith("obj_proj."))[0]
     del state[dropped]
     save_file(state, str(ck / "model.safetensors"))
+    cfg = json.loads((ck / "config.json").read_text())
+    cfg["weights_sha256"] = file_sha256(ck / "model.safetensors")  # rewritten on purpose, not damaged
+    (ck / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match=dropped.replace(".", r"\.")):
         PSG4DModel.from_pretrained(ck)
 

@@ -22,6 +22,7 @@ from PIL import Image
 from psg4d.cli import main
 from psg4d.data.schema import SceneGraph4D, Video4D
 from psg4d.data.video_io import iter_frames, load_video, probe_video, select_positions
+from psg4d.errors import DataError
 from psg4d.infer.streaming import StreamingPredictor
 from psg4d.model.psg4d_llm import PSG4DModel
 from test_model_psg4d import tiny_config
@@ -193,24 +194,44 @@ def test_candidates_cap_every_video_of_a_batch(ckpt, tmp_path):
 
 # ------------------------------------------------------------------ 3. a header that over-promises
 def test_max_frames_spread_over_the_frames_that_decode(ckpt, tmp_path, caplog):
-    video = _mp4(tmp_path / "cut.mp4", 444, keep=60)
-    assert probe_video(video).num_frames == 444  # the header's promise
+    """A header a frame or two over the frames that decode (a badly muxed but whole file) is
+    tolerated: frames are chosen over those that decode, with one warning."""
+    video = _mp4(tmp_path / "cut.mp4", 62, keep=60)
+    assert probe_video(video).num_frames == 62  # the header's promise
     expect = select_positions(60, source_fps=10, max_frames=16).tolist()
     with caplog.at_level(logging.WARNING):
         got = load_video(video, max_frames=16)
     assert got.frame_indices.tolist() == expect and got.num_frames == 16
     lines = [r.getMessage() for r in caplog.records if "promised" in r.getMessage()]
-    assert len(lines) == 1 and "444" in lines[0] and "60 decode" in lines[0], lines
+    assert len(lines) == 1 and "62" in lines[0] and "60 decode" in lines[0], lines
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         assert sum(1 for _ in iter_frames(video)) == 60  # a streamed read says it once too
-    assert sum("promised 444" in r.getMessage() for r in caplog.records) == 1
+    assert sum("promised 62" in r.getMessage() for r in caplog.records) == 1
 
     out = tmp_path / "pred.json"
     _predict("--ckpt", str(ckpt), "--rgb", str(video), "--out", str(out), "--max-frames", "16",
              "--max-new-tokens", "8")
     pred = SceneGraph4D.load(out)
     assert pred.num_frames == 16 and pred.meta["frame_indices"] == expect
+
+
+def test_a_truncated_file_is_refused_not_read_as_a_shorter_video(ckpt, tmp_path, capsys):
+    """A header that promises 64 frames of which one decodes: one line naming the file (exit 2),
+    for a whole read, a sampled read and a streamed read alike."""
+    video = _mp4(tmp_path / "cut.mp4", 64, keep=1)
+    with pytest.raises(DataError, match="promises 64 frames but only 1 decode"):
+        load_video(video)
+    with pytest.raises(DataError, match="truncated or damaged"):
+        load_video(video, max_frames=16)
+    with pytest.raises(DataError, match="promises 64 frames"):
+        list(iter_frames(video))
+    out = tmp_path / "pred.json"
+    capsys.readouterr()
+    code = main(["predict", "--ckpt", str(ckpt), "--rgb", str(video), "--out", str(out), "--max-new-tokens", "8"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "%|" not in line]  # no progress bar
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {video}") and "only 1 decode" in err[0], err
+    assert not out.exists()
 
 
 # ------------------------------------------------------------------ 4. the video id

@@ -219,3 +219,43 @@ def test_stuff_object_id_must_be_its_mask_value(tmp_path):
     (tmp_path / "sailvos3d.json").write_text(json.dumps(index))
     with pytest.raises(DataError, match=r"sailvos3d\.json.*stuff object 'ground' has object_id 5"):
         GTAReader(tmp_path).read_graph("vid_a")
+
+
+# -- object ids the panoptic map cannot hold as annotated (merge_masks.py: things 1..999, stuff 1001..1255)
+
+
+@pytest.mark.parametrize("person_id", [1000, 1002, 1003])
+def test_thing_id_in_the_stuff_range_is_refused(tmp_path, person_id):
+    # the person's SAIL-VOS id reaches the masks unchanged, where merge_masks.py puts stuff at background + 1000
+    # (1003 is also the ground's value: the map cannot tell the two apart)
+    root = pub.build_psg4d_gta(tmp_path, person_id=person_id)
+    r = GTAReader(root)
+    msg = rf"sailvos3d\.json.*video '{pub.VID}': object\[1\]: thing object 'person' has object_id {person_id}; thing ids"
+    with pytest.raises(DataError, match=msg):
+        r.read_graph(pub.VID)
+    with pytest.raises(DataError, match=msg):  # an index-only read refuses it too
+        r.read_graph(pub.VID, with_masks=False)
+
+
+def test_highest_thing_id_still_reads(tmp_path):
+    g = GTAReader(pub.build_psg4d_gta(tmp_path, person_id=999)).read_graph(pub.VID)
+    objs = g.object_by_id()
+    assert objs[999].category == "person" and objs[999].is_thing
+    assert objs[999].tube.areas().tolist() == pub.AREAS[3]
+    assert (999, 1003, "standing on") in {(x.subject_id, x.object_id, x.predicate) for x in g.relations}
+
+
+@pytest.mark.parametrize(
+    ("position", "change", "problem"),
+    [
+        (0, {"object_id": 0}, "thing object 'person' has object_id 0; thing ids"),
+        (2, {"object_id": 1300}, r"stuff object 'ground' has object_id 1300; .* must be in 1001\.\.1255"),
+        (1, {"category": "dragon"}, "category 'dragon' \\(object_id 2\\) is in neither objects.thing nor objects.stuff"),
+    ],
+)
+def test_object_ids_and_classes_outside_the_layout_are_refused(tmp_path, position, change, problem):
+    index = make_gta(tmp_path)
+    index["data"][0]["object"][position].update(change)
+    (tmp_path / "sailvos3d.json").write_text(json.dumps(index))
+    with pytest.raises(DataError, match=rf"sailvos3d\.json.*video 'vid_a': object\[{position}\]: {problem}"):
+        GTAReader(tmp_path).read_graph("vid_a")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -154,6 +155,75 @@ def test_public_layout_is_detected_at_the_data_root(tmp_path):
     g = r.read_graph("107902")
     assert {o.object_id: o.tube.areas().tolist() for o in g.objects} == pub.AREAS
     assert [(o.category, o.is_thing) for o in g.objects] == [("person", True), ("cup", True), ("floor", False)]
-    assert {(x.subject_id, x.object_id, x.predicate): x.spans for x in g.relations} == pub.MERGED
+    assert all(x.spans == [(0, 0)] for x in g.relations)
     v = r.read_video("107903")
     assert v.rgb.shape == (1, pub.H, pub.W, 3) and abs(int(v.rgb[0, 5, 5, 0]) - 77) <= 2
+
+
+# -- what OpenPSG's psg.py yields per split: images without relations dropped, per-split de-duplication
+
+
+def test_openpsg_drops_images_without_relations_and_logs_it(tmp_path, caplog):
+    root = pub.build_psg(tmp_path / "data")
+    with caplog.at_level(logging.INFO, logger="psg4d.data.readers.psg2d"):
+        r = PSGReader(root)
+    # psg.py:81-83 filters them out before the train/test split
+    assert r.video_ids("train") == ["107902"] and r.video_ids("test") == ["107903"]
+    assert sorted(r.video_ids()) == sorted(pub.IMAGES)  # still readable by id
+    assert r.read_graph("107904").relations == [] and len(r.read_graph("107905", with_masks=False).objects) == 3
+    lines = [x.getMessage() for x in caplog.records]
+    assert any("split 'train': 1 of 2 images have no relations and are left out" in m
+               and "2 relations kept: 1 repeated triplet listings merged and 1 predicates dropped" in m for m in lines)
+    assert any("split 'test': 1 of 2 images have no relations and are left out" in m
+               and "3 relations kept: 1 repeated triplet listings merged" in m for m in lines)
+
+
+def test_openpsg_test_split_keeps_each_distinct_triplet_once(tmp_path):
+    r = PSGReader(pub.build_psg(tmp_path / "data"))
+    g = r.read_graph("107903")
+    assert [(x.subject_id, x.object_id, x.predicate) for x in g.relations] == pub.TEST_TRIPLES
+    assert all(x.spans == [(0, 0)] for x in g.relations)
+
+
+def test_openpsg_train_split_keeps_one_predicate_per_pair(tmp_path):
+    root = pub.build_psg(tmp_path / "data")
+    g = PSGReader(root).read_graph("107902")
+    pairs = [(x.subject_id, x.object_id) for x in g.relations]
+    assert pairs == list(pub.TRAIN_CHOICES)  # one relation per pair, first-seen order
+    assert all(x.predicate in pub.TRAIN_CHOICES[(x.subject_id, x.object_id)] for x in g.relations)
+    # the draw is fixed per image: another reader (another process, rank, epoch) reads the same graph
+    again = PSGReader(root).read_graph("107902", with_masks=False)
+    assert [(x.subject_id, x.object_id, x.predicate) for x in again.relations] == [
+        (x.subject_id, x.object_id, x.predicate) for x in g.relations]
+
+
+def test_openpsg_train_draw_follows_the_listings(tmp_path):
+    """psg.py draws with np.random.choice over the pair's listings: a predicate listed twice of
+    three times is kept in about 2/3 of the images, and the other one in the rest."""
+    n = 300
+    seg = [{"id": 1, "category_id": 0, "isthing": 1}, {"id": 2, "category_id": 1, "isthing": 1}]
+    data = [{"file_name": f"{i}.jpg", "height": H, "width": W, "image_id": str(1000 + i), "pan_seg_file_name": "x.png",
+             "segments_info": seg, "relations": [[0, 1, 0], [0, 1, 0], [0, 1, 2]]} for i in range(n)]
+    (tmp_path / "psg.json").write_text(json.dumps({"data": data, "thing_classes": THINGS, "stuff_classes": STUFF,
+                                                   "predicate_classes": PREDS, "test_image_ids": []}))
+    r = PSGReader(tmp_path)
+    assert len(r.video_ids("train")) == n and r.video_ids("test") == []
+    kept = [r.read_graph(v, with_masks=False).relations for v in r.video_ids("train")]
+    assert all(len(rels) == 1 for rels in kept)
+    share = sum(rels[0].predicate == "holding" for rels in kept) / n
+    assert {rels[0].predicate for rels in kept} == {"holding", "beside"} and 0.58 < share < 0.76
+
+
+def test_explicit_splits_are_taken_as_listed(tmp_path):
+    """psg4d's own ``splits`` (the synthetic 2D data): no image is dropped and no predicate drawn."""
+    s_empty, s_two = make_image("empty"), make_image("two")
+    s_empty.graph.relations = []
+    s_two.graph.relations.append(Relation(11, 4, "on", [(0, 0)]))
+    entries = [write_psg_image(tmp_path, s, image_id=200 + i, thing_classes=THINGS, stuff_classes=STUFF,
+                               predicate_classes=PREDS) for i, s in enumerate((s_empty, s_two))]
+    write_psg_index(tmp_path, entries, thing_classes=THINGS, stuff_classes=STUFF, predicate_classes=PREDS,
+                    splits={"train": [200, 201]})
+    r = PSGReader(tmp_path)
+    assert r.video_ids("train") == ["200", "201"]
+    assert {(x.subject_id, x.object_id, x.predicate) for x in r.read_graph("201").relations} == {
+        (11, 4, "holding"), (4, 20, "beside"), (11, 4, "on")}

@@ -143,3 +143,26 @@ def test_unknown_predicate_is_dropped_counted_and_reported(tmp_path):
     assert s["splits"]["train"]["dropped_relations"] == {"unknown_predicate": 1}
     assert s["splits"]["val"]["dropped_relations"] == {} and s["all"]["relations"] == 5
     assert "relations dropped as the dataset's own loader drops them: 1 (unknown predicate)" in format_inspection(s)
+
+
+# -- object_id == position + 1 (OpenPVSG's loading.py: objects_info[instance_id - 1])
+
+
+@pytest.mark.parametrize(
+    ("vid", "ids", "problem"),
+    [
+        # swapped: masks and relations agree with the ids, but OpenPVSG would give the adult's pixels the cup's class
+        (pub.EPIC, [2, 1], r"objects\[0\]: object at position 0 has object_id 2; .*objects\[object_id - 1\], so it must be 1"),
+        (pub.EGO, [1, 3], r"objects\[1\]: object at position 1 has object_id 3; .*so it must be 2"),  # a gap
+        (pub.EPIC, [0, 1], r"objects\[0\]: object_id must be positive"),  # 0-based
+    ],
+)
+def test_object_id_must_be_position_plus_one(tmp_path, vid, ids, problem):
+    pub.build_pvsg(tmp_path, object_ids={vid: ids})
+    r = PVSGReader(tmp_path)
+    for with_masks in (True, False):
+        with pytest.raises(DataError, match=rf"pvsg\.json.*video '{vid}': {problem}"):
+            r.read_graph(vid, with_masks=with_masks)
+    # the other videos of the same file follow the rule and still read
+    g = r.read_graph(pub.VIDOR)
+    assert {o.object_id: o.tube.areas().tolist() for o in g.objects} == pub.AREAS[pub.VIDOR]

@@ -111,6 +111,21 @@ def _losses(path):
     return [(r["step"], r["loss"]) for r in read_metrics(path) if "loss" in r]
 
 
+def _kill_at_step(proc: subprocess.Popen, metrics: Path, step: int, *, timeout: float) -> None:
+    """SIGKILL ``proc`` once its ``metrics.jsonl`` logs ``step`` (a failure if it exits or times out first)."""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if metrics.exists() and metrics.stat().st_size and _losses(metrics)[-1][0] >= step:
+                return
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            time.sleep(0.05)
+        pytest.fail(f"the run did not reach step {step}")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
 def test_sigkilled_run_resumes_to_the_same_loss_curve(tmp_path):
     cfg = toy_experiment(tmp_path, stages=[{"name": "s1", "trainable": ["encoder", "llm", "mask_decoder"],
                                              "max_steps": 60}])
@@ -123,18 +138,7 @@ def test_sigkilled_run_resumes_to_the_same_loss_curve(tmp_path):
     proc = subprocess.Popen([sys.executable, str(script), json.dumps(args)], env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     metrics = tmp_path / "killed" / "s1" / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline:
-            if metrics.exists() and metrics.stat().st_size and _losses(metrics)[-1][0] >= 23:
-                break
-            assert proc.poll() is None, proc.stderr.read().decode()
-            time.sleep(0.05)
-        else:
-            pytest.fail("the run did not reach step 23")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    _kill_at_step(proc, metrics, 23, timeout=120)
     assert proc.returncode == -signal.SIGKILL
     killed_at = _losses(metrics)[-1][0]
     assert killed_at < 60 and not (tmp_path / "killed" / "s1" / "final").exists()
@@ -282,3 +286,42 @@ def test_torchrun_fsdp_trains_saves_full_weights_and_resumes(tmp_path):
     assert state["step"] == 6 and state["optimizer"]["state"]
     full = ToyModel.from_pretrained(tmp_path / "fsdp" / "s1" / "final")  # gathered, unsharded weights
     assert full.encoder.weight.shape == (16, 6)
+
+
+def _psg4d(*args: str) -> list[str]:
+    return [sys.executable, "-c", "import sys; from psg4d.cli import main; sys.exit(main())", *args]
+
+
+@pytest.mark.slow
+def test_shipped_preset_resumes_bit_identically_under_a_competing_load(tmp_path):
+    """`psg4d train --config hoi_tiny`, killed with SIGKILL mid-stage while two other processes keep
+    both cores busy, then run again: the final weights equal an uninterrupted run's bit for bit."""
+    from safetensors.torch import load_file
+
+    world = tmp_path / "world"
+    subprocess.run(_psg4d("synth", "--videos", "8", "--images", "0", "--frames", "8", "--size", "32",
+                          "--workers", "1", "--out", str(world)), check=True, env=_env(), capture_output=True)
+    sets = [f"data.root={world}", "stages.0.max_steps=10", "train.save_every=3", "train.val_max_videos=1",
+            "train.log_every=1"]
+
+    def command(out: Path) -> list[str]:
+        return _psg4d("train", "--config", "hoi_tiny", "--out", str(out), *[a for s in sets for a in ("--set", s)])
+
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        killed = tmp_path / "killed"
+        proc = subprocess.Popen(command(killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _kill_at_step(proc, killed / "4d_init" / "metrics.jsonl", 5, timeout=300)
+        assert not (killed / "4d_init" / "final").exists()
+        assert ckpt.find_last(killed / "4d_init") is not None
+        for out in (killed, tmp_path / "straight"):
+            run = subprocess.run(command(out), env=_env(), capture_output=True, text=True)
+            assert run.returncode == 0, run.stderr[-3000:]
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+    resumed = load_file(killed / "4d_init" / "final" / "model.safetensors")
+    straight = load_file(tmp_path / "straight" / "4d_init" / "final" / "model.safetensors")
+    assert resumed.keys() == straight.keys()
+    assert all(torch.equal(resumed[k], straight[k]) for k in resumed)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
+import shutil
 
 import pytest
 import torch
+from test_model_pretrained import assert_still_readable, flip_middle_bytes
 from test_train_toy import PREDICATES, ToyModel, ToyOpener, ToyReader, toy_experiment, toy_factory
 
 from psg4d.data.schema import MaskTube, ObjectTrack, Relation, SceneGraph4D
 from psg4d.errors import CheckpointError, ConfigError
+from psg4d.model.weight_files import WEIGHTS_SHA256, file_sha256
 from psg4d.train import checkpoint as ckpt
 from psg4d.train.loop import build_scheduler, param_groups, read_metrics, set_trainable, train, with_data_vocab
 from psg4d.train.stages import TrainConfig
@@ -30,6 +35,13 @@ def _losses(path):
 
 def _weights(ckpt_dir):
     return ToyModel.from_pretrained(ckpt_dir).state_dict()
+
+
+def _rerecord_sha256(ckpt_dir):
+    """Record the hash of a weights file a test rewrote on purpose."""
+    meta = json.loads((ckpt_dir / ckpt.TRAINER_META).read_text())
+    meta[WEIGHTS_SHA256] = file_sha256(ckpt_dir / ckpt.MODEL_WEIGHTS)
+    (ckpt_dir / ckpt.TRAINER_META).write_text(json.dumps(meta))
 
 
 def test_train_writes_metrics_checkpoints_and_learns(tmp_path):
@@ -373,5 +385,67 @@ def test_checkpoint_with_a_nan_tensor_is_refused_at_load(tmp_path):
     name = sorted(k for k, v in state.items() if v.is_floating_point())[0]
     state[name][...] = float("nan")
     save_file(state, str(final / ckpt.MODEL_WEIGHTS))
+    _rerecord_sha256(final)  # NaN saved as such (a diverged run), not damage the hash would catch first
     with pytest.raises(CheckpointError, match=rf"model.safetensors: tensor '{name}' holds NaN"):
         ckpt.load_model_weights(toy_factory()(cfg.model), final)
+
+
+def test_training_checkpoints_record_and_check_a_weights_sha256(tmp_path):
+    torch.manual_seed(0)
+    model = ToyModel(hidden=256)  # ~0.8 MB of weights: room for 64 KiB of damage in the middle
+    ckpt.save_checkpoint(tmp_path / "ck", model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                         scheduler=None, step=3, rng=ckpt.capture_rng())
+    weights = tmp_path / "ck" / ckpt.MODEL_WEIGHTS
+    meta = json.loads((tmp_path / "ck" / ckpt.TRAINER_META).read_text())
+    assert meta[WEIGHTS_SHA256] == file_sha256(weights) and meta["step"] == 3
+    again = ToyModel(hidden=256)
+    ckpt.load_model_weights(again, tmp_path / "ck")  # intact: loads, the same weights
+    for k, v in again.state_dict().items():
+        torch.testing.assert_close(v, model.state_dict()[k])
+    shutil.copytree(tmp_path / "ck", tmp_path / "old")
+
+    flip_middle_bytes(weights)
+    assert_still_readable(weights)
+    with pytest.raises(CheckpointError) as err:
+        ckpt.load_model_weights(ToyModel(hidden=256), tmp_path / "ck")
+    msg = str(err.value)
+    assert msg.startswith(f"{weights}: ") and "sha256 hash differs" in msg and "trainer.json" in msg, msg
+    assert "\n" not in msg
+
+    # a checkpoint written before the hash was recorded loads as before, unverified
+    old = tmp_path / "old"
+    meta = json.loads((old / ckpt.TRAINER_META).read_text())
+    del meta[WEIGHTS_SHA256]
+    (old / ckpt.TRAINER_META).write_text(json.dumps(meta))
+    again = ToyModel(hidden=256)
+    ckpt.load_model_weights(again, old)
+    for k, v in again.state_dict().items():
+        torch.testing.assert_close(v, model.state_dict()[k])
+
+
+def test_an_init_of_other_model_sizes_is_one_line(tmp_path):
+    ckpt.save_checkpoint(tmp_path / "ck", model=ToyModel(hidden=16), optimizer=None, scheduler=None, step=1, rng=None)
+    with pytest.raises(CheckpointError) as err:
+        ckpt.load_model_weights(ToyModel(hidden=32), tmp_path / "ck")
+    msg = str(err.value)
+    assert "\n" not in msg, msg
+    # of the 10 tensors only mask_decoder.bias (one per predicate) keeps its shape
+    assert re.fullmatch(
+        rf"{re.escape(str(tmp_path / 'ck' / ckpt.MODEL_WEIGHTS))}: weights do not fit this model: 9 tensors differ"
+        r" in shape \(e\.g\. encoder\.weight \[16, 6\] in the file vs \[32, 6\] here\);"
+        r" was it trained with other model sizes\?", msg), msg
+
+
+def test_a_malformed_trainer_record_is_one_line(tmp_path):
+    """A finished stage whose trainer.json is damaged is refused by name, not with a traceback."""
+    from psg4d.errors import CheckpointError
+    from psg4d.train.checkpoint import read_trainer_meta
+
+    (tmp_path / "trainer.json").write_text('{"step": 3')
+    with pytest.raises(CheckpointError, match="trainer.json: cannot read the checkpoint's trainer record"):
+        read_trainer_meta(tmp_path)
+    (tmp_path / "trainer.json").write_text("[3]")
+    with pytest.raises(CheckpointError, match="not a trainer record"):
+        read_trainer_meta(tmp_path)
+    (tmp_path / "trainer.json").write_text('{"step": 3}')
+    assert read_trainer_meta(tmp_path) == {"step": 3}

@@ -248,6 +248,35 @@ def apply_overrides(
     return data
 
 
+def build_with_overrides(
+    build: "typing.Callable[[dict[str, Any]], T]", data: dict[str, Any], overrides: list[str] | None, *,
+    where: str, exclusive: Sequence[ExclusiveKeys] = (),
+) -> T:
+    """``build(data with overrides)``, and where that is a ConfigError that the preset alone does
+    not have, the blame on the first ``--set`` that brings it (``--set KEY=VALUE: problem``), not
+    on the preset file ``where``."""
+    # outside the try: a conflict between overrides names them itself
+    full = apply_overrides(data, overrides, exclusive=exclusive)
+    try:
+        return build(full)
+    except ConfigError as e:
+        if not overrides:
+            raise
+        error = e
+    for i in range(len(overrides)):
+        try:
+            build(apply_overrides(data, overrides[:i], exclusive=exclusive))
+        except ConfigError as e:
+            if i == 0:
+                raise error from None  # the preset itself is at fault
+            error, culprit = e, overrides[i - 1]
+            break
+    else:
+        culprit = overrides[-1]
+    problem = str(error).removeprefix(f"{where}: ")
+    raise ConfigError(f"--set {culprit}: {problem}") from None
+
+
 def _sections(value: Any) -> list[Any]:
     """Every mapping inside ``value`` (itself included): sections an override assigned whole."""
     if isinstance(value, dict):

@@ -141,8 +141,10 @@ def eval_command(
     if label_map == "auto":  # the predictions' free text onto the ground truth's vocabulary, as an explicit map
         preds, gts, lm, mapping = auto_map_predictions(preds, gts, vocab)
     seg = SegmentationQuality(label_map=lm)
+    # predictions read from a file were validated as they were read (the errors name file and line),
+    # and so was the ground truth: the metric need not validate them again
     result = evaluate(preds, gts, protocol=protocol, graph_constraint=graph_constraint, label_map=lm,
-                      zero_shot=zs, also=[seg], **vocab)
+                      zero_shot=zs, also=[seg], validated=pred is not None, **vocab)
     if seg.scored:
         result["segmentation"] = seg.compute()
     else:

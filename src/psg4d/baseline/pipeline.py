@@ -33,7 +33,7 @@ from psg4d.baseline.segmenter import QuerySegmenter, frame_targets
 from psg4d.baseline.targets import match_tubes_to_gold, relation_targets
 from psg4d.baseline.tracker import Tracker
 from psg4d.baseline.types import TrackedTubes
-from psg4d.config import apply_overrides, from_dict, load_yaml, to_dict
+from psg4d.config import build_with_overrides, from_dict, load_yaml, to_dict
 from psg4d.data.readers import open_dataset
 from psg4d.errors import ConfigError
 from psg4d.utils.io import atomic_path, atomic_write_json, start_over
@@ -55,10 +55,12 @@ def is_pipeline_yaml(path: str | Path) -> bool:
 
 
 def load_pipeline_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
-    data = apply_overrides(load_yaml(path), overrides)
-    cfg = from_dict(PipelineConfig, data, where="", source=str(path))
-    validate(cfg, where=str(path))
-    return cfg
+    def build(data: dict[str, Any]) -> PipelineConfig:
+        cfg = from_dict(PipelineConfig, data, where="", source=str(path))
+        validate(cfg, where=str(path))
+        return cfg
+
+    return build_with_overrides(build, load_yaml(path), overrides, where=str(path))
 
 
 def validate(cfg: PipelineConfig, *, where: str = "config") -> None:

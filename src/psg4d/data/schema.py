@@ -395,6 +395,10 @@ class SceneGraph4D:
             for role, oid in (("subject", r.subject_id), ("object", r.object_id)):
                 if oid not in ids:
                     raise DataError(src, f"{ctx}: {role} id {oid} is not an object of this video", field=f)
+            if not r.spans:
+                # scored, it would be a quiet miss; a relation holds in at least one span
+                raise DataError(src, f"{ctx}: relation <{r.subject_id}, {r.predicate}, {r.object_id}> has an empty"
+                                     " span list", field=f)
             for a, b in r.spans:
                 if a > b:
                     raise DataError(src, f"{ctx}: span [{a}, {b}] starts after it ends", field=f)

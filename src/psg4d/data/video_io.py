@@ -301,6 +301,17 @@ def _identity(x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- public API
 
 
+def check_decoded_count(info: VideoInfo, decoded: int) -> None:
+    """A file whose frames end well before its header's count is truncated or damaged: refused
+    (DataError naming it), never read as a shorter video. A shortfall of a few frames (at most 2,
+    or 2 % of the count) is what badly muxed but whole files show; it is tolerated."""
+    missing = info.num_frames - decoded
+    if missing > max(2, info.num_frames // 50):
+        raise DataError(info.path, f"the header promises {info.num_frames} frames but only {decoded} decode"
+                                   " (a truncated or damaged file); re-encode it, e.g. `ffmpeg -i IN -c:v libx264"
+                                   " OUT.mp4`, to use the frames that decode")
+
+
 def iter_frames(
     rgb: str | Path,
     *,
@@ -353,6 +364,7 @@ def iter_frames(
         if keep is None and tally.frames < info.num_frames:
             # a whole-video read keeps every frame that decodes; say so once (load_video passes
             # ``keep`` and says it itself)
+            check_decoded_count(info, tally.frames)
             log.warning("%s: the header promised %d frames but %d decode; read those %d", info.path,
                         info.num_frames, tally.frames, tally.frames)
     if pos == 0:
@@ -400,6 +412,7 @@ def load_video(
         # The header over-promised (a truncated or badly muxed file): frames chosen from its count
         # mostly lie past the end. Choose again over the frames that do decode (tally.frames: the
         # source ended, so every one of them was gone through) and read those.
+        check_decoded_count(info, tally.frames)
         again = keep if frame_indices is not None else select_positions(
             tally.frames, source_fps=src_fps, fps=fps, max_frames=max_frames)
         log.warning("%s: the header promised %d frames but %d decode; %s", info.path, info.num_frames,

@@ -115,6 +115,7 @@ class SceneGraphRecall:
     for the weak recall.
 
     ``zero_shot``: also report recall on the GT relations of this subset (``zR@K``).
+    ``validated``: every graph passed to :meth:`update` was validated already (``SceneGraph4D.validate``).
 
     ``predicates``/``objects``: the vocabularies. The predicate list fixes the
     state's layout (needed for a plain all-reduce; without it the vocabularies
@@ -139,6 +140,7 @@ class SceneGraphRecall:
         objects: Sequence[str] | None = None,
         label_map: LabelMap | None = None,
         zero_shot: ZeroShot | None = None,
+        validated: bool = False,
     ):
         if protocol not in PROTOCOLS:
             raise ConfigError(f"unknown evaluation protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
@@ -160,6 +162,9 @@ class SceneGraphRecall:
             raise ConfigError(f"zero_shot must be a psg4d.eval.subsets.ZeroShot, got {type(zero_shot).__name__}")
         self.zero_shot = zero_shot
         self.label_map = label_map or IDENTITY
+        # the caller validated every graph it passes (e.g. on reading the files, where the error can
+        # name file and line): checking again would cost a second pass over every mask
+        self.validated = bool(validated)
         # a map that was given (even one that maps nothing) changes what the unmapped warning advises
         self.label_map_given = label_map is not None
         self.fixed_predicates = None if predicates is None else self._dedup([normalize_label(p) for p in predicates])
@@ -241,6 +246,7 @@ class SceneGraphRecall:
         video = prepare_video(
             pred,
             gt,
+            validated=self.validated,
             max_k=self.ks[-1],
             graph_constraint=self.graph_constraint,
             label_map=self.label_map,

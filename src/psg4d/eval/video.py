@@ -61,7 +61,7 @@ class PreparedVideo:
     unmapped_examples: set[str] = field(default_factory=set)
 
 
-def _check_pair(pred: SceneGraph4D, gt: SceneGraph4D) -> None:
+def _check_pair(pred: SceneGraph4D, gt: SceneGraph4D, *, validated: bool = False) -> None:
     vid = gt.video_id
     where = f"prediction for video {vid!r}"
     if pred.video_id != vid:
@@ -73,7 +73,8 @@ def _check_pair(pred: SceneGraph4D, gt: SceneGraph4D) -> None:
             where, f"prediction is {pred.height}x{pred.width}, the ground truth is {gt.height}x{gt.width}"
         )
     # validate() names tubes whose length differs from the video, NaN scores and dangling ids
-    pred.validate(where)
+    if not validated:
+        pred.validate(where)
     require_tubes(pred, where)
 
 
@@ -149,6 +150,7 @@ def prepare_video(
     object_vocab: set[str] | None = None,
     predicate_vocab: set[str] | None = None,
     candidates: list[Relation] | None = None,
+    validated: bool = False,
 ) -> PreparedVideo:
     """Check ``pred`` against ``gt`` (raising :class:`DataError` naming the video) and build the arrays.
 
@@ -156,10 +158,12 @@ def prepare_video(
     (normalised labels) decide which predicted labels count as *unmapped*; ``None``
     means unknown, and nothing is counted. ``candidates``: the ranked relations of ``pred`` to score
     (e.g. from :func:`candidate_views`) instead of ``candidate_list(pred, max_k, graph_constraint)``.
+    ``validated``: ``pred`` and ``gt`` passed ``SceneGraph4D.validate`` already (not checked again).
     """
     T = gt.num_frames
     gt_where = f"ground truth for video {gt.video_id!r}"
-    gt.validate(gt_where)
+    if not validated:
+        gt.validate(gt_where)
     gt_objs = gt.object_by_id()
     gt_rels = gt.relations
     gt_cols: dict[int, int] = {}
@@ -183,7 +187,7 @@ def prepare_video(
     examples: set[str] = set()
     pred_label: dict[int, str] = {}
     if pred is not None:
-        _check_pair(pred, gt)
+        _check_pair(pred, gt, validated=validated)
         for o in pred.objects:
             pred_label[o.object_id] = label_map.object(o.majority_category())
         pred_pred = [label_map.predicate(r.predicate) for r in pred.relations]

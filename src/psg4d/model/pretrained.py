@@ -1,7 +1,10 @@
 """Checkpoint files of a :class:`~psg4d.model.psg4d_llm.PSG4DModel`: what trained, and what it stood on.
 
 A checkpoint folder holds ``config.json`` (``format: psg4d-model``, the
-``ModelConfig`` and ``frozen_weights``), ``model.safetensors`` and ``tokenizer/``.
+``ModelConfig``, ``frozen_weights`` and ``weights_sha256``), ``model.safetensors`` and
+``tokenizer/``. ``weights_sha256`` is the SHA-256 of ``model.safetensors`` as written; loading
+refuses a file that no longer hashes to it (checkpoints written before it was recorded load
+unverified).
 
 ``model.safetensors`` holds every parameter and buffer EXCEPT the frozen
 parameters loaded from pretrained weight files (an ImageBind trunk, a LoRA-wrapped
@@ -28,9 +31,11 @@ from psg4d.config import from_dict, to_dict
 from psg4d.errors import CheckpointError, ConfigError
 from psg4d.model.config import ModelConfig
 from psg4d.model.llm import load_tokenizer
-from psg4d.model.weight_files import WEIGHTS_ENV, fingerprint, replace_field, weight_field_of
+from psg4d.model.weight_files import (
+    WEIGHTS_ENV, WEIGHTS_SHA256, check_file_sha256, file_sha256, fingerprint, replace_field, weight_field_of,
+)
 from psg4d.model.weights import (
-    check_finite, frozen_pretrained_sources, names_digest, pretrained_groups, pretrained_source,
+    check_finite, check_shapes, frozen_pretrained_sources, names_digest, pretrained_groups, pretrained_source,
 )
 from psg4d.utils.io import atomic_dir, atomic_write_json
 
@@ -93,7 +98,7 @@ def save_pretrained(model: nn.Module, path: str | Path) -> None:
         atomic_write_json(
             tmp / CONFIG_FILE,
             {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": to_dict(model.config),
-             "frozen_weights": records},
+             "frozen_weights": records, WEIGHTS_SHA256: file_sha256(tmp / WEIGHTS_FILE)},
             indent=2,
         )
 
@@ -207,6 +212,7 @@ def load_pretrained(build: Callable[[ModelConfig], nn.Module], path: str | Path)
     tok_dir = path / TOKENIZER_DIR
     if not (tok_dir / "tokenizer.json").exists():
         raise CheckpointError(f"{tok_dir / 'tokenizer.json'}: missing from the checkpoint")
+    check_file_sha256(weights, meta.get(WEIGHTS_SHA256), recorded_in=path / CONFIG_FILE)
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
@@ -218,6 +224,9 @@ def load_pretrained(build: Callable[[ModelConfig], nn.Module], path: str | Path)
         raise CheckpointError(f"{tok_dir}: tokenizer vocabulary differs from the one the config builds")
     covered = verify_frozen_weights(model, records, path)
     own = model.state_dict()
+    # before the name check: a model of other sizes may also differ in names (more layers), and
+    # the shapes say why
+    check_shapes({k: v.shape for k, v in state.items()}, {k: v.shape for k, v in own.items()}, weights)
     expected = set(stored_state(model)) - covered
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -226,6 +235,7 @@ def load_pretrained(build: Callable[[ModelConfig], nn.Module], path: str | Path)
     try:
         model.load_state_dict(state, strict=False)
     except RuntimeError as e:
-        raise CheckpointError(f"{weights}: tensors do not fit the configured model: {e}") from None
+        detail = " ".join(str(e).split())  # torch's text spans lines
+        raise CheckpointError(f"{weights}: tensors do not fit the configured model: {detail}") from None
     model.eval()
     return model

@@ -5,7 +5,10 @@ fields of :data:`WEIGHT_FIELDS` hold absolute paths, or paths relative to
 ``$PSG4D_WEIGHTS`` when that is set, else relative to the current directory; the
 model keeps them absolute, so a checkpoint never depends on the directory it is
 loaded from. Which (:func:`fingerprint`): a SHA-256 of the file, or of a folder's
-files, that a checkpoint records for every frozen weight source it left out.
+files, that a checkpoint records for every frozen weight source it left out. A checkpoint's
+own weights file is identified the same way, uncached (:func:`file_sha256`): every checkpoint
+writer records it under :data:`WEIGHTS_SHA256` and every loader checks it
+(:func:`check_file_sha256`), so damaged bytes are refused instead of loading as other weights.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from psg4d.errors import CheckpointError
 from psg4d.model.llm import LLM_SOURCES, cache_dir
 from psg4d.utils.io import atomic_write_json
 
@@ -86,13 +90,42 @@ def weight_field_of(cfg: Any, source: str) -> str | None:
 
 _FINGERPRINTS: dict[tuple, str] = {}
 
+# The key under which a checkpoint's JSON (config.json, trainer.json) records the SHA-256 of the
+# weights file beside it.
+WEIGHTS_SHA256 = "weights_sha256"
 
-def _file_sha256(path: Path) -> str:
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 4 MiB blocks: weight files can outgrow memory."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def check_file_sha256(file: str | Path, recorded: Any, *, recorded_in: str | Path) -> None:
+    """Refuse (CheckpointError naming ``file``) a weights file whose bytes no longer hash to
+    ``recorded``, the digest ``recorded_in`` (a checkpoint's JSON) holds for it.
+
+    Always hashed anew, never through :func:`fingerprint`'s cache: that cache trusts size and
+    modification time, which damage in place (a bad disk, a partial copy over the file) can keep.
+    ``recorded`` None is a checkpoint written before checkpoints recorded the digest: loaded as
+    before, unverified.
+    """
+    file, recorded_in = Path(file), Path(recorded_in)
+    if recorded is None:
+        log.debug("%s: %s records no %s (an older checkpoint); loading it unverified",
+                  file, recorded_in, WEIGHTS_SHA256)
+        return
+    if not isinstance(recorded, str) or len(recorded) != 64:
+        raise CheckpointError(f"{recorded_in}: {WEIGHTS_SHA256} is {recorded!r}, not a SHA-256 hex digest")
+    actual = file_sha256(file)
+    if actual != recorded.lower():
+        raise CheckpointError(
+            f"{file}: corrupted or changed since it was saved: its sha256 hash differs from the one"
+            f" {recorded_in.name} recorded ({actual[:12]}... != {recorded[:12]}...)"
+        )
 
 
 def _cache_file() -> Path:
@@ -119,11 +152,11 @@ def fingerprint(source: str | Path) -> str:
     digest = cache.get(disk_key)
     if digest is None:
         if path.is_file():
-            digest = _file_sha256(path)
+            digest = file_sha256(path)
         else:
             h = hashlib.sha256()
             for f in files:
-                h.update(f"{f.relative_to(path).as_posix()}\0{_file_sha256(f)}\n".encode())
+                h.update(f"{f.relative_to(path).as_posix()}\0{file_sha256(f)}\n".encode())
             digest = h.hexdigest()
         cache[disk_key] = digest
         try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -89,3 +89,23 @@ def check_finite(tensors: Iterable[tuple[str, torch.Tensor]], where: str | Path)
         if (t.is_floating_point() or t.is_complex()) and t.numel() and not bool(torch.isfinite(t).all()):
             kind = "NaN" if bool(torch.isnan(t).any()) else "infinite values"
             raise CheckpointError(f"{where}: tensor {name!r} holds {kind}; the checkpoint is unusable")
+
+
+def check_shapes(
+    stored: Mapping[str, Sequence[int]], expected: Mapping[str, Sequence[int]], where: str | Path
+) -> None:
+    """Refuse (one CheckpointError line naming ``where``) stored tensors whose shapes differ from the
+    model's tensors of the same name: ``stored`` and ``expected`` map names to shapes.
+
+    A checkpoint of other model sizes differs in dozens of tensors; torch lists every one, which
+    buries the cause. The count, one example and the likely cause are what a user can act on.
+    """
+    differ = [(name, list(stored[name]), list(shape)) for name, shape in expected.items()
+              if name in stored and list(stored[name]) != list(shape)]
+    if differ:
+        name, theirs, ours = differ[0]
+        count = f"{len(differ)} tensors differ" if len(differ) > 1 else "1 tensor differs"
+        raise CheckpointError(
+            f"{where}: weights do not fit this model: {count} in shape (e.g. {name} {theirs} in the file"
+            f" vs {ours} here); was it trained with other model sizes?"
+        )

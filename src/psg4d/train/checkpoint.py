@@ -2,7 +2,8 @@
 
 A checkpoint folder holds what ``model.save_pretrained`` writes (``config.json``,
 ``model.safetensors``, tokenizer files), ``trainer.json`` (step, stage, human
-readable) and ``training_state.pt``: optimizer, scheduler, step, data position
+readable, and ``weights_sha256``: the SHA-256 of ``model.safetensors``, which loading checks)
+and ``training_state.pt``: optimizer, scheduler, step, data position
 and the RNG states of python / numpy / torch (as tensors, so it loads with
 ``torch.load(weights_only=True)``). Folders are written to a temporary sibling
 and renamed into place; ``last`` is a symlink swapped atomically onto the newest
@@ -27,7 +28,8 @@ import torch
 from torch import nn
 
 from psg4d.errors import CheckpointError
-from psg4d.model.weights import check_finite
+from psg4d.model.weight_files import WEIGHTS_SHA256, check_file_sha256, file_sha256
+from psg4d.model.weights import check_finite, check_shapes
 from psg4d.utils.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 TRAINING_STATE = "training_state.pt"
 TRAINER_META = "trainer.json"
 MODEL_WEIGHTS = "model.safetensors"
+MODEL_CONFIG = "config.json"
 LAST = "last"
 FINAL = "final"
 STATE_VERSION = 1
@@ -118,6 +121,10 @@ def save_checkpoint(
             torch.save(state, tmp / TRAINING_STATE)
         info = {"step": int(step), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         info.update(meta or {})
+        # recorded here whatever the model's save_pretrained records; a digest it recorded moments ago
+        # in this same unpublished folder is reused rather than hashing a large file twice
+        found = _recorded_sha256(tmp, (MODEL_CONFIG,))
+        info[WEIGHTS_SHA256] = found[0] if found else file_sha256(tmp / MODEL_WEIGHTS)
         (tmp / TRAINER_META).write_text(json.dumps(info, indent=2))
     return ckpt_dir
 
@@ -170,6 +177,35 @@ def find_last(stage_dir: str | Path) -> Path | None:
 # --------------------------------------------------------------------------- load
 
 
+def _recorded_sha256(ckpt_dir: Path, names: tuple[str, ...]) -> tuple[str, Path] | None:
+    """The ``weights_sha256`` the first of the JSON files ``names`` in ``ckpt_dir`` holds, and that
+    file; None where none does (a checkpoint written before it was recorded, or by a model whose
+    own config.json is something else)."""
+    for name in names:
+        file = ckpt_dir / name
+        if not file.is_file():
+            continue
+        try:
+            data = json.loads(file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{file}: malformed JSON ({e})") from None
+        if isinstance(data, dict) and data.get(WEIGHTS_SHA256) is not None:
+            return data[WEIGHTS_SHA256], file
+    return None
+
+
+def read_trainer_meta(ckpt_dir: str | Path) -> dict[str, Any]:
+    """A checkpoint's ``trainer.json`` (step, stage, ...); CheckpointError naming it if unreadable."""
+    path = Path(ckpt_dir) / TRAINER_META
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot read the checkpoint's trainer record ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: not a trainer record (expected a JSON object)")
+    return data
+
+
 def load_training_state(ckpt_dir: str | Path) -> dict[str, Any]:
     path = Path(ckpt_dir) / TRAINING_STATE
     if not path.exists():
@@ -198,12 +234,19 @@ def load_model_weights(model: nn.Module, ckpt_dir: str | Path, *, allow_missing:
     path = Path(ckpt_dir) / MODEL_WEIGHTS
     if not path.exists():
         raise CheckpointError(f"{ckpt_dir}: no {MODEL_WEIGHTS}; expected a folder written by save_pretrained")
+    # trainer.json is save_checkpoint's record; a folder save_pretrained wrote alone (an init made
+    # outside training) has only the model's config.json
+    recorded, where = (_recorded_sha256(Path(ckpt_dir), (TRAINER_META, MODEL_CONFIG))
+                       or (None, Path(ckpt_dir) / TRAINER_META))
+    check_file_sha256(path, recorded, recorded_in=where)
+    check_shapes(stored_weight_shapes(ckpt_dir), {k: v.shape for k, v in model.state_dict().items()}, path)
     try:
         missing, unexpected = load_model(model, str(path), strict=False, device=str(_model_device(model)))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{path}: unreadable or corrupted ({e})") from None
-    except RuntimeError as e:  # a tensor of another shape: a different model config
-        raise CheckpointError(f"{path}: tensors do not fit the configured model: {e}") from None
+    except RuntimeError as e:  # what check_shapes does not foresee; torch's text spans lines
+        detail = " ".join(str(e).split())
+        raise CheckpointError(f"{path}: tensors do not fit the configured model: {detail}") from None
     loaded = set(model.state_dict()) - set(missing)
     check_finite(((k, v) for k, v in model.state_dict().items() if k in loaded), path)
     frozen = {k for k, p in model.named_parameters() if not p.requires_grad}
@@ -230,6 +273,18 @@ def stored_weight_names(ckpt_dir: str | Path) -> set[str]:
             return set(f.keys())
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{path}: cannot read the weight names: {e}") from None
+
+
+def stored_weight_shapes(ckpt_dir: str | Path) -> dict[str, list[int]]:
+    """Name -> shape of each tensor in a checkpoint's ``model.safetensors`` (read from its header only)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(ckpt_dir) / MODEL_WEIGHTS
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: unreadable or corrupted ({e})") from None
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
-import json
 import logging
 import math
 import time
@@ -295,7 +294,7 @@ class _StageRun:
         final = self.dir / ckpt.FINAL
         if not (self.resume and (final / ckpt.TRAINER_META).exists() and (final / ckpt.MODEL_WEIGHTS).exists()):
             return None
-        done = json.loads((final / ckpt.TRAINER_META).read_text())
+        done = ckpt.read_trainer_meta(final)
         # A longer schedule than the finished one (raised max_steps) continues from `last`.
         if int(done.get("step", 0)) < total:
             return None
@@ -406,6 +405,10 @@ class _StageRun:
         last_loss = start.last_loss
         train_mode(self.wrapped)
         threads = AdaptiveThreads(max_threads=t.num_threads) if t.adapt_threads_every > 0 else None
+        if threads is not None and step == 0:
+            log.info("stage %s: train.adapt_threads_every=%d follows the machine's load; float sums then depend"
+                     " on it, so a resumed run is not bit-identical to an uninterrupted one (0: a fixed count)",
+                     self.stage.name, t.adapt_threads_every)
         while step < total:
             if threads is not None and step % t.adapt_threads_every == 0:
                 threads()

@@ -118,6 +118,12 @@ def output_kind(folder: Path) -> tuple[str, ...] | None:
     return None
 
 
+def _absolute(path: str | Path) -> Path:
+    """``path`` made absolute without resolving links: ``--out .`` has a real parent (where the
+    temporary goes) and a real name."""
+    return Path(os.path.abspath(path))
+
+
 def _is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
 
@@ -138,7 +144,7 @@ def clean_stale_temps(path: str | Path) -> list[Path]:
     Temporary folders carry their writer's pid; one whose process still runs is another writer
     at work and is left alone, so concurrent writers never lose their half-built output.
     """
-    path = Path(path)
+    path = _absolute(path)
     removed: list[Path] = []
     if not path.parent.is_dir():
         return removed
@@ -195,7 +201,7 @@ def prepare_output_dir(
     ``overwrite`` it is moved aside, never deleted), and a parent that cannot be written. Leftover
     temporaries of crashed runs are removed.
     """
-    path = Path(path)
+    path = _absolute(path)
     resolved = path.resolve()
     for src in protect:
         src = Path(src).resolve()
@@ -258,7 +264,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     with Psg4dError and both folders are kept. Commands call ``prepare_output_dir`` first, so a
     refusal normally comes before the work.
     """
-    path = Path(path)
+    path = _absolute(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{_TMP_TAG}{_writer_tag()}", dir=path.parent))
@@ -287,6 +293,26 @@ def _locked(folder: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def _in_use(path: Path) -> bool:
+    """An (empty) folder that cannot be renamed over without harm: the working directory
+    (``--out .``: the user's shell would be left in a deleted folder) or a mount point."""
+    try:
+        return os.path.samefile(path, os.getcwd()) or os.path.ismount(path)
+    except OSError:
+        return False
+
+
+def _move_entries(src: Path, dst: Path, *, first: set[str] = frozenset(), last: set[str] = frozenset()) -> None:
+    """Move every entry of ``src`` into ``dst`` (a folder that stays where it is): the names in
+    ``first`` before the others, those in ``last`` after them. Moving an output's marker files
+    last in and first out means an interrupted move never looks like a finished output."""
+    def order(e: Path) -> tuple[int, str]:
+        return (0 if e.name in first else 2 if e.name in last else 1, e.name)
+
+    for entry in sorted(src.iterdir(), key=order):
+        os.replace(entry, dst / entry.name)
+
+
 def _swap_in(tmp: Path, path: Path) -> None:
     kind = output_kind(tmp)
     old: Path | None = None
@@ -298,8 +324,15 @@ def _swap_in(tmp: Path, path: Path) -> None:
                 if kind is None or output_kind(path) != kind:
                     raise Psg4dError(f"{path}: folder is not empty and is not an earlier output of this kind; not replaced")
                 old = Path(tempfile.mkdtemp(prefix=f".{path.name}{_TMP_TAG}{_writer_tag()}old-", dir=path.parent))
-                os.replace(path, old)
-            os.replace(tmp, path)
+                if _in_use(path):  # emptied in place (markers first: no longer a finished output)
+                    _move_entries(path, old, first=set(kind))
+                else:
+                    os.replace(path, old)
+            if path.is_dir() and _in_use(path):
+                _move_entries(tmp, path, last=set(kind or ()))
+                tmp.rmdir()
+            else:
+                os.replace(tmp, path)
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

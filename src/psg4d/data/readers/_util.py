@@ -87,7 +87,10 @@ def int_field(d: Any, key: str, where: str | Path, ctx: str) -> int:
 def parse_span(raw: Any, where: str | Path, rctx: str) -> Span:
     """One inclusive ``[start, end]`` span of a relation."""
     expect(isinstance(raw, list) and len(raw) == 2, where, f"{rctx}: span must be [start, end], got {raw!r}")
-    return as_int(raw[0], where, f"{rctx} start"), as_int(raw[1], where, f"{rctx} end")
+    start, end = as_int(raw[0], where, f"{rctx} start"), as_int(raw[1], where, f"{rctx} end")
+    # checked here, before spans of one triplet are merged: a backwards span inside another would vanish
+    expect(start <= end, where, f"{rctx}: span [{start}, {end}] starts after it ends")
+    return start, end
 
 
 def merged_relations(triplets: Iterable[tuple[int, int, str, Sequence[Span]]]) -> list[Relation]:

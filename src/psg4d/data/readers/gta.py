@@ -34,7 +34,10 @@ value + :data:`STUFF_OFFSET` (1000). An object's ``object_id`` is its mask
 value for things and stuff alike (stuff ids are 1001, 1002, ...), so a thing 3
 and the stuff 1003 (background value 3) stay two objects. An object is stuff
 when its category is listed under ``objects.stuff`` (for a flat class list: in
-:data:`GTA_STUFF_CLASSES`). ``visible`` is read only when ``masks`` is absent:
+:data:`GTA_STUFF_CLASSES`). An index that breaks this is refused, not renumbered:
+a thing id outside 1..999 (from 1000 on the map holds stuff), a stuff id outside
+1001..1255 (the 8-bit background value + 1000), a category in neither class
+list. ``visible`` is read only when ``masks`` is absent:
 stuff tubes are then empty, and the reader warns once.
 
 Depth (:mod:`psg4d.data.readers.sailvos_depth`): SAIL-VOS stores
@@ -156,6 +159,36 @@ class GTAReader(IndexedReader):
                 seen.setdefault(r[1])
         return list(seen)
 
+    def _check_object_id(self, oid: int, cat: str, is_thing: bool, octx: str) -> None:
+        """Refuse an object whose id cannot be its value in the panoptic ``masks`` map.
+
+        The id is the object's mask value (PSG4D's ``generate_video.py:60`` draws ``mask == object_id``)
+        and its class is looked up by name (``sailvos3d.py`` ``cates2id``). ``merge_masks.py:18-25``
+        writes one uint16 map holding the thing ids of ``visible`` and, where ``visible`` is 0, the
+        8-bit background value + 1000: so values 1..999 are things, 1001..1255 stuff, and 0 is
+        unlabelled (``generate_video.py:58`` skips it). A thing at 1000 or above would be read as
+        stuff (or share its pixels with a stuff object); none of these is renumbered, as the masks
+        would then no longer match the annotation.
+        """
+        where = self._index_path
+        expect(cat in self._object_vocab, where,
+               f"{octx}: category {cat!r} (object_id {oid}) is in neither objects.thing nor objects.stuff")
+        if is_thing:
+            expect(
+                0 < oid < STUFF_OFFSET,
+                where,
+                f"{octx}: thing object {cat!r} has object_id {oid}; thing ids are their 'visible' mask values "
+                f"1..{STUFF_OFFSET - 1}: merge_masks.py stores stuff as background value + {STUFF_OFFSET} in the "
+                "same map, and 0 is unlabelled",
+            )
+        else:
+            expect(
+                STUFF_OFFSET < oid <= STUFF_OFFSET + MAX_BACKGROUND,
+                where,
+                f"{octx}: stuff object {cat!r} has object_id {oid}; a stuff id is its mask value, the 8-bit "
+                f"background value + {STUFF_OFFSET}, so it must be in {STUFF_OFFSET + 1}..{STUFF_OFFSET + MAX_BACKGROUND}",
+            )
+
     def num_frames(self, video_id: str) -> int:
         T = self._indexed_num_frames(video_id)
         return T if T is not None else len(self._frame_names(video_id))
@@ -214,13 +247,7 @@ class GTAReader(IndexedReader):
             oid = int_field(o, "object_id", where, octx)
             cat = str(get_field(o, "category", where, ctx=octx))
             is_thing = cat not in self._stuff
-            # merge_masks.py writes stuff as background value + 1000 and the annotation names it by that value
-            expect(
-                is_thing or oid > STUFF_OFFSET,
-                where,
-                f"{octx}: stuff object {cat!r} has object_id {oid}; a stuff id is its mask value "
-                f"(background value + {STUFF_OFFSET}), so it must exceed {STUFF_OFFSET}",
-            )
+            self._check_object_id(oid, cat, is_thing, octx)
             extra = o.get("attributes") or {}
             expect(isinstance(extra, dict), where, f"{octx}: 'attributes' must be a JSON object")
             objs.append((oid, cat, is_thing, extra))

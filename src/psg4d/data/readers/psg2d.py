@@ -18,10 +18,29 @@ folder (``train2017/...``, ``panoptic_train2017/...`` under ``data/coco``); file
 names are resolved against the prefixes of :data:`IMAGE_PREFIXES` (relative to
 the folder holding ``psg.json``), first hit wins.
 
+A file split by ``test_image_ids`` alone (OpenPSG's own file) is read as
+OpenPSG's ``PanopticSceneGraphDataset`` (``openpsg/datasets/psg.py``) yields it:
+
+* images without relations are in no split (``psg.py:81-83`` drops them before
+  splitting); they stay readable by id;
+* a ``test`` image's relations are its distinct ``(subject, object, predicate)``
+  triplets in first-seen order (``psg.py:239-254`` ``# Filter out dupes!``, test branch);
+* a ``train`` image keeps one predicate per ``(subject, object)`` pair, drawn from
+  that pair's listings (a predicate listed twice is twice as likely), as the train
+  branch's ``np.random.choice``. OpenPSG re-draws on every load; here the draw is
+  seeded by the image id, so every read of an image (a vocabulary pass, each rank,
+  a resumed run) sees the same graph.
+
+Opening such a file logs, per split, how many images were left out and how many
+relation listings were merged away.
+
 Where OpenPSG is silent this module fixes the rest:
 
-* An explicit ``splits`` object ``{name: [image ids]}`` takes precedence over
-  ``test_image_ids``; with neither, every image is in the split ``all``.
+* An explicit ``splits`` object ``{name: [image ids]}`` (written by
+  :func:`write_psg_index`) takes precedence over ``test_image_ids``; with
+  neither, every image is in the split ``all``. Such splits are taken as
+  listed, images without relations included, and every image's repeated
+  triplets are merged into one relation (no per-pair draw).
 * A segment may carry ``object_id`` (written by :func:`write_psg_image`); when
   every segment of an image has one, it becomes the schema object id, else the
   segment's index in ``segments_info`` is.
@@ -34,6 +53,8 @@ Where OpenPSG is silent this module fixes the rest:
 
 from __future__ import annotations
 
+import logging
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +74,8 @@ from psg4d.data.readers.base import ImageReader
 from psg4d.data.schema import MaskTube, ObjectTrack, Sample, SceneGraph4D, Video4D
 from psg4d.errors import DataError
 from psg4d.utils.io import atomic_write_json
+
+log = logging.getLogger(__name__)
 
 INDEX_FILE = "psg.json"
 # Tried in order for image and panoptic file names (OpenPSG: data/psg/psg.json + data/coco/...).
@@ -87,12 +110,57 @@ class PSGReader(ImageReader):
         self._object_vocab = self._things + stuff
         self._predicate_vocab = [str(c) for c in get_field(index, "predicate_classes", where, types=list)]
         self._entries = self._entries_by_id(data, "image_id", paths=False)
+        # images whose relations keep one predicate per pair (OpenPSG's train split); empty unless
+        # the file is split by test_image_ids alone
+        self._one_predicate_per_pair: frozenset[str] = frozenset()
         if "splits" in index or "test_image_ids" not in index:
             self._splits = self._split_lists(index.get("splits"), field="splits")
         else:
             test = self._split_lists({"test": index["test_image_ids"]}, field="test_image_ids")["test"]
             test_set = set(test)
-            self._splits = {"train": [v for v in self._entries if v not in test_set], "test": test}
+            self._splits = self._openpsg_splits({"train": [v for v in self._entries if v not in test_set], "test": test})
+            self._one_predicate_per_pair = frozenset(self._splits["train"])
+
+    def _openpsg_splits(self, splits: dict[str, list[str]]) -> dict[str, list[str]]:
+        """OpenPSG's splits: images without relations left out (``psg.py:81-83``), and, per split,
+        a log line saying how many were left out and how many relation listings the split's
+        de-duplication merges away (see the module docstring), so a user sees what the file lost."""
+        out: dict[str, list[str]] = {}
+        for name, ids in splits.items():
+            kept: list[str] = []
+            listings = triplets = pairs = 0
+            for v in ids:
+                rels = self._relation_triples(self._entries[v], f"image {v!r}")
+                if rels:
+                    kept.append(v)
+                    listings += len(rels)
+                    triplets += len(set(rels))
+                    pairs += len({(s, o) for s, o, _ in rels})
+            out[name] = kept
+            if name == "train":
+                merged = (f"{listings - triplets} repeated triplet listings merged and {triplets - pairs} predicates "
+                          "dropped from subject-object pairs with several (one drawn per pair)")  # fmt: skip
+            else:
+                merged = f"{listings - triplets} repeated triplet listings merged"
+            log.info(
+                "%s: split %r: %d of %d images have no relations and are left out, as OpenPSG's psg.py does; "
+                "%d relations kept: %s",
+                self._index_path, name, len(ids) - len(kept), len(ids),
+                pairs if name == "train" else triplets, merged,
+            )  # fmt: skip
+        return out
+
+    def _relation_triples(self, e: Any, ctx: str) -> list[tuple[int, int, int]]:
+        """An entry's ``relations`` as ``(subject index, object index, predicate index)``; the
+        indices are checked against the image's segments and predicates by :meth:`read_graph`."""
+        where = self._index_path
+        out = []
+        for j, r in enumerate(self._entry_list(e, "relations", ctx)):
+            rctx = f"{ctx}: relations[{j}]"
+            expect(isinstance(r, list) and len(r) == 3, where, f"{rctx}: expected [subject_idx, object_idx, predicate_idx]")
+            si, oi, pi = (as_int(v, where, rctx) for v in r)
+            out.append((si, oi, pi))
+        return out
 
     def _resolve(self, name: str) -> Path:
         base = self._index_path.parent
@@ -142,15 +210,16 @@ class PSGReader(ImageReader):
                             attributes={**extra, "segment_id": sid})
             )  # fmt: skip
 
-        triplets = []
-        for j, r in enumerate(self._entry_list(e, "relations", ctx)):
+        rels = self._relation_triples(e, ctx)
+        for j, (si, oi, pi) in enumerate(rels):  # every listing is checked, also those a draw below leaves out
             rctx = f"{ctx}: relations[{j}]"
-            expect(isinstance(r, list) and len(r) == 3, where, f"{rctx}: expected [subject_idx, object_idx, predicate_idx]")
-            si, oi, pi = (as_int(v, where, rctx) for v in r)
             for role, k in (("subject", si), ("object", oi)):
                 expect(0 <= k < len(objects), where, f"{rctx}: unknown {role} segment index {k} ({len(objects)} segments)")
-            # OpenPSG has a few duplicated triplets: one relation each
-            triplets.append((objects[si].object_id, objects[oi].object_id, self._predicate(pi, rctx), [(0, 0)]))
+            self._predicate(pi, rctx)
+        if video_id in self._one_predicate_per_pair:
+            rels = _one_predicate_per_pair(rels, video_id)
+        # repeated triplets become one relation (OpenPSG's test split keeps the distinct ones)
+        triplets = [(objects[si].object_id, objects[oi].object_id, self._predicate(pi, ctx), [(0, 0)]) for si, oi, pi in rels]
         return self._graph(
             video_id,
             size=(1, H, W),
@@ -165,6 +234,18 @@ class PSGReader(ImageReader):
         ctx = f"image {video_id!r}"
         p = self._resolve(get_field(e, "file_name", self._index_path, ctx=ctx, types=str))
         return self._image_video(video_id, p, self._size(e, ctx), "index")
+
+
+def _one_predicate_per_pair(rels: list[tuple[int, int, int]], image_id: str) -> list[tuple[int, int, int]]:
+    """One listing per ``(subject, object)`` pair, in first-seen pair order, its predicate drawn
+    from the pair's listings: OpenPSG's train split (``psg.py:239-254`` ``# Filter out dupes!``:
+    ``np.random.choice`` over the pair's predicates, repeats included). The generator is seeded
+    by a stable hash of the image id (not ``hash()``, which changes per process)."""
+    by_pair: dict[tuple[int, int], list[int]] = {}
+    for s, o, p in rels:
+        by_pair.setdefault((s, o), []).append(p)
+    rng = np.random.default_rng(zlib.crc32(image_id.encode("utf-8")))
+    return [(s, o, preds[int(rng.integers(len(preds)))]) for (s, o), preds in by_pair.items()]
 
 
 # --------------------------------------------------------------------------- writer

@@ -22,6 +22,10 @@ merged across sources (``train``, ``val``). Spans are inclusive frame indices;
 one relation may hold several spans. A video not listed under any source is
 looked up directly under the root (``frames/<video>``).
 
+An object's ``object_id`` must be its position in ``objects`` + 1, as OpenPVSG
+looks a mask value's object up as ``objects[object_id - 1]``; a file that breaks
+this is refused, not renumbered.
+
 A relation whose predicate is not in ``relations`` is dropped, as OpenPVSG's
 loader drops it (``utils/relation_matching.py``), so that psg4d scores against
 the ground truth the official evaluator uses; the graph's
@@ -132,6 +136,15 @@ class PVSGReader(IndexedReader):
             octx = f"{ctx}: objects[{j}]"
             oid = int_field(o, "object_id", where, octx)
             expect(oid > 0, where, f"{octx}: object_id must be positive (0 is void in the masks)")
+            # OpenPVSG finds a mask value's class as objects_info[instance_id - 1] (datasets/pipelines/
+            # loading.py:125): any other numbering gives its pixels another object's class there, so it is
+            # refused rather than renumbered (the masks hold these ids)
+            expect(
+                oid == j + 1,
+                where,
+                f"{octx}: object at position {j} has object_id {oid}; PVSG's loader looks objects up as "
+                f"objects[object_id - 1], so it must be {j + 1}",
+            )
             cat = str(get_field(o, "category", where, ctx=octx))
             is_thing = bool(o["is_thing"]) if "is_thing" in o else cat not in self._stuff
             objs.append((oid, cat, is_thing))

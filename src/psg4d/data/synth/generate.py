@@ -92,9 +92,11 @@ class SynthConfig:
         problem = check_novel(self.preset, self.novel, min_train=PRESETS[self.preset].max_objects)
         if problem:
             raise ConfigError(problem)
-        for name in ("videos", "images"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.videos < 1:
+            # an empty 4d/ folder is not a dataset any command can read
+            raise ConfigError(f"--videos must be >= 1 (a 4D dataset needs videos), got {self.videos}")
+        if self.images < 0:
+            raise ConfigError(f"images must be >= 0, got {self.images}")
         if self.frames < 2:
             raise ConfigError(f"frames must be >= 2, got {self.frames}")
         if not 16 <= self.size <= 1024:
