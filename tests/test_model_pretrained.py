@@ -144,6 +144,18 @@ def test_trainable_pretrained_parameters_are_stored(tmp_path):
     torch.testing.assert_close(_loss(again, batch), _loss(model, batch))
 
 
+def size_mismatch_line(msg: str, weights: Path) -> tuple[int, str, list[int], list[int]]:
+    """The one-line "weights do not fit this model" error about ``weights``: (count, example tensor,
+    its shape in the file, its shape in the model)."""
+    assert "\n" not in msg, msg
+    m = re.fullmatch(rf"{re.escape(str(weights))}: weights do not fit this model: (\d+) tensors differ in shape"
+                     r" \(e\.g\. (\S+) \[([\d, ]*)\] in the file vs \[([\d, ]*)\] here\);"
+                     r" was it trained with other model sizes\?", msg)
+    assert m, msg
+    shape = lambda text: [int(v) for v in text.split(", ") if v]  # noqa: E731
+    return int(m.group(1)), m.group(2), shape(m.group(3)), shape(m.group(4))
+
+
 def flip_middle_bytes(file: Path, n: int = 1 << 16) -> None:
     """Invert ``n`` bytes (at most a quarter of the file) in the middle of ``file``, keeping its size
     and modification time: damage to tensor data that leaves a safetensors file readable."""
@@ -207,17 +219,12 @@ def test_a_checkpoint_of_other_model_sizes_is_one_line(tmp_path):
     cfg["model"]["llm"]["hidden_size"] = 64
     shutil.copytree(tmp_path / "ck", tmp_path / "edited")
     (tmp_path / "edited" / "config.json").write_text(json.dumps(cfg))
-    for load in (lambda: load_model_weights(smaller, tmp_path / "ck"),
-                 lambda: PSG4DModel.from_pretrained(tmp_path / "edited")):
+    for folder, load in ((tmp_path / "ck", lambda: load_model_weights(smaller, tmp_path / "ck")),
+                         (tmp_path / "edited", lambda: PSG4DModel.from_pretrained(tmp_path / "edited"))):
         with pytest.raises(CheckpointError) as err:
             load()
-        msg = str(err.value)
-        assert "\n" not in msg, msg
-        m = re.search(r"model\.safetensors: weights do not fit this model: (\d+) tensors differ in shape"
-                      r" \(e\.g\. (\S+) \[(\d+), (\d+)\] in the file vs \[(\d+), (\d+)\] here\);"
-                      r" was it trained with other model sizes\?$", msg)
-        assert m, msg
+        count, name, theirs, ours = size_mismatch_line(str(err.value), folder / "model.safetensors")
         differ = [k for k, v in smaller.state_dict().items() if k in model.state_dict()
                   and model.state_dict()[k].shape != v.shape]
-        assert int(m.group(1)) == len(differ) > 1 and m.group(2) in differ
-        assert "128" in m.group(3, 4) and "64" in m.group(5, 6)
+        assert count == len(differ) > 1 and name in differ
+        assert len(theirs) == len(ours) == 2 and 128 in theirs and 64 in ours

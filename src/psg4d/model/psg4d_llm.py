@@ -460,11 +460,12 @@ class PSG4DModel(nn.Module):
         return self.mask_decoder.gate_absent(out), out.iou_pred
 
     def region_prompts(self, features: FrameFeatures | torch.Tensor, obj_hidden: torch.Tensor,
-                       videos: torch.Tensor) -> torch.Tensor | None:
+                       videos: torch.Tensor, *, semantic_logits: torch.Tensor | None = None) -> torch.Tensor | None:
         """With ``mask_decoder.region_prompt``: each ``[Obj]``'s mask prompts ``[N, T, h, w]``, the
         semantic head's map of the category distribution its hidden state ``obj_hidden [N, H]``
-        names (:meth:`Sam2Tubes.region_masks`); otherwise None."""
+        names (:meth:`Sam2Tubes.region_masks`, reusing ``semantic_logits`` where given); otherwise None."""
         if not (self.sam2 and self.config.mask_decoder.region_prompt):
             return None
         categories = self.obj_cls_head(obj_hidden.to(self.obj_cls_head.weight.dtype)).float().softmax(-1)
-        return self.mask_decoder.region_masks(features, categories, videos.to(categories.device))
+        return self.mask_decoder.region_masks(features, categories, videos.to(categories.device),
+                                              logits=semantic_logits)

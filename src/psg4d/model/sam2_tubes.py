@@ -259,15 +259,18 @@ class Sam2Tubes(nn.Module):
     def _videos(videos: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
         return torch.zeros(n, dtype=torch.long, device=device) if videos is None else videos.to(device).long()
 
-    def region_masks(self, feats: FrameFeatures, categories: torch.Tensor, videos: torch.Tensor) -> torch.Tensor:
+    def region_masks(self, feats: FrameFeatures, categories: torch.Tensor, videos: torch.Tensor, *,
+                     logits: torch.Tensor | None = None) -> torch.Tensor:
         """Where the semantic head sees each object's category: ``categories [N, C']`` (a
         distribution over the head's first C' classes, C' = categories without "unlabelled") of
         objects in clips ``videos [N]`` -> mask-prompt logits ``[N, T, h8, w8]``, SAM2's mask-prompt
         scale (1 -> +10, 0 -> -10, as gt masks are fed to it). Detached: a prompt, as SAM2 feeds
-        its own earlier masks back."""
+        its own earlier masks back. ``logits``: :meth:`semantic_logits` of ``feats`` where the caller
+        has them already (training computes them for the semantic loss)."""
         t_all = feats.num_frames
         with torch.no_grad():
-            probs = self.semantic_logits(feats).float().softmax(1)  # [V*T, C, h, w]
+            logits = self.semantic_logits(feats) if logits is None else logits.detach()
+            probs = logits.float().softmax(1)  # [V*T, C, h, w]
             probs = probs.view(-1, t_all, *probs.shape[1:])[videos.long()]  # [N, T, C, h, w]
             region = torch.einsum("nc,ntchw->nthw", categories.detach().float(), probs[:, :, : categories.shape[1]])
         return region * 20.0 - 10.0

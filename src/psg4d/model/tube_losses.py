@@ -51,13 +51,12 @@ def _semantic(model: "PSG4DModel") -> bool:
     return model.sam2 and model.mask_decoder.semantic_head is not None
 
 
-def _semantic_loss(model: "PSG4DModel", feats, semantic: torch.Tensor | None, window: slice) -> torch.Tensor:
-    """SAM2's semantic head on the window's frames against ``semantic [B, T, S, S]``."""
+def _semantic_loss(logits: torch.Tensor, semantic: torch.Tensor | None, window: slice) -> torch.Tensor:
+    """SAM2's semantic-head ``logits [B*t, C, h, w]`` of the window's frames against ``semantic [B, T, S, S]``."""
     if semantic is None:
         raise DataError(None, "model.mask_decoder.semantic_loss_weight > 0 needs the batch's per-pixel categories")
     target = semantic[:, window]  # [B, t, S, S]
-    logits = model.mask_decoder.semantic_logits(feats).float()  # [B*t, C, h, w]
-    return segmentation_loss(logits, target.reshape(-1, *target.shape[-2:]))
+    return segmentation_loss(logits.float(), target.reshape(-1, *target.shape[-2:]))
 
 
 def tube_loss(model: "PSG4DModel", tf: "TeacherForcing", rgb, mask_targets, mask_valid,
@@ -115,7 +114,9 @@ def _sam2_tube_loss(model: "PSG4DModel", tf: "TeacherForcing", rgb: torch.Tensor
     training window (``mask_decoder.train_frames``) of all the batch's clips."""
     window = _train_window(model, rgb.shape[1])
     feats = model.mask_decoder.frame_features(rgb[:, window])
-    extra = {"semantic": _semantic_loss(model, feats, semantic, window)} if _semantic(model) else {}
+    # computed once: the semantic loss and the region prompts both read them
+    sem_logits = model.mask_decoder.semantic_logits(feats) if _semantic(model) else None
+    extra = {"semantic": _semantic_loss(sem_logits, semantic, window)} if sem_logits is not None else {}
     if not chosen:  # no [Obj] to decode: an exact zero keeps the prompt path in the graph (DDP)
         zero = sum((p.sum() * 0 for p in [*model.obj_proj.parameters(), *model.mask_decoder.parameters()]
                     if p.requires_grad), tf.hidden.sum() * 0)
@@ -130,7 +131,7 @@ def _sam2_tube_loss(model: "PSG4DModel", tf: "TeacherForcing", rgb: torch.Tensor
         targets.append(mask_targets[b][keep.to(mask_targets[b].device)][:, window])
     hidden = torch.cat(hidden_rows)  # [N, H]
     videos = torch.cat(videos)
-    regions = model.region_prompts(feats, hidden, videos)
+    regions = model.region_prompts(feats, hidden, videos, semantic_logits=sem_logits)
     out = model.mask_decoder.decode(feats, torch.cat(prompts), videos=videos, time_offset=window.start,
                                    **({"regions": regions} if regions is not None else {}))
     target = torch.cat(targets).to(out.mask_logits.device)
@@ -170,7 +171,7 @@ def promptable_loss(model: "PSG4DModel", rgb: torch.Tensor, object_masks: list[t
     extra: dict[str, torch.Tensor] = {}
     sem_total = feats.vision_feats[-1].sum() * 0
     if _semantic(model):
-        extra["loss_sam2_seg"] = _semantic_loss(model, feats, semantic, window)
+        extra["loss_sam2_seg"] = _semantic_loss(dec.semantic_logits(feats), semantic, window)
         sem_total = model.config.mask_decoder.semantic_loss_weight * extra["loss_sam2_seg"]
     if target.shape[0] == 0:  # nothing on that frame: an exact zero keeps every parameter in the graph
         zero = sum(p.sum() * 0 for p in dec.parameters() if p.requires_grad) + feats.vision_feats[-1].sum() * 0
