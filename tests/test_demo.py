@@ -26,6 +26,11 @@ def test_short_demo_end_to_end(tmp_path, capsys):
     test_ids = reader.video_ids("test")
     preds = list(iter_scene_graphs(out / "eval" / "predictions_test.jsonl"))
     assert [p.video_id for p in preds] == test_ids
+    # the ranking weights were chosen on the validation split, and the predictions were ranked with them
+    ranking = json.loads((out / "model" / "final" / "ranking.json").read_text())
+    assert ranking["split"] == "val" and ranking["videos"] == len(reader.video_ids("val"))
+    assert len(ranking["tried"]) == 30
+    assert all(p.meta["ranking"]["chosen_on"] == ranking["chosen_on"] for p in preds)
 
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     for method in ("model", "frequency_baseline"):

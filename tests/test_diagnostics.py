@@ -115,8 +115,11 @@ def test_diagnose_command(tmp_path, model, capsys):
                  "--limit", "2", "--json", str(tmp_path / "d.json")]) == 0
     out = capsys.readouterr().out
     assert "grounding over 2 videos" in out and "teacher-forced masks" in out
+    # the model's vocabulary pairs no predicate with its reverse: nothing to probe, and it says so
+    assert "reversal probe: these videos hold no relation with a time-reversed partner" in out
     numbers = json.loads((tmp_path / "d.json").read_text())
     assert np.array(numbers["logprob"]).shape == (2, 2) and 0.0 <= numbers["tf_mask_hit"] <= 1.0
+    assert numbers["reversal"]["reversed_accuracy"] is None and numbers["reversal_skipped"] is None
     for args, words in (
         (["--data", str(tmp_path / "missing")], "missing"),
         (["--data", str(data), "--limit", "1"], "--limit"),

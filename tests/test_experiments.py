@@ -162,3 +162,26 @@ def test_compare_experiment_quick(tmp_path):
     assert by[("hoi", "pipeline_no_temporal")]["relation"]["use_temporal"] is False
     assert by[("hoi", "pipeline_no_temporal")]["segmenter"] == by[("hoi", "pipeline")]["segmenter"]
     assert (out / "compare.svg").read_text().startswith("<svg")
+
+
+def test_reading_experiment_quick(tmp_path, capsys):
+    out, run = tmp_path / "results", tmp_path / "run"
+    assert main(["experiment", "reading", "--quick", "--out", str(out), "--run-dir", str(run)]) == 0
+    result = json.loads((out / "reading.json").read_text())
+    assert result["judged_on_world_seed"] == 23 and 23 not in result["design_worlds"]
+    assert [(r["arm"], r["seed"]) for r in result["runs"]] == [("plain", 0), ("time", 0)]
+    for r in result["runs"]:
+        assert {"text_only", "ranked"} <= set(r) and {"pvsg_R@50", "pvsg_mR@50", "volumetric_R@50"} <= set(r["ranked"])
+        assert r["ranking"]["chosen_on"].startswith("val split")  # chosen on validation, never the test split
+        assert r["grounding_videos"] == 3 and -1e9 < r["grounding_gap"] < 1e9
+    # the arms are what they say
+    from psg4d.model.psg4d_llm import PSG4DModel
+
+    cfgs = {r["arm"]: PSG4DModel.from_pretrained(r["checkpoint"]).config for r in result["runs"]}
+    assert (cfgs["plain"].encoder.frame_grid, cfgs["plain"].time_reversal) == (0, 0.0)
+    assert (cfgs["time"].encoder.frame_grid, cfgs["time"].time_reversal) == (2, 0.5)
+    assert set(result["summary"]["time"]) >= {"ranked.pvsg_R@50", "grounding_top1", "reversed_accuracy"}
+    assert (out / "reading.svg").read_text().startswith("<svg")
+    assert "pvsg R@50" in capsys.readouterr().out
+    # judged numbers never come from a design world
+    assert main(["experiment", "reading", "--out", str(tmp_path / "o2"), "--world-seed", "11"]) == 2

@@ -34,6 +34,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("predict", "psg4d.infer.commands", "predict_command"),
     ("eval", "psg4d.evaluate", "eval_command"),
     ("diagnose", "psg4d.infer.commands", "diagnose_command"),
+    ("tune-ranking", "psg4d.tune_ranking", "tune_ranking_command"),
     ("viz", "psg4d.viz.commands", "viz_command"),
     ("experiment", "psg4d.experiments.commands", "experiment_app"),
 ]

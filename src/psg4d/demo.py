@@ -6,8 +6,10 @@ Steps, each writing into one run folder that the other commands can reuse:
    the PSG4D-HOI layout (``data/4d``) and 2D scene-graph images (``data/2d``).
 2. ``model/``     — train the tiny 4D-LLM (``psg4d train``, stage ``4d_init``);
    ``model/final`` is the checkpoint.
-3. ``eval/``      — predict every test video, score both protocols (``psg4d eval``)
-   next to the most-frequent-triplet baseline; ``eval/metrics.json``.
+3. ``eval/``      — choose the ranking weights on the validation split
+   (``psg4d tune-ranking``: ``model/final/ranking.json``), then predict every test
+   video and score both protocols (``psg4d eval``) next to the
+   most-frequent-triplet baseline; ``eval/metrics.json``.
 4. ``report.html`` — predict one held-out video and render the visual report
    (``psg4d viz``) with its ground truth and the metrics.
 
@@ -29,6 +31,8 @@ import typer
 import psg4d
 from psg4d.config import to_dict
 from psg4d.errors import ConfigError
+from psg4d.infer.ranking import RANKING_FILE
+from psg4d.tune_ranking import tune_checkpoint
 from psg4d.utils.io import atomic_write_json, check_output_folder
 
 log = logging.getLogger(__name__)
@@ -183,6 +187,12 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     result = train_model(cfg, data_dir, model_dir)
     ckpt = result.final_dir
     seconds["train"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    if not (ckpt / RANKING_FILE).exists():
+        log.info("[3/4] choosing the ranking weights on the validation split")
+        tune_checkpoint(ckpt, data_dir / "4d", "val")
+    seconds["ranking"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     log.info("[3/4] evaluating on the test split")

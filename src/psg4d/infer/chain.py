@@ -136,7 +136,7 @@ class ChainPredictor:
 
         objects = [(n["category"], t) for n, t in zip(names, tubes)]
         cands = self._candidates(ctx, gens[2], objects, position, pairs.items, relations.items, spans.items)
-        ranked = sorted(cands.values(), key=lambda c: -c.score)[: self.config.max_candidates]
+        ranked = self.base.ranked(objects, list(cands.values()))
         graph = self.base._scene_graph(video, size, gens[0], 0, objects, ranked, owner)
         for track, o, n in zip(graph.objects, listed, names):
             track.attributes.update({"description": o.description, "category_source": n["source"],

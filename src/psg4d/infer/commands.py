@@ -206,9 +206,12 @@ def diagnose_command(
     limit: int = typer.Option(8, "--limit", help="Number of videos (the grounding table is limit x limit)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the numbers as JSON."),
 ) -> None:
-    """Does the LLM read the video (grounding gap), and how good are masks from the ground-truth text?"""
+    """Does the LLM read the video (grounding gap) and the order of its frames (reversal probe), and how
+    good are masks from the ground-truth text?"""
+    from dataclasses import asdict
+
     from psg4d.data.readers import open_dataset
-    from psg4d.infer.diagnostics import format_reports, grounding, teacher_forced_masks
+    from psg4d.infer.diagnostics import format_reports, grounding, reversal_probe, teacher_forced_masks
     from psg4d.model.psg4d_llm import PSG4DModel
     from psg4d.utils.io import atomic_write_json
 
@@ -222,10 +225,17 @@ def diagnose_command(
     if len(samples) < 2:
         raise DataError(data, f"split {split!r} has {len(samples)} video(s); the grounding table needs 2")
     g = grounding(model, samples)
+    try:
+        r, skipped = reversal_probe(model, samples), None
+    except ValueError as e:  # the data's predicates have no declared time reversal
+        r, skipped = None, str(e)
     m = teacher_forced_masks(model, samples)
-    typer.echo(format_reports(g, m))
+    typer.echo(format_reports(g, m, r))
+    if skipped:
+        typer.echo(f"reversal probe skipped: {skipped}")
     if json_out is not None:
         atomic_write_json(json_out, {
             "grounding_gap": g.gap, "grounding_top1": g.top1, "logprob": g.logprob.tolist(),
             "tf_mask_hit": m.hit, "tf_mask_hit_per_category": m.per_category,
+            "reversal": None if r is None else asdict(r), "reversal_skipped": skipped,
         }, indent=2)

@@ -18,7 +18,7 @@ separate them:
   also per category. This is the mask quality the LLM's text would get if it
   were perfect.
 
-``psg4d diagnose --ckpt CKPT --data DIR --split S`` prints both;
+``psg4d diagnose --ckpt CKPT --data DIR --split S`` prints all three;
 the training validator logs ``val_grounding_gap`` and ``val_tf_mask_hit``.
 """
 
@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from psg4d.data.schema import Sample
+from psg4d.data.time_reversal import asymmetric_pairs, reversal_table, reverse_sample
 from psg4d.model.generation import SceneGraphGenerator
 from psg4d.model.mask_decoder import upsample_to
 from psg4d.model.psg4d_llm import PSG4DModel
@@ -55,11 +56,21 @@ class MaskReport:
     occurrences: int = 0
 
 
+@dataclass
+class ReversalReport:
+    reversed_accuracy: float | None  # right predicate more probable, on the reversed clips (None: none probed)
+    forward_accuracy: float | None  # the same test on the clips as recorded
+    reversed_count: int  # relations probed on the reversed clips
+    forward_count: int
+    per_predicate: dict[str, float] = field(default_factory=dict)  # reversed clips, by right predicate
+
+
 @torch.no_grad()
 def grounding(model: PSG4DModel, samples: Sequence[Sample]) -> GroundingReport:
     """The ``[n, n]`` text-given-video table of the module docstring (``n >= 2``)."""
     if len(samples) < 2:
         raise ValueError("grounding needs at least 2 videos")
+    model.eval()
     generator = SceneGraphGenerator(model)
     texts = []
     for s in samples:
@@ -117,7 +128,59 @@ def teacher_forced_masks(model: PSG4DModel, samples: Sequence[Sample], *, thresh
     )
 
 
-def format_reports(g: GroundingReport | None, m: MaskReport | None) -> str:
+def _target_ids(model: PSG4DModel, sample: Sample) -> list[int]:
+    batch = model.collate([sample])
+    return batch["target_ids"][0][batch["target_mask"][0].bool()].tolist()  # the graph text and <eos>
+
+
+def _probe_clip(model: PSG4DModel, generator: SceneGraphGenerator, sample: Sample,
+                partner: dict[str, str]) -> list[tuple[str, bool]]:
+    """(right predicate, scored above its partner?) for each probed relation of one clip."""
+    keys = {(r.subject_id, r.predicate, r.object_id) for r in sample.graph.relations}
+    texts, probed = [_target_ids(model, sample)], []
+    for k, r in enumerate(sample.graph.relations):
+        swap = partner.get(r.predicate)
+        if swap is None or (r.subject_id, swap, r.object_id) in keys:
+            continue  # no partner, or the swapped triplet is itself true
+        relations = list(sample.graph.relations)
+        relations[k] = replace(r, predicate=swap)
+        wrong = Sample(video=sample.video, graph=replace(sample.graph, relations=relations), lifted=sample.lifted)
+        texts.append(_target_ids(model, wrong))
+        probed.append(r.predicate)
+    if not probed:
+        return []
+    scores = generator.score_continuations(generator.encode_video(sample.video), [], texts)
+    return [(p, scores[0] > scores[k + 1]) for k, p in enumerate(probed)]
+
+
+@torch.no_grad()
+def reversal_probe(model: PSG4DModel, samples: Sequence[Sample], *, table: str | None = None) -> ReversalReport:
+    """The forward / reversed predicate test of the module docstring. ``table``: a
+    :data:`~psg4d.data.time_reversal.REVERSAL_TABLES` name (default the model's
+    ``time_reversal_table``); ValueError if it does not cover the samples' predicates."""
+    model.eval()
+    predicates = sorted({r.predicate for s in samples for r in s.graph.relations})
+    vocab = list(model.config.predicate_vocab or predicates)
+    rev_table = reversal_table(table or model.config.time_reversal_table, predicates, vocabulary=vocab)
+    partner = asymmetric_pairs(rev_table, vocab)
+    generator = SceneGraphGenerator(model)
+    forward: list[bool] = []
+    backward: dict[str, list[bool]] = defaultdict(list)
+    for s in samples:
+        forward += [ok for _, ok in _probe_clip(model, generator, s, partner)]
+        for p, ok in _probe_clip(model, generator, reverse_sample(s, rev_table), partner):
+            backward[p].append(ok)
+    pooled = [ok for oks in backward.values() for ok in oks]
+    return ReversalReport(
+        reversed_accuracy=float(np.mean(pooled)) if pooled else None,
+        forward_accuracy=float(np.mean(forward)) if forward else None,
+        reversed_count=len(pooled),
+        forward_count=len(forward),
+        per_predicate={p: float(np.mean(oks)) for p, oks in sorted(backward.items())},
+    )
+
+
+def format_reports(g: GroundingReport | None, m: MaskReport | None, r: ReversalReport | None = None) -> str:
     lines = []
     if g is not None:
         lines.append(
@@ -125,6 +188,15 @@ def format_reports(g: GroundingReport | None, m: MaskReport | None) -> str:
             f"(0: the video is ignored), own video most probable for {g.top1:.0%} of texts "
             f"(chance {1 / len(g.num_tokens):.0%})"
         )
+    if r is not None and r.reversed_accuracy is None:
+        lines.append("reversal probe: these videos hold no relation with a time-reversed partner predicate")
+    elif r is not None:
+        lines.append(
+            f"reversal probe: right time-asymmetric predicate on {r.reversed_accuracy:.0%} of {r.reversed_count} "
+            f"relations in reversed clips, {r.forward_accuracy:.0%} of {r.forward_count} in forward ones (chance 50%)"
+        )
+        for p, a in r.per_predicate.items():
+            lines.append(f"  reversed, {p:20s} {a:6.1%}")
     if m is not None:
         lines.append(f"teacher-forced masks: {m.hit:.1%} of object frames reach IoU >= 0.5 ({m.occurrences} [Obj])")
         for c, h in sorted(m.per_category.items(), key=lambda kv: -kv[1]):

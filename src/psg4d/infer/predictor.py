@@ -40,15 +40,23 @@ Steps of :meth:`Predictor.predict`:
    the shared context runs once: its KV cache serves every candidate
    (``cached_scoring``; False recomputes it per candidate, the reference path).
    Candidates with the same (subject, object, predicate) are merged (spans
-   united, best score kept); the list is sorted by descending score and cut at
-   ``max_candidates``. Log-probabilities of different lengths are compared as
-   they are: longer names cost more, the same for every candidate of a pair.
+   united, best text score kept). Log-probabilities of different lengths are
+   compared as they are: longer names cost more, the same for every candidate
+   of a pair. The ranking score adds the tubes' evidence (their predicted
+   quality and how long both are present) with the weights chosen on a
+   validation split (:mod:`psg4d.infer.ranking`, ``ranking.json`` beside the
+   checkpoint); the list is sorted by it and cut at ``max_candidates``.
+
+:meth:`Predictor.score_candidates` stops before the ranking and
+:meth:`Predictor.rank` finishes it, so weights can be tried on one set of
+candidates (``psg4d tune-ranking``).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -56,6 +64,7 @@ import torch
 from psg4d.data.masks import rle_encode_batch, rle_tube_viou
 from psg4d.data.schema import MaskTube, ObjectTrack, Relation, SceneGraph4D, Video4D, merge_spans
 from psg4d.errors import ConfigError
+from psg4d.infer.ranking import RankingWeights, load_ranking
 from psg4d.model.batching import resample_indices
 from psg4d.model.generation import Generation, SceneGraphGenerator, VideoContext
 from psg4d.model.grammar import clean_phrase, parse_scene_graph
@@ -118,18 +127,36 @@ class _Candidate:
     object: int
     predicate: str
     spans: list[tuple[int, int]] = field(default_factory=list)  # model-frame spans
-    score: float = float("-inf")
+    score: float = float("-inf")  # the text's log-probability
+    final: float = float("-inf")  # the ranking score (Predictor.rank)
+
+
+@dataclass
+class ScoredCandidates:
+    """One video's prediction before the ranking: its objects, every candidate relation with its
+    text score, and what the scene graph records (no tensors: many can be held at once)."""
+
+    video_id: str
+    num_frames: int
+    size: tuple[int, int]
+    objects: list[tuple[str, Tube]]
+    candidates: list[_Candidate]
+    owner: np.ndarray  # [T_video] model frame of each video frame
+    meta: dict
 
 
 class Predictor:
     """Wraps a trained :class:`PSG4DModel`; see the module docstring."""
 
-    def __init__(self, *, model: PSG4DModel, config: PredictorConfig | None = None):
+    def __init__(self, *, model: PSG4DModel, config: PredictorConfig | None = None,
+                 ranking: RankingWeights | None = None):
+        """``ranking``: the ranking weights (default: the checkpoint's ``ranking.json``, else text only)."""
         self.model = model.eval()
         self.config = config or PredictorConfig()
         self.generator = SceneGraphGenerator(model, cached=self.config.cached_scoring)
         self.prompt = model.prompt
         self.threads = AdaptiveThreads(self.config.threads)
+        self.ranking = ranking if ranking is not None else load_ranking(model.checkpoint_dir)
 
     # ----------------------------------------------------------------- masks
     def tubes(self, ctx: VideoContext, obj_hidden: torch.Tensor, size: tuple[int, int]) -> list[Tube]:
@@ -199,6 +226,10 @@ class Predictor:
     def predict(self, video: Video4D, *, mask_size: tuple[int, int] | None = None) -> SceneGraph4D:
         """The ranked scene graph of ``video``. ``mask_size`` (H, W): the size of the masks written
         (default: the video's); a video read downscaled still gets masks at its source resolution."""
+        return self.rank(self.score_candidates(video, mask_size=mask_size))
+
+    def score_candidates(self, video: Video4D, *, mask_size: tuple[int, int] | None = None) -> ScoredCandidates:
+        """Steps 1-4 of the module docstring: everything but the ranking."""
         video.validate(video.video_id or "video")
         size = mask_size or (video.height, video.width)
         self.threads()
@@ -212,8 +243,26 @@ class Predictor:
         triplets = [t for t in parsed.triplets if t.subject_obj_index < n_tok and t.object_obj_index < n_tok]
         assign, objects = self._objects(ctx, gen, triplets, size, owner)
         cands = self._candidates(ctx, gen, triplets, assign, objects)
-        ranked = sorted(cands.values(), key=lambda c: -c.score)[: self.config.max_candidates]
-        return self._scene_graph(video, size, gen, parsed.dropped, objects, ranked, owner)
+        return ScoredCandidates(video_id=video.video_id, num_frames=video.num_frames, size=size, objects=objects,
+                                candidates=list(cands.values()), owner=owner, meta=self._graph_meta(gen, parsed.dropped))
+
+    def ranked(self, objects: list[tuple[str, Tube]], candidates: Sequence[_Candidate],
+               weights: RankingWeights | None = None) -> list[_Candidate]:
+        """``candidates`` with their ranking score (``final``), best first, at most ``max_candidates``."""
+        w = weights or self.ranking
+        presence = [tube.present() for _, tube in objects]
+        for c in candidates:
+            c.final = w.score(c.score, objects[c.subject][1].score, objects[c.object][1].score,
+                              presence[c.subject] & presence[c.object])
+        return sorted(candidates, key=lambda c: -c.final)[: self.config.max_candidates]
+
+    def rank(self, scored: ScoredCandidates, weights: RankingWeights | None = None) -> SceneGraph4D:
+        """The scene graph of ``scored`` with its candidates ranked by ``weights`` (default: the
+        predictor's); ``meta["ranking"]`` records them."""
+        w = weights or self.ranking
+        ranked = self.ranked(scored.objects, scored.candidates, w)
+        return self._graph(scored.video_id, scored.num_frames, scored.size, dict(scored.meta, ranking=asdict(w)),
+                           scored.objects, ranked, scored.owner)
 
     def _objects(self, ctx: VideoContext, gen: Generation, triplets, size: tuple[int, int], owner: np.ndarray):
         """Steps 2-3 of the module docstring: ``[Obj]`` index -> object index, and the objects'
@@ -286,7 +335,18 @@ class Predictor:
                 return int(hit[0]), int(hit[-1])
         return 0, len(pa) - 1
 
+    @staticmethod
+    def _graph_meta(gen: Generation, dropped) -> dict:
+        return {"generated_text": gen.text, "dropped_triplets": dropped, "num_generated_tokens": len(gen.token_ids),
+                "depth_source": gen.context.depth_source,
+                **({"tags": list(gen.context.tags)} if gen.context.tags is not None else {})}
+
     def _scene_graph(self, video, size, gen, dropped, objects, ranked, owner) -> SceneGraph4D:
+        """The scene graph of already ranked candidates (their ``final`` scores) of ``video``."""
+        meta = dict(self._graph_meta(gen, dropped), ranking=asdict(self.ranking))
+        return self._graph(video.video_id, video.num_frames, size, meta, objects, ranked, owner)
+
+    def _graph(self, video_id: str, num_frames: int, size, meta: dict, objects, ranked, owner) -> SceneGraph4D:
         # a video frame shows its model frame's mask: the RLE dicts are shared, not copied
         tracks = [
             ObjectTrack(object_id=i, category=cat, score=tube.score,
@@ -301,18 +361,16 @@ class Predictor:
                 if covered.size:
                     spans.append((int(covered[0]), int(covered[-1])))
             if spans:
-                relations.append(Relation(c.subject, c.object, c.predicate, merge_spans(spans), score=c.score))
+                relations.append(Relation(c.subject, c.object, c.predicate, merge_spans(spans), score=c.final))
         cfg = self.model.config
         return SceneGraph4D(
-            video_id=video.video_id,
-            num_frames=video.num_frames,
+            video_id=video_id,
+            num_frames=num_frames,
             height=size[0],
             width=size[1],
             objects=tracks,
             relations=relations,
             object_vocab=list(cfg.object_vocab) or None,
             predicate_vocab=list(cfg.predicate_vocab) or None,
-            meta={"generated_text": gen.text, "dropped_triplets": dropped, "num_generated_tokens": len(gen.token_ids),
-                  "depth_source": gen.context.depth_source,
-                  **({"tags": list(gen.context.tags)} if gen.context.tags is not None else {})},
+            meta=meta,
         )

@@ -8,8 +8,8 @@ back to source frames.
 
 The batch holds the scene-graph *target* only; the prompt before it (with the
 object tags written as words) is built by the model at forward time, because
-which tags it holds depends on the mode: ground truth with noise in training,
-the model's own predicted tags in evaluation (exactly what inference sees).
+its tags are the model's own predictions from the encoded frames (exactly what
+inference sees; in training some are dropped).
 
 Batch keys (:meth:`SceneGraphCollator.__call__`):
 
@@ -17,7 +17,6 @@ Batch keys (:meth:`SceneGraphCollator.__call__`):
   ``target_loss_mask [B, L]``: 1 where a token is a target (0: a chain step's prompt);
 * ``chain [B]`` bool: the sample is written as the chained steps (:mod:`psg4d.model.chain`,
   probability ``model.chain_prob``), else in the direct grammar;
-* ``gold_tags``: B lists of the vocabulary categories each sample contains (training prompt);
 * ``rgb [B, T, 3, S, S]`` in [0, 1]; ``depth [B, T, 1, S, S]`` metres, or None if any sample lacks it;
   ``disparity_scale [B]`` each camera's focal length (px) x stereo baseline (m), for encoders whose
   depth input is disparity (:func:`~psg4d.model.encoder.disparity_scale_of`);
@@ -29,6 +28,9 @@ Batch keys (:meth:`SceneGraphCollator.__call__`):
   ``obj_categories`` B x ``[N_obj]`` object_vocab index of each ``[Obj]`` (-100 outside it);
 * ``tags [B, V_obj]`` multi-hot categories present; ``semantic [B, T, S, S]`` category index
   per pixel (``V_obj`` = unlabelled; None unless ``with_semantic``); ``frame_indices`` B x [T];
+* with ``model.time_reversal`` (training), a share of the real clips is played backwards before
+  anything else (:mod:`psg4d.data.time_reversal`): frames, tubes and spans reversed, the
+  time-asymmetric predicates swapped;
 * ``lifted [B]`` bool: a 2D image (``Sample.lifted``) made a pseudo clip. Its frame 0 is the
   image (repeated on every frame: the model only reads frame 0 and imagines the rest), the
   relations that hold in it span the whole clip and each object's mask supervises every frame.
@@ -47,7 +49,8 @@ import torch
 import torch.nn.functional as F
 
 from psg4d.data.schema import Relation, Sample, SceneGraph4D, Video4D, merge_spans
-from psg4d.errors import DataError
+from psg4d.data.time_reversal import reversal_table, reverse_sample
+from psg4d.errors import ConfigError, DataError
 from psg4d.model.config import ModelConfig
 from psg4d.model.encoder import disparity_scale_of
 from psg4d.data.descriptions import object_description
@@ -192,8 +195,17 @@ class SceneGraphCollator:
         self.prompt = prompt
         self.with_semantic = with_semantic
         self.vocab_index = {c: i for i, c in enumerate(config.object_vocab)}
+        self.reversal = None  # predicate -> its name backwards; None: clips are never reversed
+        if config.time_reversal > 0:
+            try:
+                self.reversal = reversal_table(config.time_reversal_table, config.predicate_vocab,
+                                               vocabulary=config.predicate_vocab)
+            except ValueError as e:
+                raise ConfigError(f"model.time_reversal: {e} (set model.time_reversal=0 for this data, or declare its "
+                                  "predicates in psg4d.data.time_reversal.REVERSAL_TABLES)") from None
 
-    def __call__(self, samples: list[Sample]) -> dict[str, Any]:
+    def __call__(self, samples: list[Sample], *, augment: bool = True) -> dict[str, Any]:
+        """``augment``: play clips backwards with probability ``model.time_reversal`` (training)."""
         if not samples:
             raise DataError(None, "cannot collate an empty list of samples")
         cfg = self.config
@@ -214,15 +226,17 @@ class SceneGraphCollator:
         if not use_depth and any(s.video.depth is not None for s in real):
             log.debug("mixed RGB-D and RGB-only samples in one batch: using RGB only")
         tags = torch.zeros(len(samples), len(cfg.object_vocab))  # [B, V_obj]
-        rgbs, depths, targets_ids, gold_tags, semantic = [], [], [], [], []
+        rgbs, depths, targets_ids, semantic = [], [], [], []
         mask_targets, mask_valid, obj_ids, obj_cats, frame_idx, object_masks = [], [], [], [], [], []
         loss_masks: list[list[int]] = []
         chain_flags: list[bool] = []
         for b, s in enumerate(samples):
+            # torch RNG, drawn only when reversal is on (runs without it keep their stream)
+            if augment and self.reversal is not None and not s.lifted and float(torch.rand(())) < cfg.time_reversal:
+                s = reverse_sample(s, self.reversal)
             present = [o.category for o in s.graph.objects if o.category in self.vocab_index]
             for c in present:
                 tags[b, self.vocab_index[c]] = 1.0
-            gold_tags.append(list(dict.fromkeys(present)))
             # a lifted image: frame 0 on every frame of the clip, so spans cover the whole clip
             idx = np.zeros(t, dtype=np.int64) if s.lifted else resample_indices(s.video.num_frames, t)
             rgb, depth = video_tensors(s.video, idx, cfg.image_size)
@@ -270,7 +284,6 @@ class SceneGraphCollator:
             "target_mask": target_mask,  # [B, L]
             "target_loss_mask": target_loss_mask,  # [B, L] 1: a token the LLM learns to write
             "chain": torch.tensor(chain_flags, dtype=torch.bool),  # [B] written as the chained steps
-            "gold_tags": gold_tags,  # B x [categories]
             "rgb": torch.stack(rgbs),  # [B, T, 3, S, S]
             "depth": torch.stack(depths) if use_depth else None,  # [B, T, 1, S, S]
             "disparity_scale": torch.tensor([disparity_scale_of(s.video, cfg.encoder) for s in samples]),  # [B]

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from psg4d.config import did_you_mean
+from psg4d.data.time_reversal import REVERSAL_TABLES
 from psg4d.errors import ConfigError
 from psg4d.model.encoder import EncoderConfig
 from psg4d.model.estimators import TransferConfig
@@ -94,12 +95,10 @@ class ModelConfig:
     # visual tokens (pooled from the same maps) read those features. 0: no head.
     seg_loss_weight: float = 0.0
     # Object tags as *words* in the prompt (Oscar-style): ``objects : mug , jar scene graph :``.
-    # At inference the tags are the categories the tagging head gives probability >=
-    # tag_threshold; in training, the ground-truth categories, each dropped with probability
-    # tag_word_noise and one absent category added with that probability, so the LLM learns
-    # to copy tags it cannot fully trust. Copying a word from the context is a skill a small
-    # LLM learns in a few hundred steps; decoding categories from visual tokens it is not.
-    # Needs tag_loss_weight > 0.
+    # The tags are always the model's own predictions (tag_source below), in training too,
+    # never the ground truth: a prompt holds nothing inference could not have written. In
+    # training each predicted tag is dropped with probability tag_word_noise, so the LLM
+    # learns to find objects the tags missed in the visual tokens. Needs tag_loss_weight > 0.
     tag_words: bool = False
     tag_threshold: float = 0.5
     tag_word_noise: float = 0.1
@@ -116,6 +115,12 @@ class ModelConfig:
     # different objects are nearly identical and the mask decoder cannot tell which object
     # to segment. 0: no head.
     obj_cls_loss_weight: float = 0.0
+    # Training only: the share of real clips played backwards (frames, tubes and spans reversed,
+    # predicates swapped by the table named time_reversal_table, psg4d.data.time_reversal).
+    # Picking up and putting down differ only in the order of the frames, so a model trained
+    # this way cannot describe a clip from its first frame alone. 0: off.
+    time_reversal: float = 0.0
+    time_reversal_table: str = "synthetic"
     object_vocab: list[str] = field(default_factory=list)
     predicate_vocab: list[str] = field(default_factory=list)
     # Chained scene-graph text (psg4d.model.chain): the share of training samples written as the
@@ -129,6 +134,11 @@ class ModelConfig:
     category_descriptions: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.time_reversal <= 1.0:
+            raise ConfigError(f"model.time_reversal ({self.time_reversal}) must be in [0, 1]")
+        if self.time_reversal_table not in REVERSAL_TABLES:
+            raise ConfigError(f"model.time_reversal_table: unknown table {self.time_reversal_table!r}; "
+                              f"options: {sorted(REVERSAL_TABLES)}")
         if not 0.0 <= self.chain_prob <= 1.0 or self.chain_step_tokens < 1:
             raise ConfigError(f"model.chain_prob ({self.chain_prob}) must be in [0, 1] and "
                               f"model.chain_step_tokens ({self.chain_step_tokens}) >= 1")

@@ -134,6 +134,9 @@ class EncoderConfig:
     # token merging
     merge_grid: int = 4
     max_tokens: int = 64
+    # per-frame tokens (psg4d.model.merging): frame_grid x frame_grid of each frame beside the
+    # merged ones, so the LLM sees the frames in order (0: none)
+    frame_grid: int = 0
     fusion_reduction: int = 4
 
     def __post_init__(self) -> None:
@@ -367,7 +370,7 @@ def build_encoder(cfg: EncoderConfig) -> SceneEncoder:
         rgb_branch=rgb,
         depth_branch=depth,
         fusion=GatedFusion(dim=cfg.dim, reduction=cfg.fusion_reduction),
-        merger=TokenMerger(dim=cfg.dim, grid=cfg.merge_grid, max_tokens=cfg.max_tokens),
+        merger=TokenMerger(dim=cfg.dim, grid=cfg.merge_grid, max_tokens=cfg.max_tokens, frame_grid=cfg.frame_grid),
         image_size=cfg.image_size,
         rgb_mean=BACKBONES[cfg.backbone].rgb_mean,
         rgb_std=BACKBONES[cfg.backbone].rgb_std,

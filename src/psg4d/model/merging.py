@@ -19,6 +19,12 @@ Every token carries the size-weighted mean frame index of what it absorbed
 time embedding (sinusoid of that fractional frame index through a learned
 linear map) is added, so the LLM can tell *when* each token happened, which it
 needs to emit the frame indices of relation spans.
+
+3. *Frame tokens* (``frame_grid > 0``): merging keeps what changes but mixes
+   frames, so the order of events is only implicit in it. Each frame also gets
+   ``frame_grid**2`` tokens of its own (its map average-pooled to that grid,
+   with their own spatial and time embeddings), appended after the merged
+   scene tokens in time order: the clip's frames, one after another.
 """
 
 from __future__ import annotations
@@ -98,14 +104,15 @@ def bipartite_merge(
 class TokenMerger(nn.Module):
     """``fused [B, T, N, D]`` on an ``h x w`` grid -> ``tokens [B, N_vis, D]``.
 
-    ``N_vis = min(T * grid**2, max_tokens)``; always the same for a given ``T``,
-    so a batch of equal-length clips yields a dense tensor.
+    ``N_vis = min(T * grid**2, max_tokens) + T * frame_grid**2``; always the same
+    for a given ``T``, so a batch of equal-length clips yields a dense tensor.
     """
 
-    def __init__(self, *, dim: int, grid: int = 4, max_tokens: int = 64):
+    def __init__(self, *, dim: int, grid: int = 4, max_tokens: int = 64, frame_grid: int = 0):
         super().__init__()
-        if max_tokens < 1 or grid < 1:
-            raise ValueError(f"grid ({grid}) and max_tokens ({max_tokens}) must be positive")
+        if max_tokens < 1 or grid < 1 or frame_grid < 0:
+            raise ValueError(f"grid ({grid}) and max_tokens ({max_tokens}) must be positive, frame_grid "
+                             f"({frame_grid}) at least 0")
         self.dim = dim
         self.grid = grid
         self.max_tokens = max_tokens
@@ -116,6 +123,14 @@ class TokenMerger(nn.Module):
         # every video, makes all videos' tokens look alike; the time signal grows as it is needed.
         nn.init.zeros_(self.time_proj.weight)
         nn.init.zeros_(self.time_proj.bias)
+        self.frame_grid = frame_grid
+        if frame_grid:
+            self.frame_pos = nn.Parameter(torch.zeros(frame_grid * frame_grid, dim))
+            nn.init.trunc_normal_(self.frame_pos, std=0.02)
+            # Not zero-initialised: frame tokens exist to say when, from the first step.
+            self.frame_time_proj = nn.Linear(dim, dim)
+            nn.init.trunc_normal_(self.frame_time_proj.weight, std=0.02)
+            nn.init.zeros_(self.frame_time_proj.bias)
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, fused: torch.Tensor, hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,4 +152,12 @@ class TokenMerger(nn.Module):
         x = x.gather(1, order.unsqueeze(-1).expand_as(x))
         frames = frames.gather(1, order)
         x = x + self.time_proj(sinusoid(frames, d).to(x.dtype))
+        if self.frame_grid:
+            g = self.frame_grid
+            per_frame = F.adaptive_avg_pool2d(maps, g).flatten(2).transpose(1, 2)  # [B*T, g*g, D]
+            steps = torch.arange(t, device=fused.device, dtype=torch.float32)  # [T]
+            when = self.frame_time_proj(sinusoid(steps, d).to(x.dtype))  # [T, D]
+            ft = per_frame.reshape(b, t, g * g, d) + self.frame_pos + when[None, :, None, :]
+            x = torch.cat([x, ft.reshape(b, t * g * g, d)], dim=1)  # [B, N_merged + T*g*g, D]
+            frames = torch.cat([frames, steps.repeat_interleave(g * g).unsqueeze(0).expand(b, -1)], dim=1)
         return self.norm(x), frames  # [B, N_vis, D], [B, N_vis]

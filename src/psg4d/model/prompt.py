@@ -78,18 +78,15 @@ class Prompt:
             mask += [1] * len(answer)
         return ids, mask
 
-    def training_tags(self, categories: Sequence[str]) -> list[str]:
-        """Ground-truth categories with ``tag_word_noise`` (torch RNG, so resumable): each dropped
-        with that probability, and one absent vocabulary category added with it."""
+    def training_tags(self, predicted: Sequence[str]) -> list[str]:
+        """The model's own predicted tags with each dropped with probability ``tag_word_noise``
+        (torch RNG, so resumable). Nothing is added: a training prompt holds only what
+        inference could have written."""
         p = self.tag_word_noise
-        present = [c for c in dict.fromkeys(categories) if c in self._order]
+        tags = [c for c in dict.fromkeys(predicted) if c in self._order]
         if p <= 0:
-            return present
-        kept = [c for c in present if float(torch.rand(())) >= p]
-        absent = [c for c in self.object_vocab if c not in present]
-        if absent and float(torch.rand(())) < p:
-            kept.append(absent[int(torch.randint(len(absent), ()))])
-        return kept
+            return tags
+        return [c for c in tags if float(torch.rand(())) >= p]
 
     def banned_ids(self) -> list[int]:
         """Ids generation must never produce: the placeholder, padding and a second ``<bos>``."""

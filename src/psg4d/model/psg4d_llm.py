@@ -12,10 +12,11 @@ This module holds the network and its losses. Its neighbours hold the rest:
 :mod:`~psg4d.model.pretrained` (checkpoint files and frozen-weight identity).
 
 * The prompt is built here at forward time, after the encoder: its tag words
-  (``model.tag_words``) are the ground truth with noise in training and the
-  model's own predicted tags in evaluation, so validation sees exactly what
-  inference sees. The ONE ``[Video]`` placeholder of the prompt is expanded to
-  as many positions as the encoder produced tokens, and the projected visual
+  (``model.tag_words``) are the model's own predicted tags, never the ground
+  truth (in training each is dropped with probability ``tag_word_noise``), so
+  training and validation see what inference sees. The ONE ``[Video]``
+  placeholder of the prompt is expanded to as many positions as the encoder
+  produced tokens, and the projected visual
   tokens are scattered into ``inputs_embeds`` there (LLaVA style).
 * Text loss: next-token cross-entropy on the scene-graph tokens and ``<eos>``
   only (bos, visual and prompt positions are labelled -100).
@@ -103,6 +104,8 @@ class PSG4DModel(nn.Module):
         self.obj_cls_head = obj_cls_head  # [Obj] hidden state -> category logits (auxiliary loss); optional
         self.estimators = estimators  # the 2D-to-4D transfer's F_de, F_rte, F_dte; optional
         self.tokenizer = tokenizer
+        # the folder from_pretrained read (what sits beside the weights, e.g. the ranking weights)
+        self.checkpoint_dir: Path | None = None
         self.prompt = Prompt(tokenizer=tokenizer, object_vocab=config.object_vocab,
                              tag_word_noise=config.tag_word_noise)
         self.ids = self.prompt.ids
@@ -163,7 +166,9 @@ class PSG4DModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "PSG4DModel":
         """A checkpoint folder written by :meth:`save_pretrained` (see :mod:`psg4d.model.pretrained`)."""
-        return load_pretrained(cls.from_config, path)
+        model = load_pretrained(cls.from_config, path)
+        model.checkpoint_dir = Path(path)
+        return model
 
     def save_pretrained(self, path: str | Path) -> None:
         save_pretrained(self, path)
@@ -200,8 +205,9 @@ class PSG4DModel(nn.Module):
         return self.mask_decoder.frame_features(rgb) if self.sam2 else dense
 
     def collate(self, samples: list[Sample]) -> dict[str, Any]:
-        """Samples -> batch (keys: :mod:`psg4d.model.batching`)."""
-        return self.collator(samples)
+        """Samples -> batch (keys: :mod:`psg4d.model.batching`); clips are played backwards
+        (``model.time_reversal``) only in training mode."""
+        return self.collator(samples, augment=self.training)
 
     # ------------------------------------------------------------------ tags
     def segmentation_tags(self, dense: torch.Tensor) -> list[str]:
@@ -226,17 +232,18 @@ class PSG4DModel(nn.Module):
             return self.segmentation_tags(dense)
         return self.predicted_tags(tag_logits) if tag_logits is not None else None
 
-    def prompt_tags(self, enc: EncoderOutput, tag_logits: torch.Tensor | None,
-                    gold_tags: Sequence[Sequence[str]] | None) -> list[list[str]] | None:
-        """Per sample, the tag words of the prompt: gold with noise in training, predicted otherwise."""
+    def prompt_tags(self, enc: EncoderOutput, tag_logits: torch.Tensor | None) -> list[list[str]] | None:
+        """Per sample, the tag words of the prompt: the model's own predicted tags
+        (:meth:`inference_tags`), never the ground truth. In training each is dropped with
+        probability ``tag_word_noise`` (torch RNG), so the LLM learns to read past a missed tag;
+        a training prompt thus holds only categories inference could have written."""
         if not self.config.tag_words:
             return None
-        if self.training:
-            if gold_tags is None:
-                raise ValueError("training with model.tag_words needs the batch's gold_tags")
-            return [self.prompt.training_tags(g) for g in gold_tags]
-        return [self.inference_tags(enc.dense[b], None if tag_logits is None else tag_logits[b]) or []
-                for b in range(enc.dense.shape[0])]
+        with torch.no_grad():
+            tags = [self.inference_tags(enc.dense[b].detach(),
+                                        None if tag_logits is None else tag_logits[b].detach()) or []
+                    for b in range(enc.dense.shape[0])]
+        return [self.prompt.training_tags(t) for t in tags] if self.training else tags
 
     # ---------------------------------------------------------------- inputs
     def expand_placeholder(self, prefix: Sequence[int], n_vis: int) -> list[int]:
@@ -322,14 +329,14 @@ class PSG4DModel(nn.Module):
     def teacher_forced(
         self, *, target_ids: torch.Tensor, target_mask: torch.Tensor, rgb: torch.Tensor,
         depth: torch.Tensor | None = None, disparity_scale: torch.Tensor | None = None,
-        gold_tags: Sequence[Sequence[str]] | None = None, lifted: torch.Tensor | None = None,
+        lifted: torch.Tensor | None = None,
         chain: torch.Tensor | None = None, target_loss_mask: torch.Tensor | None = None,
     ) -> TeacherForcing:
         """Encode, build each sample's prompt (:meth:`prompt_tags`) and run the LLM over prompt + target.
         In training mode the scene-graph input tokens get ``input_token_dropout``."""
         cfg = self.config
         feats, enc, visual, tag_logits = self.encode_scene(rgb, depth, disparity_scale, lifted=lifted)
-        tags = self.prompt_tags(enc, tag_logits, gold_tags)
+        tags = self.prompt_tags(enc, tag_logits)
         ids, attention, labels = self.sequences(target_ids, target_mask, tags, visual.shape[1], chain=chain,
                                                 target_loss_mask=target_loss_mask, num_frames=rgb.shape[1])
         inp = ids
@@ -352,7 +359,6 @@ class PSG4DModel(nn.Module):
         rgb: torch.Tensor,
         depth: torch.Tensor | None = None,
         disparity_scale: torch.Tensor | None = None,
-        gold_tags: list[list[str]] | None = None,
         mask_targets: list[torch.Tensor] | None = None,
         mask_valid: list[torch.Tensor] | None = None,
         tags: torch.Tensor | None = None,
@@ -375,7 +381,7 @@ class PSG4DModel(nn.Module):
         if objective == "masks":
             return promptable_loss(self, rgb, object_masks, semantic)
         tf = self.teacher_forced(target_ids=target_ids, target_mask=target_mask, rgb=rgb, depth=depth,
-                                 disparity_scale=disparity_scale, gold_tags=gold_tags, lifted=lifted,
+                                 disparity_scale=disparity_scale, lifted=lifted,
                                  chain=chain, target_loss_mask=target_loss_mask)
         logits = tf.logits[:, :-1].float()  # [B, L'-1, V]
         loss_text = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tf.labels[:, 1:].reshape(-1),

@@ -228,6 +228,30 @@ STATIC_PREDICATES: frozenset[str] = frozenset(
     {"on", "next to", "in front of", "behind", "standing on", "sitting on", "holding", "talking to"}
 )
 
+# What each predicate becomes when a clip is played backwards, read off the rules that label
+# the world (psg4d.data.synth.relations). Support, position and holding look the same either
+# way; carrying is still carrying; the vertical and the pushing motions swap. None: the world
+# has no word for the reversed motion (a hand drawing back, walking backwards), so the
+# relation does not hold in the reversed clip. Not exact: a hand drawing back after putting
+# something down is unlabelled, and played backwards it is a reach the reversed graph lacks.
+TIME_REVERSED_PREDICATES: dict[str, str | None] = {
+    "on": "on",
+    "next to": "next to",
+    "in front of": "in front of",
+    "behind": "behind",
+    "standing on": "standing on",
+    "sitting on": "sitting on",
+    "holding": "holding",
+    "reaching toward": None,
+    "picking up": "putting down",
+    "putting down": "picking up",
+    "carrying": "carrying",
+    "pushing": "pulling",
+    "pulling": "pushing",
+    "walking toward": None,
+    "talking to": "talking to",
+}
+
 PRESET_PREDICATES: dict[str, tuple[str, ...]] = {
     "hoi": (
         "on", "next to", "in front of", "behind", "holding", "reaching toward",
