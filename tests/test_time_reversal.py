@@ -160,3 +160,11 @@ def test_a_reverse_the_model_has_no_word_for_is_left_out():
     batch = model.collate([make_sample(0)])
     text = model.tokenizer.decode(batch["target_ids"][0][batch["target_mask"][0].bool()].tolist())
     assert "picking up" not in text and "putting" not in text and "holding" in text
+
+
+def test_probe_report_with_nothing_probed_forward_still_prints():
+    from psg4d.infer.diagnostics import ReversalReport
+
+    text = format_reports(None, None, ReversalReport(reversed_accuracy=0.5, forward_accuracy=None,
+                                                     reversed_count=2, forward_count=0))
+    assert "50% of 2 relations in reversed clips, - of 0 in forward ones" in text

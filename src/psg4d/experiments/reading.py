@@ -44,6 +44,10 @@ ARMS: dict[str, list[str]] = {
 }
 # seeds of the worlds that designed psg4d's recipes (BENCHMARKS.md, fair protocol): never judged on
 DESIGN_WORLDS = (0, 1, 11)
+# where the settings both arms inherit from hoi_tiny came from (recorded in the JSON)
+PRESET_SETTINGS = "the hoi_tiny preset's own settings (tag_source segmentation, tag_min_area, max_new_pairs 80, ...)"
+PRESET_SETTINGS_SOURCE = ("chosen in earlier sessions on design world 1, partly from its test split (BENCHMARKS.md, "
+                          "runs E-H); not on validation, and not on this world")
 GOALS = {"grounding_top1_at_least": 0.5, "grounding_gap_at_least": 0.5, "reversed_accuracy_at_least": 0.8}
 
 
@@ -185,6 +189,7 @@ def run(cfg: ReadingConfig) -> dict[str, Any]:
         "arms": {a: ARMS[a] for a in cfg.arms},
         "defaults_chosen_on": {
             "ranking weights": "each run's validation split (psg4d tune-ranking)",
+            PRESET_SETTINGS: PRESET_SETTINGS_SOURCE,
             "time_reversal 0.5, frame_grid 2": "a priori; on the demo's world (seed 0, design) one 400-step run "
                                                "each gave test R@50 8.74 (time) vs 10.68 (plain), reversed-clip "
                                                "probe 50 % vs 10 % of 10 relations: not shipped in hoi_tiny",

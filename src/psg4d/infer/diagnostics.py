@@ -65,6 +65,11 @@ class ReversalReport:
     per_predicate: dict[str, float] = field(default_factory=dict)  # reversed clips, by right predicate
 
 
+def _target_ids(model: PSG4DModel, sample: Sample) -> list[int]:
+    batch = model.collate([sample])
+    return batch["target_ids"][0][batch["target_mask"][0].bool()].tolist()  # the graph text and <eos>
+
+
 @torch.no_grad()
 def grounding(model: PSG4DModel, samples: Sequence[Sample]) -> GroundingReport:
     """The ``[n, n]`` text-given-video table of the module docstring (``n >= 2``)."""
@@ -72,10 +77,7 @@ def grounding(model: PSG4DModel, samples: Sequence[Sample]) -> GroundingReport:
         raise ValueError("grounding needs at least 2 videos")
     model.eval()
     generator = SceneGraphGenerator(model)
-    texts = []
-    for s in samples:
-        batch = model.collate([s])
-        texts.append(batch["target_ids"][0][batch["target_mask"][0].bool()].tolist())  # the graph text and <eos>
+    texts = [_target_ids(model, s) for s in samples]
     table = np.zeros((len(samples), len(samples)))
     for j, s in enumerate(samples):
         ctx = generator.encode_video(s.video)
@@ -128,11 +130,6 @@ def teacher_forced_masks(model: PSG4DModel, samples: Sequence[Sample], *, thresh
     )
 
 
-def _target_ids(model: PSG4DModel, sample: Sample) -> list[int]:
-    batch = model.collate([sample])
-    return batch["target_ids"][0][batch["target_mask"][0].bool()].tolist()  # the graph text and <eos>
-
-
 def _probe_clip(model: PSG4DModel, generator: SceneGraphGenerator, sample: Sample,
                 partner: dict[str, str]) -> list[tuple[str, bool]]:
     """(right predicate, scored above its partner?) for each probed relation of one clip."""
@@ -180,6 +177,10 @@ def reversal_probe(model: PSG4DModel, samples: Sequence[Sample], *, table: str |
     )
 
 
+def _share(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
 def format_reports(g: GroundingReport | None, m: MaskReport | None, r: ReversalReport | None = None) -> str:
     lines = []
     if g is not None:
@@ -193,7 +194,8 @@ def format_reports(g: GroundingReport | None, m: MaskReport | None, r: ReversalR
     elif r is not None:
         lines.append(
             f"reversal probe: right time-asymmetric predicate on {r.reversed_accuracy:.0%} of {r.reversed_count} "
-            f"relations in reversed clips, {r.forward_accuracy:.0%} of {r.forward_count} in forward ones (chance 50%)"
+            f"relations in reversed clips, {_share(r.forward_accuracy)} of {r.forward_count} in forward ones "
+            "(chance 50%)"
         )
         for p, a in r.per_predicate.items():
             lines.append(f"  reversed, {p:20s} {a:6.1%}")
