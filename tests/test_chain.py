@@ -271,6 +271,25 @@ def test_mode_and_vocabulary_options(tmp_path, chained):
     model, _ = chained
     assert resolve_mode("chain", model.config) == "chain"
     assert resolve_mode("auto", tiny_config()) == "direct"  # never trained on chained text
+    # trained on both texts: auto is the mode chosen on validation and recorded beside the checkpoint
+    import json
+
+    from psg4d.infer.predictor import Predictor
+    from psg4d.infer.ranking import RANKING_FILE, RankingWeights
+    from psg4d.tune_ranking import choose_mode, scores
+
+    assert resolve_mode("auto", model.config, tmp_path) == "direct"  # nothing chosen: direct, with a warning
+    (tmp_path / RANKING_FILE).write_text(json.dumps({"quality": 0, "presence": 0, "chosen_on": "val",
+                                                     "mode": {"chosen": "chain", "chosen_on": "val split"}}))
+    assert resolve_mode("auto", model.config, tmp_path) == "chain"
+    sample = described_sample()
+    truth = {sample.graph.video_id: sample.graph}
+    predictor = Predictor(model=model, ranking=RankingWeights())
+    direct = scores([predictor.predict(sample.video)], truth)
+    record = choose_mode(predictor, RankingWeights(), direct, [sample.video], truth, "these videos")
+    assert record["direct"] == direct and set(record["chain"]) == set(direct)
+    better = "chain" if record["chain"]["objective"] > direct["objective"] else "direct"
+    assert record["chosen"] == better and record["chosen_on"] == "these videos"
     with pytest.raises(ConfigError, match="predict mode"):
         PredictorConfig(mode="sideways")
     f = tmp_path / "classes.txt"

@@ -169,7 +169,7 @@ def test_reading_experiment_quick(tmp_path, capsys):
     assert main(["experiment", "reading", "--quick", "--out", str(out), "--run-dir", str(run)]) == 0
     result = json.loads((out / "reading.json").read_text())
     assert result["judged_on_world_seed"] == 23 and 23 not in result["design_worlds"]
-    assert [(r["arm"], r["seed"]) for r in result["runs"]] == [("plain", 0), ("time", 0)]
+    assert [(r["arm"], r["seed"]) for r in result["runs"]] == [("plain", 0), ("time", 0), ("region", 0)]
     for r in result["runs"]:
         assert {"text_only", "ranked"} <= set(r) and {"pvsg_R@50", "pvsg_mR@50", "volumetric_R@50"} <= set(r["ranked"])
         assert r["ranking"]["chosen_on"].startswith("val split")  # chosen on validation, never the test split
@@ -180,8 +180,18 @@ def test_reading_experiment_quick(tmp_path, capsys):
     cfgs = {r["arm"]: PSG4DModel.from_pretrained(r["checkpoint"]).config for r in result["runs"]}
     assert (cfgs["plain"].encoder.frame_grid, cfgs["plain"].time_reversal) == (0, 0.0)
     assert (cfgs["time"].encoder.frame_grid, cfgs["time"].time_reversal) == (2, 0.5)
+    assert cfgs["region"].region.enabled and not cfgs["plain"].region.enabled and not cfgs["time"].region.enabled
     assert set(result["summary"]["time"]) >= {"ranked.pvsg_R@50", "grounding_top1", "reversed_accuracy"}
     assert (out / "reading.svg").read_text().startswith("<svg")
     assert "pvsg R@50" in capsys.readouterr().out
+    # a second run reuses each recorded run (its record is not rewritten); other settings are new runs
+    records = sorted(run.glob("*_seed0/record.json"))
+    assert len(records) == 3
+    stamps = [p.stat().st_mtime_ns for p in records]
+    assert main(["experiment", "reading", "--quick", "--out", str(tmp_path / "again"), "--run-dir", str(run),
+                 "--arms", "region"]) == 0
+    again = json.loads((tmp_path / "again" / "reading.json").read_text())
+    assert again["runs"] == [r for r in result["runs"] if r["arm"] == "region"]
+    assert [p.stat().st_mtime_ns for p in records] == stamps
     # judged numbers never come from a design world
     assert main(["experiment", "reading", "--out", str(tmp_path / "o2"), "--world-seed", "11"]) == 2

@@ -6,7 +6,9 @@ then ranks the same candidates (:mod:`psg4d.infer.ranking`) and is scored under 
 The pair with the best mean of pvsg R@50, pvsg mR@50 and volumetric R@50 (the three numbers the
 4D-LLM is judged on) wins; ties go to the smaller weights (text only first). The weights, every
 pair tried and where they were measured go to ``ranking.json`` in the checkpoint folder, which
-every predictor of that checkpoint then reads.
+every predictor of that checkpoint then reads. For a model trained on the chained text as well, the
+chained prediction of the same videos is scored too, and the better of the two modes is recorded as
+what ``--mode auto`` predicts with.
 
 It predicts and scores, so it lives above ``infer`` and ``eval``.
 """
@@ -14,6 +16,7 @@ It predicts and scores, so it lives above ``infer`` and ``eval``.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -39,6 +42,17 @@ def objective(row: dict) -> float:
     return (row["pvsg_R@50"] + row["pvsg_mR@50"] + row["volumetric_R@50"]) / 3
 
 
+def scores(graphs: Sequence[SceneGraph4D], truth: dict[str, SceneGraph4D]) -> dict[str, float]:
+    """R@50 and mR@50 under both protocols, and the :func:`objective`."""
+    row: dict[str, float] = {}
+    for protocol in ("pvsg", "volumetric"):
+        res = evaluate(list(graphs), truth, protocol=protocol, ks=(50,))
+        row[f"{protocol}_R@50"] = round(float(res["R@50"]), 3)
+        row[f"{protocol}_mR@50"] = round(float(res["mR@50"]), 3)
+    row["objective"] = round(objective(row), 3)
+    return row
+
+
 def tune(predictor: "Predictor", scored: "Sequence[ScoredCandidates]", truth: dict[str, SceneGraph4D], *,
          quality_grid: Sequence[float] = QUALITY_GRID, presence_grid: Sequence[float] = PRESENCE_GRID,
          source: str = "validation") -> tuple[RankingWeights, list[dict]]:
@@ -48,13 +62,7 @@ def tune(predictor: "Predictor", scored: "Sequence[ScoredCandidates]", truth: di
     for q in quality_grid:
         for p in presence_grid:
             w = RankingWeights(quality=q, presence=p, chosen_on=source)
-            graphs = [predictor.rank(s, w) for s in scored]
-            row = {"quality": q, "presence": p}
-            for protocol in ("pvsg", "volumetric"):
-                res = evaluate(graphs, truth, protocol=protocol, ks=(50,))
-                row[f"{protocol}_R@50"] = round(float(res["R@50"]), 3)
-                row[f"{protocol}_mR@50"] = round(float(res["mR@50"]), 3)
-            row["objective"] = round(objective(row), 3)
+            row = {"quality": q, "presence": p, **scores([predictor.rank(s, w) for s in scored], truth)}
             table.append(row)
             key = (row["objective"], -(q + p))
             if best_key is None or key > best_key:
@@ -92,13 +100,36 @@ def tune_checkpoint(ckpt: Path, data: Path, split: str = "val", *, limit: int | 
     for vid in tqdm(ids, desc="candidates", unit="video"):
         scored.append(predictor.score_candidates(reader.read_video(vid)))
         truth[vid] = reader.read_graph(vid)
-    best, table = tune(predictor, scored, truth, source=f"{split} split of {data.resolve()} ({len(ids)} videos)")
+    source = f"{split} split of {data.resolve()} ({len(ids)} videos)"
+    best, table = tune(predictor, scored, truth, source=source)
     chosen = next(r for r in table if (r["quality"], r["presence"]) == (best.quality, best.presence))
+    extra = {}
+    if predictor.model.config.chain_prob > 0:  # trained on both texts: --mode auto's choice too
+        extra["mode"] = choose_mode(predictor, best, chosen, [reader.read_video(v) for v in ids], truth, source)
     atomic_write_json(target, ranking_record(best, table, data=str(data.resolve()), split=split, videos=len(ids),
-                                             objective="mean of pvsg R@50, pvsg mR@50, volumetric R@50"), indent=1)
+                                             objective="mean of pvsg R@50, pvsg mR@50, volumetric R@50", **extra),
+                      indent=1)
     log.info("ranking weights: quality %s, presence %s (objective %.2f, text only %.2f) -> %s",
              best.quality, best.presence, chosen["objective"], table[0]["objective"], target)
     return best, chosen, table[0]
+
+
+def choose_mode(predictor: "Predictor", weights: RankingWeights, direct: dict, videos, truth: dict[str, SceneGraph4D],
+                source: str) -> dict:
+    """For a model trained on both texts: the chained prediction of ``videos`` (ranked by
+    ``weights``) against the direct one's validation row ``direct``; the better objective is what
+    ``--mode auto`` predicts with (ties: direct)."""
+    from tqdm import tqdm
+
+    from psg4d.infer.chain import ChainPredictor
+
+    chain = ChainPredictor(model=predictor.model, config=replace(predictor.config, mode="chain"))
+    chain.base.ranking = weights
+    row = scores([chain.predict(v) for v in tqdm(videos, desc="chain", unit="video")], truth)
+    pick = "chain" if row["objective"] > direct["objective"] else "direct"
+    log.info("--mode auto: %s (validation objective direct %.2f, chain %.2f)", pick, direct["objective"],
+             row["objective"])
+    return {"chosen": pick, "chosen_on": source, "direct": direct, "chain": row}
 
 
 def tune_ranking_command(

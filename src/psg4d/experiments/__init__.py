@@ -21,6 +21,7 @@ experiment module has a typed config with a ``quick`` mode that the test suite r
   no-depth / no-temporal ablations) against the 4D-LLM with and without the transfer, on the HOI and
   GTA worlds: recall, mean tube vIoU, panoptic quality, training and prediction time.
 * ``reading`` (:mod:`~psg4d.experiments.reading`): whether the 4D-LLM reads the video and the order
-  of its frames (grounding, the reversal probe, recall with the ranking chosen on validation), with
-  and without frame tokens and reversed training clips, 3 seeds on a world never used for design.
+  of its frames (grounding, the reversal probe, recall with the ranking chosen on validation): plain,
+  with frame tokens and reversed training clips, and with region feedback, 3 seeds on a world never
+  used for design.
 """

@@ -158,10 +158,12 @@ def reading_experiment(
     world_seed: int = typer.Option(23, "--world-seed", help="Seed of the judged world (never one used for design)."),
     seeds: list[int] = typer.Option([0, 1, 2], "--seeds", help="Training seeds of every arm (repeatable)."),
     steps: int = typer.Option(400, "--steps", help="Training steps of every run (the demo's by default)."),
-    arms: list[str] = typer.Option(["plain", "time"], "--arms", help="Arms (repeatable): plain, time."),
+    arms: list[str] = typer.Option(["plain", "time", "region"], "--arms",
+                                   help="Arms (repeatable): plain, time, region."),
     quick: bool = typer.Option(False, "--quick", help="Toy size: a few steps, one seed (numbers meaningless)."),
 ) -> None:
-    """Does the 4D-LLM read the video and the order of its frames? Frame tokens and reversed clips, fair protocol."""
+    """Does the 4D-LLM read the video and the order of its frames? Frame tokens, reversed clips and region
+    feedback, fair protocol."""
     from psg4d.experiments.reading import ReadingConfig, run
 
     result = run(ReadingConfig(out=out, run_dir=run_dir, world_seed=world_seed, seeds=list(seeds), steps=steps,

@@ -60,7 +60,8 @@ def predict_command(
     mode: str = typer.Option(
         "auto", "--mode",
         help="direct (one scene-graph text), chain (describe -> pairs -> relation -> span, open vocabulary;"
-             " needs a checkpoint trained with model.chain_prob > 0) or auto (the better one for this checkpoint).",
+             " needs a checkpoint trained with model.chain_prob > 0) or auto (the one psg4d tune-ranking chose on"
+             " validation for this checkpoint; direct where none was chosen).",
     ),
     vocab: Optional[Path] = typer.Option(
         None, "--vocab",
@@ -136,7 +137,7 @@ def predict_command(
         return
     model = PSG4DModel.from_pretrained(ckpt)
     cfg = PredictorConfig(max_new_tokens=max_new_tokens, max_candidates=candidates, threads=threads,
-                          mode=resolve_mode(mode, model.config), vocabulary=vocabulary)
+                          mode=resolve_mode(mode, model.config, model.checkpoint_dir), vocabulary=vocabulary)
     log.info("prediction mode: %s", cfg.mode)
     if depth is None and model.estimators is not None:
         log.info("no depth given: depth features are estimated from RGB by the checkpoint's depth estimator (F_de)")

@@ -17,6 +17,10 @@ separate them:
   (the per-frame test of both evaluation protocols), pooled over occurrences,
   also per category. This is the mask quality the LLM's text would get if it
   were perfect.
+* :func:`reversal_probe` — does it read the order of the frames? (see there)
+
+With region feedback (``model.region``) a ground-truth text's regions are the tubes its own
+``[Obj]`` states decode on the video being scored, as at inference (no gold tube enters).
 
 ``psg4d diagnose --ckpt CKPT --data DIR --split S`` prints all three;
 the training validator logs ``val_grounding_gap`` and ``val_tf_mask_hit``.
@@ -71,8 +75,11 @@ def _target_ids(model: PSG4DModel, sample: Sample) -> list[int]:
 
 
 @torch.no_grad()
-def grounding(model: PSG4DModel, samples: Sequence[Sample]) -> GroundingReport:
-    """The ``[n, n]`` text-given-video table of the module docstring (``n >= 2``)."""
+def grounding(model: PSG4DModel, samples: Sequence[Sample], *, region_passes: int | None = 2) -> GroundingReport:
+    """The ``[n, n]`` text-given-video table of the module docstring (``n >= 2``). With region
+    feedback a text's regions are decoded on each video (:meth:`SceneGraphGenerator.score_texts`),
+    in ``region_passes`` passes (2: the tubes decoded with empty regions, refined once; None: exactly
+    generation's feeding, about 3x the mask-decoder calls, which dominate)."""
     if len(samples) < 2:
         raise ValueError("grounding needs at least 2 videos")
     model.eval()
@@ -81,7 +88,7 @@ def grounding(model: PSG4DModel, samples: Sequence[Sample]) -> GroundingReport:
     table = np.zeros((len(samples), len(samples)))
     for j, s in enumerate(samples):
         ctx = generator.encode_video(s.video)
-        table[:, j] = generator.score_continuations(ctx, [], texts)
+        table[:, j] = generator.score_texts(ctx, [], texts, max_passes=region_passes)
     n_tok = np.array([len(t) for t in texts], dtype=float)
     own = np.diag(table)
     others = (table.sum(1) - own) / (len(samples) - 1)
@@ -146,7 +153,7 @@ def _probe_clip(model: PSG4DModel, generator: SceneGraphGenerator, sample: Sampl
         probed.append(r.predicate)
     if not probed:
         return []
-    scores = generator.score_continuations(generator.encode_video(sample.video), [], texts)
+    scores = generator.score_texts(generator.encode_video(sample.video), [], texts)
     return [(p, scores[0] > scores[k + 1]) for k, p in enumerate(probed)]
 
 

@@ -35,6 +35,10 @@ Steps of :meth:`Predictor.predict`:
      present (else where either is, else the whole video). Pairs are taken by
      descending temporal overlap, at most ``max_new_pairs``.
 
+   With region feedback (``model.region``) a candidate's text carries its subject's region after
+   the subject ``[Obj]``: the region generation fed after that mention, or for a tagged object the
+   region of its decoded tube.
+
    The context of a teacher-forced candidate is what the LLM read while
    generating (:attr:`Generation.context_ids`, dropped repeats included), and
    the shared context runs once: its KV cache serves every candidate
@@ -98,7 +102,7 @@ class PredictorConfig:
     threads: int | None = None
     # "direct": one scene-graph text (this module); "chain": the four chained steps
     # (psg4d.infer.chain; the model must have been trained with model.chain_prob > 0); "auto": the
-    # better of the two for the model (psg4d.infer.predictors.resolve_mode).
+    # one chosen on validation for the checkpoint (psg4d.infer.predictors.resolve_mode).
     mode: str = "direct"
     # Chain mode: the class names an object of a kind training never named may get (scored by the
     # LLM's language knowledge); None: it names such an object in free text.
@@ -159,11 +163,15 @@ class Predictor:
         self.ranking = ranking if ranking is not None else load_ranking(model.checkpoint_dir)
 
     # ----------------------------------------------------------------- masks
-    def tubes(self, ctx: VideoContext, obj_hidden: torch.Tensor, size: tuple[int, int]) -> list[Tube]:
-        """``obj_hidden [N, H]`` -> N tubes at ``size`` (one decoder call)."""
+    def tubes(self, ctx: VideoContext, obj_hidden: torch.Tensor, size: tuple[int, int],
+              regions: list[int] | None = None) -> list[Tube]:
+        """``obj_hidden [N, H]`` -> N tubes at ``size`` (one decoder call). ``regions``: a list that
+        gets the region id of each tube (:meth:`SceneGraphGenerator.add_regions`)."""
         if obj_hidden.shape[0] == 0:
             return []
         logits, iou = self.generator.decode_masks(ctx, obj_hidden)  # [N, T_m, h, w], [N, T_m]
+        if regions is not None:
+            regions.extend(self.generator.add_regions(ctx, logits > 0))
         out = []
         for k in range(logits.shape[0]):
             # one model frame at a time: at a large source size a whole tube's float logits would not be small
@@ -193,8 +201,10 @@ class Predictor:
         return assign, objects
 
     # ------------------------------------------------------------ candidates
-    def _triplet_ids(self, subj: str, pred: str, obj: str) -> list[int]:
-        return self.prompt.text_ids(f"{subj} {OBJ_TOKEN} {pred} {obj} {OBJ_TOKEN}")
+    def _triplet_ids(self, subj: str, pred: str, obj: str, region: int | None = None) -> list[int]:
+        """``subj [Obj] pred obj [Obj]``, with the subject's region id after its ``[Obj]`` (region feedback)."""
+        ids = self.prompt.text_ids(f"{subj} {OBJ_TOKEN} {pred} {obj} {OBJ_TOKEN}")
+        return ids if region is None else self.model.with_regions(ids, [region])
 
     def _start_of(self, tokens: list[int], obj_pos: int) -> int:
         """First token of the triplet whose subject [Obj] is at ``obj_pos``: after the last separator."""
@@ -241,8 +251,8 @@ class Predictor:
         owner = np.abs(np.arange(video.num_frames)[:, None] - model_idx[None, :]).argmin(axis=1)  # [T_video]
         n_tok = gen.obj_hidden.shape[0]
         triplets = [t for t in parsed.triplets if t.subject_obj_index < n_tok and t.object_obj_index < n_tok]
-        assign, objects = self._objects(ctx, gen, triplets, size, owner)
-        cands = self._candidates(ctx, gen, triplets, assign, objects)
+        assign, objects, regions = self._objects(ctx, gen, triplets, size, owner)
+        cands = self._candidates(ctx, gen, triplets, assign, objects, regions)
         return ScoredCandidates(video_id=video.video_id, num_frames=video.num_frames, size=size, objects=objects,
                                 candidates=list(cands.values()), owner=owner, meta=self._graph_meta(gen, parsed.dropped))
 
@@ -265,8 +275,9 @@ class Predictor:
                            scored.objects, ranked, scored.owner)
 
     def _objects(self, ctx: VideoContext, gen: Generation, triplets, size: tuple[int, int], owner: np.ndarray):
-        """Steps 2-3 of the module docstring: ``[Obj]`` index -> object index, and the objects'
-        (category, tube): the generated ones merged, then the tagged ones no triplet mentions."""
+        """Steps 2-3 of the module docstring: ``[Obj]`` index -> object index, the objects'
+        (category, tube): the generated ones merged, then the tagged ones no triplet mentions; and
+        with region feedback each object's region id (else an empty list)."""
         cfg = self.config
         occurrences: dict[int, str] = {}
         for t in triplets:
@@ -280,15 +291,22 @@ class Predictor:
             tag_hidden = self.generator.obj_hidden_after(ctx, context, missing,
                                                          batch_size=cfg.score_batch_size)
             hidden = torch.cat([hidden, tag_hidden.to(hidden.dtype)])
-        tubes = self.tubes(ctx, hidden, size)
         n_tok = gen.obj_hidden.shape[0]
+        tube_regions: list[int] | None = [] if self.generator.regions_on else None
+        tubes = self.tubes(ctx, hidden, size, tube_regions)
         weights = np.bincount(owner, minlength=ctx.num_frames)  # [T_m] video frames each model frame stands for
         assign, objects = self._merge_objects(occurrences, tubes[:n_tok], weights)
-        return assign, objects + list(zip(missing, tubes[n_tok:]))
+        regions: list[int] = []
+        if tube_regions is not None:
+            # an object reads as the region generation fed after its first mention; a tagged one, its tube's
+            first = {j: k for k, j in sorted(assign.items(), reverse=True)}
+            regions = [gen.obj_regions[first[j]] for j in range(len(objects))] + tube_regions[n_tok:]
+        return assign, objects + list(zip(missing, tubes[n_tok:])), regions
 
     def _candidates(self, ctx: VideoContext, gen: Generation, triplets, assign: dict[int, int],
-                    objects: list[tuple[str, Tube]]) -> dict[tuple[int, int, str], _Candidate]:
-        """Step 4 of the module docstring: every candidate relation with its best score."""
+                    objects: list[tuple[str, Tube]], regions: list[int]) -> dict[tuple[int, int, str], _Candidate]:
+        """Step 4 of the module docstring: every candidate relation with its best score. ``regions``:
+        each object's region id (empty without region feedback)."""
         cfg, generator = self.config, self.generator
         obj_pos = [i for i, tid in enumerate(gen.token_ids) if tid == self.model.ids.obj]
         predicates = self._predicates(triplets)
@@ -306,7 +324,9 @@ class Predictor:
             end = obj_pos[t.object_obj_index]
             add(s, o, t.predicate, [(t.start, t.end)], float(sum(gen.step_logprobs[start : end + 1])))
             alts = [p for p in predicates if p.lower() != t.predicate.lower()]
-            requests.append((gen.context_before(start), [self._triplet_ids(t.subject, p, t.object) for p in alts]))
+            region = gen.obj_regions[t.subject_obj_index] if regions else None
+            requests.append((gen.context_before(start),
+                             [self._triplet_ids(t.subject, p, t.object, region) for p in alts]))
             alternatives.append((s, o, alts, (t.start, t.end)))
         for (s, o, alts, span), scores in zip(alternatives, generator.score_many(ctx, requests,
                                                                                  batch_size=cfg.score_batch_size)):
@@ -321,7 +341,8 @@ class Predictor:
         pairs = pairs[: cfg.max_new_pairs]
         if pairs and predicates:
             keys = [(a, b, p) for a, b in pairs for p in predicates]
-            conts = [self._triplet_ids(objects[a][0], p, objects[b][0]) for a, b, p in keys]
+            conts = [self._triplet_ids(objects[a][0], p, objects[b][0], regions[a] if regions else None)
+                     for a, b, p in keys]
             scores = generator.score_continuations(ctx, self._after_text(gen), conts, batch_size=cfg.score_batch_size)
             for (a, b, p), sc in zip(keys, scores):
                 add(a, b, p, [self._pair_span(presence[a], presence[b])], sc)

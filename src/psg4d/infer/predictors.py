@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
@@ -11,18 +12,30 @@ from psg4d.data.schema import SceneGraph4D
 from psg4d.errors import DataError
 from psg4d.infer.chain import ChainPredictor
 from psg4d.infer.predictor import Predictor, PredictorConfig
+from psg4d.infer.ranking import load_mode
 from psg4d.model.psg4d_llm import PSG4DModel
 
-# The mode `--mode auto` picks for a checkpoint trained on both texts: the one that scored better in
-# `psg4d experiment chain` (BENCHMARKS.md). A checkpoint never trained on chained text is direct.
-AUTO_MODE = "direct"
+log = logging.getLogger(__name__)
+
+# `--mode auto` for a checkpoint trained on both texts with no mode chosen on validation: the direct
+# text, the one every such checkpoint is trained on (no score chose it).
+UNCHOSEN_AUTO_MODE = "direct"
 
 
-def resolve_mode(mode: str, model_config) -> str:
-    """``auto`` -> :data:`AUTO_MODE` for a model trained on chained text, else ``direct``."""
+def resolve_mode(mode: str, model_config, checkpoint_dir: str | Path | None = None) -> str:
+    """``auto`` -> for a model trained on chained text, the mode chosen on validation for its
+    checkpoint (``ranking.json``, ``psg4d tune-ranking``), else :data:`UNCHOSEN_AUTO_MODE` (with a
+    warning); a model never trained on chained text predicts ``direct``."""
     if mode != "auto":
         return mode
-    return AUTO_MODE if model_config.chain_prob > 0 else "direct"
+    if model_config.chain_prob <= 0:
+        return "direct"
+    chosen = load_mode(checkpoint_dir)
+    if chosen is None:
+        log.warning("--mode auto: no mode was chosen on validation for this checkpoint (psg4d tune-ranking "
+                    "chooses one); predicting %s", UNCHOSEN_AUTO_MODE)
+        return UNCHOSEN_AUTO_MODE
+    return chosen[0]
 
 
 def load_vocabulary(path: Path) -> list[str]:
@@ -49,7 +62,7 @@ def load_vocabulary(path: Path) -> list[str]:
 def build_predictor(model: PSG4DModel, config: PredictorConfig | None = None) -> Predictor | ChainPredictor:
     """The predictor ``config.mode`` names (``direct``: :class:`Predictor`; ``chain``: :class:`ChainPredictor`)."""
     config = config or PredictorConfig()
-    config = replace(config, mode=resolve_mode(config.mode, model.config))
+    config = replace(config, mode=resolve_mode(config.mode, model.config, model.checkpoint_dir))
     return ChainPredictor(model=model, config=config) if config.mode == "chain" else Predictor(model=model,
                                                                                               config=config)
 

@@ -12,7 +12,9 @@ present; both clamped to at least ``FLOOR``. With both weights 0 the ranking is 
 The weights are chosen on a validation split (``psg4d tune-ranking``, :mod:`psg4d.tune_ranking`)
 and written to ``ranking.json`` in the checkpoint folder, where every predictor of that checkpoint
 reads them (:func:`load_ranking`); each prediction's ``meta["ranking"]`` says which weights ranked
-it and where they came from.
+it and where they came from. For a checkpoint trained on both the direct and the chained text, the
+same file records which of the two ``--mode auto`` predicts with, also chosen on validation
+(:func:`load_mode`).
 """
 
 from __future__ import annotations
@@ -65,10 +67,24 @@ def load_ranking(ckpt_dir: str | Path | None) -> RankingWeights:
     return w
 
 
+def load_mode(ckpt_dir: str | Path | None) -> tuple[str, str] | None:
+    """The prediction mode chosen on validation for a checkpoint trained on both texts (the
+    ``mode`` entry ``psg4d tune-ranking`` writes into ``ranking.json``) and where it was chosen;
+    None where nothing was chosen."""
+    path = None if ckpt_dir is None else Path(ckpt_dir) / RANKING_FILE
+    if path is None or not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text()).get("mode")
+        return None if d is None else (str(d["chosen"]), str(d["chosen_on"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DataError(path, f"not a ranking file ({type(e).__name__}: {e}); rerun psg4d tune-ranking") from None
+
+
 def ranking_record(weights: RankingWeights, table: list[dict], **provenance) -> dict:
     """The content of ``ranking.json``: the chosen weights, every weight pair tried with its
     validation scores, and where they were measured."""
     return {**asdict(weights), "tried": table, **provenance}
 
 
-__all__ = ["FLOOR", "RANKING_FILE", "RankingWeights", "load_ranking", "ranking_record"]
+__all__ = ["FLOOR", "RANKING_FILE", "RankingWeights", "load_mode", "load_ranking", "ranking_record"]

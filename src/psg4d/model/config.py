@@ -38,6 +38,7 @@ from psg4d.model.llm import LLMConfig
 from psg4d.model.losses import LossConfig
 from psg4d.model.mask_decoder import MaskDecoderConfig
 from psg4d.model.projector import ProjectorConfig
+from psg4d.model.region import RegionConfig
 
 
 TAG_SOURCES = ("head", "segmentation")
@@ -121,6 +122,10 @@ class ModelConfig:
     # this way cannot describe a clip from its first frame alone. 0: off.
     time_reversal: float = 0.0
     time_reversal_table: str = "synthetic"
+    # Region feedback (psg4d.model.region): after every [Obj], one input position holds the
+    # object's decoded tube read from the scene encoder's maps, so what follows the [Obj] is
+    # conditioned on what that object does across the frames.
+    region: RegionConfig = field(default_factory=RegionConfig)
     object_vocab: list[str] = field(default_factory=list)
     predicate_vocab: list[str] = field(default_factory=list)
     # Chained scene-graph text (psg4d.model.chain): the share of training samples written as the
@@ -139,6 +144,9 @@ class ModelConfig:
         if self.time_reversal_table not in REVERSAL_TABLES:
             raise ConfigError(f"model.time_reversal_table: unknown table {self.time_reversal_table!r}; "
                               f"options: {sorted(REVERSAL_TABLES)}")
+        if self.region.enabled and self.chain_prob > 0:
+            raise ConfigError("model.region.enabled with model.chain_prob > 0: the chained grammar does not "
+                              "carry region feedback yet; train the chain without it")
         if not 0.0 <= self.chain_prob <= 1.0 or self.chain_step_tokens < 1:
             raise ConfigError(f"model.chain_prob ({self.chain_prob}) must be in [0, 1] and "
                               f"model.chain_step_tokens ({self.chain_step_tokens}) >= 1")

@@ -59,7 +59,8 @@ class Pack:
     cache positions it may attend to (``[0, ctx)``) and the in-sequence ones: ``[seg,
     head_end)`` (its head) and ``[own, itself]`` (its own head or tail so far). For every scored
     token of every candidate: ``at`` (the query whose logits predict it; ``j - J`` for job j's
-    first-token log-probs), ``targets`` and ``owner`` (the flat candidate index)."""
+    first-token log-probs), ``targets`` and ``owner`` (the flat candidate index); region ids
+    (negative) are queries but never scored."""
 
     def __init__(self, segments, jobs, conts: list[list[list[int]]], offsets: list[int], cache_len: int):
         self.cache_len = cache_len
@@ -100,6 +101,8 @@ class Pack:
         self.own.append(own)
 
     def _score(self, at: int, target: int, owner: int) -> None:
+        if target < 0:
+            return  # a region position (psg4d.model.region) is given, not predicted
         self.at.append(at)
         self.targets.append(target)
         self.owner.append(owner)

@@ -8,6 +8,8 @@ Teacher forcing, per sample::
 This module holds the network and its losses. Its neighbours hold the rest:
 :mod:`~psg4d.model.batching` (samples -> batches and targets),
 :mod:`~psg4d.model.prompt` (the text around the scene graph),
+:mod:`~psg4d.model.inputs` (id rows and input embeddings),
+:mod:`~psg4d.model.region` (region feedback: the tube after each ``[Obj]``),
 :mod:`~psg4d.model.generation` (encode a video, generate, score, decode tubes) and
 :mod:`~psg4d.model.pretrained` (checkpoint files and frozen-weight identity).
 
@@ -18,6 +20,9 @@ This module holds the network and its losses. Its neighbours hold the rest:
   placeholder of the prompt is expanded to as many positions as the encoder
   produced tokens, and the projected visual
   tokens are scattered into ``inputs_embeds`` there (LLaVA style).
+* Region feedback (``model.region``): after every ``[Obj]`` one position holds that object's
+  tube read from the dense maps (:meth:`teacher_regions`: gold or decoded tubes); it is given,
+  never a label.
 * Text loss: next-token cross-entropy on the scene-graph tokens and ``<eos>``
   only (bos, visual and prompt positions are labelled -100).
 * Mask loss: the last-layer hidden state at every position whose id is the
@@ -40,7 +45,7 @@ from torch import nn
 
 from psg4d.data.schema import Sample
 from psg4d.errors import CheckpointError, ConfigError, DataError
-from psg4d.model.batching import SceneGraphCollator, pad_rows
+from psg4d.model.batching import SceneGraphCollator
 from psg4d.model.config import ModelConfig
 from psg4d.model.encoder import EncoderOutput, build_encoder
 from psg4d.model.estimators import FeatureEstimators, estimator_losses, pseudo_feature_losses
@@ -52,6 +57,8 @@ from psg4d.model.sam2_tubes import FrameFeatures, Sam2Tubes
 from psg4d.model.tube_losses import promptable_loss, tube_loss
 from psg4d.model.projector import build_projector
 from psg4d.model.prompt import Prompt
+from psg4d.model import inputs
+from psg4d.model.region import RegionEncoder, insert_after, pool_regions
 from psg4d.model.tokens import OBJ_TOKEN
 from psg4d.model.pretrained import load_pretrained, save_pretrained
 from psg4d.model.weight_files import resolve_weight_paths
@@ -91,6 +98,7 @@ class PSG4DModel(nn.Module):
         seg_head: nn.Module | None = None,
         obj_cls_head: nn.Module | None = None,
         estimators: FeatureEstimators | None = None,
+        region_encoder: RegionEncoder | None = None,
     ):
         super().__init__()
         self.config = config
@@ -103,6 +111,10 @@ class PSG4DModel(nn.Module):
         self.seg_head = seg_head  # dense maps -> per-cell category logits (auxiliary loss); optional
         self.obj_cls_head = obj_cls_head  # [Obj] hidden state -> category logits (auxiliary loss); optional
         self.estimators = estimators  # the 2D-to-4D transfer's F_de, F_rte, F_dte; optional
+        self.region_encoder = region_encoder  # a decoded tube -> the input after its [Obj]; optional
+        if region_encoder is not None:
+            # training forwards so far: the gold/decoded region schedule (saved, so a resumed run continues it)
+            self.register_buffer("region_forwards", torch.zeros((), dtype=torch.long))
         self.tokenizer = tokenizer
         # the folder from_pretrained read (what sits beside the weights, e.g. the ranking weights)
         self.checkpoint_dir: Path | None = None
@@ -161,6 +173,8 @@ class PSG4DModel(nn.Module):
             obj_cls_head=nn.Linear(hidden, n_obj) if cfg.obj_cls_loss_weight > 0 and n_obj else None,
             estimators=FeatureEstimators.build(dim=cfg.encoder.dim, cfg=cfg.transfer.estimator)
             if cfg.transfer.estimators else None,
+            region_encoder=RegionEncoder(in_dim=cfg.encoder.dim, dim=cfg.region.dim, frames=cfg.max_frames,
+                                         hidden=hidden) if cfg.region.enabled else None,
         )
 
     @classmethod
@@ -245,50 +259,32 @@ class PSG4DModel(nn.Module):
                     for b in range(enc.dense.shape[0])]
         return [self.prompt.training_tags(t) for t in tags] if self.training else tags
 
-    # ---------------------------------------------------------------- inputs
+    # ---------------------------------------------------------------- inputs (psg4d.model.inputs)
     def expand_placeholder(self, prefix: Sequence[int], n_vis: int) -> list[int]:
         """Prompt ids with its single ``[Video]`` placeholder repeated ``n_vis`` times."""
-        where = [i for i, t in enumerate(prefix) if t == self.ids.video]
-        if len(where) != 1:
-            raise ValueError(f"prompt has {len(where)} video placeholders, expected 1")
-        p = where[0]
-        return list(prefix[:p]) + [self.ids.video] * n_vis + list(prefix[p + 1 :])
+        return inputs.expand_placeholder(prefix, self.ids.video, n_vis)
 
-    def embed(self, input_ids: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
-        """``input_ids [B, L']`` (placeholder expanded), ``visual [B, N_vis, H]`` -> ``[B, L', H]``."""
-        embeds = self.llm.get_input_embeddings()(input_ids)
-        where = input_ids == self.ids.video  # [B, L']
-        if int(where.sum()) != visual.shape[0] * visual.shape[1]:
-            raise ValueError(
-                f"{int(where.sum())} placeholder positions (id {self.ids.video}) for "
-                f"{visual.shape[0] * visual.shape[1]} visual tokens"
-            )
-        return embeds.masked_scatter(where.unsqueeze(-1), visual.to(embeds.dtype))
+    def embed(self, input_ids: torch.Tensor, visual: torch.Tensor, regions: torch.Tensor | None = None) -> torch.Tensor:
+        """``input_ids [B, L']`` (placeholder expanded), ``visual [B, N_vis, H]`` -> ``[B, L', H]``;
+        a region id ``-(1 + k)`` takes ``regions[k]`` (``regions [K, H]``)."""
+        return inputs.embed(self.llm.get_input_embeddings(), input_ids, self.ids.video, visual, regions)
+
+    def embed_ids(self, input_ids: torch.Tensor, regions: torch.Tensor | None = None) -> torch.Tensor:
+        """Input embeddings ``[..., H]`` of ``input_ids [...]`` (region ids take ``regions``)."""
+        return inputs.embed_ids(self.llm.get_input_embeddings(), input_ids, regions)
+
+    def with_regions(self, ids: Sequence[int], region_ids: Sequence[int]) -> list[int]:
+        """``ids`` with ``region_ids[i]`` after the i-th ``[Obj]`` (``model.region``; else ``ids``)."""
+        return insert_after(ids, self.ids.obj, region_ids) if self.region_encoder is not None else list(ids)
 
     def sequences(self, target_ids: torch.Tensor, target_mask: torch.Tensor,
                   prompt_tags: Sequence[Sequence[str]] | None, n_vis: int, *, chain: torch.Tensor | None = None,
                   target_loss_mask: torch.Tensor | None = None, num_frames: int = 1) -> tuple[torch.Tensor, ...]:
-        """Prompt + target per sample -> (ids, attention, labels) ``[B, L']``, right-padded. ``chain [B]``:
-        samples whose prompt is the chain's first step; ``target_loss_mask [B, L]``: 0 where a target
-        token is context (a later step's prompt), labelled -100."""
-        if target_loss_mask is not None and target_loss_mask.shape != target_ids.shape:
-            raise ValueError(f"target_loss_mask {tuple(target_loss_mask.shape)} does not match target_ids "
-                             f"{tuple(target_ids.shape)}")
-        rows, labels = [], []
-        for b in range(target_ids.shape[0]):
-            tags = None if prompt_tags is None else prompt_tags[b]
-            chained = chain is not None and bool(chain[b])
-            prefix = self.prompt.chain_prefix_ids(tags, num_frames) if chained else self.prompt.prefix_ids(tags)
-            prefix = self.expand_placeholder(prefix, n_vis)
-            keep = target_mask[b].bool()
-            target = target_ids[b][keep].tolist()
-            learn = [True] * len(target) if target_loss_mask is None else target_loss_mask[b][keep].bool().tolist()
-            rows.append(prefix + target)
-            labels.append([-100] * len(prefix) + [t if k else -100 for t, k in zip(target, learn)])
-        ids, attention = pad_rows(rows, self.ids.pad)
-        lab, _ = pad_rows(labels, -100)
-        dev = target_ids.device
-        return ids.to(dev), attention.to(dev), lab.to(dev)
+        """(ids, attention, labels) ``[B, L']`` of prompt + target (:func:`psg4d.model.inputs.training_rows`;
+        region ids after every ``[Obj]`` with region feedback)."""
+        return inputs.training_rows(self.prompt, target_ids, target_mask, prompt_tags, n_vis, chain=chain,
+                                    target_loss_mask=target_loss_mask, num_frames=num_frames,
+                                    regions=self.region_encoder is not None)
 
     def encode(self, rgb: torch.Tensor, depth: torch.Tensor | None, disparity_scale: torch.Tensor | None = None,
                *, lifted: torch.Tensor | None = None):
@@ -331,9 +327,12 @@ class PSG4DModel(nn.Module):
         depth: torch.Tensor | None = None, disparity_scale: torch.Tensor | None = None,
         lifted: torch.Tensor | None = None,
         chain: torch.Tensor | None = None, target_loss_mask: torch.Tensor | None = None,
+        mask_targets: list[torch.Tensor] | None = None, mask_valid: list[torch.Tensor] | None = None,
     ) -> TeacherForcing:
         """Encode, build each sample's prompt (:meth:`prompt_tags`) and run the LLM over prompt + target.
-        In training mode the scene-graph input tokens get ``input_token_dropout``."""
+        In training mode the scene-graph input tokens get ``input_token_dropout``. With region
+        feedback, the region after each ``[Obj]`` is its gold tube (``mask_targets``) or the tube its
+        hidden state decodes (:meth:`teacher_regions`)."""
         cfg = self.config
         feats, enc, visual, tag_logits = self.encode_scene(rgb, depth, disparity_scale, lifted=lifted)
         tags = self.prompt_tags(enc, tag_logits)
@@ -347,7 +346,9 @@ class PSG4DModel(nn.Module):
             drop = (torch.rand(ids.shape, device=ids.device) < cfg.input_token_dropout) & (labels != -100)
             drop &= ids != self.ids.obj  # [Obj] positions carry the mask prompts
             inp = ids.masked_fill(drop, unk)
-        out = self.llm(inputs_embeds=self.embed(inp, visual), attention_mask=attention, output_hidden_states=True)
+        regions = self.teacher_regions(enc, rgb, inp, attention, visual, mask_targets, mask_valid)
+        out = self.llm(inputs_embeds=self.embed(inp, visual, regions), attention_mask=attention,
+                       output_hidden_states=True)
         return TeacherForcing(enc=enc, ids=ids, labels=labels, hidden=out.hidden_states[-1], logits=out.logits,
                               tag_logits=tag_logits, prompt_tags=tags, features=feats)
 
@@ -382,7 +383,8 @@ class PSG4DModel(nn.Module):
             return promptable_loss(self, rgb, object_masks, semantic)
         tf = self.teacher_forced(target_ids=target_ids, target_mask=target_mask, rgb=rgb, depth=depth,
                                  disparity_scale=disparity_scale, lifted=lifted,
-                                 chain=chain, target_loss_mask=target_loss_mask)
+                                 chain=chain, target_loss_mask=target_loss_mask,
+                                 mask_targets=mask_targets, mask_valid=mask_valid)
         logits = tf.logits[:, :-1].float()  # [B, L'-1, V]
         loss_text = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tf.labels[:, 1:].reshape(-1),
                                     ignore_index=-100)
@@ -475,3 +477,64 @@ class PSG4DModel(nn.Module):
         categories = self.obj_cls_head(obj_hidden.to(self.obj_cls_head.weight.dtype)).float().softmax(-1)
         return self.mask_decoder.region_masks(features, categories, videos.to(categories.device),
                                               logits=semantic_logits)
+
+    # ---------------------------------------------------------------- regions
+    def region_embeddings(self, dense: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """``dense [T, C, h, w]`` (one clip's scene-encoder maps), ``masks [N, T, H, W]`` -> the N
+        region inputs ``[N, H_llm]`` (:mod:`psg4d.model.region`)."""
+        return self.region_encoder(pool_regions(dense, masks))
+
+    def decoded_masks(self, features: FrameFeatures | torch.Tensor, obj_hidden: torch.Tensor) -> torch.Tensor:
+        """The binary tubes ``[N, T, h, w]`` that ``obj_hidden [N, H]`` decodes, as the predictor
+        thresholds them (logit > 0)."""
+        return self.decode_tubes(features, obj_hidden)[0] > 0
+
+    def teacher_regions(self, enc: EncoderOutput, rgb: torch.Tensor, ids: torch.Tensor, attention: torch.Tensor,
+                        visual: torch.Tensor, mask_targets: list[torch.Tensor] | None,
+                        mask_valid: list[torch.Tensor] | None) -> torch.Tensor | None:
+        """The embeddings ``[K, H]`` of the K region positions of ``ids [B, L']`` (None without region
+        feedback). Gold tubes (``mask_targets``, B x ``[N_b, T, S, S]``; an object without a tube is
+        empty) in a share of training batches (``model.region.gold_prob``, after its ramp) and at
+        validation; otherwise the tubes the ``[Obj]`` hidden states decode, from a first pass
+        without gradient whose regions are the gold ones (empty where there is no gold)."""
+        if self.region_encoder is None:
+            return None
+        n_obj = (ids == self.ids.obj).sum(1).tolist()  # [B] regions per sample
+        dev = enc.dense.device
+        gold = None
+        if mask_targets is not None:
+            gold = []
+            for b, m in enumerate(mask_targets):
+                m = m.to(dev)
+                if mask_valid is not None:
+                    m = m & mask_valid[b].to(dev).view(-1, *([1] * (m.dim() - 1)))
+                gold.append(m)
+        use_gold = gold is not None
+        if self.training:
+            share = self.config.region.gold_share(int(self.region_forwards))
+            self.region_forwards += 1
+            use_gold = use_gold and bool(torch.rand(()) < share)
+
+        def embed_all(masks: list[torch.Tensor | None]) -> torch.Tensor:
+            parts = []
+            for b, n in enumerate(n_obj):
+                m = masks[b]
+                if m is None:
+                    m = torch.zeros(n, enc.dense.shape[1], 1, 1, device=dev)
+                if m.shape[0] != n:
+                    raise ValueError(f"sample {b}: {n} {OBJ_TOKEN} tokens but {m.shape[0]} region tubes")
+                parts.append(self.region_embeddings(enc.dense[b], m))
+            return torch.cat(parts) if parts else visual.new_zeros(0, visual.shape[-1])
+
+        if use_gold:
+            return embed_all(gold)
+        with torch.no_grad():
+            first = embed_all(gold if gold is not None else [None] * len(n_obj))
+            hidden = self.llm(inputs_embeds=self.embed(ids, visual, first), attention_mask=attention,
+                              output_hidden_states=True).hidden_states[-1]
+            decoded: list[torch.Tensor | None] = []
+            for b, n in enumerate(n_obj):
+                pos = torch.nonzero(ids[b] == self.ids.obj).flatten()
+                decoded.append(self.decoded_masks(self.mask_features(rgb[b], enc.dense[b].detach()), hidden[b, pos])
+                               if n else None)
+        return embed_all(decoded)

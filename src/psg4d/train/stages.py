@@ -48,7 +48,8 @@ class StageKind:
 # the error a 4D-only stage gives for `lift_2d: true`.
 LIFT_2D_STAGE = "transfer_2d"
 
-_HEADS = ("tag_head", "seg_head", "obj_cls_head")
+# modules only some model configs build (auxiliary heads, the region-feedback encoder)
+_HEADS = ("tag_head", "seg_head", "obj_cls_head", "region_encoder")
 _ESTIMATORS = ("transfer.estimators", True)
 
 STAGE_KINDS: dict[str, StageKind] = {
