@@ -25,7 +25,9 @@ from pathlib import Path
 
 
 def _child(n: int, window: int, stride: int, size: int, trace: bool) -> dict:
-    from psg4d.infer.colour_baseline import ColourSegmentationPredictor, moving_blocks
+    # the colour baseline is a test fixture (tests/_fixtures_colour_baseline.py), not part of the package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from _fixtures_colour_baseline import ColourSegmentationPredictor, moving_blocks
     from psg4d.infer.streaming import StreamingPredictor
 
     sp = StreamingPredictor(

@@ -16,7 +16,8 @@ from test_model_pretrained import assert_still_readable, flip_middle_bytes, size
 
 from psg4d.baseline.checkpoint import load_modules, read_config, save_modules
 from psg4d.baseline.config import PipelineConfig, RelationConfig, SegmenterConfig
-from psg4d.baseline.pipeline import load_pipeline_config, train_pipeline
+from psg4d.baseline.config import load_pipeline_config, with_data_vocab
+from psg4d.baseline.pipeline import train_pipeline
 from psg4d.baseline.predict import PipelinePredictor, is_pipeline_checkpoint
 from psg4d.baseline.relation import RelationModel
 from psg4d.baseline.segmenter import QuerySegmenter
@@ -25,6 +26,9 @@ from psg4d.cli import main
 from psg4d.config import to_dict
 from psg4d.data.readers import open_dataset
 from psg4d.data.synth.generate import SynthConfig, generate
+from psg4d.data.vocab import training_vocab
+from psg4d.engine import checkpoint as ckpt
+from psg4d.engine.metrics import read_metrics
 from psg4d.errors import CheckpointError
 from psg4d.model.weight_files import WEIGHTS_SHA256, file_sha256
 from psg4d.train.commands import PRESET_DIR
@@ -83,8 +87,9 @@ def test_train_cli_runs_every_stage_and_eval_scores_the_checkpoint(world, traine
     final = out / "final"
     assert is_pipeline_checkpoint(final) and not is_pipeline_checkpoint(out / "segment" / "final")
     cfg = read_config(final)
-    assert cfg["segmenter"]["class_names"] == list(reader.object_vocab)
-    assert cfg["relation"]["predicate_names"] == list(reader.predicate_vocab)
+    vocab = training_vocab([(reader, train_ids)])
+    assert cfg["segmenter"]["class_names"] == vocab.objects
+    assert cfg["relation"]["predicate_names"] == vocab.predicates
     assert "floor" in cfg["segmenter"]["stuff_names"] and "mug" not in cfg["segmenter"]["stuff_names"]
     # a rerun keeps every finished stage
     assert "stage segment: already done" in rerun and "stage relation: already done" in rerun
@@ -131,23 +136,27 @@ def test_prediction_is_a_valid_scene_graph_at_the_video_size(world, trained):
 
 def test_an_interrupted_stage_resumes_from_its_last_save(world, tmp_path, caplog):
     out = tmp_path / "run"
-    cfg = load_pipeline_config(PRESET, _overrides(world))
+    cfg = load_pipeline_config(PRESET, _overrides(world, **{"segment_train.log_every": 5}))
     train_pipeline(cfg, out_dir=out, only_stage="segment")
     first = load_file(str(out / "segment" / "final" / "model.safetensors"))
-    # as if the run had stopped after step 20's save: the final model is not there yet
-    import shutil
-
-    shutil.rmtree(out / "segment" / "final")
+    # as if the run had been killed after step 20's save: no step-30 checkpoint, no final model
+    stage = out / "segment"
+    shutil.rmtree(stage / "final")
+    shutil.rmtree(stage / ckpt.step_dir_name(30))
+    ckpt.point_last(stage, stage / ckpt.step_dir_name(20))
     with caplog.at_level(logging.INFO, logger="psg4d.baseline.pipeline"):
         result = train_pipeline(cfg, out_dir=out, only_stage="segment")
-    assert "segmenter: resuming at step 20" in caplog.text
+    assert "stage segmenter: resuming from" in caplog.text and "at step 20" in caplog.text
     assert result.stages[0].steps == 30 and not result.stages[0].skipped
-    # the resumed run ends where the uninterrupted one did (same data order, RNG and optimizer state;
-    # up to float rounding: the thread count, and so the order of sums, may differ between runs)
+    # the resumed run ends exactly where the uninterrupted one did: same data order, generator, RNGs
+    # and optimizer state, and a thread count fixed for the run (adapt_threads_every=0)
     again = load_file(str(out / "segment" / "final" / "model.safetensors"))
     assert again.keys() == first.keys()
     for k in first:
-        assert torch.allclose(again[k].float(), first[k].float(), rtol=1e-3, atol=1e-5), k
+        torch.testing.assert_close(again[k], first[k], rtol=1e-6, atol=0), k
+    # the metrics of the redone steps replace those the interrupted run logged after its save
+    steps = [r["step"] for r in read_metrics(stage / "metrics.jsonl") if "loss" in r]
+    assert steps == [5, 10, 15, 20, 25, 30]
 
 
 def test_the_relation_ablation_reuses_the_segmenter_and_its_tubes(world, trained, tmp_path):
@@ -165,7 +174,7 @@ def test_a_run_folder_refuses_other_settings(world, tmp_path):
     out = tmp_path / "run"
     train_pipeline(load_pipeline_config(PRESET, _overrides(world)), out_dir=out, only_stage="segment")
     other = load_pipeline_config(PRESET, _overrides(world, **{"segmenter.num_queries": 6}))
-    with pytest.raises(Exception, match="other settings"):
+    with pytest.raises(CheckpointError, match=r"different model \(segmenter.num_queries: 8 -> 6\).*--no-resume"):
         train_pipeline(other, out_dir=out)
 
 
@@ -184,6 +193,37 @@ def test_no_resume_retrains_a_finished_stage_and_keeps_the_earlier_one(world, tm
 
     moved = start_over(out)
     assert moved is not None and (moved / "segment" / "final").is_dir() and not out.exists()
+
+
+def test_the_pipeline_learns_the_classes_of_its_training_videos_only(tmp_path):
+    """A category only the test videos hold (declared by the dataset) never becomes a segmenter
+    class, as for the 4D-LLM (psg4d.data.vocab)."""
+    root = tmp_path / "world"
+    generate(SynthConfig(preset="hoi", videos=10, images=0, frames=2, size=16, seed=3, workers=1, novel=["apple"]), root)
+    reader = open_dataset(root / "4d")
+    cats = {s: {o.category for v in reader.video_ids(s) for o in reader.read_graph(v, with_masks=False).objects}
+            for s in reader.splits}
+    assert "apple" in reader.object_vocab and "apple" in cats["test"] and "apple" not in cats["train"]
+    cfg = with_data_vocab(load_pipeline_config(PRESET, [f"data.root={root}"]))
+    assert set(cfg.segmenter.class_names) == cats["train"] and "apple" not in cfg.segmenter.class_names
+    preds = {r.predicate for v in reader.video_ids("train") for r in reader.read_graph(v, with_masks=False).relations}
+    assert set(cfg.relation.predicate_names) == preds and cfg.relation.num_classes == len(cats["train"])
+    # the classes follow the dataset's declared order
+    order = list(reader.object_vocab)
+    assert cfg.segmenter.class_names == sorted(cfg.segmenter.class_names, key=order.index)
+
+
+def test_a_non_finite_loss_stops_a_pipeline_stage_before_anything_is_saved(world, tmp_path, monkeypatch):
+    from psg4d.baseline import pipeline
+
+    def nan_loss(self, outputs, targets):
+        return {"loss": outputs["class_logits"].sum() * float("nan")}
+
+    monkeypatch.setattr(pipeline.SegmentationLoss, "forward", nan_loss)
+    out = tmp_path / "run"
+    with pytest.raises(FloatingPointError, match=r"stage 'segmenter': loss is nan at step 1"):
+        train_pipeline(load_pipeline_config(PRESET, _overrides(world)), out_dir=out, only_stage="segment")
+    assert not (out / "segment" / "final").exists() and ckpt.find_last(out / "segment") is None
 
 
 @pytest.mark.parametrize("bad, message", [

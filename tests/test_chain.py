@@ -12,9 +12,9 @@ from psg4d.data.schema import ObjectTrack, Relation, SceneGraph4D
 from psg4d.errors import ConfigError
 from psg4d.infer.categorise import LanguageCategoriser
 from psg4d.infer.chain import ChainPredictor
-from psg4d.infer.predictors import build_predictor, load_vocabulary, resolve_mode
+from psg4d.infer.predictor_factory import build_predictor, load_vocabulary, resolve_mode
 from psg4d.infer.predictor import Predictor, PredictorConfig
-from psg4d.model.chain import (
+from psg4d.model.chain_text import (
     STEPS, ChainTemplates, format_chain, parse_describe, parse_pairs, parse_relations, parse_spans,
 )
 from psg4d.model.generation import Generation

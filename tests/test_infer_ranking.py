@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from psg4d.cli import main
 from psg4d.data.masks import rle_encode_batch

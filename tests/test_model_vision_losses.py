@@ -6,7 +6,8 @@ import pytest
 import torch
 from torchvision.ops import sigmoid_focal_loss
 
-from psg4d.model.losses import LossConfig, mask_iou, mask_losses, resize_target
+from psg4d.data.masks import mask_iou
+from psg4d.model.losses import LossConfig, mask_losses, resize_target
 
 
 def _target():
@@ -58,12 +59,25 @@ def test_iou_target_and_weights():
     tgt = _target()[:1, :1]  # 16x16 box in 32x32
     logits = torch.full((1, 1, 32, 32), -10.0)
     logits[..., 4:20, 8:16] = 10.0  # half the box
-    assert mask_iou(logits, tgt.float()).item() == pytest.approx(0.5)
+    assert mask_iou(logits > 0, tgt).item() == pytest.approx(0.5)
     out = mask_losses(logits, torch.tensor([[0.5]]), tgt)
     assert out["iou"].item() == pytest.approx(0.0, abs=1e-9)
     cfg = LossConfig(focal_weight=0.0, dice_weight=0.0, iou_weight=2.0)
     out = mask_losses(logits, torch.tensor([[0.0]]), tgt, cfg=cfg)
     torch.testing.assert_close(out["total"], torch.tensor(0.5))
+
+
+def test_iou_target_of_an_absent_frame_predicted_empty_is_one():
+    """The IoU head's target takes empty/empty = 1 (``empty=1.0``): nothing predicted where the
+    object is absent is a perfect mask; a non-empty prediction there scores 0."""
+    tgt = torch.zeros(1, 2, 16, 16, dtype=torch.bool)  # absent in both frames
+    logits = torch.full((1, 2, 16, 16), -10.0)
+    logits[0, 1, :4, :4] = 10.0  # frame 1 predicts a blob that is not there
+    cfg = LossConfig(focal_weight=0.0, dice_weight=0.0, iou_weight=1.0)
+    out = mask_losses(logits, torch.tensor([[1.0, 0.0]]), tgt, cfg=cfg)
+    assert out["iou"].item() == pytest.approx(0.0, abs=1e-9)
+    out = mask_losses(logits, torch.tensor([[0.0, 1.0]]), tgt, cfg=cfg)
+    assert out["iou"].item() == pytest.approx(1.0)  # mean of (0 - 1)^2 and (1 - 0)^2
 
 
 def test_gradients_and_errors():

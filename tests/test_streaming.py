@@ -9,9 +9,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from _fixtures_colour_baseline import ColourSegmentationPredictor, block_positions, moving_blocks
 from psg4d.data.schema import MaskTube, ObjectTrack, Relation, SceneGraph4D, Video4D
 from psg4d.errors import ConfigError, DataError
-from psg4d.infer.colour_baseline import ColourSegmentationPredictor, block_positions, moving_blocks
 from psg4d.infer.streaming import StreamingPredictor
 from psg4d.data.video_io import Frame, windows_from_frames
 

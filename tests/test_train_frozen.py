@@ -11,7 +11,7 @@ from test_train_toy import ToyModel, ToyOpener, toy_experiment, toy_factory
 from torch import nn
 
 from psg4d.errors import ConfigError
-from psg4d.train import checkpoint as ckpt
+from psg4d.engine import checkpoint as ckpt
 from psg4d.train import stages
 from psg4d.train.loop import train
 from psg4d.train.params import check_frozen_initialised, set_trainable

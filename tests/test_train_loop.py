@@ -16,8 +16,11 @@ from test_train_toy import PREDICATES, ToyModel, ToyOpener, ToyReader, toy_exper
 from psg4d.data.schema import MaskTube, ObjectTrack, Relation, SceneGraph4D
 from psg4d.errors import CheckpointError, ConfigError
 from psg4d.model.weight_files import WEIGHTS_SHA256, file_sha256
-from psg4d.train import checkpoint as ckpt
-from psg4d.train.loop import build_scheduler, param_groups, read_metrics, set_trainable, train, with_data_vocab
+from psg4d.engine import checkpoint as ckpt
+from psg4d.engine.metrics import read_metrics
+from psg4d.train.data import with_data_vocab
+from psg4d.train.loop import train
+from psg4d.train.params import build_scheduler, param_groups, set_trainable
 from psg4d.train.stages import TrainConfig
 
 
@@ -130,9 +133,11 @@ def test_without_restored_rng_the_curve_differs(tmp_path, monkeypatch):
 
 def test_finished_stage_is_skipped_and_no_resume_starts_over(tmp_path):
     cfg = toy_experiment(tmp_path)
-    _run(cfg, tmp_path / "out")
+    done = _run(cfg, tmp_path / "out")
     again = _run(cfg, tmp_path / "out")
     assert again.stages[0].skipped and again.stages[0].steps == 12
+    # a skipped stage reports the training time of the run that did its work
+    assert done.stages[0].wall_s > 0 and again.stages[0].wall_s == pytest.approx(done.stages[0].wall_s, abs=1e-3)
     first = _weights(tmp_path / "out" / "s1" / "final")
     fresh = _run(cfg, tmp_path / "out", resume=False)
     assert not fresh.stages[0].skipped and fresh.stages[0].resumed_from_step is None
@@ -439,7 +444,7 @@ def test_an_init_of_other_model_sizes_is_one_line(tmp_path):
 def test_a_malformed_trainer_record_is_one_line(tmp_path):
     """A finished stage whose trainer.json is damaged is refused by name, not with a traceback."""
     from psg4d.errors import CheckpointError
-    from psg4d.train.checkpoint import read_trainer_meta
+    from psg4d.engine.checkpoint import read_trainer_meta
 
     (tmp_path / "trainer.json").write_text('{"step": 3')
     with pytest.raises(CheckpointError, match="trainer.json: cannot read the checkpoint's trainer record"):

@@ -151,7 +151,7 @@ def test_tiny_preset_trains_one_step_of_the_real_model_through_the_cli(tiny_worl
     printed = capsys.readouterr().out
     assert "stage 4d_init: 1 steps" in printed and f"final model: {out / '4d_init' / 'final'}" in printed
     from psg4d.model.psg4d_llm import PSG4DModel
-    from psg4d.train.loop import read_metrics
+    from psg4d.engine.metrics import read_metrics
 
     recs = read_metrics(out / "4d_init" / "metrics.jsonl")
     assert recs[0]["step"] == 1 and recs[0]["loss"] > 0 and "loss_text" in recs[0] and "loss_mask" in recs[0]
@@ -178,7 +178,7 @@ def test_sam2_preset_pretrains_then_trains_and_predicts_a_tube_on_every_frame(ti
     from psg4d.data.readers import open_dataset
     from psg4d.infer.predictor import Predictor
     from psg4d.model.psg4d_llm import PSG4DModel
-    from psg4d.train.loop import read_metrics
+    from psg4d.engine.metrics import read_metrics
 
     out = tmp_path / "run"
     code = main([

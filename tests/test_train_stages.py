@@ -98,7 +98,7 @@ def test_optimizer_and_scheduler_names_are_the_tables_of_train_optim():
     accepts always builds, and every builder can be named."""
     from typing import get_args
 
-    from psg4d.train.optim import OPTIMIZERS, SCHEDULERS
+    from psg4d.engine.optim import OPTIMIZERS, SCHEDULERS
     from psg4d.train.stages import OptimizerName, SchedulerName
 
     assert set(get_args(OptimizerName)) == set(OPTIMIZERS)

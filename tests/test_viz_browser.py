@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import missing_setup_dependency
 from PIL import Image
 
-from psg4d.infer.colour_baseline import DEFAULT_PALETTE, ColourSegmentationPredictor, moving_blocks
+from _fixtures_colour_baseline import DEFAULT_PALETTE, ColourSegmentationPredictor, moving_blocks
 from psg4d.data.video_io import load_video
 from psg4d.viz.overlay import object_colours
 from psg4d.viz.report import write_report
@@ -20,9 +21,17 @@ from psg4d.viz.report import write_report
 pytestmark = pytest.mark.browser
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium not installed (scripts/setup.sh installs Debian's chromium)"
-)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """The browser: the tests skip without it, and fail in CI (conftest.py)."""
+    if CHROMIUM is None:
+        missing_setup_dependency("chromium", "Debian's chromium renders the report headless")
+    return CHROMIUM
+
+
+needs_chromium = pytest.mark.usefixtures("chromium")
 
 
 def _chromium(tmp: Path, url: str, *extra: str) -> subprocess.CompletedProcess:

@@ -19,7 +19,6 @@ match, a finished training run) so a user can resume or extend a demo.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -29,7 +28,6 @@ from typing import Any
 import typer
 
 import psg4d
-from psg4d.config import to_dict
 from psg4d.errors import ConfigError
 from psg4d.infer.ranking import RANKING_FILE
 from psg4d.tune_ranking import tune_checkpoint
@@ -74,8 +72,9 @@ class DemoResult:
 
 
 def synthesise(cfg: DemoConfig, data_dir: Path) -> None:
-    """The demo's synthetic world in ``data_dir`` (reused when its settings match)."""
-    from psg4d.data.synth.generate import SynthConfig, generate
+    """The demo's synthetic world in ``data_dir`` (reused when its settings match:
+    :func:`psg4d.data.synth.generate_or_reuse`)."""
+    from psg4d.data.synth import SynthConfig, generate_or_reuse
 
     synth_cfg = SynthConfig(
         preset=cfg.preset,
@@ -86,14 +85,7 @@ def synthesise(cfg: DemoConfig, data_dir: Path) -> None:
         seed=cfg.seed,
         workers=cfg.workers,
     )
-    stamp = data_dir / "demo_synth_config.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == to_dict(synth_cfg):
-        log.info("reusing synthetic world in %s", data_dir)
-        return
-    summary = generate(synth_cfg, data_dir)
-    log.info("synthesised videos %s and images %s (%d frames in %.1fs)", summary.videos, summary.images,
-             summary.frames, summary.seconds)
-    atomic_write_json(stamp, to_dict(synth_cfg))
+    generate_or_reuse(synth_cfg, data_dir)
 
 
 def train_model(cfg: DemoConfig, data_dir: Path, model_dir: Path):
@@ -126,7 +118,7 @@ def evaluate_with_baseline(
     from psg4d.eval import evaluate
     from psg4d.infer.baselines import FrequencyBaseline
     from psg4d.infer.predictor import PredictorConfig
-    from psg4d.infer.predictors import predict_split
+    from psg4d.infer.predictor_factory import predict_split
 
     reader = open_dataset(data_4d)
     gts = {g.video_id: g for g in islice(reader.iter_graphs(split), limit)}

@@ -38,7 +38,7 @@ def _predictions(
     if data is None or split is None:
         raise ConfigError("--ckpt needs --data DIR and --split S to know which videos to predict")
     from psg4d.infer.predictor import PredictorConfig  # torch only when predicting
-    from psg4d.infer.predictors import predict_split
+    from psg4d.infer.predictor_factory import predict_split
 
     return predict_split(ckpt, data, split, limit=limit, progress=True,
                          config=PredictorConfig(threads=threads, mode=mode))

@@ -1,57 +1,54 @@
-"""The pipeline's checkpoints: ``config.json`` + ``model.safetensors`` (one file, each stage's module
-under its own prefix) for inference, and ``training_state.pt`` beside them for resume.
+"""The pipeline's model files: ``config.json`` + ``model.safetensors`` (one file, each stage's module
+under its own prefix). Checkpoint folders (``trainer.json`` with the weights' SHA-256, the training
+state for resume, the atomic write) are the engine's (:mod:`psg4d.engine.checkpoint`); this module
+writes and reads what is inside them.
 
-Written as a whole folder through :func:`psg4d.utils.io.atomic_dir`, so an interrupted save
-leaves the previous checkpoint in place. ``trainer.json`` records the SHA-256 of
-``model.safetensors`` (``weights_sha256``; not ``config.json``, which is exactly the pipeline's
-config and read strictly), and loading refuses a file that no longer hashes to it; checkpoints
-written before it was recorded load unverified.
+``config.json`` is exactly the pipeline's config and read strictly, so the digest lives in
+``trainer.json``; loading refuses a ``model.safetensors`` that no longer hashes to it (checkpoints
+written before it was recorded load unverified).
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from psg4d.engine import checkpoint as ckpt
 from psg4d.errors import CheckpointError
-from psg4d.model.weight_files import WEIGHTS_SHA256, check_file_sha256, file_sha256
-from psg4d.model.weights import check_shapes
-from psg4d.utils.io import atomic_dir
+from psg4d.model.weight_files import WEIGHTS_SHA256, check_file_sha256
+from psg4d.model.provenance import check_shapes
 
-CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
-STATE = "training_state.pt"
-META = "trainer.json"
+CONFIG = ckpt.MODEL_CONFIG
+WEIGHTS = ckpt.MODEL_WEIGHTS
+META = ckpt.TRAINER_META
+
+
+def write_modules(folder: Path, modules: nn.ModuleDict, config: dict[str, Any]) -> None:
+    """The model files of ``modules`` (prefix -> module) into ``folder`` (the engine's temporary one)."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in modules.state_dict().items()}
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise CheckpointError(f"{folder}: not saved, non-finite weights in {bad[:3]}")
+    save_file(tensors, str(folder / WEIGHTS))
+    (folder / CONFIG).write_text(json.dumps(config, indent=1))
+
+
+def module_writer(config: dict[str, Any], prefix: str):
+    """A ``write_model`` for the engine's stage folders: the one module trained, under ``prefix``."""
+    return lambda module, folder: write_modules(folder, nn.ModuleDict({prefix: module}), config)
 
 
 def save_modules(path: str | Path, modules: dict[str, nn.Module], config: dict[str, Any], *,
-                 state: dict[str, Any] | None = None, meta: dict[str, Any] | None = None) -> Path:
-    """Write ``modules`` (prefix -> module) and ``config`` to the folder ``path``; ``state`` (optimizer,
-    scheduler, step, RNG) makes it resumable."""
-    path = Path(path)
-    tensors: dict[str, torch.Tensor] = {}
-    for prefix, module in modules.items():
-        for k, v in module.state_dict().items():
-            tensors[f"{prefix}.{k}"] = v.detach().cpu().contiguous()
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise CheckpointError(f"{path}: not saved, non-finite weights in {bad[:3]}")
-    with atomic_dir(path) as tmp:
-        save_file(tensors, str(tmp / WEIGHTS))
-        (tmp / CONFIG).write_text(json.dumps(config, indent=1))
-        if state is not None:
-            torch.save(state, tmp / STATE)
-        info = {"saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(meta or {}),
-                WEIGHTS_SHA256: file_sha256(tmp / WEIGHTS)}
-        (tmp / META).write_text(json.dumps(info, indent=1))
-    return path
+                 meta: dict[str, Any] | None = None) -> Path:
+    """An inference checkpoint folder of ``modules`` (prefix -> module) and ``config``."""
+    meta = dict(meta or {})
+    return ckpt.save_checkpoint(path, model=nn.ModuleDict(modules), write=lambda m, d: write_modules(d, m, config),
+                                optimizer=None, scheduler=None, step=int(meta.pop("step", 0)), rng=None, meta=meta)
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -69,11 +66,7 @@ def _recorded_sha256(path: Path) -> Any:
     file = path / META
     if not file.is_file():
         return None
-    try:
-        info = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{file}: unreadable ({e})") from None
-    return info.get(WEIGHTS_SHA256) if isinstance(info, dict) else None
+    return ckpt.read_trainer_meta(path).get(WEIGHTS_SHA256)
 
 
 def load_modules(path: str | Path, modules: dict[str, nn.Module]) -> None:
@@ -97,8 +90,3 @@ def load_modules(path: str | Path, modules: dict[str, nn.Module]) -> None:
         if missing or unexpected:
             raise CheckpointError(f"{file}: {prefix} does not match this config "
                                   f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
-
-
-def load_state(path: str | Path) -> dict[str, Any] | None:
-    file = Path(path) / STATE
-    return torch.load(file, weights_only=True) if file.is_file() else None

@@ -6,11 +6,19 @@ what ``psg4d train`` dispatches on) and the sections below; every field has a CP
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+from psg4d.config import build_with_overrides, from_dict, load_yaml
+from psg4d.data.readers import open_dataset
+from psg4d.data.vocab import training_vocab
+from psg4d.errors import ConfigError
 
 PIPELINE_STAGES = ("segment", "track", "relation")  # run in this order; each cached on disk
+# The ``kind`` of a pipeline YAML and of its checkpoint's config.json.
+PIPELINE_KIND = "pipeline"
 
 
 @dataclass(kw_only=True)
@@ -111,6 +119,77 @@ class PipelineConfig:
     # relation-model ablation trains only its relation stage on the same tubes)
     reuse: Path | None = None
     seed: int = 0
-    # the most torch threads; each step takes the CPUs other processes leave free (a second thread
-    # only pays with a core of its own)
+    # torch threads for the whole run (a fixed count: resume is bit-identical whatever the load)
     num_threads: int = 2
+    # >0: every so many steps train on the CPUs other processes leave free (at most num_threads; a
+    # second thread only pays with a core of its own). Float sums then follow the load, so a resumed
+    # run is no longer bit-identical to an uninterrupted one.
+    adapt_threads_every: int = 0
+
+
+# ------------------------------------------------------------------------ loading
+STUFF_DEFAULT = ("floor", "wall", "sky", "road", "ground", "grass", "ceiling")
+
+
+def is_pipeline_yaml(path: str | Path) -> bool:
+    """Whether a YAML experiment is a pipeline one (``kind: pipeline`` at its top)."""
+    try:
+        data = load_yaml(path)
+    except ConfigError:
+        return False
+    return isinstance(data, dict) and data.get("kind") == PIPELINE_KIND
+
+
+def load_pipeline_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    def build(data: dict[str, Any]) -> PipelineConfig:
+        cfg = from_dict(PipelineConfig, data, where="", source=str(path))
+        validate(cfg, where=str(path))
+        return cfg
+
+    return build_with_overrides(build, load_yaml(path), overrides, where=str(path))
+
+
+def validate(cfg: PipelineConfig, *, where: str = "config") -> None:
+    s, r, t = cfg.segmenter, cfg.relation, cfg.tracker
+    checks = [
+        ("segmenter.image_size", s.image_size >= 16 and s.image_size % 8 == 0, "a multiple of 8, at least 16"),
+        ("segmenter.num_queries", s.num_queries >= 1, "positive"),
+        ("segmenter.widths", len(s.widths) == 3 and min(s.widths) >= 1, "three positive widths"),
+        ("segmenter.hidden", s.hidden >= s.heads and s.hidden % s.heads == 0, "a multiple of heads"),
+        ("relation.hidden", r.hidden >= r.heads and r.hidden % r.heads == 0, "a multiple of heads"),
+        ("relation.max_pairs", r.max_pairs >= 1, "positive"),
+        ("tracker.max_missing", t.max_missing >= 0, "non-negative"),
+        ("tracker.iou_weight", 0.0 <= t.iou_weight <= 1.0, "in [0, 1]"),
+        ("num_threads", cfg.num_threads >= 1, "at least 1"),
+        ("adapt_threads_every", cfg.adapt_threads_every >= 0, "non-negative"),
+    ]
+    for name, st in (("segment_train", cfg.segment_train), ("relation_train", cfg.relation_train)):
+        checks += [(f"{name}.steps", st.steps >= 0, "non-negative"),
+                   (f"{name}.batch_size", st.batch_size >= 1, "positive"),
+                   (f"{name}.lr", math.isfinite(st.lr) and 0 < st.lr < 1, "in (0, 1)"),
+                   (f"{name}.save_every", st.save_every >= 1, "positive")]
+    for key, ok, rule in checks:
+        if not ok:
+            raise ConfigError(f"{where}: {key} must be {rule}")
+
+
+def with_data_vocab(cfg: PipelineConfig) -> PipelineConfig:
+    """The segmenter's classes and the relation model's predicates from what the training videos
+    contain (:func:`psg4d.data.vocab.training_vocab`: a category only validation or test holds
+    never enters the model); kept when the config names them."""
+    reader = open_dataset(cfg.data.root / cfg.data.path)
+    seg, rel = cfg.segmenter, cfg.relation
+    vocab = None if seg.class_names and rel.predicate_names else training_vocab([(reader, train_ids(reader, cfg))])
+    classes = list(seg.class_names) or vocab.objects
+    stuff = list(seg.stuff_names) or [c for c in classes if c in STUFF_DEFAULT]
+    preds = list(rel.predicate_names) or vocab.predicates
+    if not classes or not preds:
+        raise ConfigError(f"{cfg.data.root / cfg.data.path}: split {cfg.data.train_split!r} holds no object or "
+                          "relation to learn")
+    return replace(cfg, segmenter=replace(seg, class_names=classes, stuff_names=stuff),
+                   relation=replace(rel, predicate_names=preds, num_classes=len(classes), feat_dim=seg.hidden))
+
+
+def train_ids(reader, cfg: PipelineConfig) -> list[str]:
+    ids = reader.video_ids(cfg.data.train_split)
+    return ids if cfg.data.max_videos is None else ids[: cfg.data.max_videos]

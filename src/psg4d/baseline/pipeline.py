@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,83 +21,33 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
-from psg4d.baseline.checkpoint import load_modules, load_state, save_modules
-from psg4d.baseline.config import PIPELINE_STAGES, PipelineConfig, StageTrainConfig
-from psg4d.baseline.predict import PIPELINE_KIND, PipelinePredictor
+from psg4d.baseline.checkpoint import load_modules, module_writer, save_modules
+from psg4d.baseline.config import PIPELINE_STAGES, PipelineConfig, StageTrainConfig, train_ids, with_data_vocab
+from psg4d.baseline.predict import PipelinePredictor
 from psg4d.baseline.relation import RelationModel, training_pairs
 from psg4d.baseline.seg_loss import SegmentationLoss
 from psg4d.baseline.segmenter import QuerySegmenter, frame_targets
 from psg4d.baseline.targets import match_tubes_to_gold, relation_targets
 from psg4d.baseline.tracker import Tracker
 from psg4d.baseline.types import TrackedTubes
-from psg4d.config import build_with_overrides, from_dict, load_yaml, to_dict
+from psg4d.config import from_dict, to_dict
 from psg4d.data.readers import open_dataset
+from psg4d.engine import checkpoint as ckpt
+from psg4d.engine import distributed as dist_utils
+from psg4d.engine import stage_dir as stages_on_disk
+from psg4d.engine.distributed import DistInfo
+from psg4d.engine.fit import Fit, LoopSettings, Start
+from psg4d.engine.metrics import METRICS_FILE, MetricsLog
+from psg4d.engine.optim import make_optimizer, make_scheduler
+from psg4d.engine.run_folder import check_run_folder, flatten
+from psg4d.engine.runtime import seed_everything
 from psg4d.errors import ConfigError
 from psg4d.utils.io import atomic_path, atomic_write_json, start_over
-from psg4d.utils.threads import AdaptiveThreads
 
 log = logging.getLogger(__name__)
-
-STUFF_DEFAULT = ("floor", "wall", "sky", "road", "ground", "grass", "ceiling")
-
-
-# ------------------------------------------------------------------------ config
-def is_pipeline_yaml(path: str | Path) -> bool:
-    """Whether a YAML experiment is a pipeline one (``kind: pipeline`` at its top)."""
-    try:
-        data = load_yaml(path)
-    except ConfigError:
-        return False
-    return isinstance(data, dict) and data.get("kind") == PIPELINE_KIND
-
-
-def load_pipeline_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
-    def build(data: dict[str, Any]) -> PipelineConfig:
-        cfg = from_dict(PipelineConfig, data, where="", source=str(path))
-        validate(cfg, where=str(path))
-        return cfg
-
-    return build_with_overrides(build, load_yaml(path), overrides, where=str(path))
-
-
-def validate(cfg: PipelineConfig, *, where: str = "config") -> None:
-    s, r, t = cfg.segmenter, cfg.relation, cfg.tracker
-    checks = [
-        ("segmenter.image_size", s.image_size >= 16 and s.image_size % 8 == 0, "a multiple of 8, at least 16"),
-        ("segmenter.num_queries", s.num_queries >= 1, "positive"),
-        ("segmenter.widths", len(s.widths) == 3 and min(s.widths) >= 1, "three positive widths"),
-        ("segmenter.hidden", s.hidden >= s.heads and s.hidden % s.heads == 0, "a multiple of heads"),
-        ("relation.hidden", r.hidden >= r.heads and r.hidden % r.heads == 0, "a multiple of heads"),
-        ("relation.max_pairs", r.max_pairs >= 1, "positive"),
-        ("tracker.max_missing", t.max_missing >= 0, "non-negative"),
-        ("tracker.iou_weight", 0.0 <= t.iou_weight <= 1.0, "in [0, 1]"),
-        ("num_threads", cfg.num_threads >= 1, "at least 1"),
-    ]
-    for name, st in (("segment_train", cfg.segment_train), ("relation_train", cfg.relation_train)):
-        checks += [(f"{name}.steps", st.steps >= 0, "non-negative"),
-                   (f"{name}.batch_size", st.batch_size >= 1, "positive"),
-                   (f"{name}.lr", math.isfinite(st.lr) and 0 < st.lr < 1, "in (0, 1)"),
-                   (f"{name}.save_every", st.save_every >= 1, "positive")]
-    for key, ok, rule in checks:
-        if not ok:
-            raise ConfigError(f"{where}: {key} must be {rule}")
-
-
-def with_data_vocab(cfg: PipelineConfig) -> PipelineConfig:
-    """The segmenter's classes and the relation model's predicates from the training data (kept
-    when the config names them)."""
-    reader = open_dataset(cfg.data.root / cfg.data.path)
-    seg, rel = cfg.segmenter, cfg.relation
-    classes = list(seg.class_names) or list(reader.object_vocab)
-    stuff = list(seg.stuff_names) or [c for c in classes if c in STUFF_DEFAULT]
-    preds = list(rel.predicate_names) or list(reader.predicate_vocab)
-    if not classes or not preds:
-        raise ConfigError(f"{cfg.data.root / cfg.data.path}: the dataset names no object or predicate classes")
-    return replace(cfg, segmenter=replace(seg, class_names=classes, stuff_names=stuff),
-                   relation=replace(rel, predicate_names=preds, num_classes=len(classes), feat_dim=seg.hidden))
-
 
 # ------------------------------------------------------------------------ shared training bits
 @dataclass
@@ -117,72 +66,56 @@ class PipelineResult:
     final_dir: Path | None
 
 
-def _optimizer(module: torch.nn.Module, t: StageTrainConfig):
-    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=t.lr,
-                            weight_decay=t.weight_decay)
-
-    def factor(step: int) -> float:  # linear warm-up, then cosine to a tenth
-        if step < t.warmup_steps:
-            return (step + 1) / max(t.warmup_steps, 1)
-        progress = (step - t.warmup_steps) / max(t.steps - t.warmup_steps, 1)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+# What a stage's step function gets: the module (wrapped as the engine runs it) and the stage's
+# sampling generator; it returns the batch's losses ({"loss": ..., parts...}).
+StepFn = Callable[[nn.Module, np.random.Generator], dict[str, torch.Tensor]]
 
 
-def _fit(name: str, module: torch.nn.Module, t: StageTrainConfig, stage_dir: Path, config: dict[str, Any],
-         step_fn: Callable[[np.random.Generator], dict[str, torch.Tensor]], *, seed: int, resume: bool,
-         threads: int) -> StageReport:
-    """The optimisation loop both trained stages share: ``step_fn(rng)`` returns the batch's losses;
-    ``stage_dir/last`` is written every ``save_every`` steps (model, optimizer, scheduler, RNG)."""
-    opt, sched = _optimizer(module, t)
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    step, losses = 0, []
-    state = load_state(stage_dir / "last") if resume else None
-    if state is not None:
-        load_modules(stage_dir / "last", {name: module})
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step = int(state["step"])
-        rng.bit_generator.state = json.loads(state["numpy_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        log.info("%s: resuming at step %d", name, step)
+def _fit(name: str, module: nn.Module, t: StageTrainConfig, stage_dir: Path, config: dict[str, Any],
+         step_fn: StepFn, *, cfg: PipelineConfig, info: DistInfo, resume: bool) -> StageReport:
+    """One trained stage on the engine: AdamW with warm-up then cosine to a tenth of the rate;
+    ``stage_dir/last`` every ``save_every`` steps (model, optimizer, schedule, RNGs, the sampling
+    generator); ``stage_dir/final`` at the end. Under torchrun every rank draws its own batches and
+    the engine averages the gradients; only rank 0 writes."""
+    opt = make_optimizer("adamw", [{"params": [p for p in module.parameters() if p.requires_grad]}], lr=t.lr,
+                         weight_decay=t.weight_decay)
+    sched = make_scheduler(opt, shape="cosine", warmup_steps=t.warmup_steps, min_lr_ratio=0.1, total_steps=t.steps)
+    rng = np.random.default_rng(cfg.seed + info.rank)
+    torch.manual_seed(cfg.seed + info.rank)
+    write = module_writer(config, name)
+    start = Start()
+    last = ckpt.find_last(stage_dir) if resume else None
+    if last is not None:
+        load_modules(last, {name: module})
+        state = stages_on_disk.restore_resumable(last, wrapped=module, optimizer=opt, scheduler=sched, info=info)
+        rng.bit_generator.state = json.loads(state["extra"]["numpy_rng"])
+        start = Start(step=int(state["step"]), elapsed_s=float(state["data"].get("elapsed_s", 0.0)),
+                      resumed_from=int(state["step"]))
+        log.info("stage %s: resuming from %s at step %d", name, last, start.step)
+    dist_utils.barrier(info)
+    if info.is_main:
+        stage_dir.mkdir(parents=True, exist_ok=True)
+    metrics = MetricsLog(stage_dir / METRICS_FILE, enabled=info.is_main)
+    kept = metrics.reset(start.resumed_from)
+    start.last_loss = next((r["loss"] for r in reversed(kept) if "loss" in r), None)
+    settings = LoopSettings(total=t.steps, max_grad_norm=t.max_grad_norm, log_every=t.log_every,
+                            save_every=t.save_every, num_threads=cfg.num_threads,
+                            adapt_threads_every=cfg.adapt_threads_every)
+
+    def save(step: int, elapsed: float) -> None:
+        stages_on_disk.save_resumable(
+            stage_dir, name=name, wrapped=module, write_model=write, optimizer=opt, scheduler=sched, step=step,
+            info=info, keep_last=2, data_position={"elapsed_s": elapsed, "world_size": info.world_size},
+            extra={"numpy_rng": json.dumps(rng.bit_generator.state)}, meta={"stage": name},
+        )
+
     module.train()
-    t0 = time.perf_counter()
-    wall0 = float(state.get("wall_s", 0.0)) if state else 0.0
-    bar = tqdm(total=t.steps, initial=step, desc=name, unit="step", leave=False)
-    adapt = AdaptiveThreads(max_threads=threads)
-    while step < t.steps:
-        if step % 20 == 0:
-            adapt()
-        out = step_fn(rng)
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), t.max_grad_norm)
-        opt.step()
-        sched.step()
-        step += 1
-        losses.append(float(out["loss"].detach()))
-        bar.update(1)
-        if step % t.log_every == 0 or step == t.steps:
-            parts = " ".join(f"{k} {float(v.detach()):.4f}" for k, v in out.items() if k != "loss")
-            log.info("%s step %d/%d loss %.4f (%s) lr %.2e", name, step, t.steps, float(np.mean(losses[-t.log_every:])),
-                     parts, sched.get_last_lr()[0])
-        if step % t.save_every == 0 and step < t.steps:
-            _save_last(stage_dir, name, module, config, opt, sched, step, rng, wall0 + time.perf_counter() - t0)
-    bar.close()
-    wall = wall0 + time.perf_counter() - t0
+    fit = Fit(name=name, wrapped=module, optimizer=opt, scheduler=sched, info=info, settings=settings, metrics=metrics)
+    done = fit.run(start, lambda: step_fn(module, rng), save=save)
     module.eval()
-    save_modules(stage_dir / "final", {name: module}, config, meta={"step": step, "wall_s": round(wall, 1)})
-    final = float(np.mean(losses[-t.log_every:])) if losses else None
-    return StageReport(name=name, steps=step, wall_s=wall, final_loss=final)
-
-
-def _save_last(stage_dir, name, module, config, opt, sched, step, rng, wall) -> None:
-    state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "wall_s": wall,
-             "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state()}
-    save_modules(stage_dir / "last", {name: module}, config, state=state, meta={"step": step})
+    stages_on_disk.save_final(stage_dir, wrapped=module, write_model=write, step=done.step, info=info,
+                              meta={"stage": name, "final_loss": done.last_loss, "wall_s": round(done.wall_s, 1)})
+    return StageReport(name=name, steps=done.step, wall_s=done.wall_s, final_loss=done.last_loss)
 
 
 def _done(stage_dir: Path) -> dict[str, Any] | None:
@@ -191,11 +124,12 @@ def _done(stage_dir: Path) -> dict[str, Any] | None:
 
 
 # ------------------------------------------------------------------------ stage 1: segmentation
-def _segment_stage(cfg: PipelineConfig, out: Path, *, resume: bool) -> StageReport:
+def _segment_stage(cfg: PipelineConfig, out: Path, *, info: DistInfo, resume: bool) -> StageReport:
     stage_dir = out / "segment"
     if (done := _done(stage_dir)) is not None:
         return StageReport(name="segment", steps=int(done["step"]), wall_s=float(done["wall_s"]), skipped=True)
     seg_cfg = cfg.segmenter
+    seed_everything(cfg.seed)  # the same initial weights on every rank and in every run
     model = QuerySegmenter(config=seg_cfg)
     criterion = SegmentationLoss(config=seg_cfg)
     reader = open_dataset(cfg.data.root / cfg.data.path)
@@ -215,7 +149,7 @@ def _segment_stage(cfg: PipelineConfig, out: Path, *, resume: bool) -> StageRepo
              len(seg_cfg.class_names), sum(p.numel() for p in model.parameters()))
     size = seg_cfg.image_size
 
-    def step_fn(rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    def step_fn(module: nn.Module, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         pick = [frames[i] for i in rng.choice(len(frames), size=min(cfg.segment_train.batch_size, len(frames)),
                                                replace=False)]
         flip = rng.random(len(pick)) < 0.5  # horizontal flips: a segment's class does not depend on side
@@ -227,11 +161,11 @@ def _segment_stage(cfg: PipelineConfig, out: Path, *, resume: bool) -> StageRepo
             depth = torch.where(torch.from_numpy(flip)[:, None, None, None], depth.flip(-1), depth)
         tg = [{"labels": targets[v][t]["labels"], "masks": targets[v][t]["masks"].flip(-1) if f
                else targets[v][t]["masks"]} for (v, t), f in zip(pick, flip)]
-        return criterion(model(rgb, depth), tg)
+        return criterion(module(rgb, depth), tg)
 
     config = {"kind": "segmenter", "segmenter": to_dict(seg_cfg)}
-    report = _fit("segmenter", model, cfg.segment_train, stage_dir, config, step_fn, seed=cfg.seed, resume=resume,
-                  threads=cfg.num_threads)
+    report = _fit("segmenter", model, cfg.segment_train, stage_dir, config, step_fn, cfg=cfg, info=info,
+                  resume=resume)
     return replace(report, name="segment")
 
 
@@ -267,11 +201,6 @@ def _track_stage(cfg: PipelineConfig, out: Path) -> StageReport:
     return StageReport(name="track", steps=written, wall_s=wall, skipped=written == 0)
 
 
-def train_ids(reader, cfg: PipelineConfig) -> list[str]:
-    ids = reader.video_ids(cfg.data.train_split)
-    return ids if cfg.data.max_videos is None else ids[: cfg.data.max_videos]
-
-
 def _safe(video_id: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in video_id)
 
@@ -281,11 +210,13 @@ def cached_tubes(out: Path, split: str, video_id: str) -> TrackedTubes:
 
 
 # ------------------------------------------------------------------------ stage 3: relations
-def _relation_stage(cfg: PipelineConfig, out: Path, tubes_from: Path, *, resume: bool) -> StageReport:
+def _relation_stage(cfg: PipelineConfig, out: Path, tubes_from: Path, *, info: DistInfo,
+                    resume: bool) -> StageReport:
     stage_dir = out / "relation"
     if (done := _done(stage_dir)) is not None:
         return StageReport(name="relation", steps=int(done["step"]), wall_s=float(done["wall_s"]), skipped=True)
     rel_cfg = cfg.relation
+    seed_everything(cfg.seed + 1000)
     model = RelationModel(config=rel_cfg)
     reader = open_dataset(cfg.data.root / cfg.data.path)
     ids = train_ids(reader, cfg)
@@ -308,26 +239,28 @@ def _relation_stage(cfg: PipelineConfig, out: Path, tubes_from: Path, *, resume:
     if not items:  # nothing to learn from: kept as initialised, and said loudly
         log.warning("relation: no training video has two tubes (%s); the segmenter has not learned to separate "
                     "objects, so the relation model stays untrained", tubes_from / "track")
-        save_modules(stage_dir / "final", {"relation": model}, {"kind": "relation", "relation": to_dict(rel_cfg)},
-                     meta={"step": 0, "wall_s": 0.0, "untrained": True})
+        if info.is_main:
+            save_modules(stage_dir / "final", {"relation": model}, {"kind": "relation", "relation": to_dict(rel_cfg)},
+                         meta={"step": 0, "wall_s": 0.0, "untrained": True})
+        dist_utils.barrier(info)
         return StageReport(name="relation", extra={"untrained": True})
     log.info("relation: %d videos; %d of %d gold objects matched by a tube, %d of %d gold relations "
              "(predicate x pair) reachable", len(items), matched, gold_objects, kept_rel, gold_rel)
 
-    def step_fn(rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    def step_fn(module: nn.Module, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         pick = rng.choice(len(items), size=min(cfg.relation_train.batch_size, len(items)), replace=False)
         total: dict[str, torch.Tensor] = {}
         for i in pick:
             x, tg = items[i]
             pairs = training_pairs(tg, None, rel_cfg.max_pairs, rng)
-            loss = model.loss(model(*x, pairs=pairs), tg)
+            loss = model.loss(module(*x, pairs=pairs), tg)
             for k, v in loss.items():
                 total[k] = total.get(k, 0.0) + v / len(pick)
         return total
 
     config = {"kind": "relation", "relation": to_dict(rel_cfg)}
-    report = _fit("relation", model, cfg.relation_train, stage_dir, config, step_fn, seed=cfg.seed, resume=resume,
-                threads=cfg.num_threads)
+    report = _fit("relation", model, cfg.relation_train, stage_dir, config, step_fn, cfg=cfg, info=info,
+                  resume=resume)
     report.extra = {"gold_objects_matched": matched, "gold_objects": gold_objects,
                     "gold_relations_reachable": kept_rel, "gold_relations": gold_rel}
     return report
@@ -341,48 +274,67 @@ def _tensors(tubes: TrackedTubes) -> tuple[torch.Tensor, ...]:
 # ------------------------------------------------------------------------ driver
 def train_pipeline(cfg: PipelineConfig, *, out_dir: Path | None = None, resume: bool = True,
                    only_stage: str | None = None) -> PipelineResult:
-    """Run (or resume) the stages; finished stages are kept and skipped."""
+    """Run (or resume) the stages; finished stages are kept and skipped. Under torchrun the trained
+    stages are data parallel (the engine averages gradients); the track stage, validation and every
+    file are rank 0's."""
     if only_stage is not None and only_stage not in PIPELINE_STAGES:
         raise ConfigError(f"--stage must be one of {', '.join(PIPELINE_STAGES)} for a pipeline, got {only_stage!r}")
     out = Path(out_dir or cfg.output_dir)
     if cfg.reuse is not None:
         cfg = _from_reused(cfg)
     cfg = with_data_vocab(replace(cfg, output_dir=out))
-    torch.set_num_threads(max(1, cfg.num_threads))
-    if not resume:  # finished stages too: the earlier run moves aside, nothing is deleted
-        start_over(out, part=only_stage, describes=("experiment.json",))
-    out.mkdir(parents=True, exist_ok=True)
-    _check_same_config(out, cfg)
+    info = dist_utils.init_distributed("cpu")
+    try:
+        torch.set_num_threads(max(1, cfg.num_threads))
+        if not resume and info.is_main:  # finished stages too: the earlier run moves aside, nothing is deleted
+            start_over(out, part=only_stage, describes=("experiment.json",))
+        dist_utils.barrier(info)
+        _check_same_config(out, cfg, write=info.is_main)
+        dist_utils.barrier(info)
+        return _run_stages(cfg, out, info=info, resume=resume, only_stage=only_stage)
+    finally:
+        dist_utils.shutdown(info)
+
+
+def _run_stages(cfg: PipelineConfig, out: Path, *, info: DistInfo, resume: bool,
+                only_stage: str | None) -> PipelineResult:
     seg_from = Path(cfg.reuse) if cfg.reuse is not None else out
-    stages = [only_stage] if only_stage else list(PIPELINE_STAGES)
     reports = []
-    for name in stages:
-        if name == "segment":
-            if seg_from != out:
-                reports.append(StageReport(name="segment", skipped=True, extra={"reused": str(seg_from)}))
-                continue
-            reports.append(_segment_stage(cfg, out, resume=resume))
+    for name in [only_stage] if only_stage else list(PIPELINE_STAGES):
+        if name in ("segment", "track") and seg_from != out:
+            reports.append(StageReport(name=name, skipped=True, extra={"reused": str(seg_from)}))
+        elif name == "segment":
+            reports.append(_segment_stage(cfg, out, info=info, resume=resume))
         elif name == "track":
-            if seg_from != out:
-                reports.append(StageReport(name="track", skipped=True, extra={"reused": str(seg_from)}))
-                continue
-            reports.append(_track_stage(cfg, out))
+            reports.append(_track_stage(cfg, out) if info.is_main else StageReport(name="track", skipped=True))
+            dist_utils.barrier(info)  # the other ranks read the tubes rank 0 wrote
         else:
-            reports.append(_relation_stage(cfg, out, seg_from, resume=resume))
+            reports.append(_relation_stage(cfg, out, seg_from, info=info, resume=resume))
     final = None
     if (seg_from / "segment" / "final").is_dir() and (out / "relation" / "final").is_dir():
         # written again only when a stage it holds was (re)trained now
         rebuilt = not (out / "final").is_dir() or any(not r.skipped for r in reports if r.name != "track")
-        final = _assemble(cfg, out, seg_from) if rebuilt else out / "final"
-        if cfg.data.val_videos > 0 and cfg.data.val_split and not (out / "val.json").is_file():
-            _validate(cfg, out, final)
-    _record(out / "stages.json", reports)
+        final = out / "final"
+        if rebuilt and info.is_main:
+            _assemble(cfg, out, seg_from)
+        dist_utils.barrier(info)
+        # every rank decides from the same file and validates its share (the metric is collective)
+        validate = cfg.data.val_videos > 0 and cfg.data.val_split and not (out / "val.json").is_file()
+        dist_utils.barrier(info)
+        if validate:
+            _validate(cfg, out, final, info)
+        if info.is_main:
+            _record(out / "stages.json", reports)
+        dist_utils.barrier(info)
+    elif info.is_main:
+        _record(out / "stages.json", reports)
     return PipelineResult(stages=reports, final_dir=final)
 
 
-def _validate(cfg: PipelineConfig, out: Path, final: Path) -> dict[str, Any]:
+def _validate(cfg: PipelineConfig, out: Path, final: Path, info: DistInfo) -> dict[str, Any]:
     """Score the finished pipeline on the first ``val_videos`` validation videos (pvsg R@K and the
-    segmentation quality): ``OUT/val.json``, and the log."""
+    segmentation quality): ``OUT/val.json``, and the log. Every rank scores every ``world_size``-th
+    video; the recall sums the ranks' shares itself, the segmentation states are merged here."""
     from psg4d.eval import SegmentationQuality, evaluate
 
     reader = open_dataset(cfg.data.root / cfg.data.path)
@@ -391,17 +343,21 @@ def _validate(cfg: PipelineConfig, out: Path, final: Path) -> dict[str, Any]:
         return {}
     predictor = PipelinePredictor.from_pretrained(final)
     ids = reader.video_ids(cfg.data.val_split)[: cfg.data.val_videos]
+    mine = ids[info.rank :: info.world_size]
     seg = SegmentationQuality()
     preds = (predictor.predict(reader.read_video(vid))
-             for vid in tqdm(ids, desc="validate", unit="video", leave=False))
-    recall = evaluate(preds, [reader.read_graph(vid) for vid in ids], protocol="pvsg", also=[seg])
+             for vid in tqdm(mine, desc="validate", unit="video", leave=False, disable=not info.is_main))
+    recall = evaluate(preds, [reader.read_graph(vid) for vid in mine], protocol="pvsg", also=[seg])
+    for other in dist_utils.gather_objects(seg, info)[1:]:
+        seg.merge(other)
     result = {"split": cfg.data.val_split, "videos": len(ids),
               "pvsg": {k: round(float(v), 2) for k, v in recall.items() if k in ("R@20", "R@50", "R@100", "mR@50")},
               "segmentation": seg.compute() if seg.scored else None}
     tube = (result["segmentation"] or {}).get("tube", {}).get("mean_tube_viou")
-    log.info("validation (%d %s videos): pvsg R@50 %.2f, mean tube vIoU %s", len(ids), cfg.data.val_split,
-             result["pvsg"].get("R@50", float("nan")), "n/a" if tube is None else f"{tube:.3f}")
-    atomic_write_json(out / "val.json", result, indent=1)
+    if info.is_main:
+        log.info("validation (%d %s videos): pvsg R@50 %.2f, mean tube vIoU %s", len(ids), cfg.data.val_split,
+                 result["pvsg"].get("R@50", float("nan")), "n/a" if tube is None else f"{tube:.3f}")
+        atomic_write_json(out / "val.json", result, indent=1)
     return result
 
 
@@ -437,19 +393,20 @@ def _assemble(cfg: PipelineConfig, out: Path, seg_from: Path) -> Path:
                         meta={"wall_s": walls})
 
 
-def _check_same_config(out: Path, cfg: PipelineConfig) -> None:
-    """A run folder belongs to one config: resuming with other settings would mix two models."""
+def _settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What makes another pipeline in its recorded config: every section but where validation reads
+    (which does not change what trained)."""
+    keys = ("segmenter", "tracker", "relation", "segment_train", "relation_train", "reuse")
+    data = {k: v for k, v in (cfg.get("data") or {}).items() if k not in ("val_split", "val_videos")}
+    return flatten({**{k: cfg.get(k) for k in keys}, "data": data})
+
+
+def _check_same_config(out: Path, cfg: PipelineConfig, *, write: bool) -> None:
+    """A run folder belongs to one config (the engine's run-folder check); ``write``: record the
+    config when the folder has none (rank 0 only)."""
     file = out / "experiment.json"
     now = json.loads(json.dumps(to_dict(cfg)))
-    if file.is_file():
-        before = json.loads(file.read_text())
-        keys = ("segmenter", "tracker", "relation", "segment_train", "relation_train", "reuse")
-        # where validation reads does not change what trained
-        data_keys = [k for k in now["data"] if k not in ("val_split", "val_videos")]
-        diff = [k for k in keys if before.get(k) != now.get(k)]
-        diff += [f"data.{k}" for k in data_keys if before.get("data", {}).get(k) != now["data"].get(k)]
-        if diff:
-            raise ConfigError(f"{out}: holds a pipeline run with other settings ({', '.join(diff)}); "
-                              "give another --out")
-    else:
+    check_run_folder(file, now, _settings)
+    if write and not file.is_file():
+        out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(file, now, indent=1)

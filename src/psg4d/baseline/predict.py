@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from psg4d.baseline.checkpoint import load_modules, read_config
-from psg4d.baseline.config import PipelineConfig
+from psg4d.baseline.config import PIPELINE_KIND, PipelineConfig
 from psg4d.baseline.relation import RelationModel
 from psg4d.baseline.segmenter import QuerySegmenter
 from psg4d.baseline.tracker import Tracker
@@ -21,7 +21,6 @@ from psg4d.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-PIPELINE_KIND = "pipeline"
 
 
 def is_pipeline_checkpoint(path: str | Path) -> bool:

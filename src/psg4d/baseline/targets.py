@@ -17,6 +17,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from psg4d.baseline.types import TrackedTubes
+from psg4d.data.masks import pairwise_mask_iou
 from psg4d.data.schema import SceneGraph4D
 
 log = logging.getLogger(__name__)
@@ -68,24 +69,6 @@ def _resize_nearest(masks: np.ndarray, height: int, width: int) -> np.ndarray:
     return masks[:, rows][:, :, cols]
 
 
-def _frame_ious(pred: np.ndarray, gold: np.ndarray) -> np.ndarray:
-    """Mask IoU per frame: ``pred`` ``[N, T, HW]``, ``gold`` ``[K, T, HW]`` bool -> ``[N, K, T]``."""
-    n, t, _ = pred.shape
-    k = gold.shape[0]
-    out = np.zeros((n, k, t), np.float32)
-    if n == 0 or k == 0:
-        return out
-    pf = pred.astype(np.float32)
-    gf = gold.astype(np.float32)
-    pa = pf.sum(-1)  # [N, T]
-    ga = gf.sum(-1)  # [K, T]
-    for f in range(t):  # one matmul per frame keeps the scratch at N*K, not N*K*HW
-        inter = pf[:, f] @ gf[:, f].T  # [N, K]
-        union = pa[:, f, None] + ga[None, :, f] - inter
-        out[:, :, f] = np.where(union > 0, inter / np.maximum(union, 1.0), 0.0)
-    return out
-
-
 def match_tubes_to_gold(tubes: TrackedTubes, gold: SceneGraph4D, class_names: list[str], *,
                         match_iou: float, min_matched_frames: float) -> TubeMatch:
     """Assign predicted tubes to gold objects one-to-one.
@@ -112,7 +95,8 @@ def match_tubes_to_gold(tubes: TrackedTubes, gold: SceneGraph4D, class_names: li
         raise ValueError(f"video {gold.video_id!r}: a gold tube has {gold_masks.shape[1]} frames, tubes have {t}")
     # a tube's mask outside its valid frames is not its segment, whatever the array holds
     pred_masks = tubes.masks & tubes.valid[:, :, None, None]  # [N, T, H, W]
-    ious = _frame_ious(pred_masks.reshape(n, t, -1), gold_masks.reshape(len(objects), t, -1))  # [N, K, T]
+    ious = pairwise_mask_iou(pred_masks.reshape(n, t, -1), gold_masks.reshape(len(objects), t, -1),
+                             dims=1)  # [N, K, T]
     hits = ious > match_iou  # [N, K, T]
     counts = hits.sum(-1)  # [N, K]
 

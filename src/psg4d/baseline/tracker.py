@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from psg4d.data.masks import pairwise_mask_iou
+
 from .config import TrackerConfig
 from .types import GEOMETRY_DIM, FrameDetections, TrackedTubes, frame_geometry
 
@@ -50,15 +52,6 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``[A, B]`` cosine of rows of ``a`` ``[A, D]`` and ``b`` ``[B, D]``, clipped to [0, 1]."""
     return np.clip(_unit(a) @ _unit(b).T, 0.0, 1.0)
-
-
-def _mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``[A, B]`` IoU of bool masks ``a`` ``[A, H, W]`` and ``b`` ``[B, H, W]`` (0 when both empty)."""
-    fa = a.reshape(a.shape[0], -1).astype(np.float32)  # [A, H*W]
-    fb = b.reshape(b.shape[0], -1).astype(np.float32)  # [B, H*W]
-    inter = fa @ fb.T  # [A, B]
-    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1.0), 0.0)
 
 
 @dataclass
@@ -122,7 +115,7 @@ class Tracker:
         seg_labels = det.labels  # [K]
 
         if alive:
-            iou = _mask_iou(np.stack([tr.mask for tr in alive]), det.masks)  # [A, K]
+            iou = pairwise_mask_iou(np.stack([tr.mask for tr in alive]), det.masks)  # [A, K]
             cos = _cosine(np.stack([tr.embed for tr in alive]), det.embeds)  # [A, K]
             sim = cfg.iou_weight * iou + (1.0 - cfg.iou_weight) * cos  # [A, K]
             allowed = sim >= cfg.match_threshold

@@ -1,17 +1,40 @@
-"""Binary masks as COCO run-length encodings, and the volume IoU of two mask tubes.
+"""Binary masks as COCO run-length encodings, and the IoU of masks and of mask tubes.
 
 A schema RLE is pycocotools' dict ``{"size": [H, W], "counts": str}`` (``counts``
 as str so that it is JSON-safe; an uncompressed COCO list is accepted too). A
 tube is one mask per frame; a frame where the object is absent is ``None``.
 
-vIoU comes in one function per representation, with the same semantics:
-:func:`dense_tube_viou` for bool arrays ``[T, H, W]`` and :func:`rle_tube_viou`
-for per-frame RLEs, computed on run lengths without decoding to pixels.
+Mask IoU lives here, once, for every layer above (``model``, ``infer``,
+``baseline``, ``eval``), one function per form:
+
+* :func:`iou_from_counts`: ``inter / union`` from pixel counts already summed (e.g.
+  over frames, or read off pycocotools' overlaps); every function below ends in it.
+* :func:`mask_iou`: IoU of two masks (or broadcast batches of masks) over their last
+  ``dims`` dimensions: a frame (``dims=2``), a whole tube (``dims=3``, the volume
+  IoU), frame-membership masks (``dims=1``, temporal IoU).
+* :func:`pairwise_mask_iou`: every mask of one set against every mask of another
+  (``[A, ...]`` x ``[B, ...]`` -> ``[A, B, ...]``) by matrix products.
+* :func:`dense_tube_viou` (bool ``[T, H, W]``) and :func:`rle_tube_viou`
+  (per-frame RLEs, computed on run lengths without decoding to pixels): the
+  volume IoU of two tubes with per-frame weights.
+
+The first three take numpy arrays or torch tensors (torch is never imported here:
+a tensor argument gets a tensor back).
+
+**Empty masks.** IoU is undefined when the union is empty (both masks empty). The
+convention everywhere is ``empty=0.0``: such a pair scores 0. It is the one the
+metrics need (:mod:`psg4d.eval`: OpenPVSG's ``calculate_mask_iou`` returns 0 on an
+empty union, and an empty pair must never count as a hit for recall). A caller for
+whom two empty masks agree exactly passes ``empty=1.0`` (the mask decoder's IoU-head
+target, where predicting nothing for an absent object is a perfect answer; the
+predictor's merge of two ``[Obj]`` occurrences whose tubes are both empty). A
+mask that is empty against a non-empty one scores 0 under either convention.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import sys
+from typing import Any, Sequence
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -141,8 +164,108 @@ def rle_areas(rles: Sequence[dict]) -> np.ndarray:
     return out
 
 
-def _weighted_ratio(inter: np.ndarray, union: np.ndarray, weights: Sequence[float] | np.ndarray | None) -> float:
-    """``sum_t w_t inter_t / sum_t w_t union_t`` over ``[T]`` counts; 1.0 when the union is empty."""
+def _torch_of(*xs: Any) -> Any:
+    """The torch module when one of ``xs`` is a tensor, else None (torch is not imported for numpy input)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and any(isinstance(x, torch.Tensor) for x in xs):
+        return torch
+    return None
+
+
+def iou_from_counts(inter: Any, union: Any, *, empty: float = 0.0) -> Any:
+    """``inter / union`` elementwise (numpy arrays or scalars, or torch tensors), ``empty`` where
+    ``union == 0`` (both masks empty; see the module docstring: 0 for metrics, 1.0 where two
+    empty masks are meant to agree exactly).
+
+    Counts may be weighted (non-integer); the ratio keeps the dtype ``inter / union`` has
+    (float32 counts give float32). numpy input gives an ndarray (0-d for scalars).
+    """
+    torch = _torch_of(inter, union)
+    if torch is not None:
+        inter, union = torch.as_tensor(inter), torch.as_tensor(union)
+        some = union > 0
+        ratio = inter / torch.where(some, union, torch.ones_like(union))
+        return torch.where(some, ratio, torch.full_like(ratio, empty))
+    inter, union = np.asarray(inter), np.asarray(union)
+    some = union > 0
+    ratio = inter / np.where(some, union, 1)
+    return np.where(some, ratio, np.asarray(empty, dtype=ratio.dtype))
+
+
+def _overlap_counts(a: Any, b: Any, dims: int) -> tuple[Any, Any]:
+    """Intersection and union pixel counts of masks ``a``, ``b`` (broadcast) over their last ``dims`` dims."""
+    if dims < 1:
+        raise ValueError(f"dims must be >= 1, got {dims}")
+    torch = _torch_of(a, b)
+    if torch is not None:
+        a, b = torch.as_tensor(a), torch.as_tensor(b)
+        axes = tuple(range(-dims, 0))
+        return torch.logical_and(a, b).sum(dim=axes), torch.logical_or(a, b).sum(dim=axes)
+    a, b = np.asarray(a), np.asarray(b)
+    axes = tuple(range(-dims, 0))
+    return np.logical_and(a, b).sum(axis=axes), np.logical_or(a, b).sum(axis=axes)
+
+
+def mask_iou(a: Any, b: Any, *, dims: int = 2, empty: float = 0.0) -> Any:
+    """IoU of binary masks ``a`` and ``b`` over their last ``dims`` dimensions; leading
+    dimensions broadcast (``[..., H, W]`` x ``[..., H, W]`` -> ``[...]`` with ``dims=2``).
+
+    Masks are bool, or any dtype where non-zero is inside; numpy arrays or torch tensors
+    (a tensor gives a float32 tensor, on its device; numpy gives a float64 ndarray).
+    ``dims=3`` on ``[T, H, W]`` tubes is the volume IoU (intersections and unions summed
+    over frames, then divided). Both masks empty (empty union): ``empty``, 0 by default.
+    """
+    inter, union = _overlap_counts(a, b, dims)
+    if _torch_of(inter) is not None:
+        inter, union = inter.float(), union.float()
+    return iou_from_counts(inter, union, empty=empty)
+
+
+# float32 sums of 0/1 values are exact below 2^24; larger masks are counted in float64
+_FLOAT32_EXACT = 2**24
+
+
+def pairwise_mask_iou(a: Any, b: Any, *, dims: int = 2, empty: float = 0.0) -> Any:
+    """IoU of every mask of ``a`` ``[A, *F, *P]`` with every mask of ``b`` ``[B, *F, *P]``,
+    over the last ``dims`` dimensions ``P`` (the pixels), frame by frame along the shared
+    dimensions ``F`` -> ``[A, B, *F]``.
+
+    ``[A, H, W]`` x ``[B, H, W]`` -> ``[A, B]``; ``[N, T, H, W]`` x ``[K, T, H, W]`` ->
+    ``[N, K, T]`` (per-frame IoU); ``[N, T, H, W]`` with ``dims=3`` -> ``[N, K]`` (volume IoU).
+    Counts are matrix products of the masks as float32 (float64 when a mask has 2^24 pixels or
+    more, so counts stay exact), one ``[A, B]`` product per frame of ``F``; the result has that
+    dtype. numpy arrays or torch tensors, as :func:`mask_iou`. Empty union: ``empty``, 0 by default.
+    """
+    if dims < 1:
+        raise ValueError(f"dims must be >= 1, got {dims}")
+    if a.ndim < dims + 1 or tuple(a.shape[1:]) != tuple(b.shape[1:]):
+        raise ValueError(f"masks must be [A, *F, *P] and [B, *F, *P] with {dims} pixel dims, "
+                         f"got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    frames = tuple(a.shape[1 : a.ndim - dims])
+    n_f = int(np.prod(frames, dtype=np.int64))
+    n_p = int(np.prod(a.shape[a.ndim - dims :], dtype=np.int64))
+    torch = _torch_of(a, b)
+    if torch is not None:
+        dtype = torch.float32 if n_p < _FLOAT32_EXACT else torch.float64
+        fa = torch.as_tensor(a).reshape(a.shape[0], n_f, n_p).to(dtype).transpose(0, 1)  # [F, A, P]
+        fb = torch.as_tensor(b).reshape(b.shape[0], n_f, n_p).to(dtype).transpose(0, 1)  # [F, B, P]
+        inter = (fa @ fb.transpose(1, 2)).permute(1, 2, 0)  # [A, B, F]
+        area_a, area_b = fa.sum(-1).T, fb.sum(-1).T  # [A, F], [B, F]
+    else:
+        dtype = np.float32 if n_p < _FLOAT32_EXACT else np.float64
+        fa = np.asarray(a).reshape(a.shape[0], n_f, n_p).transpose(1, 0, 2).astype(dtype, order="C")  # [F, A, P]
+        fb = np.asarray(b).reshape(b.shape[0], n_f, n_p).transpose(1, 0, 2).astype(dtype, order="C")  # [F, B, P]
+        inter = np.matmul(fa, fb.transpose(0, 2, 1)).transpose(1, 2, 0)  # [A, B, F]
+        area_a, area_b = fa.sum(-1).T, fb.sum(-1).T  # [A, F], [B, F]
+    union = area_a[:, None] + area_b[None, :] - inter  # [A, B, F]
+    out = iou_from_counts(inter, union, empty=empty)
+    return out.reshape(a.shape[0], b.shape[0], *frames)
+
+
+def _weighted_ratio(
+    inter: np.ndarray, union: np.ndarray, weights: Sequence[float] | np.ndarray | None, empty: float
+) -> float:
+    """``sum_t w_t inter_t / sum_t w_t union_t`` over ``[T]`` counts; ``empty`` when the union is empty."""
     if weights is None:
         total_inter, total_union = inter.sum(), union.sum()
     else:
@@ -152,26 +275,32 @@ def _weighted_ratio(inter: np.ndarray, union: np.ndarray, weights: Sequence[floa
         if (w < 0).any():
             raise ValueError("weights must be non-negative")
         total_inter, total_union = (w * inter).sum(), (w * union).sum()
-    return 1.0 if total_union == 0 else float(total_inter / total_union)
+    return float(iou_from_counts(total_inter, total_union, empty=empty))
 
 
-def dense_tube_viou(a: np.ndarray, b: np.ndarray, weights: Sequence[float] | np.ndarray | None = None) -> float:
+def dense_tube_viou(
+    a: np.ndarray, b: np.ndarray, weights: Sequence[float] | np.ndarray | None = None, *, empty: float = 0.0
+) -> float:
     """Volume IoU of two bool tubes ``[T, H, W]``.
 
     ``weights`` ``[T]`` (non-negative) counts frame t ``weights[t]`` times, e.g.
-    a model frame standing for several video frames. Two empty tubes give 1.0:
-    they agree exactly.
+    a model frame standing for several video frames. Two empty tubes (or an
+    all-zero weighted union) give ``empty``: 0 by default, the metric convention;
+    ``empty=1.0`` where two empty tubes agree exactly (module docstring).
     """
     a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
     if a.shape != b.shape or a.ndim != 3:
         raise ValueError(f"tubes must both be [T, H, W], got shapes {a.shape} and {b.shape}")
-    inter = np.logical_and(a, b).sum(axis=(1, 2))  # [T]
-    union = np.logical_or(a, b).sum(axis=(1, 2))  # [T]
-    return _weighted_ratio(inter, union, weights)
+    inter, union = _overlap_counts(a, b, 2)  # [T]
+    return _weighted_ratio(inter, union, weights, empty)
 
 
 def rle_tube_viou(
-    a: Sequence[dict | None], b: Sequence[dict | None], weights: Sequence[float] | np.ndarray | None = None
+    a: Sequence[dict | None],
+    b: Sequence[dict | None],
+    weights: Sequence[float] | np.ndarray | None = None,
+    *,
+    empty: float = 0.0,
 ) -> float:
     """:func:`dense_tube_viou` of two tubes given as T per-frame schema RLEs (``None``: absent).
 
@@ -189,7 +318,7 @@ def rle_tube_viou(
     both = [t for t in paired if area_a[t] > 0 and area_b[t] > 0]
     inter = np.zeros(len(a), dtype=np.int64)  # [T]
     inter[both] = rle_areas([mask_utils.merge([coco_a[t], coco_b[t]], intersect=True) for t in both])
-    return _weighted_ratio(inter, area_a + area_b - inter, weights)
+    return _weighted_ratio(inter, area_a + area_b - inter, weights, empty)
 
 
 def _coco_frames(rles: Sequence[dict | None]) -> tuple[list[dict | None], np.ndarray]:

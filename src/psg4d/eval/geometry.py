@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from psg4d.data.masks import coco_rle, rle_areas
+from psg4d.data.masks import coco_rle, iou_from_counts, mask_iou, rle_areas
 from psg4d.data.schema import MaskTube, Span
 
 
@@ -39,9 +39,7 @@ def span_masks(span_lists: Sequence[Sequence[Span]], num_frames: int) -> np.ndar
 
 def span_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Temporal IoU of frame masks ``[..., T]`` (broadcasting); 0 where both are empty."""
-    inter = np.logical_and(a, b).sum(-1)
-    union = np.logical_or(a, b).sum(-1)
-    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    return mask_iou(a, b, dims=1)
 
 
 @dataclass
@@ -121,14 +119,14 @@ def overlap_tube_viou(
     ``sum_t |GT_t ∩ P_t| / (sum_{GT frames} |GT_t| + sum_{pred frames} |P_t| - intersection)``
     with the intersection counted over frames in both cuts, so predicted frames
     outside the truth add their area to the union. Returns ``[M]``; 0 where the
-    union is empty: unlike :func:`psg4d.data.masks.rle_tube_viou` (1.0), an empty
+    union is empty (:func:`psg4d.data.masks.iou_from_counts`' default): an empty
     pair must not count as a hit for recall.
     """
     pf = np.asarray(pred_frames, dtype=bool)
     gf = np.asarray(gt_frames, dtype=bool)
     inter = (overlap.inter[pred_idx, gt_idx] * (pf & gf)).sum(-1)
     union = (overlap.gt_area[gt_idx] * gf).sum(-1) + (overlap.pred_area[pred_idx] * pf).sum(-1) - inter
-    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    return iou_from_counts(inter, union)
 
 
 def frame_ious(pred: MaskTube, gt: MaskTube) -> np.ndarray:

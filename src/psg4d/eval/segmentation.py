@@ -45,6 +45,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from psg4d.data.masks import iou_from_counts
 from psg4d.data.schema import ObjectTrack, SceneGraph4D
 from psg4d.errors import DataError
 from psg4d.eval.geometry import TubeOverlap, tube_overlaps
@@ -105,7 +106,7 @@ class VideoSegments:
         ov = self.overlap
         inter = ov.inter.sum(-1).astype(np.float64)
         union = ov.pred_area.sum(-1)[:, None] + ov.gt_area.sum(-1)[None, :] - inter
-        return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+        return iou_from_counts(inter, union)
 
 
 def _frame_labels(o: ObjectTrack, num_frames: int, label: Callable[[str], str]) -> list[str]:

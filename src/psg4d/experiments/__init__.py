@@ -7,6 +7,9 @@ full run (a ``--quick`` run never replaces a full run's results: :func:`~psg4d.e
 ``psg4d experiment NAME`` (:mod:`psg4d.experiments.commands`, one command per experiment): each
 experiment module has a typed config with a ``quick`` mode that the test suite runs, and a
 ``run(config) -> dict``. BENCHMARKS.md quotes each result with its command, machine and date.
+What the experiments share (their synthetic worlds, training runs, predicting and scoring under both
+protocols) is public in :mod:`~psg4d.experiments.common`; an experiment uses another's public
+functions only.
 
 * ``predict`` (:mod:`~psg4d.experiments.predict_speed`): prediction time, cached against uncached
   candidate scoring, by thread count, idle and contended; peak memory on a long video.

@@ -36,16 +36,22 @@ Writes ``OUT/chain.json``: a list of records (``mode``, ``llm``, ``naming``, ``m
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from psg4d.errors import ConfigError
+from psg4d.experiments.common import (
+    FROM_SCRATCH,
+    QUICK_MAX_NEW_TOKENS,
+    held_out_graphs,
+    predict_videos,
+    protocol_metrics,
+    synthetic_world,
+    train_or_reuse,
+)
 from psg4d.experiments.output import check_output_folder, write_results
 from psg4d.utils.io import atomic_write_json
 
@@ -104,25 +110,12 @@ class ChainExperimentConfig:
 
 
 def _world(cfg: ChainExperimentConfig) -> Path:
-    """The world (reused when its settings match): 70/15/15 splits of the 4D videos and 2D images."""
-    from psg4d.config import to_dict
-    from psg4d.data.synth.generate import SynthConfig, generate
-
-    data = cfg.run_dir / "data"
-    test_videos = max(cfg.test_videos, cfg.world_test_videos)
-    synth = SynthConfig(preset="hoi", videos=max(math.ceil(cfg.videos / 0.7), math.ceil(test_videos / 0.15)) + 2,
-                        images=math.ceil(cfg.images / 0.7) + 2, frames=cfg.frames, size=cfg.size, seed=cfg.seed,
-                        novel=tuple(cfg.novel))
-    stamp = cfg.run_dir / "synth_config.json"
-    wanted = json.loads(json.dumps(to_dict(synth)))
-    if data.exists():
-        if stamp.exists() and json.loads(stamp.read_text()) == wanted:
-            log.info("reusing the world in %s", data)
-            return data
-        raise ConfigError(f"{data}: holds a world made with other settings; give another --run-dir")
-    generate(synth, data)
-    atomic_write_json(stamp, wanted)
-    return data
+    """The world in ``RUN_DIR/data`` (reused when its settings match; one made with other settings is
+    refused, never replaced), its settings in ``RUN_DIR/synth_config.json``."""
+    return synthetic_world(cfg.run_dir / "data", train_videos=cfg.videos,
+                           test_videos=max(cfg.test_videos, cfg.world_test_videos), train_images=cfg.images,
+                           frames=cfg.frames, size=cfg.size, seed=cfg.seed, novel=cfg.novel,
+                           stamp=cfg.run_dir / "synth_config.json", reuse="refuse_other")
 
 
 def _experiment(cfg: ChainExperimentConfig, world: Path, llm: str, out: Path, vision: Path | None = None):
@@ -131,7 +124,7 @@ def _experiment(cfg: ChainExperimentConfig, world: Path, llm: str, out: Path, vi
     (:func:`_vision_init`: the tiny run's encoder, estimators and mask decoder, kept frozen but
     the decoder), so the two LLMs are compared on the same vision."""
     from psg4d.config import load_yaml, merge_dicts
-    from psg4d.demo import PRESET_DIR
+    from psg4d.train.commands import PRESET_DIR
     from psg4d.train.stages import experiment_from_data
 
     data = load_yaml(PRESET_DIR / LLM_PRESETS[llm])
@@ -151,7 +144,7 @@ def _experiment(cfg: ChainExperimentConfig, world: Path, llm: str, out: Path, vi
             if i:
                 stage["init"] = "previous"
             if kind == "4d_init":  # the tiny parts learn from scratch here
-                stage["trainable"] = ["encoder", "projector", "llm", "obj_proj", "mask_decoder"]
+                stage["trainable"] = list(FROM_SCRATCH)
             if kind == "transfer_2d":
                 stage["data"] = [lifted]
             if kind == "finetune_4d":
@@ -164,7 +157,7 @@ def _experiment(cfg: ChainExperimentConfig, world: Path, llm: str, out: Path, vi
                        "data": [{**real, "weight": 1.0}, {**lifted, "weight": 0.5}], "lr": {"llm": 1.0e-4}})
     data["model"] = dict(data["model"], chain_prob=cfg.chain_prob)
     if cfg.quick:
-        data["model"]["chain_step_tokens"] = 48
+        data["model"]["chain_step_tokens"] = QUICK_MAX_NEW_TOKENS
     data["data"] = {"root": str(world.resolve()), "train": [real], "val": []}
     data["train"] = dict(data.get("train") or {}, val_every=0, save_every=0, progress=False,
                          log_every=50, batch_size=cfg.batch_size[llm], device="cpu", amp="off", num_threads=2)
@@ -183,7 +176,7 @@ def _vision_init(exp, tiny_ckpt: Path, out: Path) -> Path:
     import torch
 
     from psg4d.model.psg4d_llm import PSG4DModel
-    from psg4d.train.loop import with_data_vocab
+    from psg4d.train.data import with_data_vocab
 
     if (out / "model.safetensors").exists():
         return out
@@ -199,15 +192,6 @@ def _vision_init(exp, tiny_ckpt: Path, out: Path) -> Path:
     model.load_state_dict(moved, strict=False)
     model.save_pretrained(out)
     return out
-
-
-def _train(exp, out: Path) -> tuple[Path, float]:
-    from psg4d.train.loop import train
-
-    result = train(exp, out_dir=out, resume=True)
-    wall = sum(float(json.loads((st.final_dir / "trainer.json").read_text()).get("wall_s", 0.0))
-               for st in result.stages)
-    return result.final_dir, wall
 
 
 # ------------------------------------------------------------------------ scoring
@@ -226,7 +210,7 @@ def _naming_report(preds: list, gts: list, label_map, novel: set[str]) -> tuple[
             for po in p.objects:
                 if po.tube is None:
                     continue
-                v = rle_tube_viou(po.tube.rles, go.tube.rles)
+                v = rle_tube_viou(po.tube.rles, go.tube.rles)  # two empty tubes: 0, no match (as in psg4d.eval)
                 if v >= best_v:
                     best, best_v = po, v
             if best is None:
@@ -240,22 +224,13 @@ def _naming_report(preds: list, gts: list, label_map, novel: set[str]) -> tuple[
 
 
 def _predict(model, world: Path, cfg: ChainExperimentConfig, mode: str, vocab: list[str]):
-    """-> (predictions, ground truths, seconds per video) on the test videos."""
-    from psg4d.data.readers import open_dataset
-    from psg4d.infer.predictors import build_predictor
+    """The test videos predicted ``mode``'s way (:class:`~psg4d.experiments.common.PredictedVideos`)."""
+    from psg4d.infer.predictor_factory import build_predictor
     from psg4d.infer.predictor import PredictorConfig
 
-    reader = open_dataset(world / "4d")
-    ids = reader.video_ids("test")[: cfg.test_videos]
     pcfg = PredictorConfig(mode=mode, vocabulary=vocab if mode == "chain" else None,
-                           max_new_tokens=48 if cfg.quick else None)
-    predictor = build_predictor(model, pcfg)
-    preds, gts = [], []
-    t0 = time.perf_counter()
-    for vid in ids:
-        preds.append(predictor.predict(reader.read_video(vid)))
-        gts.append(reader.read_graph(vid))
-    return preds, gts, (time.perf_counter() - t0) / max(len(ids), 1), list(reader.predicate_vocab)
+                           max_new_tokens=QUICK_MAX_NEW_TOKENS if cfg.quick else None)
+    return predict_videos(build_predictor(model, pcfg), world / "4d", limit=cfg.test_videos)
 
 
 def renamed_free(model, preds: list) -> list:
@@ -287,20 +262,12 @@ def renamed_free(model, preds: list) -> list:
 def _score(preds: list, gts: list, vocab: list[str], predicates: list[str], groups: dict[str, set[str]]):
     from psg4d.eval import evaluate
     from psg4d.eval.automap import auto_label_map
-    from psg4d.experiments.transfer import held_out_graphs
 
     label_map, mapping = auto_label_map(
         object_labels=[o.category for p in preds for o in p.objects],
         predicate_labels=[r.predicate for p in preds for r in p.relations],
         objects=vocab, predicates=predicates)
-    by_id = {g.video_id: g for g in gts}
-    metrics = {}
-    for protocol in ("pvsg", "volumetric"):
-        r = evaluate(preds, by_id, protocol=protocol, label_map=label_map)
-        metrics[protocol] = {k: round(float(v), 2) for k, v in r.items()
-                             if isinstance(v, (int, float)) and k.startswith(("R@", "mR@"))}
-        metrics[protocol].update({f"{k} (gc)": round(float(v), 2) for k, v in r["graph_constraint"].items()
-                                  if isinstance(v, (int, float)) and k.startswith(("R@", "mR@"))})
+    metrics = protocol_metrics(preds, gts, label_map=label_map, graph_constraint=True)
     subset: dict[str, Any] = {}
     for name, cats in groups.items():
         sub = held_out_graphs(gts, cats)
@@ -320,29 +287,32 @@ def _score(preds: list, gts: list, vocab: list[str], predicates: list[str], grou
 
 
 def run(cfg: ChainExperimentConfig) -> list[dict[str, Any]]:
+    from psg4d.data.readers import open_dataset
     from psg4d.data.schema import save_scene_graphs
     from psg4d.data.synth.world import preset_vocabulary
     from psg4d.model.psg4d_llm import PSG4DModel
 
     out = check_output_folder(cfg.out, name=NAME, quick=cfg.quick)
     world = _world(cfg)
+    predicates = list(open_dataset(world / "4d").predicate_vocab)
     voc = preset_vocabulary("hoi")
     vocab = list(voc.all_categories)
     groups = {"novel": set(cfg.novel), "seen_only_in_2d": set(voc.held_out) - set(cfg.novel)}
     log.info("novel: %s; seen only in 2D: %s", sorted(groups["novel"]), sorted(groups["seen_only_in_2d"]))
     records: list[dict[str, Any]] = []
-    tiny_ckpt, tiny_wall = _train(_experiment(cfg, world, "tiny", cfg.run_dir / "tiny"), cfg.run_dir / "tiny")
+    tiny = train_or_reuse(_experiment(cfg, world, "tiny", cfg.run_dir / "tiny"), cfg.run_dir / "tiny")
     for llm in cfg.llms:
         run_out = cfg.run_dir / llm
-        if llm == "tiny":
-            ckpt, wall = tiny_ckpt, tiny_wall
-        else:
-            vision = _vision_init(_experiment(cfg, world, llm, run_out), tiny_ckpt, cfg.run_dir / f"{llm}_init")
-            ckpt, wall = _train(_experiment(cfg, world, llm, run_out, vision), run_out)
+        trained = tiny
+        if llm != "tiny":
+            vision = _vision_init(_experiment(cfg, world, llm, run_out), tiny.final_dir, cfg.run_dir / f"{llm}_init")
+            trained = train_or_reuse(_experiment(cfg, world, llm, run_out, vision), run_out)
+        ckpt, wall = trained.final_dir, trained.wall_s
         model = PSG4DModel.from_pretrained(ckpt)
         arms = []
         for mode in ("direct", "chain"):
-            preds, gts, seconds, predicates = _predict(model, world, cfg, mode, vocab)
+            done = _predict(model, world, cfg, mode, vocab)
+            preds, gts, seconds = done.predictions, done.truths, done.predict_s_per_video
             # kept beside the runs: a person can read the chains, `psg4d eval` can score them again
             (cfg.run_dir / "predictions").mkdir(parents=True, exist_ok=True)
             save_scene_graphs(cfg.run_dir / "predictions" / f"{llm}_{mode}.jsonl", preds)

@@ -26,13 +26,19 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from psg4d.errors import ConfigError
+from psg4d.experiments.common import (
+    from_scratch_stage,
+    llm_experiment,
+    llm_predictor,
+    predict_and_score,
+    synthetic_world,
+    train_or_reuse,
+)
 from psg4d.experiments.output import check_output_folder, write_results
 from psg4d.utils.io import atomic_write_json
 
@@ -91,43 +97,35 @@ def _transfer_cfg(cfg: CompareExperimentConfig):
 
 def _world(cfg: CompareExperimentConfig, preset: str) -> Path:
     if preset == "hoi":
-        from psg4d.experiments.transfer import _world as transfer_world
+        from psg4d.experiments.transfer import transfer_world
 
         return transfer_world(_transfer_cfg(cfg))
-    from psg4d.demo import DemoConfig, synthesise
-
-    videos = max(math.ceil(cfg.videos / 0.7), math.ceil(cfg.test_videos / 0.15)) + 2
-    data = cfg.run_dir / preset / "data"
-    synthesise(DemoConfig(out=cfg.run_dir / preset, preset=preset, videos=videos, images=0, frames=cfg.frames,
-                          size=cfg.size, seed=cfg.seed), data)
-    return data
+    return synthetic_world(cfg.run_dir / preset / "data", preset=preset, train_videos=cfg.videos,
+                           test_videos=cfg.test_videos, frames=cfg.frames, size=cfg.size, seed=cfg.seed)
 
 
 def _llm_arms(cfg: CompareExperimentConfig, preset: str, world: Path) -> dict[str, tuple[Path, float]]:
     """method -> (checkpoint, training wall seconds) of the 4D-LLM arms asked for."""
-    from psg4d.experiments import transfer as tr
-
     wanted = [m for m in ("4d_llm", "4d_llm_transfer") if m in cfg.methods]
     if not wanted:
         return {}
-    tcfg = _transfer_cfg(cfg)
-    if preset == "hoi":
-        base = tcfg.run_dir / f"4d_{cfg.videos}" / "transfer"
-        final, finals, wall = tr._train(tr._experiment(tcfg, world, cfg.videos, tr._transfer_stages(tcfg, cfg.videos),
-                                                       base), base)
-        init_wall = float(json.loads((finals["4d_init"] / "trainer.json").read_text()).get("wall_s", 0.0))
-        arms = {"4d_llm": (finals["4d_init"], init_wall), "4d_llm_transfer": (final, wall)}
+    if preset == "hoi":  # the transfer experiment's run: its 4d_init stage is the arm without the transfer
+        from psg4d.experiments.transfer import train_transfer
+
+        run = train_transfer(_transfer_cfg(cfg), world, cfg.videos)
+        arms = {"4d_llm": (run.stage_dirs["4d_init"], run.stage_wall_s["4d_init"]),
+                "4d_llm_transfer": (run.final_dir, run.wall_s)}
         return {m: arms[m] for m in wanted}
-    stages = [{"name": "4d_init", "kind": "4d_init", "max_steps": cfg.llm_steps,
-               "trainable": ["encoder", "projector", "llm", "obj_proj", "mask_decoder"]}]
     out = cfg.run_dir / preset / "4d_llm"
-    final, _, wall = tr._train(tr._experiment(tcfg, world, cfg.videos, stages, out), out)
-    return {"4d_llm": (final, wall)} if "4d_llm" in wanted else {}
+    run = train_or_reuse(llm_experiment(world, stages=[from_scratch_stage(cfg.llm_steps)], out_dir=out,
+                                        seed=cfg.seed, train_videos=cfg.videos, where=f"{NAME} experiment"), out)
+    return {"4d_llm": (run.final_dir, run.wall_s)} if "4d_llm" in wanted else {}
 
 
 # ------------------------------------------------------------------------ pipeline arms
 def _pipeline_arms(cfg: CompareExperimentConfig, preset: str, world: Path) -> dict[str, tuple[Path, float]]:
-    from psg4d.baseline.pipeline import load_pipeline_config, train_pipeline
+    from psg4d.baseline.config import load_pipeline_config
+    from psg4d.baseline.pipeline import train_pipeline
     from psg4d.train.commands import PRESET_DIR
 
     base = cfg.run_dir / preset
@@ -160,55 +158,38 @@ def _pipeline_arms(cfg: CompareExperimentConfig, preset: str, world: Path) -> di
 # ------------------------------------------------------------------------ scoring
 def _score(ckpt: Path, world: Path, cfg: CompareExperimentConfig, preset: str, method: str) -> dict[str, Any]:
     from psg4d.baseline.predict import PipelinePredictor
-    from psg4d.data.readers import open_dataset
     from psg4d.data.schema import save_scene_graphs
-    from psg4d.eval import evaluate
     from psg4d.eval.segmentation import SegmentationQuality
-    from psg4d.infer.predictor import Predictor, PredictorConfig
-    from psg4d.model.psg4d_llm import PSG4DModel
 
-    reader = open_dataset(world / "4d")
-    ids = reader.video_ids("test")[: cfg.test_videos]
     if method.startswith("pipeline"):
         predictor = PipelinePredictor.from_pretrained(ckpt)
     else:
-        predictor = Predictor(model=PSG4DModel.from_pretrained(ckpt),
-                              config=PredictorConfig(max_new_tokens=48 if cfg.quick else None))
-    preds, gts = [], []
+        predictor = llm_predictor(ckpt, quick=cfg.quick)
     # every GT object, and only those in a GT relation: the 4D-LLM writes (and so segments) only the
     # objects of its triplets, the pipeline every segment it finds
     seg, seg_related = SegmentationQuality(), SegmentationQuality()
-    seconds = 0.0
-    for vid in ids:
-        video, gt = reader.read_video(vid), reader.read_graph(vid)
-        t0 = time.perf_counter()
-        pred = predictor.predict(video)
-        seconds += time.perf_counter() - t0
+
+    def segments(pred, gt) -> None:
         seg.update(pred, gt)
         related = {i for r in gt.relations for i in (r.subject_id, r.object_id)}
         seg_related.update(pred, replace(gt, objects=[o for o in gt.objects if o.object_id in related]))
-        preds.append(pred)
-        gts.append(gt)
-    by_id = {g.video_id: g for g in gts}
-    metrics = {}
-    for protocol in ("pvsg", "volumetric"):
-        r = evaluate(preds, by_id, protocol=protocol)
-        metrics[protocol] = {k: round(float(v), 2) for k, v in r.items()
-                             if isinstance(v, (int, float)) and k.startswith(("R@", "mR@"))}
+
+    scored = predict_and_score(predictor, world / "4d", limit=cfg.test_videos, each=segments)
+    preds = scored.predictions
     quality = seg.compute()
     tq, pqr = quality["tube"], quality["panoptic"]
     tq_related = seg_related.compute()["tube"]
     # kept beside the runs: `psg4d eval --pred` scores them again, `psg4d viz` shows them
     (cfg.run_dir / "predictions").mkdir(parents=True, exist_ok=True)
     save_scene_graphs(cfg.run_dir / "predictions" / f"{preset}_{method}.jsonl", preds)
-    return {"metrics": metrics,
+    return {"metrics": scored.metrics,
             "mean_tube_viou": None if tq["mean_tube_viou"] is None else round(float(tq["mean_tube_viou"]), 4),
             "tube_recall@0.5": tq.get("recall@0.5"), "tube_class_recall@0.5": tq.get("class_recall@0.5"),
             "mean_tube_viou_related_objects": None if tq_related["mean_tube_viou"] is None
             else round(float(tq_related["mean_tube_viou"]), 4),
             "panoptic_quality": {k: (None if pqr.get(k) is None else round(float(pqr[k]), 2))
                                  for k in ("PQ", "SQ", "RQ", "PQ_things", "PQ_stuff")},
-            "predict_s_per_video": round(seconds / max(len(ids), 1), 3), "test_videos": len(ids),
+            "predict_s_per_video": round(scored.predict_s_per_video, 3), "test_videos": len(preds),
             "objects_per_video": round(sum(len(p.objects) for p in preds) / max(len(preds), 1), 2)}
 
 

@@ -148,12 +148,12 @@ def _measure(ckpt: Path, video: Path, threads: int, max_new_tokens: int | None) 
 def run(cfg: LongVideoConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from psg4d.experiments.predict_speed import PredictSpeedConfig, _prepare
+    from psg4d.experiments.predict_speed import PredictSpeedConfig, prepare
     from psg4d.viz.plots import write_bar_chart
 
     out_json = check_output_folder(cfg.out, name=NAME, quick=cfg.quick) / f"{NAME}.json"
-    ckpt, data = _prepare(PredictSpeedConfig(out=cfg.out, run_dir=cfg.run_dir, ckpt=cfg.ckpt, data=cfg.data,
-                                             split=cfg.split, quick=cfg.quick))
+    ckpt, data = prepare(PredictSpeedConfig(out=cfg.out, run_dir=cfg.run_dir, ckpt=cfg.ckpt, data=cfg.data,
+                                            split=cfg.split, quick=cfg.quick))
     frames = _clip_frames(data, cfg.split, cfg.height, cfg.width)
     runs = []
     for n in tqdm(cfg.lengths, desc="long_video", unit="length"):

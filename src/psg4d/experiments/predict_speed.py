@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from psg4d.errors import ConfigError
+from psg4d.experiments.common import TINY_PRESET, preset_experiment, train_or_reuse
 from psg4d.experiments.output import check_output_folder, machine_info
 from psg4d.utils.io import atomic_write_json
 from psg4d.utils.threads import available_cpus
@@ -66,21 +67,25 @@ class PredictSpeedConfig:
             self.videos, self.long_frames, self.long_size = min(self.videos, 3), 24, (96, 128)
 
 
-def _prepare(cfg: PredictSpeedConfig) -> tuple[Path, Path]:
-    """(checkpoint, dataset) to measure: given, or the demo's world and training run."""
+def prepare(cfg: PredictSpeedConfig) -> tuple[Path, Path]:
+    """(checkpoint, 4D dataset) to measure: ``--ckpt`` and ``--data``, or else the demo's world and
+    training run built in ``RUN_DIR`` (``data``, ``model``; reused when done): ``psg4d demo``'s
+    defaults (world seed 0, 16 frames of 64 x 64 pixels, the tiny model's 400 steps) with 160 videos,
+    so the test split has >= 20."""
     if cfg.ckpt is not None:
         if cfg.data is None:
             raise ConfigError("--ckpt needs --data (the dataset whose videos are predicted)")
         return cfg.ckpt, cfg.data
-    from psg4d.demo import DemoConfig, synthesise, train_model
+    from psg4d.data.synth import SynthConfig, generate_or_reuse
 
-    demo = DemoConfig(out=cfg.run_dir, videos=160, images=0)
+    world, steps, overrides = SynthConfig(videos=160, images=0, frames=16, size=64, seed=0), 400, []
     if cfg.quick:  # a few steps on a small world: a model that runs, not one that is good
-        demo = DemoConfig(out=cfg.run_dir, videos=30, images=0, frames=8, size=32, steps=20,
-                          overrides=["train.log_every=10", "train.save_every=0", "train.val_recall=false"])
-    synthesise(demo, cfg.run_dir / "data")
-    result = train_model(demo, cfg.run_dir / "data", cfg.run_dir / "model")
-    return result.final_dir, cfg.run_dir / "data" / "4d"
+        world, steps = SynthConfig(videos=30, images=0, frames=8, size=32, seed=0), 20
+        overrides = ["train.log_every=10", "train.save_every=0", "train.val_recall=false"]
+    data = generate_or_reuse(world, cfg.run_dir / "data")
+    model = cfg.run_dir / "model"
+    run = train_or_reuse(preset_experiment(TINY_PRESET, data, model, seed=0, steps=steps, overrides=overrides), model)
+    return run.final_dir, data / "4d"
 
 
 def _time(predictor, video) -> float:
@@ -192,7 +197,7 @@ def run(cfg: PredictSpeedConfig) -> dict[str, Any]:
 
     out_json = check_output_folder(cfg.out, name=NAME, quick=cfg.quick) / f"{NAME}.json"
 
-    ckpt, data = _prepare(cfg)
+    ckpt, data = prepare(cfg)
     model = PSG4DModel.from_pretrained(ckpt)
     reader = open_dataset(data)
     ids = reader.video_ids(cfg.split)

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from psg4d.errors import ConfigError
+from psg4d.experiments.common import TINY_PRESET, preset_experiment, protocol_metrics, train_or_reuse
 from psg4d.experiments.output import check_output_folder, machine_info
 from psg4d.utils.io import atomic_write_json
 
@@ -85,38 +86,27 @@ class ReadingConfig:
 
 
 def _world(cfg: ReadingConfig) -> Path:
-    from psg4d.data.synth.generate import SynthConfig, generate
+    """The judged world (``RUN_DIR/world<seed>``): a world already there is kept whatever it was made
+    with, so the recorded runs are never scored on another."""
+    from psg4d.data.synth import SynthConfig, generate_or_reuse
 
-    data = cfg.run_dir / f"world{cfg.world_seed}"
-    if not (data / "4d").exists():
-        generate(SynthConfig(preset="hoi", videos=cfg.videos, images=0, frames=cfg.frames, size=cfg.size,
-                             seed=cfg.world_seed), data)
-    return data / "4d"
+    config = SynthConfig(preset="hoi", videos=cfg.videos, images=0, frames=cfg.frames, size=cfg.size,
+                         seed=cfg.world_seed)
+    return generate_or_reuse(config, cfg.run_dir / f"world{cfg.world_seed}", reuse="any") / "4d"
 
 
 def _train(cfg: ReadingConfig, data: Path, arm: str, seed: int) -> tuple[Path, float]:
-    from psg4d.demo import PRESET_DIR
-    from psg4d.train.loop import train
-    from psg4d.train.stages import load_experiment
-
     run = cfg.run_dir / f"{arm}_seed{seed}"
-    overrides = [f"data.root={data.parent.resolve()}", f"output_dir={run.resolve()}", f"seed={seed}"] + ARMS[arm]
-    exp = load_experiment(PRESET_DIR / "hoi_tiny.yaml", overrides)
-    for stage in exp.stages:
-        stage.max_steps, stage.epochs = cfg.steps, None
+    exp = preset_experiment(TINY_PRESET, data.parent, run, seed=seed, steps=cfg.steps, pretrain_steps=cfg.steps,
+                            overrides=ARMS[arm])
     t0 = time.perf_counter()
-    result = train(exp, out_dir=run, resume=True)
-    return result.final_dir, time.perf_counter() - t0
+    trained = train_or_reuse(exp, run)
+    return trained.final_dir, time.perf_counter() - t0
 
 
 def _scores(graphs, truth) -> dict[str, float]:
-    from psg4d.eval.metric import evaluate
-
-    out = {}
-    for protocol in ("pvsg", "volumetric"):
-        r = evaluate(graphs, truth, protocol=protocol, ks=(20, 50, 100))
-        out.update({f"{protocol}_{k}": round(float(r[k]), 2) for k in ("R@20", "R@50", "R@100", "mR@50")})
-    return out
+    metrics = protocol_metrics(graphs, truth)
+    return {f"{protocol}_{k}": metrics[protocol][k] for protocol in metrics for k in ("R@20", "R@50", "R@100", "mR@50")}
 
 
 def _measure(cfg: ReadingConfig, ckpt: Path, data: Path) -> dict[str, Any]:

@@ -29,26 +29,33 @@ runs: every setting is fixed in advance (the test split is only scored).
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from psg4d.errors import ConfigError
+from psg4d.experiments.common import (
+    FROM_SCRATCH,
+    TrainedRun,
+    from_scratch_stage,
+    held_out_graphs,
+    llm_experiment,
+    llm_predictor,
+    predict_and_score,
+    synthetic_world,
+    train_or_reuse,
+)
 from psg4d.experiments.output import check_output_folder, jsonable, machine_info
 from psg4d.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
 NAME = "transfer"
-PRESET = "hoi_tiny.yaml"
 STAGE_ORDER = ("4d_init", "estimator_fit", "pseudo4d_init", "transfer_2d", "finetune_4d")
 
 
@@ -90,38 +97,16 @@ class TransferExperimentConfig:
 # ----------------------------------------------------------------------------- world
 
 
-def _world(cfg: TransferExperimentConfig) -> Path:
-    """Synthesise (or reuse) the world: enough 4D training videos for the largest size, the test
-    videos, and the 2D training images (70 / 15 / 15 splits of each)."""
-    from psg4d.demo import DemoConfig, synthesise
-
-    videos = max(math.ceil(max(cfg.sizes) / 0.7), math.ceil(cfg.test_videos / 0.15)) + 2
-    images = math.ceil(cfg.images / 0.7) + 2
-    demo = DemoConfig(out=cfg.run_dir, videos=videos, images=images, frames=cfg.frames, size=cfg.size,
-                      seed=cfg.seed)
-    synthesise(demo, cfg.run_dir / "data")
-    return cfg.run_dir / "data"
+def transfer_world(cfg: TransferExperimentConfig) -> Path:
+    """Synthesise (or reuse) the world in ``RUN_DIR/data``: enough 4D training videos for the largest
+    size, the test videos, and the 2D training images."""
+    return synthetic_world(cfg.run_dir / "data", train_videos=max(cfg.sizes), test_videos=cfg.test_videos,
+                           train_images=cfg.images, frames=cfg.frames, size=cfg.size, seed=cfg.seed)
 
 
-def _experiment(cfg: TransferExperimentConfig, world: Path, n_4d: int, stages: list[dict], out: Path):
-    from psg4d.config import load_yaml
-    from psg4d.demo import PRESET_DIR
-    from psg4d.train.stages import experiment_from_data
-
-    data = load_yaml(PRESET_DIR / PRESET)
-    data["data"] = {
-        "root": str(world.resolve()),
-        "train": [{"path": "4d", "split": "train", "max_videos": n_4d}],
-        "val": [],  # nothing is tuned on the way
-    }
-    data["train"] = dict(data.get("train") or {}, val_every=0, save_every=0, progress=False, log_every=50)
-    data["stages"] = stages
-    data["output_dir"] = str(out)
-    data["seed"] = cfg.seed
-    return experiment_from_data(data, where=f"{NAME} experiment")
-
-
-def _transfer_stages(cfg: TransferExperimentConfig, n_4d: int) -> list[dict]:
+def transfer_stages(cfg: TransferExperimentConfig, n_4d: int) -> list[dict[str, Any]]:
+    """The five stages of the transfer pipeline on ``n_4d`` 4D training videos, each from the
+    previous one's final weights."""
     lifted = [{"path": "2d", "split": "train", "lift_2d": True, "max_videos": cfg.images}]
     stages = []
     for i, kind in enumerate(STAGE_ORDER):
@@ -129,7 +114,7 @@ def _transfer_stages(cfg: TransferExperimentConfig, n_4d: int) -> list[dict]:
         if i:
             stage["init"] = "previous"
         if kind == "4d_init":  # the tiny model learns everything from scratch here
-            stage["trainable"] = ["encoder", "projector", "llm", "obj_proj", "mask_decoder"]
+            stage["trainable"] = list(FROM_SCRATCH)
         if kind == "transfer_2d":
             stage["data"] = lifted
         if kind == "finetune_4d":  # real 4D videos, replaying some lifted images (see the stage kind)
@@ -139,59 +124,33 @@ def _transfer_stages(cfg: TransferExperimentConfig, n_4d: int) -> list[dict]:
     return stages
 
 
-def _train(exp, out: Path) -> tuple[Path, dict[str, Path], float]:
-    """Train (or reuse a finished run); -> (final checkpoint, stage -> final dir, wall seconds)."""
-    from psg4d.train.loop import train
+def train_transfer(cfg: TransferExperimentConfig, world: Path, n_4d: int) -> TrainedRun:
+    """The transfer arm's run on ``n_4d`` 4D videos (``RUN_DIR/4d_N/transfer``; its ``4d_init`` stage
+    is the ``4d_only`` arm), trained or reused when finished."""
+    out = cfg.run_dir / f"4d_{n_4d}" / "transfer"
+    return train_or_reuse(_experiment(cfg, world, n_4d, transfer_stages(cfg, n_4d), out), out)
 
-    result = train(exp, out_dir=out, resume=True)
-    wall = sum(st.wall_s for st in result.stages)
-    if any(st.skipped for st in result.stages):  # reused: the training time of the original run
-        wall = sum(float(json.loads((st.final_dir / "trainer.json").read_text()).get("wall_s", 0.0))
-                   for st in result.stages)
-    return result.final_dir, {st.name: st.final_dir for st in result.stages}, wall
+
+def _experiment(cfg: TransferExperimentConfig, world: Path, n_4d: int, stages: list[dict], out: Path):
+    return llm_experiment(world, stages=stages, out_dir=out, seed=cfg.seed, train_videos=n_4d,
+                          where=f"{NAME} experiment")
 
 
 # ------------------------------------------------------------------------ scoring
 
 
-def held_out_graphs(gts: Iterable, novel: set[str]) -> list:
-    """Copies of ``gts`` keeping only the relations whose subject or object category is in ``novel``."""
-    out = []
-    for g in gts:
-        cats = {o.object_id: o.category for o in g.objects}
-        keep = [r for r in g.relations if cats.get(r.subject_id) in novel or cats.get(r.object_id) in novel]
-        out.append(replace(g, relations=keep))
-    return out
-
-
 def _score(ckpt: Path, world: Path, cfg: TransferExperimentConfig, novel: set[str], *, rgb_only: bool) -> dict:
-    from psg4d.data.readers import open_dataset
     from psg4d.eval import evaluate
-    from psg4d.infer.predictor import Predictor, PredictorConfig
-    from psg4d.model.psg4d_llm import PSG4DModel
 
-    reader = open_dataset(world / "4d")
-    ids = reader.video_ids("test")[: cfg.test_videos]
-    predictor = Predictor(model=PSG4DModel.from_pretrained(ckpt), config=PredictorConfig(
-        max_new_tokens=48 if cfg.quick else None))
-    preds, gts = [], []
-    t0 = time.perf_counter()
-    for vid in ids:
-        video = reader.read_video(vid)
-        if rgb_only:
-            video = replace(video, depth=None)
-        preds.append(predictor.predict(video))
-        gts.append(reader.read_graph(vid))
-    seconds = time.perf_counter() - t0
-    metrics = {}
-    for protocol in ("pvsg", "volumetric"):
-        r = evaluate(preds, {g.video_id: g for g in gts}, protocol=protocol)
-        metrics[protocol] = {k: round(float(v), 2) for k, v in r.items() if k.startswith(("R@", "mR@"))}
-    held = held_out_graphs(gts, novel)
+    scored = predict_and_score(llm_predictor(ckpt, quick=cfg.quick), world / "4d", limit=cfg.test_videos,
+                               without_depth=rgb_only)
+    preds = scored.predictions
+    held = held_out_graphs(scored.truths, novel)
     n_held = sum(len(g.relations) for g in held)
     held_r50 = evaluate(preds, {g.video_id: g for g in held}, protocol="pvsg")["R@50"] if n_held else None
-    return {"metrics": metrics, "held_out_recall@50": None if held_r50 is None else round(float(held_r50), 2),
-            "held_out_relations": n_held, "predict_s_per_video": round(seconds / max(len(ids), 1), 3),
+    return {"metrics": scored.metrics,
+            "held_out_recall@50": None if held_r50 is None else round(float(held_r50), 2),
+            "held_out_relations": n_held, "predict_s_per_video": round(scored.predict_s_per_video, 3),
             "depth_source": preds[0].meta.get("depth_source") if preds else None}
 
 
@@ -260,26 +219,22 @@ def run(cfg: TransferExperimentConfig) -> list[dict[str, Any]]:
     from psg4d.viz.plots import histograms_png
 
     out = check_output_folder(cfg.out, name=NAME, quick=cfg.quick)
-    world = _world(cfg)
+    world = transfer_world(cfg)
     n_2d = cfg.images
     records: list[dict[str, Any]] = []
     features: dict[str, Any] = {}
     for n_4d in sorted(cfg.sizes):
         novel = novel_categories(world, n_4d, n_2d)
         log.info("4D size %d: categories only in the 2D images: %s", n_4d, sorted(novel))
-        base = cfg.run_dir / f"4d_{n_4d}"
-        transfer_final, finals, transfer_wall = _train(
-            _experiment(cfg, world, n_4d, _transfer_stages(cfg, n_4d), base / "transfer"), base / "transfer")
-        init_meta = finals["4d_init"] / "trainer.json"
-        init_wall = float(json.loads(init_meta.read_text()).get("wall_s", 0.0))
-        equal = [{"name": "4d_init", "kind": "4d_init", "max_steps": cfg.total_steps,
-                  "trainable": ["encoder", "projector", "llm", "obj_proj", "mask_decoder"]}]
-        equal_final, _, equal_wall = _train(_experiment(cfg, world, n_4d, equal, base / "equal_steps"),
-                                            base / "equal_steps")
+        transfer = train_transfer(cfg, world, n_4d)
+        equal_out = cfg.run_dir / f"4d_{n_4d}" / "equal_steps"
+        equal = train_or_reuse(_experiment(cfg, world, n_4d, [from_scratch_stage(cfg.total_steps)], equal_out),
+                               equal_out)
         arms = [
-            ("transfer", transfer_final, cfg.total_steps, transfer_wall, ("rgbd", "rgb")),
-            ("4d_only", finals["4d_init"], cfg.steps["4d_init"], init_wall, ("rgbd", "rgb")),
-            ("4d_only_equal_steps", equal_final, cfg.total_steps, equal_wall, ("rgbd",)),
+            ("transfer", transfer.final_dir, cfg.total_steps, transfer.wall_s, ("rgbd", "rgb")),
+            ("4d_only", transfer.stage_dirs["4d_init"], cfg.steps["4d_init"], transfer.stage_wall_s["4d_init"],
+             ("rgbd", "rgb")),
+            ("4d_only_equal_steps", equal.final_dir, cfg.total_steps, equal.wall_s, ("rgbd",)),
         ]
         for arm, ckpt, steps, wall, inputs in arms:
             for inp in inputs:
@@ -293,7 +248,7 @@ def run(cfg: TransferExperimentConfig) -> list[dict[str, Any]]:
                          scored["metrics"]["pvsg"]["R@50"], scored["held_out_recall@50"])
         if n_4d == min(cfg.sizes):
             for stage in ("estimator_fit", "pseudo4d_init"):
-                features[stage] = feature_similarity(finals[stage], world, cfg.feature_videos)
+                features[stage] = feature_similarity(transfer.stage_dirs[stage], world, cfg.feature_videos)
     atomic_write_json(out / f"{NAME}.json", records, indent=1)
     summary = {stage: {k: {"mean": round(float(v.mean()), 4) if v.size else None, "n": int(v.size)}
                        for k, v in feats.items()} for stage, feats in features.items()}

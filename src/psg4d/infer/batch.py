@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from psg4d.errors import Psg4dError
 from psg4d.infer.predictor import Predictor, PredictorConfig
-from psg4d.infer.predictors import build_predictor
+from psg4d.infer.predictor_factory import build_predictor
 from psg4d.infer.video_predict import ReadOptions, finished, predict_video, write_prediction_report
 
 log = logging.getLogger(__name__)

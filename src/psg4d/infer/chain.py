@@ -1,5 +1,5 @@
 """Chained inference: describe and name the objects, pick the interacting pairs, name each
-relation, decide its span: four turns over the same visual tokens (:mod:`psg4d.model.chain`).
+relation, decide its span: four turns over the same visual tokens (:mod:`psg4d.model.chain_text`).
 
 :meth:`ChainPredictor.predict`:
 
@@ -37,7 +37,7 @@ from psg4d.data.schema import SceneGraph4D, Video4D
 from psg4d.infer.categorise import LanguageCategoriser
 from psg4d.infer.predictor import Predictor, PredictorConfig, _Candidate
 from psg4d.model.batching import resample_indices
-from psg4d.model.chain import (
+from psg4d.model.chain_text import (
     STEPS, ChainObject, normalize_description, parse_describe, parse_pairs, parse_relations, parse_spans,
 )
 from psg4d.model.generation import Generation

@@ -82,7 +82,7 @@ def predict_command(
     from psg4d.utils.io import check_output_file, check_output_folder
     from psg4d.data.video_io import probe_video
     from psg4d.infer.batch import dist_rank, run_batch
-    from psg4d.infer.predictors import build_predictor, load_vocabulary, resolve_mode
+    from psg4d.infer.predictor_factory import build_predictor, load_vocabulary, resolve_mode
     from psg4d.infer.predictor import PREDICT_MODES, PredictorConfig
     from psg4d.infer.video_predict import ReadOptions, plan_video, predict_video, write_prediction_report
     from psg4d.model.psg4d_llm import PSG4DModel

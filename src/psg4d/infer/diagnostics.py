@@ -36,6 +36,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from psg4d.data.masks import mask_iou
 from psg4d.data.schema import Sample
 from psg4d.data.time_reversal import asymmetric_pairs, reversal_table, reverse_sample
 from psg4d.model.generation import SceneGraphGenerator
@@ -121,10 +122,8 @@ def teacher_forced_masks(model: PSG4DModel, samples: Sequence[Sample], *, thresh
         logits, _ = model.decode_tubes(features, tf.hidden[0, pos])  # [N, T, h, w]
         target = batch["mask_targets"][0]  # [N, T, S, S]
         pred = upsample_to(logits, tuple(target.shape[-2:])).cpu() > 0
-        inter = (pred & target).flatten(2).sum(-1).float()
-        union = (pred | target).flatten(2).sum(-1).float()
         present = target.flatten(2).any(-1)  # [N, T]
-        good = (inter / union.clamp(min=1) >= threshold) & present
+        good = (mask_iou(pred, target) >= threshold) & present
         cats = {o.object_id: o.category for o in s.graph.objects}
         for k, oid in enumerate(batch["obj_ids"][0]):
             if bool(batch["mask_valid"][0][k]) and int(present[k].sum()) > 0:

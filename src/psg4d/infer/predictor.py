@@ -102,7 +102,7 @@ class PredictorConfig:
     threads: int | None = None
     # "direct": one scene-graph text (this module); "chain": the four chained steps
     # (psg4d.infer.chain; the model must have been trained with model.chain_prob > 0); "auto": the
-    # one chosen on validation for the checkpoint (psg4d.infer.predictors.resolve_mode).
+    # one chosen on validation for the checkpoint (psg4d.infer.predictor_factory.resolve_mode).
     mode: str = "direct"
     # Chain mode: the class names an object of a kind training never named may get (scored by the
     # LLM's language knowledge); None: it names such an object in free text.
@@ -192,7 +192,8 @@ class Predictor:
             cat = occurrences[k]
             for j, (ocat, otube) in enumerate(objects):
                 same = ocat.lower() == cat.lower()
-                if same and rle_tube_viou(otube.rles, tubes[k].rles, weights) >= self.config.merge_viou:
+                # two empty tubes count as equal (module docstring, step 3): empty=1.0, not the metric's 0
+                if same and rle_tube_viou(otube.rles, tubes[k].rles, weights, empty=1.0) >= self.config.merge_viou:
                     assign[k] = j
                     break
             else:

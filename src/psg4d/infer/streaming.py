@@ -57,6 +57,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from tqdm import tqdm
 
+from psg4d.data.masks import mask_iou
 from psg4d.data.schema import SCHEMA_VERSION, SceneGraph4D, Video4D, merge_spans, rle_decode
 from psg4d.errors import ConfigError, DataError
 from psg4d.data.video_io import Frame, VideoWindow, windows_from_frames
@@ -361,9 +362,7 @@ class _StitchState:
             for b, ti in enumerate(cands):
                 if _norm(o.majority_category()) != _norm(self.tracks[ti].category):
                     continue
-                union = np.logical_or(obj_masks[a], track_masks[b]).sum()
-                if union:
-                    iou[a, b] = np.logical_and(obj_masks[a], track_masks[b]).sum() / union
+                iou[a, b] = mask_iou(obj_masks[a], track_masks[b], dims=3)  # volumetric; 0 when both are empty
         rows, cols = linear_sum_assignment(-iou)
         return {int(a): cands[int(b)] for a, b in zip(rows, cols) if iou[a, b] >= self.iou_threshold}
 

@@ -15,7 +15,7 @@ Batch keys (:meth:`SceneGraphCollator.__call__`):
 
 * ``target_ids [B, L]`` / ``target_mask [B, L]``: scene-graph text + ``<eos>``, right-padded;
   ``target_loss_mask [B, L]``: 1 where a token is a target (0: a chain step's prompt);
-* ``chain [B]`` bool: the sample is written as the chained steps (:mod:`psg4d.model.chain`,
+* ``chain [B]`` bool: the sample is written as the chained steps (:mod:`psg4d.model.chain_text`,
   probability ``model.chain_prob``), else in the direct grammar;
 * ``rgb [B, T, 3, S, S]`` in [0, 1]; ``depth [B, T, 1, S, S]`` metres, or None if any sample lacks it;
   ``disparity_scale [B]`` each camera's focal length (px) x stereo baseline (m), for encoders whose
@@ -54,7 +54,7 @@ from psg4d.errors import ConfigError, DataError
 from psg4d.model.config import ModelConfig
 from psg4d.model.encoder import disparity_scale_of
 from psg4d.data.descriptions import object_description
-from psg4d.model.chain import format_chain
+from psg4d.model.chain_text import format_chain
 from psg4d.model.grammar import format_scene_graph
 from psg4d.model.prompt import Prompt
 from psg4d.model.tokens import OBJ_TOKEN, TRIPLET_SEP

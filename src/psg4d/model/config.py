@@ -128,7 +128,7 @@ class ModelConfig:
     region: RegionConfig = field(default_factory=RegionConfig)
     object_vocab: list[str] = field(default_factory=list)
     predicate_vocab: list[str] = field(default_factory=list)
-    # Chained scene-graph text (psg4d.model.chain): the share of training samples written as the
+    # Chained scene-graph text (psg4d.model.chain_text): the share of training samples written as the
     # four chained steps instead of the direct grammar (0: direct only). A model trained on both
     # predicts either way (`psg4d predict --mode direct|chain`).
     chain_prob: float = 0.0
@@ -193,7 +193,7 @@ class ModelConfig:
         words = [*self.object_vocab, *self.predicate_vocab]
         if self.chain_prob > 0:
             from psg4d.data.descriptions import description_words
-            from psg4d.model.chain import CHAIN_WORDS, ChainTemplates
+            from psg4d.model.chain_text import CHAIN_WORDS, ChainTemplates
 
             described = [d for ds in self.category_descriptions.values() for d in ds]
             words += [*ChainTemplates.load().words(), *CHAIN_WORDS, *description_words(), *described]

@@ -4,6 +4,7 @@
 :meth:`SceneGraphGenerator.encode_video <psg4d.model.generation.SceneGraphGenerator.encode_video>`;
 :class:`Generation` is one greedy decoding; :class:`GenerationCache` is the key/value cache
 generation leaves on the context for later scoring (:mod:`psg4d.model.scoring`).
+:class:`TeacherForcing` is one teacher-forced training pass (prompt + target through the LLM).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from psg4d.model.encoder import EncoderOutput
+from psg4d.model.features import SceneFeatures
 
 
 @dataclass
@@ -82,3 +86,17 @@ def cache_kwarg(llm: torch.nn.Module) -> str:
     """KV-cache argument/output name: ``cache`` in recent transformers, ``past_key_values`` before."""
     base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+@dataclass
+class TeacherForcing:
+    """One teacher-forced pass: the encoder output and the LLM over prompt + target."""
+
+    enc: EncoderOutput
+    ids: torch.Tensor  # [B, L'] input ids, placeholder expanded to N_vis positions
+    labels: torch.Tensor  # [B, L'] target ids, -100 outside the scene-graph text
+    hidden: torch.Tensor  # [B, L', H] last-layer hidden states
+    logits: torch.Tensor  # [B, L', V]
+    tag_logits: torch.Tensor | None  # [B, V_obj]
+    prompt_tags: list[list[str]] | None  # the tag words each sample's prompt held
+    features: SceneFeatures  # what entered the aggregator, and the real branch features

@@ -29,7 +29,7 @@ Pipeline per clip ``rgb [B, T, 3, H, W]`` (float in [0, 1]) and optional
    Frames are resized to ``image_size x image_size`` (bilinear, antialiased).
 2. One backbone per modality (ImageBind-style), each followed by a
    ``LayerNorm + Linear`` head into the shared width ``D``.
-3. :class:`~psg4d.model.fusion.GatedFusion` per frame (SA-Gate style). RGB-only
+3. :class:`~psg4d.model.fusion.GatedTokenFusion` per frame (SA-Gate style). RGB-only
    input (``depth=None``, ``depth_feats=None``) uses the RGB features alone;
    ``depth_feats`` (e.g. from the transfer's depth-feature estimator) replaces
    the depth branch when given. An encoder built with ``use_depth=False`` has
@@ -54,7 +54,7 @@ from torch import nn
 
 from psg4d.errors import ConfigError, DataError
 from psg4d.model.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, build_backbone
-from psg4d.model.fusion import GatedFusion
+from psg4d.model.fusion import GatedTokenFusion
 from psg4d.model.merging import TokenMerger
 
 if TYPE_CHECKING:
@@ -233,7 +233,7 @@ class SceneEncoder(nn.Module):
         *,
         rgb_branch: Branch,
         depth_branch: Branch | None,
-        fusion: GatedFusion,
+        fusion: GatedTokenFusion,
         merger: TokenMerger,
         image_size: int,
         rgb_mean: tuple[float, float, float] = IMAGENET_MEAN,
@@ -369,7 +369,7 @@ def build_encoder(cfg: EncoderConfig) -> SceneEncoder:
     encoder = SceneEncoder(
         rgb_branch=rgb,
         depth_branch=depth,
-        fusion=GatedFusion(dim=cfg.dim, reduction=cfg.fusion_reduction),
+        fusion=GatedTokenFusion(dim=cfg.dim, reduction=cfg.fusion_reduction),
         merger=TokenMerger(dim=cfg.dim, grid=cfg.merge_grid, max_tokens=cfg.max_tokens, frame_grid=cfg.frame_grid),
         image_size=cfg.image_size,
         rgb_mean=BACKBONES[cfg.backbone].rgb_mean,

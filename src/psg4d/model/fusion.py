@@ -23,8 +23,12 @@ import torch
 from torch import nn
 
 
-class GatedFusion(nn.Module):
-    """Fuse ``rgb`` and ``depth`` token features ``[B, N, D]`` into ``[B, N, D]``."""
+class GatedTokenFusion(nn.Module):
+    """Fuse ``rgb`` and ``depth`` token features ``[B, N, D]`` into ``[B, N, D]`` (the 4D-LLM's encoder).
+
+    Not :class:`psg4d.baseline.segmenter.GatedFusion`, the pipeline baseline's gate on conv
+    feature maps ``[B, C, H, W]``: the same SA-Gate idea on a different representation.
+    """
 
     def __init__(self, *, dim: int, reduction: int = 4):
         super().__init__()

@@ -100,7 +100,7 @@ class SceneGraphGenerator(TeacherForcedScoring):
     # ------------------------------------------------------------------ encode
     @torch.inference_mode()
     def encode_video(self, video: Video4D, *, chain: bool = False) -> VideoContext:
-        """``chain``: the prompt is the chain's first step (:mod:`psg4d.model.chain`) instead of
+        """``chain``: the prompt is the chain's first step (:mod:`psg4d.model.chain_text`) instead of
         the direct grammar's."""
         model = self.model
         video.validate(video.video_id or "video")

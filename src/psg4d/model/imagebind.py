@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from psg4d.errors import CheckpointError, ConfigError
-from psg4d.model.weights import mark_pretrained
+from psg4d.model.provenance import mark_pretrained
 
 log = logging.getLogger(__name__)
 

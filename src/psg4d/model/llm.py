@@ -36,7 +36,7 @@ from torch import nn
 
 from psg4d.errors import CheckpointError, ConfigError
 from psg4d.model.tokens import ADDED_SPECIAL_TOKENS, PAD_TOKEN, special_token_ids
-from psg4d.model.weights import mark_pretrained
+from psg4d.model.provenance import mark_pretrained
 from psg4d.utils.io import atomic_dir
 
 log = logging.getLogger(__name__)

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from psg4d.data.masks import mask_iou
+
 
 @dataclass
 class LossConfig:
@@ -68,15 +70,6 @@ def sigmoid_focal(logits: torch.Tensor, target: torch.Tensor, alpha: float, gamm
     return loss
 
 
-def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """IoU of ``logits > 0`` with ``target > 0.5`` over the last two dims; empty/empty = 1."""
-    pred = logits > 0
-    gt = target > 0.5
-    inter = (pred & gt).flatten(-2).sum(-1).float()
-    union = (pred | gt).flatten(-2).sum(-1).float()
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-
-
 def mask_losses(
     mask_logits: torch.Tensor,
     iou_pred: torch.Tensor,
@@ -110,7 +103,7 @@ def mask_losses(
     prob = logits.sigmoid().flatten(-2)
     flat_t = tgt.flatten(-2)
     dice = (1 - (2 * (prob * flat_t).sum(-1) + 1) / (prob.sum(-1) + flat_t.sum(-1) + 1)).mean()
-    actual = mask_iou(logits.detach(), tgt)  # [N, T]
+    actual = mask_iou(logits.detach() > 0, tgt > 0.5, empty=1.0)  # [N, T]; empty/empty = 1 (module docstring)
     iou = F.mse_loss(iou_pred.float(), actual)
     total = cfg.focal_weight * focal + cfg.dice_weight * dice + cfg.iou_weight * iou
     out = {"focal": focal, "dice": dice, "iou": iou}

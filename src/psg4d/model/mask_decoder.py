@@ -54,7 +54,7 @@ from psg4d.errors import CheckpointError, ConfigError
 from psg4d.model.merging import sinusoid
 from psg4d.model.sam2_build import Sam2Settings, build_sam2_tubes
 from psg4d.model.sam2_tubes import Sam2Tubes
-from psg4d.model.weights import mark_pretrained
+from psg4d.model.provenance import mark_pretrained
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ unverified).
 parameters loaded from pretrained weight files (an ImageBind trunk, a LoRA-wrapped
 LLaMA's base): those are referenced, not copied. ``frozen_weights`` records, per
 weight source, the config field that names it, its absolute path, a SHA-256
-fingerprint (:func:`psg4d.model.weights.fingerprint`) and which parameters came
+fingerprint (:func:`psg4d.model.provenance.fingerprint`) and which parameters came
 from it. Loading finds each source at its recorded path, else under
 ``$PSG4D_WEIGHTS`` by file name, and refuses one that is missing or whose
 fingerprint differs: the stored weights were trained on top of exactly those.
@@ -34,7 +34,7 @@ from psg4d.model.llm import load_tokenizer
 from psg4d.model.weight_files import (
     WEIGHTS_ENV, WEIGHTS_SHA256, check_file_sha256, file_sha256, fingerprint, replace_field, weight_field_of,
 )
-from psg4d.model.weights import (
+from psg4d.model.provenance import (
     check_finite, check_shapes, frozen_pretrained_sources, names_digest, pretrained_groups, pretrained_source,
 )
 from psg4d.utils.io import atomic_dir, atomic_write_json

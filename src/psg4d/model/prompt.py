@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import torch
 
-from psg4d.model.chain import STEPS, ChainTemplates
+from psg4d.model.chain_text import STEPS, ChainTemplates
 from psg4d.model.tokens import PROMPT_TEXT, TAG_PROMPT_TEXT, TAG_SEP, TRIPLET_SEP, SpecialTokenIds, special_token_ids
 
 

@@ -35,7 +35,6 @@ This module holds the network and its losses. Its neighbours hold the rest:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -49,39 +48,26 @@ from psg4d.model.batching import SceneGraphCollator
 from psg4d.model.config import ModelConfig
 from psg4d.model.encoder import EncoderOutput, build_encoder
 from psg4d.model.estimators import FeatureEstimators, estimator_losses, pseudo_feature_losses
-from psg4d.model.features import SceneFeatures, scene_features
+from psg4d.model.features import scene_features
+from psg4d.model.contexts import TeacherForcing
 from psg4d.model.llm import build_llm
 from psg4d.model.losses import segmentation_loss
 from psg4d.model.mask_decoder import build_mask_decoder
 from psg4d.model.sam2_tubes import FrameFeatures, Sam2Tubes
-from psg4d.model.tube_losses import promptable_loss, tube_loss
+from psg4d.model.tube_losses import TubeObjectives
 from psg4d.model.projector import build_projector
 from psg4d.model.prompt import Prompt
 from psg4d.model import inputs
-from psg4d.model.region import RegionEncoder, insert_after, pool_regions
+from psg4d.model.region import RegionEncoder, RegionFeedback, insert_after
 from psg4d.model.tokens import OBJ_TOKEN
 from psg4d.model.pretrained import load_pretrained, save_pretrained
 from psg4d.model.weight_files import resolve_weight_paths
-from psg4d.model.weights import pretrained_parameter_names
+from psg4d.model.provenance import pretrained_parameter_names
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class TeacherForcing:
-    """One teacher-forced pass: the encoder output and the LLM over prompt + target."""
-
-    enc: EncoderOutput
-    ids: torch.Tensor  # [B, L'] input ids, placeholder expanded to N_vis positions
-    labels: torch.Tensor  # [B, L'] target ids, -100 outside the scene-graph text
-    hidden: torch.Tensor  # [B, L', H] last-layer hidden states
-    logits: torch.Tensor  # [B, L', V]
-    tag_logits: torch.Tensor | None  # [B, V_obj]
-    prompt_tags: list[list[str]] | None  # the tag words each sample's prompt held
-    features: SceneFeatures  # what entered the aggregator, and the real branch features
-
-
-class PSG4DModel(nn.Module):
+class PSG4DModel(TubeObjectives, RegionFeedback, nn.Module):
     """See the module docstring. Build with :meth:`from_config` or :meth:`from_pretrained`."""
 
     def __init__(
@@ -380,7 +366,7 @@ class PSG4DModel(nn.Module):
         if objective == "estimators":
             return self._estimator_objective(rgb, depth, disparity_scale, lifted)
         if objective == "masks":
-            return promptable_loss(self, rgb, object_masks, semantic)
+            return self.promptable_loss(rgb, object_masks, semantic)
         tf = self.teacher_forced(target_ids=target_ids, target_mask=target_mask, rgb=rgb, depth=depth,
                                  disparity_scale=disparity_scale, lifted=lifted,
                                  chain=chain, target_loss_mask=target_loss_mask,
@@ -388,7 +374,7 @@ class PSG4DModel(nn.Module):
         logits = tf.logits[:, :-1].float()  # [B, L'-1, V]
         loss_text = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tf.labels[:, 1:].reshape(-1),
                                     ignore_index=-100)
-        mask = tube_loss(self, tf, rgb, mask_targets, mask_valid, obj_ids, semantic)
+        mask = self.tube_loss(tf, rgb, mask_targets, mask_valid, obj_ids, semantic)
         loss = cfg.text_loss_weight * loss_text + cfg.mask_loss_weight * mask["total"]
         extra: dict[str, torch.Tensor] = {}
         if "semantic" in mask:
@@ -477,64 +463,3 @@ class PSG4DModel(nn.Module):
         categories = self.obj_cls_head(obj_hidden.to(self.obj_cls_head.weight.dtype)).float().softmax(-1)
         return self.mask_decoder.region_masks(features, categories, videos.to(categories.device),
                                               logits=semantic_logits)
-
-    # ---------------------------------------------------------------- regions
-    def region_embeddings(self, dense: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """``dense [T, C, h, w]`` (one clip's scene-encoder maps), ``masks [N, T, H, W]`` -> the N
-        region inputs ``[N, H_llm]`` (:mod:`psg4d.model.region`)."""
-        return self.region_encoder(pool_regions(dense, masks))
-
-    def decoded_masks(self, features: FrameFeatures | torch.Tensor, obj_hidden: torch.Tensor) -> torch.Tensor:
-        """The binary tubes ``[N, T, h, w]`` that ``obj_hidden [N, H]`` decodes, as the predictor
-        thresholds them (logit > 0)."""
-        return self.decode_tubes(features, obj_hidden)[0] > 0
-
-    def teacher_regions(self, enc: EncoderOutput, rgb: torch.Tensor, ids: torch.Tensor, attention: torch.Tensor,
-                        visual: torch.Tensor, mask_targets: list[torch.Tensor] | None,
-                        mask_valid: list[torch.Tensor] | None) -> torch.Tensor | None:
-        """The embeddings ``[K, H]`` of the K region positions of ``ids [B, L']`` (None without region
-        feedback). Gold tubes (``mask_targets``, B x ``[N_b, T, S, S]``; an object without a tube is
-        empty) in a share of training batches (``model.region.gold_prob``, after its ramp) and at
-        validation; otherwise the tubes the ``[Obj]`` hidden states decode, from a first pass
-        without gradient whose regions are the gold ones (empty where there is no gold)."""
-        if self.region_encoder is None:
-            return None
-        n_obj = (ids == self.ids.obj).sum(1).tolist()  # [B] regions per sample
-        dev = enc.dense.device
-        gold = None
-        if mask_targets is not None:
-            gold = []
-            for b, m in enumerate(mask_targets):
-                m = m.to(dev)
-                if mask_valid is not None:
-                    m = m & mask_valid[b].to(dev).view(-1, *([1] * (m.dim() - 1)))
-                gold.append(m)
-        use_gold = gold is not None
-        if self.training:
-            share = self.config.region.gold_share(int(self.region_forwards))
-            self.region_forwards += 1
-            use_gold = use_gold and bool(torch.rand(()) < share)
-
-        def embed_all(masks: list[torch.Tensor | None]) -> torch.Tensor:
-            parts = []
-            for b, n in enumerate(n_obj):
-                m = masks[b]
-                if m is None:
-                    m = torch.zeros(n, enc.dense.shape[1], 1, 1, device=dev)
-                if m.shape[0] != n:
-                    raise ValueError(f"sample {b}: {n} {OBJ_TOKEN} tokens but {m.shape[0]} region tubes")
-                parts.append(self.region_embeddings(enc.dense[b], m))
-            return torch.cat(parts) if parts else visual.new_zeros(0, visual.shape[-1])
-
-        if use_gold:
-            return embed_all(gold)
-        with torch.no_grad():
-            first = embed_all(gold if gold is not None else [None] * len(n_obj))
-            hidden = self.llm(inputs_embeds=self.embed(ids, visual, first), attention_mask=attention,
-                              output_hidden_states=True).hidden_states[-1]
-            decoded: list[torch.Tensor | None] = []
-            for b, n in enumerate(n_obj):
-                pos = torch.nonzero(ids[b] == self.ids.obj).flatten()
-                decoded.append(self.decoded_masks(self.mask_features(rgb[b], enc.dense[b].detach()), hidden[b, pos])
-                               if n else None)
-        return embed_all(decoded)

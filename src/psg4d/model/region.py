@@ -26,13 +26,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from psg4d.errors import ConfigError
+from psg4d.model.tokens import OBJ_TOKEN
+
+if TYPE_CHECKING:  # annotations only
+    from psg4d.model.encoder import EncoderOutput
+    from psg4d.model.sam2_tubes import FrameFeatures
 
 # per-frame geometry appended to the pooled features: area share, centroid x, centroid y, present
 GEOMETRY = 4
@@ -129,3 +134,68 @@ class RegionEncoder(nn.Module):
         if t < self.frames:
             per_frame = F.pad(per_frame, (0, 0, 0, self.frames - t))
         return self.out(per_frame.reshape(n, -1))  # [N, H]
+
+
+class RegionFeedback:
+    """Region feedback on :class:`~psg4d.model.psg4d_llm.PSG4DModel` (a mixin: the model's
+    ``region_encoder``, ``decode_tubes``, ``mask_features``, ``llm``, ``embed`` and ``config`` are its own)."""
+
+    def region_embeddings(self, dense: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """``dense [T, C, h, w]`` (one clip's scene-encoder maps), ``masks [N, T, H, W]`` -> the N
+        region inputs ``[N, H_llm]`` (:mod:`psg4d.model.region`)."""
+        return self.region_encoder(pool_regions(dense, masks))
+
+    def decoded_masks(self, features: FrameFeatures | torch.Tensor, obj_hidden: torch.Tensor) -> torch.Tensor:
+        """The binary tubes ``[N, T, h, w]`` that ``obj_hidden [N, H]`` decodes, as the predictor
+        thresholds them (logit > 0)."""
+        return self.decode_tubes(features, obj_hidden)[0] > 0
+
+    def teacher_regions(self, enc: EncoderOutput, rgb: torch.Tensor, ids: torch.Tensor, attention: torch.Tensor,
+                        visual: torch.Tensor, mask_targets: list[torch.Tensor] | None,
+                        mask_valid: list[torch.Tensor] | None) -> torch.Tensor | None:
+        """The embeddings ``[K, H]`` of the K region positions of ``ids [B, L']`` (None without region
+        feedback). Gold tubes (``mask_targets``, B x ``[N_b, T, S, S]``; an object without a tube is
+        empty) in a share of training batches (``model.region.gold_prob``, after its ramp) and at
+        validation; otherwise the tubes the ``[Obj]`` hidden states decode, from a first pass
+        without gradient whose regions are the gold ones (empty where there is no gold)."""
+        if self.region_encoder is None:
+            return None
+        n_obj = (ids == self.ids.obj).sum(1).tolist()  # [B] regions per sample
+        dev = enc.dense.device
+        gold = None
+        if mask_targets is not None:
+            gold = []
+            for b, m in enumerate(mask_targets):
+                m = m.to(dev)
+                if mask_valid is not None:
+                    m = m & mask_valid[b].to(dev).view(-1, *([1] * (m.dim() - 1)))
+                gold.append(m)
+        use_gold = gold is not None
+        if self.training:
+            share = self.config.region.gold_share(int(self.region_forwards))
+            self.region_forwards += 1
+            use_gold = use_gold and bool(torch.rand(()) < share)
+
+        def embed_all(masks: list[torch.Tensor | None]) -> torch.Tensor:
+            parts = []
+            for b, n in enumerate(n_obj):
+                m = masks[b]
+                if m is None:
+                    m = torch.zeros(n, enc.dense.shape[1], 1, 1, device=dev)
+                if m.shape[0] != n:
+                    raise ValueError(f"sample {b}: {n} {OBJ_TOKEN} tokens but {m.shape[0]} region tubes")
+                parts.append(self.region_embeddings(enc.dense[b], m))
+            return torch.cat(parts) if parts else visual.new_zeros(0, visual.shape[-1])
+
+        if use_gold:
+            return embed_all(gold)
+        with torch.no_grad():
+            first = embed_all(gold if gold is not None else [None] * len(n_obj))
+            hidden = self.llm(inputs_embeds=self.embed(ids, visual, first), attention_mask=attention,
+                              output_hidden_states=True).hidden_states[-1]
+            decoded: list[torch.Tensor | None] = []
+            for b, n in enumerate(n_obj):
+                pos = torch.nonzero(ids[b] == self.ids.obj).flatten()
+                decoded.append(self.decoded_masks(self.mask_features(rgb[b], enc.dense[b].detach()), hidden[b, pos])
+                               if n else None)
+        return embed_all(decoded)

@@ -20,7 +20,7 @@ from torch import nn
 
 from psg4d.errors import CheckpointError, ConfigError
 from psg4d.model.sam2_tubes import Sam2Tubes
-from psg4d.model.weights import mark_pretrained
+from psg4d.model.provenance import mark_pretrained
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Spatial prompts for SAM2 (points, a box, a mask), and drawing them from a gold mask as SAM2's
-training does (the ``sam2_pretrain`` stage, :func:`psg4d.model.tube_losses.promptable_loss`)."""
+training does (the ``sam2_pretrain`` stage, :meth:`psg4d.model.tube_losses.TubeObjectives.promptable_loss`)."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ def train_command(
 ) -> None:
     """Train the 4D-LLM through the experiment's stages (or, for a `kind: pipeline` config, the
     pipeline baseline's segment, track and relation stages); writes checkpoints and metrics."""
-    from psg4d.baseline.pipeline import is_pipeline_yaml
+    from psg4d.baseline.config import is_pipeline_yaml
 
     path = resolve_config(config)
     if is_pipeline_yaml(path):
@@ -63,7 +63,8 @@ def train_command(
 
 
 def _train_pipeline(path: Path, overrides: list[str], out: Path | None, resume: bool, stage: str | None) -> None:
-    from psg4d.baseline.pipeline import load_pipeline_config, train_pipeline
+    from psg4d.baseline.config import load_pipeline_config
+    from psg4d.baseline.pipeline import train_pipeline
 
     result = train_pipeline(load_pipeline_config(path, overrides), out_dir=out, resume=resume, only_stage=stage)
     for st in result.stages:

@@ -9,6 +9,7 @@ what makes resume exact.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -17,10 +18,10 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from psg4d.data.readers.base import DatasetReader
-from psg4d.data.descriptions import object_description
 from psg4d.data.schema import Sample
+from psg4d.data.vocab import training_vocab
 from psg4d.errors import ConfigError, DataError
-from psg4d.train.stages import DataConfig, DataSourceConfig
+from psg4d.train.stages import DataConfig, DataSourceConfig, ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -220,34 +221,36 @@ def build_mixture(
 def collect_vocab(
     sources: Sequence[DataSourceConfig], data_cfg: DataConfig, *, opener: DatasetOpener | None = None
 ) -> tuple[list[str], list[str], dict[str, list[str]]]:
-    """Object categories and predicates that occur in the graphs of ``sources`` (each source's
-    split, its first ``max_videos``), in the datasets' declared order, then first-seen.
-
-    A dataset's declared vocabulary may name categories that only its validation or test split
-    holds (the synthetic world's held-out categories): they must not enter a model trained on
-    the training split, so only what the training graphs contain counts (annotations only, no
-    masks are read). Third: each category's object descriptions, in first-seen order
-    (:func:`~psg4d.data.descriptions.object_description`; the chain's describe step)."""
+    """Object categories, predicates and each category's descriptions that occur in the graphs of
+    ``sources`` (each source's split, its first ``max_videos``): :func:`psg4d.data.vocab.training_vocab`."""
     readers = _Readers(data_cfg, opener)
-    described: dict[str, dict[str, None]] = {}
-    declared_obj: dict[str, None] = {}
-    declared_pred: dict[str, None] = {}
-    seen_obj: dict[str, None] = {}
-    seen_pred: dict[str, None] = {}
-    for i, src in enumerate(sources):
-        reader = readers.get(i, src)
-        declared_obj.update(dict.fromkeys(reader.object_vocab))
-        declared_pred.update(dict.fromkeys(reader.predicate_vocab))
-        ids = reader.video_ids(src.split)
-        for vid in ids if src.max_videos is None else ids[: src.max_videos]:
-            graph = reader.read_graph(vid, with_masks=False)
-            seen_obj.update(dict.fromkeys(o.category for o in graph.objects))
-            for o in graph.objects:
-                described.setdefault(o.category, {})[object_description(o)] = None
-            seen_pred.update(dict.fromkeys(r.predicate for r in graph.relations))
 
-    def ordered(declared: dict[str, None], seen: dict[str, None]) -> list[str]:
-        return [c for c in declared if c in seen] + [c for c in seen if c not in declared]
+    def parts():
+        for i, src in enumerate(sources):
+            reader = readers.get(i, src)
+            ids = reader.video_ids(src.split)
+            yield reader, ids if src.max_videos is None else ids[: src.max_videos]
 
-    objects = ordered(declared_obj, seen_obj)
-    return objects, ordered(declared_pred, seen_pred), {c: list(described[c]) for c in objects}
+    vocab = training_vocab(parts())
+    return vocab.objects, vocab.predicates, vocab.descriptions
+
+
+def with_data_vocab(cfg: ExperimentConfig, opener: DatasetOpener | None = None) -> ExperimentConfig:
+    """Fill a model config's empty ``object_vocab`` / ``predicate_vocab`` from the data.
+
+    They seed the tiny tokenizer and the grammar, so they are fixed once for the
+    whole experiment (all stages' training sources) and every stage builds the
+    same tokenizer; set them in the config to pin them. The val sources never
+    contribute: a category only validation holds must not enter the model.
+    """
+    model = cfg.model
+    wanted = [a for a in ("object_vocab", "predicate_vocab") if hasattr(model, a) and not getattr(model, a)]
+    if getattr(model, "chain_prob", 0) > 0 and not model.category_descriptions:
+        wanted.append("category_descriptions")
+    if not wanted:
+        return cfg
+    sources = [s for stage in cfg.stages for s in cfg.stage_data(stage)]
+    objects, predicates, descriptions = collect_vocab(sources, cfg.data, opener=opener)
+    found = {"object_vocab": objects, "predicate_vocab": predicates, "category_descriptions": descriptions}
+    log.info("vocabularies from the data: %d object and %d predicate categories", len(objects), len(predicates))
+    return dataclasses.replace(cfg, model=dataclasses.replace(model, **{a: found[a] for a in wanted}))

@@ -29,50 +29,42 @@ checkpoint: a frozen random parameter saved in ``last`` is still random.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import importlib.util
 import logging
 import math
-import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 import yaml
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from psg4d.config import save_yaml, to_dict
+from psg4d.engine import checkpoint as ckpt
+from psg4d.engine import distributed as dist_utils
+from psg4d.engine import stage_dir
+from psg4d.engine.distributed import DistInfo
+from psg4d.engine.fit import Fit, LoopSettings, Start, StepHook
+from psg4d.engine.metrics import METRICS_FILE, MetricsLog
+from psg4d.engine.optim import resolve_amp
+from psg4d.engine.run_folder import check_run_folder
+from psg4d.engine.runtime import seed_everything, to_device
 from psg4d.errors import CheckpointError, ConfigError
-from psg4d.train import checkpoint as ckpt
-from psg4d.train import distributed as dist_utils
-from psg4d.train.data import DatasetOpener, MixtureSampler, build_mixture, collect_vocab
-from psg4d.train.distributed import DistInfo
-
-# read_metrics and param_groups are not used here: callers import them from this module.
-from psg4d.train.metrics_log import METRICS_FILE, MetricsLog, read_metrics  # noqa: F401
-from psg4d.train.optim import build_optimizer, build_scheduler, param_groups, resolve_amp  # noqa: F401
-from psg4d.train.params import FrozenModules, check_frozen_initialised, set_trainable, top_level_modules
-from psg4d.train.stages import INIT_PREVIOUS, ExperimentConfig, StageConfig, check_local_weights
-from psg4d.train.validation import DefaultValidator, Validator, autocast, seed_everything, to_device
+from psg4d.train.data import DatasetOpener, MixtureSampler, build_mixture, with_data_vocab
+from psg4d.train.params import (
+    FrozenModules, build_optimizer, build_scheduler, check_frozen_initialised, set_trainable, top_level_modules,
+)
+from psg4d.train.stages import INIT_PREVIOUS, ExperimentConfig, StageConfig, check_local_weights, model_settings
+from psg4d.train.validation import DefaultValidator, Validator
 from psg4d.utils.io import check_writable_dir, start_over
-from psg4d.utils.threads import AdaptiveThreads
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT_FILE = "experiment.yaml"
 
 ModelFactory = Callable[[Any], nn.Module]
-
-
-# Called after every optimizer step (after any checkpoint of that step); tests use
-# it to interrupt a run at a chosen step.
-StepHook = Callable[[int], None]
 
 
 @dataclass(kw_only=True)
@@ -109,14 +101,6 @@ def train_mode(model: nn.Module) -> nn.Module:
         if params and not any(p.requires_grad for p in params):
             module.eval()
     return model
-
-
-def _scalar_parts(out: dict[str, Any]) -> dict[str, float]:
-    return {
-        k: float(v.detach().float().item())
-        for k, v in out.items()
-        if k != "loss" and isinstance(v, torch.Tensor) and v.numel() == 1
-    }
 
 
 def default_model_factory(model_cfg: Any) -> nn.Module:
@@ -159,7 +143,7 @@ def train(
         cfg = with_data_vocab(cfg, opener)
         if resume:
             # every rank checks, so all of them stop on a conflict instead of waiting at a barrier
-            ckpt.check_resume_config(out / EXPERIMENT_FILE, yaml.safe_load(yaml.safe_dump(to_dict(cfg))))
+            check_run_folder(out / EXPERIMENT_FILE, yaml.safe_load(yaml.safe_dump(to_dict(cfg))), model_settings)
         else:
             if info.is_main:
                 start_over(out, part=only_stage, describes=(EXPERIMENT_FILE,))
@@ -198,27 +182,6 @@ def train(
         dist_utils.shutdown(info)
 
 
-def with_data_vocab(cfg: ExperimentConfig, opener: DatasetOpener | None = None) -> ExperimentConfig:
-    """Fill a model config's empty ``object_vocab`` / ``predicate_vocab`` from the data.
-
-    They seed the tiny tokenizer and the grammar, so they are fixed once for the
-    whole experiment (all stages' training sources) and every stage builds the
-    same tokenizer; set them in the config to pin them. The val sources never
-    contribute: a category only validation holds must not enter the model.
-    """
-    model = cfg.model
-    wanted = [a for a in ("object_vocab", "predicate_vocab") if hasattr(model, a) and not getattr(model, a)]
-    if getattr(model, "chain_prob", 0) > 0 and not model.category_descriptions:
-        wanted.append("category_descriptions")
-    if not wanted:
-        return cfg
-    sources = [s for stage in cfg.stages for s in cfg.stage_data(stage)]
-    objects, predicates, descriptions = collect_vocab(sources, cfg.data, opener=opener)
-    found = {"object_vocab": objects, "predicate_vocab": predicates, "category_descriptions": descriptions}
-    log.info("vocabularies from the data: %d object and %d predicate categories", len(objects), len(predicates))
-    return dataclasses.replace(cfg, model=dataclasses.replace(model, **{a: found[a] for a in wanted}))
-
-
 def _link(link: Path, target: Path) -> None:
     """``link`` -> ``target`` as a relative symlink, swapped in atomically."""
     tmp = link.with_name(f".{link.name}.tmp")
@@ -226,19 +189,6 @@ def _link(link: Path, target: Path) -> None:
         tmp.unlink()
     tmp.symlink_to(target.relative_to(link.parent))
     tmp.replace(link)
-
-
-@dataclass(kw_only=True)
-class _Start:
-    """Where a stage's loop starts: what ``_StageRun._setup`` hands to ``_StageRun._loop``."""
-
-    total: int
-    step: int
-    elapsed_s: float
-    # The step of the `last` checkpoint the stage resumed from (None: a fresh start).
-    resumed_from: int | None
-    last_loss: float | None
-    val_fn: Validator | None
 
 
 class _StageRun:
@@ -275,7 +225,7 @@ class _StageRun:
         finished = self._finished(total)
         if finished is not None:
             return finished
-        return self._loop(self._setup(total))
+        return self._loop(total, *self._setup(total))
 
     # -- setup
     def _build_data(self) -> int:
@@ -291,20 +241,17 @@ class _StageRun:
 
     def _finished(self, total: int) -> StageResult | None:
         """The result of an earlier run that finished this stage, if any."""
-        final = self.dir / ckpt.FINAL
-        if not (self.resume and (final / ckpt.TRAINER_META).exists() and (final / ckpt.MODEL_WEIGHTS).exists()):
+        done = stage_dir.finished(self.dir, total) if self.resume else None
+        if done is None:
             return None
-        done = ckpt.read_trainer_meta(final)
-        # A longer schedule than the finished one (raised max_steps) continues from `last`.
-        if int(done.get("step", 0)) < total:
-            return None
-        log.info("stage %s already finished (%s); skipping", self.stage.name, final)
+        log.info("stage %s already finished (%s); skipping", self.stage.name, self.dir / ckpt.FINAL)
         return StageResult(
-            name=self.stage.name, final_dir=final, steps=int(done.get("step", 0)),
+            name=self.stage.name, final_dir=self.dir / ckpt.FINAL, steps=int(done.get("step", 0)),
             final_loss=done.get("final_loss"), skipped=True, val=done.get("val", {}),
+            wall_s=float(done.get("wall_s", 0.0)),
         )
 
-    def _setup(self, total: int) -> _Start:
+    def _setup(self, total: int) -> tuple[Start, Validator | None]:
         """Model, optimizer and schedule, restored from `last` when resuming."""
         stage, info, t = self.stage, self.info, self.t
         last = ckpt.find_last(self.dir) if self.resume else None
@@ -326,7 +273,12 @@ class _StageRun:
         # Each rank draws its own dropout/sampling noise.
         seed_everything(self.cfg.seed + 1000 * self.index + 1 + info.rank)
         if last is not None:
-            step, elapsed = self._restore(last)
+            state = stage_dir.restore_resumable(last, wrapped=self.wrapped, optimizer=self.optimizer,
+                                                scheduler=self.scheduler, info=info, scaler=self.scaler)
+            progress = state["data"]
+            self.epoch = int(progress.get("epoch", 0))
+            self.batch_in_epoch = int(progress.get("batch_in_epoch", 0))
+            step, elapsed = int(state["step"]), float(progress.get("elapsed_s", 0.0))
             log.info("stage %s: resuming from %s at step %d of %d", stage.name, last, step, total)
         resumed_from = step if last is not None else None
         kept = self.metrics.reset(resumed_from)
@@ -335,10 +287,9 @@ class _StageRun:
             "stage %s: %d steps, %d videos, batch %d x accum %d x %d ranks, %d steps per epoch",
             stage.name, total, len(self.dataset), t.batch_size, t.grad_accum, info.world_size, self.steps_per_epoch,
         )
-        return _Start(
-            total=total, step=step, elapsed_s=elapsed, resumed_from=resumed_from,
-            last_loss=next((r["loss"] for r in reversed(kept) if "loss" in r), None), val_fn=val_fn,
-        )
+        start = Start(step=step, elapsed_s=elapsed, resumed_from=resumed_from,
+                      last_loss=next((r["loss"] for r in reversed(kept) if "loss" in r), None))
+        return start, val_fn
 
     def _init_dir(self) -> Path | None:
         init = self.stage.init
@@ -390,81 +341,30 @@ class _StageRun:
             log.info("stage %s: frozen modules, %s", self.stage.name, described)
 
     # -- the loop
-    def _loop(self, start: _Start) -> StageResult:
-        """Steps ``start.step + 1 .. start.total`` with logging, validation and checkpoints on their
-        cadences; then the last step's checkpoint, the final validation and ``final``."""
-        t, total, step = self.t, start.total, start.step
-        bar = tqdm(
-            total=total, initial=step, desc=self.stage.name, disable=not (self.info.is_main and t.progress),
-            dynamic_ncols=True, mininterval=1.0,
+    def _loop(self, total: int, start: Start, val_fn: Validator | None) -> StageResult:
+        t = self.t
+        settings = LoopSettings(
+            total=total, grad_accum=t.grad_accum, max_grad_norm=t.max_grad_norm, log_every=t.log_every,
+            save_every=t.save_every, val_every=t.val_every, num_threads=t.num_threads,
+            adapt_threads_every=t.adapt_threads_every, progress=t.progress,
+        )
+        fit = Fit(
+            name=self.stage.name, wrapped=self.wrapped, optimizer=self.optimizer, scheduler=self.scheduler,
+            info=self.info, settings=settings, metrics=self.metrics, amp=self.amp, scaler=self.scaler,
+            record_extra=lambda: {"epoch": self.epoch}, step_hook=self.step_hook,
         )
         batches = self._batches()
-        start_time = time.monotonic()
-        window: list[float] = []
-        window_parts: dict[str, list[float]] = defaultdict(list)
-        last_loss = start.last_loss
         train_mode(self.wrapped)
-        threads = AdaptiveThreads(max_threads=t.num_threads) if t.adapt_threads_every > 0 else None
-        if threads is not None and step == 0:
-            log.info("stage %s: train.adapt_threads_every=%d follows the machine's load; float sums then depend"
-                     " on it, so a resumed run is not bit-identical to an uninterrupted one (0: a fixed count)",
-                     self.stage.name, t.adapt_threads_every)
-        while step < total:
-            if threads is not None and step % t.adapt_threads_every == 0:
-                threads()
-            lr = max(self.scheduler.get_last_lr())  # the rate this step uses
-            loss, parts, grad_norm = self._train_step(batches)
-            step += 1
-            window.append(loss)
-            for k, v in parts.items():
-                window_parts[k].append(v)
-            if step % t.log_every == 0 or step == total:
-                now = time.monotonic() - start_time
-                last_loss = self._log_train(
-                    step=step, total=total, window=window, parts=window_parts, lr=lr, grad_norm=grad_norm,
-                    time_s=start.elapsed_s + now, steps_per_s=(step - start.step) / max(now, 1e-9),
-                    bar_shown=not bar.disable,
-                )
-                window.clear()
-                window_parts.clear()
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
-            bar.update(1)
-            if t.val_every and step % t.val_every == 0 and step < total:
-                self._validate(start.val_fn, step)
-            if t.save_every and step % t.save_every == 0 and step < total:
-                self._save(step, start.elapsed_s + time.monotonic() - start_time)
-            if self.step_hook is not None:
-                self.step_hook(step)
-        bar.close()
-        wall = start.elapsed_s + time.monotonic() - start_time
-        # resumable checkpoint first: a failure in the final validation must not lose the training
-        # (a rerun resumes at the last step, validates and writes `final`)
-        if start.resumed_from is None or step > start.resumed_from:
-            self._save(step, wall)
-        val = self._validate(start.val_fn, step)
-        final = self._save_final(step, last_loss, val, wall)
-        return StageResult(
-            name=self.stage.name, final_dir=final, steps=step, final_loss=last_loss,
-            resumed_from_step=start.resumed_from, val=val, wall_s=wall,
+        has_val = self.validator is not None or bool(self.cfg.data.val)
+        done = fit.run(
+            start, lambda: self.wrapped(**to_device(next(batches), self.info.device)), save=self._save,
+            validate=(lambda step: self._validate(val_fn, step)) if has_val else None,
         )
-
-    def _log_train(
-        self, *, step: int, total: int, window: list[float], parts: dict[str, list[float]], lr: float,
-        grad_norm: float | None, time_s: float, steps_per_s: float, bar_shown: bool,
-    ) -> float:
-        """Write one metrics record (loss averaged over the window and the ranks); returns that loss."""
-        mean_loss = dist_utils.mean_across_ranks(float(np.mean(window)), self.info)
-        rec: dict[str, Any] = {
-            "stage": self.stage.name, "step": step, "epoch": self.epoch, "loss": mean_loss, "lr": lr,
-            "time_s": round(time_s, 3), "steps_per_s": round(steps_per_s, 4),
-        }
-        if grad_norm is not None:
-            rec["grad_norm"] = grad_norm
-        rec.update({k: float(np.mean(v)) for k, v in parts.items()})
-        self.metrics.write(rec)
-        if not bar_shown and self.info.is_main:
-            log.info("stage %s step %d/%d loss %.4f lr %.2e", self.stage.name, step, total, mean_loss, lr)
-        return mean_loss
+        final = self._save_final(done.step, done.last_loss, done.val, done.wall_s)
+        return StageResult(
+            name=self.stage.name, final_dir=final, steps=done.step, final_loss=done.last_loss,
+            resumed_from_step=start.resumed_from, val=done.val, wall_s=done.wall_s,
+        )
 
     def _batches(self) -> Iterator[Any]:
         """Batches forever, epoch after epoch, starting at the restored position."""
@@ -486,51 +386,6 @@ class _StageRun:
             self.epoch += 1
             self.batch_in_epoch = 0
 
-    def _train_step(self, batches: Iterator[Any]) -> tuple[float, dict[str, float], float | None]:
-        t, info = self.t, self.info
-        total_loss = 0.0
-        parts: dict[str, float] = defaultdict(float)
-        for micro in range(t.grad_accum):
-            batch = to_device(next(batches), info.device)
-            # Gradients are all-reduced only on the last micro-batch of a step.
-            sync = (
-                self.wrapped.no_sync()
-                if info.distributed and micro < t.grad_accum - 1 and hasattr(self.wrapped, "no_sync")
-                else contextlib.nullcontext()
-            )
-            with sync:
-                with autocast(info.device, self.amp):
-                    out = self.wrapped(**batch)
-                loss = out["loss"]
-                if not torch.isfinite(loss.detach()).all():
-                    raise FloatingPointError(
-                        f"stage {self.stage.name!r}: loss is {loss.item()} at step {self.scheduler.last_epoch + 1}"
-                        " (lower the learning rate or check the data)"
-                    )
-                scaled = loss / t.grad_accum
-                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-            total_loss += float(loss.detach().float().item()) / t.grad_accum
-            for k, v in _scalar_parts(out).items():
-                parts[k] += v / t.grad_accum
-        grad_norm = None
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        if t.max_grad_norm:
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            if dist_utils.is_fsdp(self.wrapped):
-                norm = self.wrapped.clip_grad_norm_(t.max_grad_norm)
-            else:
-                norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
-            grad_norm = float(norm)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return total_loss, dict(parts), grad_norm
-
     # -- validation
     def _default_validator(self) -> Validator | None:
         if not self.cfg.data.val:
@@ -547,9 +402,6 @@ class _StageRun:
         )
 
     def _validate(self, val_fn: Validator | None, step: int) -> dict[str, float]:
-        has_val = self.validator is not None or bool(self.cfg.data.val)
-        if not has_val:
-            return {}
         metrics: dict[str, float] = {}
         # Collective under FSDP (all ranks gather the full weights). Every rank validates: a
         # validator's collectives (the default one reduces its ranks' shares) need them all.
@@ -570,73 +422,26 @@ class _StageRun:
         return metrics
 
     # -- checkpoints
-    def _progress(self, elapsed: float) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "elapsed_s": float(elapsed),
-                "world_size": self.info.world_size}
-
-    def _optimizer_state(self) -> dict:
-        if dist_utils.is_fsdp(self.wrapped):
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-            return FSDP.optim_state_dict(self.wrapped, self.optimizer)
-        return self.optimizer.state_dict()
-
     def _save(self, step: int, elapsed: float) -> None:
-        info = self.info
-        rngs = dist_utils.gather_objects(ckpt.capture_rng(), info)
-        optim_state = self._optimizer_state()
-        with dist_utils.full_params(self.wrapped) as model:
-            if info.is_main:
-                target = self.dir / ckpt.step_dir_name(step)
-                ckpt.save_checkpoint(
-                    target, model=model, optimizer=optim_state, scheduler=self.scheduler, step=step, rng=rngs,
-                    data_position=self._progress(elapsed), scaler=self.scaler,
-                    meta={"stage": self.stage.name, "kind": self.stage.kind},
-                )
-                ckpt.point_last(self.dir, target)
-                removed = ckpt.prune_checkpoints(self.dir, self.t.keep_last)
-                log.info("stage %s: checkpoint %s%s", self.stage.name, target,
-                         f" (removed {len(removed)} older)" if removed else "")
-        dist_utils.barrier(info)
+        stage_dir.save_resumable(
+            self.dir, name=self.stage.name, wrapped=self.wrapped, write_model=_save_pretrained,
+            optimizer=self.optimizer, scheduler=self.scheduler, step=step, info=self.info, keep_last=self.t.keep_last,
+            scaler=self.scaler, meta={"stage": self.stage.name, "kind": self.stage.kind},
+            data_position={"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "elapsed_s": float(elapsed),
+                           "world_size": self.info.world_size},
+        )
 
     def _save_final(self, step: int, loss: float | None, val: dict[str, float], wall: float) -> Path:
-        final = self.dir / ckpt.FINAL
-        with dist_utils.full_params(self.wrapped) as model:
-            if self.info.is_main:
-                ckpt.save_checkpoint(
-                    final, model=model, optimizer=None, scheduler=None, step=step, rng=None,
-                    meta={"stage": self.stage.name, "kind": self.stage.kind, "complete": True,
-                          "final_loss": loss, "val": val, "wall_s": round(wall, 3)},
-                )
-                log.info("stage %s finished: %d steps, loss %s, final model in %s", self.stage.name, step,
-                         f"{loss:.4f}" if loss is not None else "n/a", final)
-        dist_utils.barrier(self.info)
+        final = stage_dir.save_final(
+            self.dir, wrapped=self.wrapped, write_model=_save_pretrained, step=step, info=self.info,
+            meta={"stage": self.stage.name, "kind": self.stage.kind, "final_loss": loss, "val": val,
+                  "wall_s": round(wall, 3)},
+        )
+        if self.info.is_main:
+            log.info("stage %s finished: %d steps, loss %s, final model in %s", self.stage.name, step,
+                     f"{loss:.4f}" if loss is not None else "n/a", final)
         return final
 
-    def _restore(self, last: Path) -> tuple[int, float]:
-        state = ckpt.load_training_state(last)
-        optim_state = state["optimizer"]
-        if dist_utils.is_fsdp(self.wrapped):
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-            optim_state = FSDP.optim_state_dict_to_load(self.wrapped, self.optimizer, optim_state)
-        try:
-            self.optimizer.load_state_dict(optim_state)
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"{last}: optimizer state does not fit this stage's parameters: {e}") from None
-        if state["scheduler"] is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state.get("scaler") is not None:
-            self.scaler.load_state_dict(state["scaler"])
-        progress = state["data"]
-        self.epoch = int(progress.get("epoch", 0))
-        self.batch_in_epoch = int(progress.get("batch_in_epoch", 0))
-        rngs = state["rng"]
-        if progress.get("world_size", 1) != self.info.world_size:
-            log.warning(
-                "resuming a %s-process run on %d processes: data order and noise will differ from an uninterrupted run",
-                progress.get("world_size"), self.info.world_size,
-            )
-        if rngs:
-            ckpt.restore_rng(rngs[self.info.rank] if self.info.rank < len(rngs) else rngs[0])
-        return int(state["step"]), float(progress.get("elapsed_s", 0.0))
+def _save_pretrained(model: nn.Module, folder: Path) -> None:
+    model.save_pretrained(folder)

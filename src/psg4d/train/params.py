@@ -1,4 +1,5 @@
-"""Which parameters a stage trains, and the check that nothing it freezes is left random.
+"""Which parameters a stage trains, at which learning rate, and the check that nothing it freezes
+is left random.
 
 A stage trains the parameters under its prefixes and freezes the rest. A frozen
 parameter keeps the value the model was built with, so it must have come from
@@ -11,11 +12,16 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Collection
+from typing import TYPE_CHECKING, Collection
 
+import torch
 from torch import nn
 
+from psg4d.engine.optim import make_optimizer, make_scheduler
 from psg4d.errors import ConfigError
+
+if TYPE_CHECKING:  # annotations only: stages checks optimizer and scheduler names against the engine's tables
+    from psg4d.train.stages import StageConfig, TrainConfig
 
 # Groups named in the error before the rest is only counted.
 _MAX_GROUPS_SHOWN = 12
@@ -131,3 +137,38 @@ def check_frozen_initialised(model: nn.Module, *, stage_name: str, init_names: C
         from_init=list(_group_by_module(from_init, named)),
         unused=list(_group_by_module(unused, named)),
     )
+
+
+def param_groups(model: nn.Module, stage: StageConfig, t: TrainConfig) -> list[dict]:
+    """One group per (learning rate, decay): longest matching ``stage.lr`` prefix wins;
+    biases and norm weights (1-D) get no weight decay."""
+    by_prefix = sorted(stage.lr.items(), key=lambda kv: -len(kv[0]))
+    used: set[str] = set()
+    groups: dict[tuple[str, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        clean = clean_name(name)
+        matching = [(pre, lr) for pre, lr in by_prefix if matches(clean, pre)]
+        prefix, lr = matching[0] if matching else ("", t.lr)
+        used.update(pre for pre, _ in matching)
+        decay = p.ndim >= 2
+        g = groups.setdefault(
+            (prefix, decay),
+            {"params": [], "lr": lr, "weight_decay": t.weight_decay if decay else 0.0, "name": prefix or "default"},
+        )
+        g["params"].append(p)
+    unused = sorted(set(stage.lr) - used)
+    if unused:
+        raise ConfigError(f"stage {stage.name!r}: lr prefixes {unused} match no trainable parameter")
+    return list(groups.values())
+
+
+def build_optimizer(model: nn.Module, stage: StageConfig, t: TrainConfig) -> torch.optim.Optimizer:
+    return make_optimizer(t.optimizer, param_groups(model, stage, t), lr=t.lr, betas=t.betas,
+                          weight_decay=t.weight_decay, where="train.optimizer")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, t: TrainConfig, total_steps: int):
+    return make_scheduler(optimizer, shape=t.scheduler, warmup_steps=t.warmup_steps, min_lr_ratio=t.min_lr_ratio,
+                          total_steps=total_steps, where="train.scheduler")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Collection, Literal, get_args
 
 from psg4d.config import ExclusiveKeys, build_with_overrides, did_you_mean, from_dict, load_yaml, merge_dicts, to_dict
+from psg4d.engine.run_folder import flatten
 from psg4d.errors import ConfigError
 from psg4d.model.config import ModelConfig
 
@@ -136,7 +137,7 @@ class DataConfig:
         return p if p.is_absolute() or not self.root else Path(self.root).expanduser() / p
 
 
-# The optimizers and decay schedules a config may name (``train.optim`` builds each; the typed
+# The optimizers and decay schedules a config may name (``psg4d.engine.optim`` builds each; the typed
 # config loader refuses any other name, suggesting the closest).
 OptimizerName = Literal["adamw", "sgd"]
 SchedulerName = Literal["cosine", "linear", "constant"]
@@ -342,7 +343,7 @@ def _validate_train(t: TrainConfig) -> None:
 def check_local_weights(model_cfg: Any) -> None:
     """Fail in seconds, naming the field, when a configured local weight path is missing
     (rather than after building half of a large model). Paths resolve as the model resolves
-    them (:func:`psg4d.model.weights.resolve_weight_path`)."""
+    them (:func:`psg4d.model.provenance.resolve_weight_path`)."""
     from psg4d.model.weight_files import WEIGHT_FIELDS, WEIGHTS_ENV, get_field, resolve_weight_path
 
     for dotted, is_local in WEIGHT_FIELDS.items():
@@ -383,3 +384,10 @@ def resolve_model_preset(model: Any) -> Any:
     from psg4d.model.config import model_preset
 
     return merge_dicts(to_dict(model_preset(str(model["preset"]))), model)
+
+
+def model_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What makes another 4D-LLM in an experiment's settings: the model config and each stage's
+    kind. Schedule and optimiser settings may change on resume (a longer run continues)."""
+    stages = {str(s.get("name")): s.get("kind") for s in cfg.get("stages") or [] if isinstance(s, dict)}
+    return {**flatten(cfg.get("model") or {}, "model"), **{f"stages.{n}.kind": k for n, k in stages.items()}}

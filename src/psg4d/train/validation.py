@@ -1,44 +1,19 @@
-"""What the training loop runs besides its step: seeding, moving batches to the device,
-autocast, and validation (the :class:`Validator` protocol and the default one: val loss,
+"""The 4D-LLM's validation: the :class:`Validator` protocol and the default one (val loss,
 grounding diagnostics and, when enabled, R@K of the predictor on the val videos)."""
 
 from __future__ import annotations
 
-import contextlib
-import random
-from typing import Any, Protocol
+from typing import Protocol
 
-import numpy as np
 import torch
 from torch import nn
 
 from psg4d.data.schema import Sample
-from psg4d.train import distributed as dist_utils
+from psg4d.engine import distributed as dist_utils
+from psg4d.engine.distributed import DistInfo
+from psg4d.engine.runtime import autocast, to_device
 from psg4d.train.data import MixtureDataset
-from psg4d.train.distributed import DistInfo
 from psg4d.train.stages import StageConfig
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def to_device(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [to_device(v, device) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(to_device(v, device) for v in obj)
-    return obj
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 class Validator(Protocol):

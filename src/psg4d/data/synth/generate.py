@@ -7,6 +7,7 @@ does not depend on the number of workers or the order they finish in.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections import Counter
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
+#: the share of the items each split gets (train, val, test): SynthConfig's default
+SPLIT_FRACTIONS: tuple[float, float, float] = (0.7, 0.15, 0.15)
 KIND_CODE = {"video": 0, "image": 1}
 
 
@@ -80,7 +83,7 @@ class SynthConfig:
     shadows: bool = True  # hard shadows (contact cues in RGB); about a third of rendering time
     image_frames: int = 8  # frames simulated (not rendered) for a 2D image's motion context
     min_span: int = 2  # shorter runs of a predicate are dropped
-    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    split_fractions: tuple[float, float, float] = SPLIT_FRACTIONS
     # categories shown only in 4D test videos (neither 4D train/val nor 2D images); names, a
     # comma-separated string, or "default" for the preset's NOVEL_CATEGORIES
     novel: tuple[str, ...] = ()
@@ -131,6 +134,34 @@ def split_counts(n: int, fractions: tuple[float, float, float]) -> dict[str, int
         val, test = max(val, 1 if fractions[1] > 0 else 0), max(test, 1 if fractions[2] > 0 else 0)
     val, test = min(val, n), min(test, max(n - val, 0))
     return {"train": n - val - test, "val": val, "test": test}
+
+
+def items_for_splits(
+    train: int = 0, val: int = 0, test: int = 0, *, fractions: tuple[float, float, float] = SPLIT_FRACTIONS,
+    margin: int = 2,
+) -> int:
+    """How many items to synthesise so that :func:`split_counts` gives each split at least the
+    count asked (its inverse); 0 when nothing is asked.
+
+    Each asked count over its split's share of ``fractions``, rounded up; the largest, plus
+    ``margin`` items for split_counts' rounding (grown further in the rare case it is short)."""
+    wanted = {"train": train, "val": val, "test": test}
+    if min(wanted.values()) < 0:
+        raise ConfigError(f"split counts must be >= 0, got {wanted}")
+    total = sum(fractions)
+    need = []
+    for (split, k), share in zip(wanted.items(), fractions):
+        if k == 0:
+            continue
+        if share <= 0:
+            raise ConfigError(f"{k} {split} items asked, but split fractions {tuple(fractions)} give {split} none")
+        need.append(math.ceil(k / (share / total)))
+    if not need:
+        return 0
+    n = max(need) + margin
+    while any(split_counts(n, fractions)[split] < k for split, k in wanted.items()):
+        n += 1
+    return n
 
 
 def _rng(config: SynthConfig, kind: str, split: str, index: int) -> np.random.Generator:

@@ -1,11 +1,12 @@
-"""Checkpoints: model files for inference plus a separate training state for exact resume.
+"""Checkpoints of both model families: model files for inference plus a separate, versioned
+training state for exact resume.
 
-A checkpoint folder holds what ``model.save_pretrained`` writes (``config.json``,
-``model.safetensors``, tokenizer files), ``trainer.json`` (step, stage, human
-readable, and ``weights_sha256``: the SHA-256 of ``model.safetensors``, which loading checks)
-and ``training_state.pt``: optimizer, scheduler, step, data position
-and the RNG states of python / numpy / torch (as tensors, so it loads with
-``torch.load(weights_only=True)``). Folders are written to a temporary sibling
+A checkpoint folder holds the family's model files (``model.save_pretrained`` or the writer
+given: ``config.json``, ``model.safetensors``, tokenizer files), ``trainer.json`` (step, stage,
+human readable, and ``weights_sha256``: the SHA-256 of ``model.safetensors``, which loading
+checks) and ``training_state.pt``: optimizer, scheduler, step, data position, a family's
+``extra`` state (e.g. the pipeline's sampling generator) and the RNG states of python / numpy /
+torch per rank (as tensors, so it loads with ``torch.load(weights_only=True)``). Folders are written to a temporary sibling
 and renamed into place; ``last`` is a symlink swapped atomically onto the newest
 numbered ``step_XXXXXXXX`` folder, and older numbered folders beyond ``keep``
 are removed.
@@ -21,7 +22,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from torch import nn
 
 from psg4d.errors import CheckpointError
 from psg4d.model.weight_files import WEIGHTS_SHA256, check_file_sha256, file_sha256
-from psg4d.model.weights import check_finite, check_shapes
+from psg4d.model.provenance import check_finite, check_shapes
 from psg4d.utils.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -89,25 +90,32 @@ def save_checkpoint(
     ckpt_dir: str | Path,
     *,
     model: nn.Module,
+    write: Callable[[nn.Module, Path], None] | None = None,
     optimizer: torch.optim.Optimizer | dict | None,
     scheduler: Any | None,
     step: int,
     rng: list[dict[str, Any]] | dict[str, Any] | None,
     data_position: dict[str, int] | None = None,
     scaler: Any | None = None,
+    extra: dict[str, Any] | None = None,
     meta: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint folder atomically and return its path.
 
     ``optimizer`` may be an optimizer or an already gathered state dict (FSDP).
     ``rng`` is one state per rank (or one state). With ``optimizer=None`` only
-    the model files and ``trainer.json`` are written (an inference checkpoint).
+    the model files and ``trainer.json`` are written (an inference checkpoint). ``write(model, folder)``
+    writes the model files (default: ``model.save_pretrained(folder)``); ``extra`` is state a
+    family keeps besides the RNGs (tensors and primitives only).
     """
     ckpt_dir = Path(ckpt_dir)
     with atomic_dir(ckpt_dir) as tmp:
-        model.save_pretrained(tmp)
+        if write is not None:
+            write(model, tmp)
+        else:
+            model.save_pretrained(tmp)
         if not (tmp / MODEL_WEIGHTS).exists():
-            raise CheckpointError(f"{type(model).__name__}.save_pretrained did not write {MODEL_WEIGHTS}")
+            raise CheckpointError(f"{type(model).__name__}: its model files lack {MODEL_WEIGHTS}")
         if optimizer is not None:
             state = {
                 "version": STATE_VERSION,
@@ -117,6 +125,7 @@ def save_checkpoint(
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "rng": rng if isinstance(rng, list) else ([rng] if rng is not None else []),
                 "data": dict(data_position or {}),
+                "extra": dict(extra or {}),
             }
             torch.save(state, tmp / TRAINING_STATE)
         info = {"step": int(step), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -291,49 +300,3 @@ def _model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
-
-
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: node}
-
-
-def resume_conflicts(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``key: old -> new`` for each model setting or stage kind that differs between the experiment
-    a run folder was trained with (``previous``, its saved YAML as data) and ``current``.
-
-    Settings the previous run did not record (fields added since) are not conflicts: it ran with
-    their defaults. Schedule and optimiser settings may change on resume (a longer run continues).
-    """
-    def relevant(cfg: dict[str, Any]) -> dict[str, Any]:
-        stages = {str(s.get("name")): s.get("kind") for s in cfg.get("stages") or [] if isinstance(s, dict)}
-        return {**_flatten(cfg.get("model") or {}, "model"), **{f"stages.{n}.kind": k for n, k in stages.items()}}
-
-    old, new = relevant(previous), relevant(current)
-    return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(old) if k in new and old[k] != new[k]]
-
-
-def check_resume_config(experiment_file: Path, current: dict[str, Any]) -> None:
-    """Refuse to resume into a run folder whose saved experiment trained another model (its
-    checkpoints would be kept as "already done", or fail to load with a size mismatch)."""
-    import yaml
-
-    if not experiment_file.exists():
-        return
-    try:
-        previous = yaml.safe_load(experiment_file.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{experiment_file}: unreadable ({e}); use another --out or --no-resume") from None
-    if not isinstance(previous, dict):
-        raise CheckpointError(f"{experiment_file}: not an experiment config; use another --out or --no-resume")
-    conflicts = resume_conflicts(previous, current)
-    if conflicts:
-        more = f" (and {len(conflicts) - 3} more)" if len(conflicts) > 3 else ""
-        raise CheckpointError(
-            f"{experiment_file.parent}: the run there trained a different model ({'; '.join(conflicts[:3])}{more});"
-            " give another --out, or --no-resume to start that folder over"
-        )

@@ -1,4 +1,4 @@
-"""Process-group setup and model wrapping, so the same loop runs alone or under torchrun.
+"""Process-group setup, rank gating and model wrapping, so the same loop runs alone or under torchrun.
 
 torchrun sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; with ``WORLD_SIZE>1``
 the process group uses ``nccl`` on GPUs and ``gloo`` on CPU. Only rank 0 writes
@@ -139,6 +139,28 @@ def wrap_model(model: nn.Module, info: DistInfo, *, parallel: str, find_unused_p
             use_orig_params=True,
         )
     raise ConfigError(f"train.parallel: unknown {parallel!r}; valid: ['ddp', 'fsdp']")
+
+
+def average_gradients(params: list[torch.Tensor], info: DistInfo) -> None:
+    """Mean of each parameter's gradient over the ranks, for a module trained without a DDP/FSDP
+    wrapper (the pipeline's stages call their module several times per step, which DDP's hooks do
+    not allow). A parameter without a gradient on this rank takes part with zeros, so every rank
+    enters the same collectives."""
+    if not info.distributed or not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= info.world_size
+    offset = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
+        offset += g.numel()
+
+
+def is_wrapped(model: nn.Module) -> bool:
+    """Whether ``model`` is DDP or FSDP (which synchronise gradients themselves)."""
+    return isinstance(model, nn.parallel.DistributedDataParallel) or is_fsdp(model)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -1,4 +1,8 @@
-"""A colour-segmentation scene-graph baseline, and the moving-blocks clips it is meant for.
+"""Test fixture: a colour-segmentation scene-graph baseline, and the moving-blocks clips it is meant for.
+
+Not part of the package (it was ``psg4d.infer.colour_baseline``): only the tests
+(``import _fixtures_colour_baseline``; pytest puts ``tests/`` on ``sys.path``) and
+``bench/bench_streaming.py`` (which puts ``tests/`` on ``sys.path`` itself) use it.
 
 :class:`ColourSegmentationPredictor` is a legitimate, training-free window
 predictor for scenes whose objects have known, distinct colours (synthetic
