@@ -1,4 +1,5 @@
-"""``psg4d eval``: score predicted scene graphs against ground truth, or predict with a checkpoint first.
+"""``psg4d eval``: score predicted scene graphs against ground truth, or predict with a checkpoint first
+(:class:`EvalRequest`, :func:`run_eval`; the command is one call of it).
 
 Scoring is :mod:`psg4d.eval`'s; predicting is :mod:`psg4d.infer`'s. This command combines the
 two, so it lives above both (``eval`` depends on ``data`` only).
@@ -10,7 +11,8 @@ import itertools
 import json
 import logging
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Optional
 
 import typer
 
@@ -59,6 +61,96 @@ def _label_map_file(value: str) -> LabelMap:
     return LabelMap.load(value)
 
 
+@dataclass(frozen=True, kw_only=True)
+class EvalRequest:
+    """One ``psg4d eval`` call (see the command's help for each flag): ``pred`` or ``ckpt`` (with
+    ``data`` and ``split``), scored against ``gt`` (default: ``data``)."""
+
+    pred: Path | None = None
+    gt: Path | None = None
+    protocol: str = "pvsg"
+    graph_constraint: bool = False
+    label_map: str | None = None  # "auto" or a label-map JSON file
+    split: str | None = None
+    out: Path | None = None
+    ckpt: Path | None = None
+    data: Path | None = None
+    limit: int | None = None
+    save_pred: Path | None = None
+    threads: int | None = None
+    mode: str = "auto"
+    zero_shot_train: Path | None = None
+    zero_shot_split: str | None = None
+    zero_shot: str | None = None
+
+    def check(self) -> Path:
+        """Refuse impossible combinations before anything is read; returns the ground truth's path."""
+        if (self.pred is None) == (self.ckpt is None):
+            raise ConfigError("give exactly one of --pred FILE or --ckpt DIR (with --data and --split)")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.gt is None and self.data is None:
+            raise ConfigError("give --gt (a scene-graph file or dataset folder)")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be positive, got {self.limit}")
+        if self.save_pred is not None and self.ckpt is None:
+            raise ConfigError("--save-pred needs --ckpt (with --pred the predictions are already a file)")
+        for target in (self.out, self.save_pred):
+            if target is not None:
+                check_output_file(target)
+        if self.zero_shot_train is None and (self.zero_shot is not None or self.zero_shot_split is not None):
+            raise ConfigError("--zero-shot and --zero-shot-split need --zero-shot-train (the training scene graphs)")
+        if self.zero_shot is not None and self.zero_shot not in ZERO_SHOT_MODES:
+            raise ConfigError(f"--zero-shot must be one of {', '.join(ZERO_SHOT_MODES)}, got {self.zero_shot!r}")
+        return self.gt if self.gt is not None else self.data
+
+
+def run_eval(req: EvalRequest) -> dict[str, Any]:
+    """Score (predicting first with ``req.ckpt``) and return the metrics; ``req.out``: also as JSON."""
+    gt = req.check()
+    # read before predicting, so that a bad training path fails before minutes of inference
+    zs = None
+    if req.zero_shot_train is not None:
+        zs = load_zero_shot(req.zero_shot_train, split=req.zero_shot_split, by=req.zero_shot or "triplets")
+    gts, vocab = load_ground_truth(gt, req.split, split_is_for_gt=req.ckpt is None, limit=req.limit)
+    lm = _label_map_file(req.label_map) if req.label_map is not None and req.label_map != "auto" else None
+    if req.mode not in ("direct", "chain", "auto"):
+        raise ConfigError(f"--mode must be direct, chain or auto, got {req.mode!r}")
+    preds = _predictions(req.pred, req.ckpt, req.data, req.split, req.limit, req.threads, req.mode)
+    if req.save_pred is not None:
+        preds = list(preds)
+        save_scene_graphs(req.save_pred, preds)
+        log.info("wrote %d predictions to %s", len(preds), req.save_pred)
+    mapping = None
+    if req.label_map == "auto":  # the predictions' free text onto the ground truth's vocabulary, as an explicit map
+        preds, gts, lm, mapping = auto_map_predictions(preds, gts, vocab)
+    seg = SegmentationQuality(label_map=lm)
+    # predictions read from a file were validated as they were read (the errors name file and line),
+    # and so was the ground truth: the metric need not validate them again
+    result = evaluate(preds, gts, protocol=req.protocol, graph_constraint=req.graph_constraint, label_map=lm,
+                      zero_shot=zs, also=[seg], validated=req.pred is not None, **vocab)
+    if seg.scored:
+        result["segmentation"] = seg.compute()
+    else:
+        log.info("segmentation quality not reported: the predictions or the ground truth have no mask tubes")
+    zs_train = req.zero_shot_train
+    result["inputs"] = {
+        "pred": str(req.pred) if req.pred is not None else None,
+        "ckpt": str(req.ckpt) if req.ckpt is not None else None,
+        "gt": str(gt),
+        "split": req.split,
+        "zero_shot_train": str(zs_train) if zs_train is not None else None,
+        "zero_shot_split": (req.zero_shot_split or "train") if zs_train is not None and zs_train.is_dir() else None,
+        "label_map": str(req.label_map) if req.label_map is not None else None,
+    }
+    if mapping is not None:
+        result["label_mapping"] = mapping
+    if req.out is not None:
+        atomic_write_json(req.out, result, indent=2)
+        log.info("wrote %s", req.out)
+    return result
+
+
 def eval_command(
     pred: Optional[Path] = typer.Option(None, "--pred", help="Predicted scene graphs (.jsonl or .json)."),
     gt: Optional[Path] = typer.Option(
@@ -105,63 +197,9 @@ def eval_command(
 ) -> None:
     """Triplet recall R@20/50/100 and mR@20/50/100 of predicted 4D scene graphs, with and without the
     graph constraint, weak (vIoU >= 0.1) and pair (any predicate) recall, and zero-shot zR@K."""
-    if (pred is None) == (ckpt is None):
-        raise ConfigError("give exactly one of --pred FILE or --ckpt DIR (with --data and --split)")
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-    if gt is None:
-        if data is None:
-            raise ConfigError("give --gt (a scene-graph file or dataset folder)")
-        gt = data
-    if limit is not None and limit < 1:
-        raise ConfigError(f"--limit must be positive, got {limit}")
-    if save_pred is not None and ckpt is None:
-        raise ConfigError("--save-pred needs --ckpt (with --pred the predictions are already a file)")
-    for target in (out, save_pred):
-        if target is not None:
-            check_output_file(target)
-    if zero_shot_train is None and (zero_shot is not None or zero_shot_split is not None):
-        raise ConfigError("--zero-shot and --zero-shot-split need --zero-shot-train (the training scene graphs)")
-    if zero_shot is not None and zero_shot not in ZERO_SHOT_MODES:
-        raise ConfigError(f"--zero-shot must be one of {', '.join(ZERO_SHOT_MODES)}, got {zero_shot!r}")
-    # read before predicting, so that a bad training path fails before minutes of inference
-    zs = None
-    if zero_shot_train is not None:
-        zs = load_zero_shot(zero_shot_train, split=zero_shot_split, by=zero_shot or "triplets")
-    gts, vocab = load_ground_truth(gt, split, split_is_for_gt=ckpt is None, limit=limit)
-    lm = _label_map_file(label_map) if label_map is not None and label_map != "auto" else None
-    if mode not in ("direct", "chain", "auto"):
-        raise ConfigError(f"--mode must be direct, chain or auto, got {mode!r}")
-    preds = _predictions(pred, ckpt, data, split, limit, threads, mode)
-    if save_pred is not None:
-        preds = list(preds)
-        save_scene_graphs(save_pred, preds)
-        log.info("wrote %d predictions to %s", len(preds), save_pred)
-    mapping = None
-    if label_map == "auto":  # the predictions' free text onto the ground truth's vocabulary, as an explicit map
-        preds, gts, lm, mapping = auto_map_predictions(preds, gts, vocab)
-    seg = SegmentationQuality(label_map=lm)
-    # predictions read from a file were validated as they were read (the errors name file and line),
-    # and so was the ground truth: the metric need not validate them again
-    result = evaluate(preds, gts, protocol=protocol, graph_constraint=graph_constraint, label_map=lm,
-                      zero_shot=zs, also=[seg], validated=pred is not None, **vocab)
-    if seg.scored:
-        result["segmentation"] = seg.compute()
-    else:
-        log.info("segmentation quality not reported: the predictions or the ground truth have no mask tubes")
-    result["inputs"] = {
-        "pred": str(pred) if pred is not None else None,
-        "ckpt": str(ckpt) if ckpt is not None else None,
-        "gt": str(gt),
-        "split": split,
-        "zero_shot_train": str(zero_shot_train) if zero_shot_train is not None else None,
-        "zero_shot_split": (zero_shot_split or "train") if zero_shot_train is not None and zero_shot_train.is_dir()
-        else None,
-        "label_map": str(label_map) if label_map is not None else None,
-    }
-    if mapping is not None:
-        result["label_mapping"] = mapping
-    if out is not None:
-        atomic_write_json(out, result, indent=2)
-        log.info("wrote %s", out)
+    result = run_eval(EvalRequest(
+        pred=pred, gt=gt, protocol=protocol, graph_constraint=graph_constraint, label_map=label_map, split=split,
+        out=out, ckpt=ckpt, data=data, limit=limit, save_pred=save_pred, threads=threads, mode=mode,
+        zero_shot_train=zero_shot_train, zero_shot_split=zero_shot_split, zero_shot=zero_shot,
+    ))
     typer.echo(json.dumps(result, indent=2) if as_json else summary_table(result))
