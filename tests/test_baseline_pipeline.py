@@ -31,7 +31,7 @@ from psg4d.engine import checkpoint as ckpt
 from psg4d.engine.metrics import read_metrics
 from psg4d.errors import CheckpointError
 from psg4d.model.weight_files import WEIGHTS_SHA256, file_sha256
-from psg4d.train.commands import PRESET_DIR
+from psg4d.train.stages import PRESET_DIR
 
 PRESET = PRESET_DIR / "pipeline_hoi_tiny.yaml"
 

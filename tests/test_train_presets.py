@@ -8,7 +8,8 @@ import pytest
 
 from psg4d.cli import main
 from psg4d.errors import ConfigError
-from psg4d.train.commands import PRESET_DIR, resolve_config
+from psg4d.train.commands import resolve_config
+from psg4d.train.stages import PRESET_DIR
 from psg4d.train.stages import ExperimentConfig, check_local_weights, load_experiment
 
 PRESETS = {"hoi_tiny": "tiny", "hoi_tiny_sam2": "tiny-sam2", "hoi_lite0": "tiny", "hoi_smollm2": "smollm2-135m", "hoi_full": "full", "gta_full": "full",

@@ -27,7 +27,7 @@ from psg4d.model.estimators import (
 from psg4d.model.grammar import parse_scene_graph
 from psg4d.model.psg4d_llm import PSG4DModel
 from psg4d.engine import checkpoint as ckpt
-from psg4d.train.commands import PRESET_DIR
+from psg4d.train.stages import PRESET_DIR
 from psg4d.train.stages import load_experiment
 
 D = 32  # estimator width in the unit tests

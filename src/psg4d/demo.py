@@ -27,7 +27,6 @@ from typing import Any
 
 import typer
 
-import psg4d
 from psg4d.errors import ConfigError
 from psg4d.infer.ranking import RANKING_FILE
 from psg4d.tune_ranking import tune_checkpoint
@@ -35,7 +34,6 @@ from psg4d.utils.io import atomic_write_json, check_output_folder
 
 log = logging.getLogger(__name__)
 
-PRESET_DIR = Path(psg4d.__file__).parent / "configs"
 # Training preset per model choice: an explicit table, so `--model` never guesses a file name.
 MODEL_CHOICES: dict[str, str] = {
     "tiny": "hoi_tiny.yaml",  # own tiny encoder + tiny Llama, all from scratch
@@ -91,16 +89,12 @@ def synthesise(cfg: DemoConfig, data_dir: Path) -> None:
 def train_model(cfg: DemoConfig, data_dir: Path, model_dir: Path):
     """Train the demo's model preset on ``data_dir`` into ``model_dir`` (resumes a finished run)."""
     from psg4d.train.loop import train
-    from psg4d.train.stages import load_experiment
+    from psg4d.train.stages import preset_experiment
 
     if cfg.model not in MODEL_CHOICES:
         raise ConfigError(f"unknown --model {cfg.model!r}; choose one of {sorted(MODEL_CHOICES)}")
-    overrides = [f"data.root={data_dir.resolve()}", f"output_dir={model_dir.resolve()}", f"seed={cfg.seed}"]
-    exp = load_experiment(PRESET_DIR / MODEL_CHOICES[cfg.model], overrides + list(cfg.overrides))
-    for stage in exp.stages:
-        n = cfg.pretrain_steps if stage.kind == "sam2_pretrain" else cfg.steps
-        if n is not None:
-            stage.max_steps, stage.epochs = n, None
+    exp = preset_experiment(MODEL_CHOICES[cfg.model], data_dir, model_dir, seed=cfg.seed, steps=cfg.steps,
+                            pretrain_steps=cfg.pretrain_steps, overrides=cfg.overrides)
     return train(exp, out_dir=model_dir, resume=True)
 
 

@@ -124,7 +124,7 @@ def _experiment(cfg: ChainExperimentConfig, world: Path, llm: str, out: Path, vi
     (:func:`_vision_init`: the tiny run's encoder, estimators and mask decoder, kept frozen but
     the decoder), so the two LLMs are compared on the same vision."""
     from psg4d.config import load_yaml, merge_dicts
-    from psg4d.train.commands import PRESET_DIR
+    from psg4d.train.stages import PRESET_DIR
     from psg4d.train.stages import experiment_from_data
 
     data = load_yaml(PRESET_DIR / LLM_PRESETS[llm])

@@ -8,7 +8,7 @@ Public, so an experiment builds on these (or on another experiment's public func
   needs, synthesised once and then reused; the split arithmetic is
   :func:`psg4d.data.synth.items_for_splits` (the inverse of the synthesiser's own split, with its
   fractions);
-* training — :func:`preset_experiment` (a shipped preset, every stage a given length),
+* training — :func:`psg4d.train.stages.preset_experiment` (a shipped preset, every stage a given length),
   :func:`llm_experiment` (a preset on a world's first N training videos with the stages given,
   nothing validated on the way), :func:`train_or_reuse` (train, or reuse the stages a run already
   finished: a :class:`TrainedRun` with each stage's final checkpoint and training seconds);
@@ -93,26 +93,6 @@ def train_or_reuse(exp: ExperimentConfig, out_dir: Path) -> TrainedRun:
                       stage_wall_s={st.name: st.wall_s for st in result.stages})
 
 
-def preset_experiment(
-    preset: str | Path, data_root: Path, out_dir: Path, *, seed: int, steps: int | None,
-    pretrain_steps: int | None = None, overrides: Sequence[str] = (),
-) -> ExperimentConfig:
-    """The training preset ``preset`` (a file of ``psg4d/configs`` or a path) on the world
-    ``data_root``, written to ``out_dir``, seed ``seed``, ``overrides`` (``key=value``) on top; every
-    stage ``steps`` optimizer steps long and SAM2's ``sam2_pretrain`` stages ``pretrain_steps``
-    (None: the preset's own length)."""
-    from psg4d.train.commands import PRESET_DIR
-    from psg4d.train.stages import load_experiment
-
-    base = [f"data.root={Path(data_root).resolve()}", f"output_dir={Path(out_dir).resolve()}", f"seed={seed}"]
-    exp = load_experiment(PRESET_DIR / preset, base + list(overrides))
-    for stage in exp.stages:
-        n = pretrain_steps if stage.kind == "sam2_pretrain" else steps
-        if n is not None:
-            stage.max_steps, stage.epochs = n, None
-    return exp
-
-
 def from_scratch_stage(max_steps: int) -> dict[str, Any]:
     """The tiny model's ``4d_init`` stage, every part trained from scratch, ``max_steps`` long."""
     return {"name": "4d_init", "kind": "4d_init", "max_steps": max_steps, "trainable": list(FROM_SCRATCH)}
@@ -126,7 +106,7 @@ def llm_experiment(
     ``train_videos`` videos of the 4D training split of ``world``; no validation (every setting is
     fixed in advance), no intermediate checkpoints. ``where`` names the experiment in errors."""
     from psg4d.config import load_yaml
-    from psg4d.train.commands import PRESET_DIR
+    from psg4d.train.stages import PRESET_DIR
     from psg4d.train.stages import experiment_from_data
 
     data = load_yaml(PRESET_DIR / preset)

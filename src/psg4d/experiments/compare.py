@@ -126,7 +126,7 @@ def _llm_arms(cfg: CompareExperimentConfig, preset: str, world: Path) -> dict[st
 def _pipeline_arms(cfg: CompareExperimentConfig, preset: str, world: Path) -> dict[str, tuple[Path, float]]:
     from psg4d.baseline.config import load_pipeline_config
     from psg4d.baseline.pipeline import train_pipeline
-    from psg4d.train.commands import PRESET_DIR
+    from psg4d.train.stages import PRESET_DIR
 
     base = cfg.run_dir / preset
     common = [f"data.root={world.resolve()}", f"data.max_videos={cfg.videos}",

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from psg4d.errors import ConfigError
-from psg4d.experiments.common import TINY_PRESET, preset_experiment, train_or_reuse
+from psg4d.experiments.common import TINY_PRESET, train_or_reuse
+from psg4d.train.stages import preset_experiment
 from psg4d.experiments.output import check_output_folder, machine_info
 from psg4d.utils.io import atomic_write_json
 from psg4d.utils.threads import available_cpus

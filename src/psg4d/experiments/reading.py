@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 
 from psg4d.errors import ConfigError
-from psg4d.experiments.common import TINY_PRESET, preset_experiment, protocol_metrics, train_or_reuse
+from psg4d.experiments.common import TINY_PRESET, protocol_metrics, train_or_reuse
+from psg4d.train.stages import preset_experiment
 from psg4d.experiments.output import check_output_folder, machine_info
 from psg4d.utils.io import atomic_write_json
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import typer
 
 from psg4d.errors import ConfigError
+from psg4d.train.stages import PRESET_DIR
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 def resolve_config(path: str) -> Path:

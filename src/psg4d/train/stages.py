@@ -15,7 +15,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection, Literal, get_args
+from typing import Any, Collection, Literal, Sequence, get_args
 
 from psg4d.config import ExclusiveKeys, build_with_overrides, did_you_mean, from_dict, load_yaml, merge_dicts, to_dict
 from psg4d.engine.run_folder import flatten
@@ -24,6 +24,8 @@ from psg4d.model.config import ModelConfig
 
 # "previous": the final weights of the stage before this one in `stages`.
 INIT_PREVIOUS = "previous"
+# The shipped presets (``psg4d train --config hoi_tiny``).
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -391,3 +393,20 @@ def model_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     kind. Schedule and optimiser settings may change on resume (a longer run continues)."""
     stages = {str(s.get("name")): s.get("kind") for s in cfg.get("stages") or [] if isinstance(s, dict)}
     return {**flatten(cfg.get("model") or {}, "model"), **{f"stages.{n}.kind": k for n, k in stages.items()}}
+
+
+def preset_experiment(
+    preset: str | Path, data_root: Path, out_dir: Path, *, seed: int, steps: int | None,
+    pretrain_steps: int | None = None, overrides: Sequence[str] = (),
+) -> ExperimentConfig:
+    """The training preset ``preset`` (a file of :data:`PRESET_DIR` or a path) on the world
+    ``data_root``, written to ``out_dir``, seed ``seed``, ``overrides`` (``key=value``) on top; every
+    stage ``steps`` optimizer steps long and SAM2's ``sam2_pretrain`` stages ``pretrain_steps``
+    (None: the preset's own length)."""
+    base = [f"data.root={Path(data_root).resolve()}", f"output_dir={Path(out_dir).resolve()}", f"seed={seed}"]
+    exp = load_experiment(PRESET_DIR / preset, base + list(overrides))
+    for stage in exp.stages:
+        n = pretrain_steps if stage.kind == "sam2_pretrain" else steps
+        if n is not None:
+            stage.max_steps, stage.epochs = n, None
+    return exp
