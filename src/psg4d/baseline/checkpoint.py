@@ -4,8 +4,9 @@ state for resume, the atomic write) are the engine's (:mod:`psg4d.engine.checkpo
 writes and reads what is inside them.
 
 ``config.json`` is exactly the pipeline's config and read strictly, so the digest lives in
-``trainer.json``; loading refuses a ``model.safetensors`` that no longer hashes to it (checkpoints
-written before it was recorded load unverified).
+``trainer.json``; loading refuses a ``model.safetensors`` that no longer hashes to it
+(:func:`psg4d.engine.checkpoint.verify_weights`; checkpoints written before it was recorded load
+unverified).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from torch import nn
 
 from psg4d.engine import checkpoint as ckpt
 from psg4d.errors import CheckpointError
-from psg4d.model.weight_files import WEIGHTS_SHA256, check_file_sha256
 from psg4d.model.provenance import check_shapes
 
 CONFIG = ckpt.MODEL_CONFIG
@@ -61,21 +61,13 @@ def read_config(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{file}: unreadable ({e})") from None
 
 
-def _recorded_sha256(path: Path) -> Any:
-    """The ``weights_sha256`` of the folder's trainer.json (None: written before it was recorded)."""
-    file = path / META
-    if not file.is_file():
-        return None
-    return ckpt.read_trainer_meta(path).get(WEIGHTS_SHA256)
-
-
 def load_modules(path: str | Path, modules: dict[str, nn.Module]) -> None:
     """Load the weights under each prefix of ``modules`` strictly (a missing or unexpected key is an
     error naming the folder), after checking the file's recorded SHA-256."""
     file = Path(path) / WEIGHTS
     if not file.is_file():
         raise CheckpointError(f"{path}: no {WEIGHTS}")
-    check_file_sha256(file, _recorded_sha256(Path(path)), recorded_in=Path(path) / META)
+    ckpt.verify_weights(path)
     try:
         tensors = load_file(str(file))
     except (SafetensorError, OSError) as e:

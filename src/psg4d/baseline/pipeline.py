@@ -118,15 +118,10 @@ def _fit(name: str, module: nn.Module, t: StageTrainConfig, stage_dir: Path, con
     return StageReport(name=name, steps=done.step, wall_s=done.wall_s, final_loss=done.last_loss)
 
 
-def _done(stage_dir: Path) -> dict[str, Any] | None:
-    meta = stage_dir / "final" / "trainer.json"
-    return json.loads(meta.read_text()) if meta.is_file() else None
-
-
 # ------------------------------------------------------------------------ stage 1: segmentation
 def _segment_stage(cfg: PipelineConfig, out: Path, *, info: DistInfo, resume: bool) -> StageReport:
     stage_dir = out / "segment"
-    if (done := _done(stage_dir)) is not None:
+    if (done := stages_on_disk.finished(stage_dir, 0)) is not None:
         return StageReport(name="segment", steps=int(done["step"]), wall_s=float(done["wall_s"]), skipped=True)
     seg_cfg = cfg.segmenter
     seed_everything(cfg.seed)  # the same initial weights on every rank and in every run
@@ -213,7 +208,7 @@ def cached_tubes(out: Path, split: str, video_id: str) -> TrackedTubes:
 def _relation_stage(cfg: PipelineConfig, out: Path, tubes_from: Path, *, info: DistInfo,
                     resume: bool) -> StageReport:
     stage_dir = out / "relation"
-    if (done := _done(stage_dir)) is not None:
+    if (done := stages_on_disk.finished(stage_dir, 0)) is not None:
         return StageReport(name="relation", steps=int(done["step"]), wall_s=float(done["wall_s"]), skipped=True)
     rel_cfg = cfg.relation
     seed_everything(cfg.seed + 1000)
@@ -318,10 +313,9 @@ def _run_stages(cfg: PipelineConfig, out: Path, *, info: DistInfo, resume: bool,
         if rebuilt and info.is_main:
             _assemble(cfg, out, seg_from)
         dist_utils.barrier(info)
-        # every rank decides from the same file and validates its share (the metric is collective)
-        validate = cfg.data.val_videos > 0 and cfg.data.val_split and not (out / "val.json").is_file()
-        dist_utils.barrier(info)
-        if validate:
+        # every rank decides from the same file (rank 0 writes it only after the collective metric,
+        # which every rank enters) and validates its share
+        if cfg.data.val_videos > 0 and cfg.data.val_split and not (out / "val.json").is_file():
             _validate(cfg, out, final, info)
         if info.is_main:
             _record(out / "stages.json", reports)

@@ -203,6 +203,16 @@ def _recorded_sha256(ckpt_dir: Path, names: tuple[str, ...]) -> tuple[str, Path]
     return None
 
 
+def verify_weights(ckpt_dir: str | Path) -> None:
+    """Refuse (CheckpointError naming the file) a ``model.safetensors`` that no longer hashes to the
+    SHA-256 its checkpoint recorded; one recorded nowhere (written before it was) is not checked."""
+    ckpt_dir = Path(ckpt_dir)
+    # trainer.json is save_checkpoint's record; a folder save_pretrained wrote alone (an init made
+    # outside training) has only the model's config.json
+    recorded, where = _recorded_sha256(ckpt_dir, (TRAINER_META, MODEL_CONFIG)) or (None, ckpt_dir / TRAINER_META)
+    check_file_sha256(ckpt_dir / MODEL_WEIGHTS, recorded, recorded_in=where)
+
+
 def read_trainer_meta(ckpt_dir: str | Path) -> dict[str, Any]:
     """A checkpoint's ``trainer.json`` (step, stage, ...); CheckpointError naming it if unreadable."""
     path = Path(ckpt_dir) / TRAINER_META
@@ -243,11 +253,7 @@ def load_model_weights(model: nn.Module, ckpt_dir: str | Path, *, allow_missing:
     path = Path(ckpt_dir) / MODEL_WEIGHTS
     if not path.exists():
         raise CheckpointError(f"{ckpt_dir}: no {MODEL_WEIGHTS}; expected a folder written by save_pretrained")
-    # trainer.json is save_checkpoint's record; a folder save_pretrained wrote alone (an init made
-    # outside training) has only the model's config.json
-    recorded, where = (_recorded_sha256(Path(ckpt_dir), (TRAINER_META, MODEL_CONFIG))
-                       or (None, Path(ckpt_dir) / TRAINER_META))
-    check_file_sha256(path, recorded, recorded_in=where)
+    verify_weights(ckpt_dir)
     check_shapes(stored_weight_shapes(ckpt_dir), {k: v.shape for k, v in model.state_dict().items()}, path)
     try:
         missing, unexpected = load_model(model, str(path), strict=False, device=str(_model_device(model)))
