@@ -18,7 +18,8 @@ from psg4d.baseline.checkpoint import load_modules, read_config, save_modules
 from psg4d.baseline.config import PipelineConfig, RelationConfig, SegmenterConfig
 from psg4d.baseline.config import load_pipeline_config, with_data_vocab
 from psg4d.baseline.pipeline import train_pipeline
-from psg4d.baseline.predict import PipelinePredictor, is_pipeline_checkpoint
+from psg4d.baseline.predict import PipelinePredictor
+from psg4d.families import family_of_checkpoint, read_header
 from psg4d.baseline.relation import RelationModel
 from psg4d.baseline.segmenter import QuerySegmenter
 from psg4d.baseline.types import TrackedTubes
@@ -76,7 +77,7 @@ def trained(world, tmp_path_factory):
 
 def test_train_cli_runs_every_stage_and_eval_scores_the_checkpoint(world, trained, tmp_path):
     out, first, rerun = trained
-    assert "stage segment: 120 steps" in first and "stage relation: 3 steps" in first and "final pipeline:" in first
+    assert "stage segment: 120 steps" in first and "stage relation: 3 steps" in first and "final model:" in first
     # each stage on disk: the segmenter, one tube file per training video, the relation model
     reader = open_dataset(world / "4d")
     train_ids = reader.video_ids("train")
@@ -85,7 +86,12 @@ def test_train_cli_runs_every_stage_and_eval_scores_the_checkpoint(world, traine
     assert tubes.masks.shape[1:] == (4, 32, 32) and tubes.valid.shape == tubes.masks.shape[:2]
     assert sum(len(TrackedTubes.load(p)) >= 2 for p in (out / "track" / "train").glob("*.npz")) >= 3
     final = out / "final"
-    assert is_pipeline_checkpoint(final) and not is_pipeline_checkpoint(out / "segment" / "final")
+    # the registry knows the final folder as a pipeline, and a stage's folder as part of one
+    head = read_header(final)
+    assert (head.format, head.kind, head.version) == ("psg4d-model", "pipeline", 1)
+    assert family_of_checkpoint(final).kind == "pipeline"
+    with pytest.raises(CheckpointError, match="one stage of a pipeline baseline.*final/"):
+        family_of_checkpoint(out / "segment" / "final")
     cfg = read_config(final)
     vocab = training_vocab([(reader, train_ids)])
     assert cfg["segmenter"]["class_names"] == vocab.objects
@@ -288,6 +294,60 @@ def test_predict_command_runs_a_pipeline_checkpoint_on_a_video(world, trained, t
     err = capsys.readouterr().err.strip()
     assert "--mode and --vocab are the 4D-LLM's" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "q.json").exists()
+
+
+def test_batch_predict_and_eval_take_a_pipeline_checkpoint_through_the_registry(world, trained, tmp_path):
+    """A folder of videos (batch mode, once refused for the pipeline) and a dataset split
+    (``psg4d eval --ckpt``) are predicted through the same registry lookup as one video."""
+    import av
+
+    from psg4d.data.schema import SceneGraph4D
+    from psg4d.families import PredictOptions
+    from psg4d.infer.predictor_factory import predict_split
+
+    reader = open_dataset(world / "4d")
+    ids = reader.video_ids("test")[:2]
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for vid in ids:
+        rgb = reader.read_video(vid).rgb  # [T, H, W, 3]
+        with av.open(str(videos / f"{vid}.mp4"), "w") as c:
+            s = c.add_stream("mpeg4", rate=10)
+            s.height, s.width, s.pix_fmt = rgb.shape[1], rgb.shape[2], "yuv420p"
+            for frame in rgb:
+                for pkt in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    c.mux(pkt)
+            for pkt in s.encode():
+                c.mux(pkt)
+    final = trained[0] / "final"
+    out = tmp_path / "preds"
+    assert main(["predict", "--ckpt", str(final), "--rgb", str(videos), "--out", str(out), "--workers", "1",
+                 "--candidates", "5"]) == 0
+    assert sorted(p.stem for p in out.glob("*.json")) == sorted(ids)
+    for vid in ids:
+        graph = SceneGraph4D.load(out / f"{vid}.json")
+        graph.validate(require_tubes=True)
+        assert graph.meta["model"] == "pipeline" and graph.num_frames == reader.read_video(vid).num_frames
+        assert len(graph.relations) <= 5
+    split = list(predict_split(final, world / "4d", "test", limit=2, options=PredictOptions(max_candidates=5)))
+    direct = PipelinePredictor.from_pretrained(final)
+    assert [g.video_id for g in split] == ids
+    assert [len(g.objects) for g in split] == [len(direct.predict(reader.read_video(v)).objects) for v in ids]
+
+
+def test_llm_only_commands_refuse_a_pipeline_checkpoint_in_one_line(world, trained, tmp_path, capsys):
+    final = str(trained[0] / "final")
+    for argv, needle in (
+        (["diagnose", "--ckpt", final, "--data", str(world / "4d"), "--split", "val"],
+         "a pipeline baseline checkpoint; psg4d diagnose (it reads the LLM's text probabilities) needs a 4D-LLM"),
+        (["tune-ranking", "--ckpt", final, "--data", str(world / "4d"), "--split", "val"],
+         "a pipeline baseline checkpoint; psg4d tune-ranking (it weighs the LLM's text scores) needs a 4D-LLM"),
+    ):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1, err
+    assert not (trained[0] / "final" / "ranking.json").exists()
 
 
 def test_without_two_tubes_anywhere_the_relation_stage_says_so(world, tmp_path, caplog):

@@ -118,7 +118,7 @@ def test_eval_dataset_folder_and_ckpt(split_files, monkeypatch, capsys):
     monkeypatch.setattr(readers, "open_dataset", lambda path, format=None: reader, raising=False)
     calls = []
 
-    def predict_split(ckpt_dir, data_path, split, limit=None, progress=False, config=None):
+    def predict_split(ckpt_dir, data_path, split, limit=None, progress=False, options=None):
         calls.append((str(ckpt_dir), str(data_path), split))
         return iter(preds if limit is None else preds[:limit])
 

@@ -11,8 +11,10 @@ from PIL import Image
 
 from psg4d.data.schema import SceneGraph4D
 from psg4d.data.masks import dense_tube_viou, rle_encode_batch
+from psg4d.families import PredictOptions
 from psg4d.infer.predictor import Predictor, PredictorConfig, Tube
 from psg4d.model.generation import SceneGraphGenerator
+from psg4d.model.reading import merge_objects
 from psg4d.model.psg4d_llm import PSG4DModel
 from test_model_psg4d import PREDS, make_sample, overfit, tiny_config, trained_model
 
@@ -55,20 +57,19 @@ def test_tube_shapes_and_duplicate_merging(trained_ckpt):
     box[:, 2:6, 2:6] = True
     shifted = np.roll(box, 1, axis=2)  # vIoU 12/20 = 0.6
     far = np.roll(box, 4, axis=1)  # disjoint
-    predictor = Predictor(model=model, config=PredictorConfig(merge_viou=0.5))
     occ = {0: "cup", 1: "table", 2: "Cup", 3: "cup", 5: "table"}
     tubes = [Tube(rle_encode_batch(m), s) for m, s in
              zip([box, box, shifted, far, box, box], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6])]
-    assign, objects = predictor._merge_objects(occ, tubes, np.ones(4))
+    assign, objects = merge_objects(occ, tubes, np.ones(4), merge_viou=0.5)
     assert assign == {0: 0, 1: 1, 2: 0, 3: 2, 5: 1}
     assert [(c, t.score) for c, t in objects] == [("cup", 0.1), ("table", 0.2), ("cup", 0.4)]
     # model frames stand for several video frames: vIoU is weighted by how many
     half = box.copy()
     half[2:] = False  # agrees with box on frames 0-1 only: vIoU 32/64 unweighted
-    assert predictor._merge_objects({0: "cup", 1: "cup"}, [Tube(rle_encode_batch(box), 0), Tube(
-        rle_encode_batch(half), 0)], np.ones(4))[0] == {0: 0, 1: 0}  # 0.5 >= merge_viou
-    assert predictor._merge_objects({0: "cup", 1: "cup"}, [Tube(rle_encode_batch(box), 0), Tube(
-        rle_encode_batch(half), 0)], np.array([1, 1, 3, 3]))[0] == {0: 0, 1: 1}  # 32/(32+96) = 0.25
+    assert merge_objects({0: "cup", 1: "cup"}, [Tube(rle_encode_batch(box), 0), Tube(
+        rle_encode_batch(half), 0)], np.ones(4), merge_viou=0.5)[0] == {0: 0, 1: 0}  # 0.5 >= merge_viou
+    assert merge_objects({0: "cup", 1: "cup"}, [Tube(rle_encode_batch(box), 0), Tube(
+        rle_encode_batch(half), 0)], np.array([1, 1, 3, 3]), merge_viou=0.5)[0] == {0: 0, 1: 1}  # 32/(32+96) = 0.25
 
 
 @pytest.mark.slow
@@ -137,7 +138,7 @@ def test_predict_split_streams_a_dataset(trained_ckpt, tmp_path):
     reader = open_dataset(tmp_path / "ds" / "4d")
     split = next(s for s in reader.splits if reader.video_ids(s))
     preds = list(predict_split(ckpt, tmp_path / "ds" / "4d", split, limit=1,
-                               config=PredictorConfig(max_new_tokens=30, max_new_pairs=2)))
+                               options=PredictOptions(max_new_tokens=30, max_candidates=20)))
     assert [p.video_id for p in preds] == reader.video_ids(split)[:1]
     preds[0].validate(require_tubes=True)
     assert preds[0].num_frames == reader.read_video(preds[0].video_id).num_frames

@@ -12,7 +12,8 @@ from psg4d.cli import main
 from psg4d.data.masks import rle_encode_batch
 from psg4d.data.schema import MaskTube, ObjectTrack, Relation, SceneGraph4D
 from psg4d.errors import DataError
-from psg4d.infer.predictor import Predictor, ScoredCandidates, Tube, _Candidate
+from psg4d.infer.predictor import Predictor, ScoredCandidates, Tube
+from psg4d.model.reading import Candidate
 from psg4d.infer.ranking import FLOOR, RANKING_FILE, TEXT_ONLY, RankingWeights, load_ranking
 from psg4d.model.psg4d_llm import PSG4DModel
 from psg4d.tune_ranking import tune
@@ -59,8 +60,8 @@ def _world():
     junk[0, 6:8, 0:2] = True
     objects = [("person", _tube(a, 0.9)), ("table", _tube(b, 0.9))]
     objects += [(f"thing{k}", _tube(junk, 0.05)) for k in range(2)]
-    cands = [_Candidate(2, 3, f"p{k}", [(0, 3)], score=-1.0 - k / 100) for k in range(59)]
-    cands.append(_Candidate(0, 1, "on", [(0, 3)], score=-5.0))
+    cands = [Candidate(2, 3, f"p{k}", [(0, 3)], score=-1.0 - k / 100) for k in range(59)]
+    cands.append(Candidate(0, 1, "on", [(0, 3)], score=-5.0))
     scored = ScoredCandidates(video_id="v", num_frames=t, size=(s, s), objects=objects, candidates=cands,
                               owner=np.arange(t), meta={})
     truth = SceneGraph4D("v", t, s, s, [ObjectTrack(0, "person", tube=MaskTube.from_dense(a)),

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from psg4d.data.schema import MaskTube, ObjectTrack, Relation, Sample, SceneGraph4D, Video4D
+from psg4d.families import family_of_checkpoint
 from psg4d.errors import CheckpointError, DataError
 from psg4d.model.config import model_preset
 from psg4d.model.grammar import canonical_triplets, format_scene_graph, parse_scene_graph
@@ -243,6 +244,23 @@ def test_checkpoint_errors(trained, tmp_path):
     model.save_pretrained(ck)
     (ck / "config.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(CheckpointError, match="not a psg4d checkpoint"):
+        PSG4DModel.from_pretrained(ck)
+
+    # the registry's header; a checkpoint written before it carried "kind" is still the 4D-LLM's
+    ck = tmp_path / "ck_head"
+    model.save_pretrained(ck)
+    meta = json.loads((ck / "config.json").read_text())
+    assert list(meta)[:3] == ["format", "kind", "version"]
+    assert (meta["format"], meta["kind"], meta["version"]) == ("psg4d-model", "psg4d_llm", 2)
+    del meta["kind"]
+    (ck / "config.json").write_text(json.dumps(meta))
+    assert family_of_checkpoint(ck).kind == "psg4d_llm"
+    PSG4DModel.from_pretrained(ck)
+    (ck / "config.json").write_text(json.dumps({**meta, "kind": "pipeline", "version": 1}))
+    with pytest.raises(CheckpointError, match="a pipeline baseline checkpoint, not a 4D-LLM's"):
+        PSG4DModel.from_pretrained(ck)
+    (ck / "config.json").write_text(json.dumps({**meta, "version": 3}))
+    with pytest.raises(CheckpointError, match="4D-LLM checkpoint version 3; this psg4d reads version 1, 2"):
         PSG4DModel.from_pretrained(ck)
 
     ck = tmp_path / "ck2"

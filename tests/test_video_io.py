@@ -12,7 +12,7 @@ from conftest import missing_setup_dependency
 from PIL import Image
 
 from psg4d.errors import DataError
-from psg4d.data import video_io
+from psg4d.data import video_sources
 from psg4d.data.video_io import (
     iter_frames,
     iter_video_windows,
@@ -178,7 +178,7 @@ def test_imageio_ffmpeg_fallback_when_pyav_cannot_open(tmp_path, monkeypatch):
     def refuse(p):
         raise DataError(p, "cannot open video: simulated PyAV failure")
 
-    monkeypatch.setattr(video_io, "_av_open", refuse)
+    monkeypatch.setattr(video_sources, "_av_open", refuse)
     v = load_video(path)
     assert v.num_frames == 6
     assert abs(_red(v.rgb[3]) - _red(_frame(3))) < 8

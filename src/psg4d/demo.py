@@ -111,14 +111,14 @@ def evaluate_with_baseline(
     from psg4d.data.schema import iter_scene_graphs, save_scene_graphs
     from psg4d.eval import evaluate
     from psg4d.infer.baselines import FrequencyBaseline
-    from psg4d.infer.predictor import PredictorConfig
+    from psg4d.families import PredictOptions
     from psg4d.infer.predictor_factory import predict_split
 
     reader = open_dataset(data_4d)
     gts = {g.video_id: g for g in islice(reader.iter_graphs(split), limit)}
     preds_path = eval_dir / f"predictions_{split}.jsonl"
     save_scene_graphs(preds_path, predict_split(ckpt, data_4d, split, limit=limit, progress=True,
-                                                config=PredictorConfig(threads=threads)))
+                                                options=PredictOptions(threads=threads)))
     baseline = FrequencyBaseline().fit(reader.iter_graphs("train"))
     metrics: dict[str, Any] = {"model": {}, "frequency_baseline": {}}
     for protocol in ("pvsg", "volumetric"):

@@ -39,11 +39,11 @@ def _predictions(
         return graphs if limit is None else itertools.islice(graphs, limit)
     if data is None or split is None:
         raise ConfigError("--ckpt needs --data DIR and --split S to know which videos to predict")
-    from psg4d.infer.predictor import PredictorConfig  # torch only when predicting
-    from psg4d.infer.predictor_factory import predict_split
+    from psg4d.families import PredictOptions
+    from psg4d.infer.predictor_factory import predict_split  # torch only when predicting
 
     return predict_split(ckpt, data, split, limit=limit, progress=True,
-                         config=PredictorConfig(threads=threads, mode=mode))
+                         options=PredictOptions(threads=threads, mode=mode))
 
 
 def _with_tubes(graphs: Iterable[SceneGraph4D], path: Path) -> Iterator[SceneGraph4D]:

@@ -78,6 +78,7 @@ def tune_checkpoint(ckpt: Path, data: Path, split: str = "val", *, limit: int | 
     from tqdm import tqdm
 
     from psg4d.data.readers import open_dataset
+    from psg4d.families import LLM_KIND, require_family
     from psg4d.infer.predictor import Predictor
     from psg4d.model.psg4d_llm import PSG4DModel
 
@@ -94,6 +95,7 @@ def tune_checkpoint(ckpt: Path, data: Path, split: str = "val", *, limit: int | 
     ids = reader.video_ids(split)[:limit] if limit else reader.video_ids(split)
     if not ids:
         raise DataError(data, f"split {split!r} has no videos")
+    require_family(ckpt, LLM_KIND, "psg4d tune-ranking (it weighs the LLM's text scores)")
     # weights already beside the checkpoint would rank the candidates: start from the text alone
     predictor = Predictor(model=PSG4DModel.from_pretrained(ckpt), ranking=RankingWeights())
     scored, truth = [], {}

@@ -17,8 +17,6 @@ from psg4d.data.vocab import training_vocab
 from psg4d.errors import ConfigError
 
 PIPELINE_STAGES = ("segment", "track", "relation")  # run in this order; each cached on disk
-# The ``kind`` of a pipeline YAML and of its checkpoint's config.json.
-PIPELINE_KIND = "pipeline"
 
 
 @dataclass(kw_only=True)
@@ -129,15 +127,6 @@ class PipelineConfig:
 
 # ------------------------------------------------------------------------ loading
 STUFF_DEFAULT = ("floor", "wall", "sky", "road", "ground", "grass", "ceiling")
-
-
-def is_pipeline_yaml(path: str | Path) -> bool:
-    """Whether a YAML experiment is a pipeline one (``kind: pipeline`` at its top)."""
-    try:
-        data = load_yaml(path)
-    except ConfigError:
-        return False
-    return isinstance(data, dict) and data.get("kind") == PIPELINE_KIND
 
 
 def load_pipeline_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:

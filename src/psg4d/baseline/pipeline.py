@@ -45,6 +45,7 @@ from psg4d.engine.optim import make_optimizer, make_scheduler
 from psg4d.engine.run_folder import check_run_folder, flatten
 from psg4d.engine.runtime import seed_everything
 from psg4d.errors import ConfigError
+from psg4d.families import PIPELINE_KIND, header
 from psg4d.utils.io import atomic_path, atomic_write_json, start_over
 
 log = logging.getLogger(__name__)
@@ -383,7 +384,8 @@ def _assemble(cfg: PipelineConfig, out: Path, seg_from: Path) -> Path:
     load_modules(out / "relation" / "final", {"relation": rel})
     walls = {s: float(json.loads((d / "final" / "trainer.json").read_text()).get("wall_s", 0.0))
              for s, d in (("segment", seg_from / "segment"), ("relation", out / "relation"))}
-    return save_modules(out / "final", {"segmenter": seg, "relation": rel}, to_dict(cfg),
+    # the registry's header first: psg4d.families reads which family this folder is
+    return save_modules(out / "final", {"segmenter": seg, "relation": rel}, {**header(PIPELINE_KIND), **to_dict(cfg)},
                         meta={"wall_s": walls})
 
 

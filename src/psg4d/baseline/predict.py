@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from psg4d.baseline.checkpoint import load_modules, read_config
-from psg4d.baseline.config import PIPELINE_KIND, PipelineConfig
+from psg4d.baseline.config import PipelineConfig
 from psg4d.baseline.relation import RelationModel
 from psg4d.baseline.segmenter import QuerySegmenter
 from psg4d.baseline.tracker import Tracker
@@ -18,24 +18,17 @@ from psg4d.baseline.types import FrameDetections, TrackedTubes
 from psg4d.config import from_dict
 from psg4d.data.schema import MaskTube, ObjectTrack, Relation, SceneGraph4D, Video4D
 from psg4d.errors import CheckpointError
+from psg4d.families import PIPELINE_KIND, family_of_checkpoint, strip_header
 
 log = logging.getLogger(__name__)
 
 
 
-def is_pipeline_checkpoint(path: str | Path) -> bool:
-    """Whether ``path`` holds a pipeline checkpoint (its config says ``kind: pipeline``)."""
-    try:
-        return read_config(path).get("kind") == PIPELINE_KIND
-    except CheckpointError:
-        return False
-
-
 def pipeline_config_from(path: str | Path) -> PipelineConfig:
-    data = read_config(path)
-    if data.get("kind") != PIPELINE_KIND:
-        raise CheckpointError(f"{path}: not a pipeline checkpoint (config kind {data.get('kind')!r})")
-    return from_dict(PipelineConfig, data, where="", source=Path(path) / "config.json")
+    """The config of the pipeline checkpoint ``path`` (its header checked by the registry)."""
+    if family_of_checkpoint(path).kind != PIPELINE_KIND:
+        raise CheckpointError(f"{path}: not a pipeline checkpoint (config kind {read_config(path).get('kind')!r})")
+    return from_dict(PipelineConfig, strip_header(read_config(path)), where="", source=Path(path) / "config.json")
 
 
 class PipelinePredictor:
@@ -49,6 +42,18 @@ class PipelinePredictor:
         self.tracker = tracker
         self.relation = relation.eval() if relation is not None else None
         self.chunk = chunk
+
+    # what every family's predictor offers the commands (psg4d.families.VideoPredictor): the tracker
+    # follows a video of any length in one pass, so it never streams in windows
+    max_frames = None
+
+    @property
+    def image_size(self) -> int:
+        return self.config.segmenter.image_size
+
+    @property
+    def max_candidates(self) -> int:
+        return self.config.relation.top_k
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "PipelinePredictor":

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from psg4d.data.schema import Relation, SceneGraph4D
+from psg4d.data.schema import MaskTube, ObjectTrack, Relation, SceneGraph4D
 from psg4d.errors import DataError
 from psg4d.eval.geometry import TubeOverlap, span_masks, tube_overlaps
 from psg4d.eval.labelmap import IDENTITY, LabelMap, normalize_label
@@ -165,82 +165,28 @@ def prepare_video(
     if not validated:
         gt.validate(gt_where)
     gt_objs = gt.object_by_id()
+    gt_cols = _gt_tube_columns(gt, gt_objs, gt_where)
     gt_rels = gt.relations
-    gt_cols: dict[int, int] = {}
-    for i, r in enumerate(gt_rels):
-        for oid in (r.subject_id, r.object_id):
-            if oid not in gt_objs:
-                raise DataError(gt_where, f"relations[{i}] refers to object {oid}, which does not exist")
-            if gt_objs[oid].tube is None:
-                raise DataError(gt_where, f"object {oid} is in a relation but has no mask tube")
-            gt_cols.setdefault(oid, len(gt_cols))
-    gt_ids = list(gt_cols)
 
     cands: list[Relation] = []
     rows: dict[int, int] = {}
-    # a video without a prediction has nothing unmapped; None only where there is no vocabulary to check
-    result_unmapped: dict[str, int | None] = {
-        "objects": None if object_vocab is None else 0,
-        "predicates": None if predicate_vocab is None else 0,
-    }
-    checked = {"objects": 0, "predicates": 0}
-    examples: set[str] = set()
-    pred_label: dict[int, str] = {}
+    labels = _LabelCheck.nothing_checked(object_vocab, predicate_vocab)
+    pred_tubes: list[MaskTube | None] = []
     if pred is not None:
         _check_pair(pred, gt, validated=validated)
-        for o in pred.objects:
-            pred_label[o.object_id] = label_map.object(o.majority_category())
-        pred_pred = [label_map.predicate(r.predicate) for r in pred.relations]
-        if object_vocab is not None:
-            bad = [o for o in pred.objects if pred_label[o.object_id] not in object_vocab]
-            result_unmapped["objects"] = len(bad)
-            checked["objects"] = len(pred.objects)
-            examples.update(f"object:{o.majority_category()}" for o in bad)
-        if predicate_vocab is not None:
-            bad_p = [r.predicate for r, p in zip(pred.relations, pred_pred) if p not in predicate_vocab]
-            result_unmapped["predicates"] = len(bad_p)
-            checked["predicates"] = len(pred.relations)
-            examples.update(f"predicate:{p}" for p in bad_p)
+        labels = _check_labels(pred, label_map, object_vocab, predicate_vocab)
         cands = (
             candidate_list(pred, max_k=max_k, graph_constraint=graph_constraint)
             if candidates is None
             else list(candidates)
         )
-        for r in cands:
-            rows.setdefault(r.subject_id, len(rows))
-            rows.setdefault(r.object_id, len(rows))
+        rows = _candidate_rows(cands)
         pred_objs = pred.object_by_id()
         pred_tubes = [pred_objs[i].tube for i in rows]
-    else:
-        pred_tubes = []
 
-    overlap = tube_overlaps(pred_tubes, [gt_objs[i].tube for i in gt_ids], T)
-
-    # labels interned to ints so the [C, R] agreement test is three integer comparisons
-    codes: dict[str, int] = {}
-
-    def code(s: str) -> int:
-        return codes.setdefault(s, len(codes))
-
+    overlap = tube_overlaps(pred_tubes, [gt_objs[i].tube for i in gt_cols], T)
     gt_predicates = [normalize_label(r.predicate) for r in gt_rels]
-    g_lab = np.array(
-        [
-            (code(normalize_label(gt_objs[r.subject_id].majority_category())), code(p),
-             code(normalize_label(gt_objs[r.object_id].majority_category())))
-            for r, p in zip(gt_rels, gt_predicates)
-        ],
-        dtype=np.int64,
-    ).reshape(len(gt_rels), 3)
-    c_lab = np.array(
-        [
-            (code(pred_label[r.subject_id]), code(label_map.predicate(r.predicate)), code(pred_label[r.object_id]))
-            for r in cands
-        ],
-        dtype=np.int64,
-    ).reshape(len(cands), 3)
-    label_match = (c_lab[:, None, :] == g_lab[None, :, :]).all(-1)
-    # columns 0 and 2: subject and object category
-    pair_match = (c_lab[:, None, ::2] == g_lab[None, :, ::2]).all(-1)
+    label_match, pair_match = _label_agreement(gt, gt_objs, gt_predicates, cands, labels.object_labels, label_map)
 
     return PreparedVideo(
         video_id=gt.video_id,
@@ -255,9 +201,103 @@ def prepare_video(
         gt_predicates=gt_predicates,
         label_match=label_match,
         pair_match=pair_match,
-        unmapped_objects=result_unmapped["objects"],
-        unmapped_predicates=result_unmapped["predicates"],
-        checked_objects=checked["objects"],
-        checked_predicates=checked["predicates"],
-        unmapped_examples=examples,
+        unmapped_objects=labels.unmapped_objects,
+        unmapped_predicates=labels.unmapped_predicates,
+        checked_objects=labels.checked_objects,
+        checked_predicates=labels.checked_predicates,
+        unmapped_examples=labels.examples,
     )
+
+
+def _gt_tube_columns(gt: SceneGraph4D, gt_objs: dict[int, ObjectTrack], gt_where: str) -> dict[int, int]:
+    """GT object id -> its column of the overlap arrays, for each object in a GT relation (first
+    mention first); DataError for a relation naming a missing object or one without a tube."""
+    gt_cols: dict[int, int] = {}
+    for i, r in enumerate(gt.relations):
+        for oid in (r.subject_id, r.object_id):
+            if oid not in gt_objs:
+                raise DataError(gt_where, f"relations[{i}] refers to object {oid}, which does not exist")
+            if gt_objs[oid].tube is None:
+                raise DataError(gt_where, f"object {oid} is in a relation but has no mask tube")
+            gt_cols.setdefault(oid, len(gt_cols))
+    return gt_cols
+
+
+def _candidate_rows(cands: list[Relation]) -> dict[int, int]:
+    """Predicted object id -> its row of the overlap arrays, for each object in a candidate."""
+    rows: dict[int, int] = {}
+    for r in cands:
+        rows.setdefault(r.subject_id, len(rows))
+        rows.setdefault(r.object_id, len(rows))
+    return rows
+
+
+@dataclass
+class _LabelCheck:
+    """The predicted labels after the label map, and how many fall outside the vocabularies."""
+
+    object_labels: dict[int, str]  # predicted object id -> its mapped category
+    # None only where there is no vocabulary to check against
+    unmapped_objects: int | None
+    unmapped_predicates: int | None
+    checked_objects: int = 0
+    checked_predicates: int = 0
+    examples: set[str] = field(default_factory=set)
+
+    @classmethod
+    def nothing_checked(cls, object_vocab: set[str] | None, predicate_vocab: set[str] | None) -> "_LabelCheck":
+        """A video without a prediction: nothing unmapped."""
+        return cls(object_labels={}, unmapped_objects=None if object_vocab is None else 0,
+                   unmapped_predicates=None if predicate_vocab is None else 0)
+
+
+def _check_labels(pred: SceneGraph4D, label_map: LabelMap, object_vocab: set[str] | None,
+                  predicate_vocab: set[str] | None) -> _LabelCheck:
+    """Map every predicted label and count those outside the vocabularies (given ones only)."""
+    out = _LabelCheck.nothing_checked(object_vocab, predicate_vocab)
+    for o in pred.objects:
+        out.object_labels[o.object_id] = label_map.object(o.majority_category())
+    pred_pred = [label_map.predicate(r.predicate) for r in pred.relations]
+    if object_vocab is not None:
+        bad = [o for o in pred.objects if out.object_labels[o.object_id] not in object_vocab]
+        out.unmapped_objects = len(bad)
+        out.checked_objects = len(pred.objects)
+        out.examples.update(f"object:{o.majority_category()}" for o in bad)
+    if predicate_vocab is not None:
+        bad_p = [r.predicate for r, p in zip(pred.relations, pred_pred) if p not in predicate_vocab]
+        out.unmapped_predicates = len(bad_p)
+        out.checked_predicates = len(pred.relations)
+        out.examples.update(f"predicate:{p}" for p in bad_p)
+    return out
+
+
+def _label_agreement(gt: SceneGraph4D, gt_objs: dict[int, ObjectTrack], gt_predicates: list[str], cands: list[Relation],
+                     pred_label: dict[int, str], label_map: LabelMap) -> tuple[np.ndarray, np.ndarray]:
+    """``label_match [C, R]`` (subject, predicate and object agree) and ``pair_match [C, R]``
+    (subject and object categories agree) of the candidates against the GT relations."""
+    # labels interned to ints so the [C, R] agreement test is three integer comparisons
+    codes: dict[str, int] = {}
+
+    def code(s: str) -> int:
+        return codes.setdefault(s, len(codes))
+
+    gt_rels = gt.relations
+    g_lab = np.array(
+        [
+            (code(normalize_label(gt_objs[r.subject_id].majority_category())), code(p),
+             code(normalize_label(gt_objs[r.object_id].majority_category())))
+            for r, p in zip(gt_rels, gt_predicates)
+        ],
+        dtype=np.int64,
+    ).reshape(len(gt_rels), 3)  # [R, 3]
+    c_lab = np.array(
+        [
+            (code(pred_label[r.subject_id]), code(label_map.predicate(r.predicate)), code(pred_label[r.object_id]))
+            for r in cands
+        ],
+        dtype=np.int64,
+    ).reshape(len(cands), 3)  # [C, 3]
+    label_match = (c_lab[:, None, :] == g_lab[None, :, :]).all(-1)
+    # columns 0 and 2: subject and object category
+    pair_match = (c_lab[:, None, ::2] == g_lab[None, :, ::2]).all(-1)
+    return label_match, pair_match

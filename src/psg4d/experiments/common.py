@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 if TYPE_CHECKING:
     from psg4d.data.synth.reuse import Reuse
     from psg4d.data.schema import SceneGraph4D
-    from psg4d.infer.predictor import Predictor
+    from psg4d.families import VideoPredictor
     from psg4d.train.stages import ExperimentConfig
 
 #: generation limit of a ``--quick`` run's 4D-LLM (an undertrained model writes until its limit)
@@ -141,14 +141,13 @@ class ScoredVideos(PredictedVideos):
     metrics: dict[str, dict[str, float]]
 
 
-def llm_predictor(ckpt: Path, *, quick: bool = False) -> Predictor:
-    """The 4D-LLM predictor of checkpoint ``ckpt`` with default settings (a ``quick`` run's
-    generation stops at :data:`QUICK_MAX_NEW_TOKENS`)."""
-    from psg4d.infer.predictor import Predictor, PredictorConfig
-    from psg4d.model.psg4d_llm import PSG4DModel
+def checkpoint_predictor(ckpt: Path, *, quick: bool = False) -> "VideoPredictor":
+    """The predictor of checkpoint ``ckpt``, of any model family (:mod:`psg4d.families`), with
+    default settings (a ``quick`` run's generated text stops at :data:`QUICK_MAX_NEW_TOKENS`)."""
+    from psg4d.families import PredictOptions, family_of_checkpoint
 
-    return Predictor(model=PSG4DModel.from_pretrained(ckpt),
-                     config=PredictorConfig(max_new_tokens=QUICK_MAX_NEW_TOKENS if quick else None))
+    options = PredictOptions(max_new_tokens=QUICK_MAX_NEW_TOKENS if quick else None)
+    return family_of_checkpoint(ckpt).load_predictor(ckpt, options)
 
 
 def predict_videos(

@@ -34,7 +34,7 @@ from psg4d.errors import ConfigError
 from psg4d.experiments.common import (
     from_scratch_stage,
     llm_experiment,
-    llm_predictor,
+    checkpoint_predictor,
     predict_and_score,
     synthetic_world,
     train_or_reuse,
@@ -157,14 +157,10 @@ def _pipeline_arms(cfg: CompareExperimentConfig, preset: str, world: Path) -> di
 
 # ------------------------------------------------------------------------ scoring
 def _score(ckpt: Path, world: Path, cfg: CompareExperimentConfig, preset: str, method: str) -> dict[str, Any]:
-    from psg4d.baseline.predict import PipelinePredictor
     from psg4d.data.schema import save_scene_graphs
     from psg4d.eval.segmentation import SegmentationQuality
 
-    if method.startswith("pipeline"):
-        predictor = PipelinePredictor.from_pretrained(ckpt)
-    else:
-        predictor = llm_predictor(ckpt, quick=cfg.quick)
+    predictor = checkpoint_predictor(ckpt, quick=cfg.quick)
     # every GT object, and only those in a GT relation: the 4D-LLM writes (and so segments) only the
     # objects of its triplets, the pipeline every segment it finds
     seg, seg_related = SegmentationQuality(), SegmentationQuality()

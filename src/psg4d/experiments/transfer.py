@@ -45,7 +45,7 @@ from psg4d.experiments.common import (
     from_scratch_stage,
     held_out_graphs,
     llm_experiment,
-    llm_predictor,
+    checkpoint_predictor,
     predict_and_score,
     synthetic_world,
     train_or_reuse,
@@ -142,7 +142,7 @@ def _experiment(cfg: TransferExperimentConfig, world: Path, n_4d: int, stages: l
 def _score(ckpt: Path, world: Path, cfg: TransferExperimentConfig, novel: set[str], *, rgb_only: bool) -> dict:
     from psg4d.eval import evaluate
 
-    scored = predict_and_score(llm_predictor(ckpt, quick=cfg.quick), world / "4d", limit=cfg.test_videos,
+    scored = predict_and_score(checkpoint_predictor(ckpt, quick=cfg.quick), world / "4d", limit=cfg.test_videos,
                                without_depth=rgb_only)
     preds = scored.predictions
     held = held_out_graphs(scored.truths, novel)

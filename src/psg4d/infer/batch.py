@@ -26,8 +26,7 @@ from typing import Iterator
 from tqdm import tqdm
 
 from psg4d.errors import Psg4dError
-from psg4d.infer.predictor import Predictor, PredictorConfig
-from psg4d.infer.predictor_factory import build_predictor
+from psg4d.families import PredictOptions, VideoPredictor, family_of_checkpoint
 from psg4d.infer.video_predict import ReadOptions, finished, predict_video, write_prediction_report
 
 log = logging.getLogger(__name__)
@@ -61,15 +60,16 @@ def output_of(video: Path, out_dir: Path) -> Path:
 _WORKER: dict = {}
 
 
-def _init_worker(ckpt: str, config: PredictorConfig, opts: ReadOptions, report: bool) -> None:
-    from psg4d.model.psg4d_llm import PSG4DModel
+def _load(ckpt: str | Path, options: PredictOptions) -> VideoPredictor:
+    return family_of_checkpoint(ckpt).load_predictor(ckpt, options)
 
+
+def _init_worker(ckpt: str, options: PredictOptions, opts: ReadOptions, report: bool) -> None:
     logging.basicConfig(level=logging.WARNING)
-    _WORKER.update(predictor=build_predictor(PSG4DModel.from_pretrained(ckpt), config), opts=opts,
-                   report=report)
+    _WORKER.update(predictor=_load(ckpt, options), opts=opts, report=report)
 
 
-def _predict_one(predictor: Predictor, video: Path, out: Path, opts: ReadOptions, report: bool,
+def _predict_one(predictor: VideoPredictor, video: Path, out: Path, opts: ReadOptions, report: bool,
                  progress: bool) -> str | None:
     """None on success, else the one-line reason (the batch goes on)."""
     try:
@@ -90,10 +90,11 @@ def _worker_task(video: str, out: str) -> tuple[str, str | None]:
 
 
 def run_batch(
-    videos: list[Path], out_dir: Path, *, ckpt: Path, predictor: Predictor | None, config: PredictorConfig,
-    opts: ReadOptions, report: bool = False, workers: int = 1,
+    videos: list[Path], out_dir: Path, *, ckpt: Path, predictor: VideoPredictor | None,
+    options: PredictOptions, opts: ReadOptions, report: bool = False, workers: int = 1,
 ) -> BatchResult:
-    """Predict this rank's share of ``videos`` into ``out_dir``; see the module doc."""
+    """Predict this rank's share of ``videos`` into ``out_dir`` with checkpoint ``ckpt`` of any model
+    family (``predictor``: already loaded from it, used when one process predicts); see the module doc."""
     rank, world = dist_rank()
     mine = shard(videos, rank, world)
     result = BatchResult()
@@ -106,7 +107,7 @@ def run_batch(
         log.info("rank %d of %d: %d of %d videos", rank, world, len(mine), len(videos))
     # under torchrun the ranks are the workers: one process each, started by torchrun
     workers = 1 if world > 1 else max(1, min(workers, len(todo)))
-    for video, err in tqdm(_run(todo, out_dir, ckpt=ckpt, predictor=predictor, config=config, opts=opts,
+    for video, err in tqdm(_run(todo, out_dir, ckpt=ckpt, predictor=predictor, options=options, opts=opts,
                                 report=report, workers=workers),
                            total=len(todo), desc="predict", unit="video", disable=not todo):
         if err is None:
@@ -117,13 +118,10 @@ def run_batch(
     return result
 
 
-def _run(todo: list[Path], out_dir: Path, *, ckpt: Path, predictor: Predictor | None, config: PredictorConfig,
-         opts: ReadOptions, report: bool, workers: int) -> Iterator[tuple[Path, str | None]]:
+def _run(todo: list[Path], out_dir: Path, *, ckpt: Path, predictor: VideoPredictor | None,
+         options: PredictOptions, opts: ReadOptions, report: bool, workers: int) -> Iterator[tuple[Path, str | None]]:
     if workers == 1:
-        if predictor is None:
-            from psg4d.model.psg4d_llm import PSG4DModel
-
-            predictor = build_predictor(PSG4DModel.from_pretrained(ckpt), config)
+        predictor = predictor if predictor is not None else _load(ckpt, options)
         for v in todo:
             yield v, _predict_one(predictor, v, output_of(v, out_dir), opts, report, progress=False)
         return
@@ -132,11 +130,11 @@ def _run(todo: list[Path], out_dir: Path, *, ckpt: Path, predictor: Predictor | 
     from psg4d.utils.threads import available_cpus
 
     # threads split between the workers, unless fixed: N workers x all CPUs would oversubscribe
-    threads = config.threads or max(1, available_cpus() // workers)
-    wcfg = replace(config, threads=threads)
+    threads = options.threads or max(1, available_cpus() // workers)
+    wopts = replace(options, threads=threads)
     # spawn, not fork: torch's thread pools do not survive a fork
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker, initargs=(str(ckpt), wcfg, opts, report)) as pool:
+                             initializer=_init_worker, initargs=(str(ckpt), wopts, opts, report)) as pool:
         futures = [pool.submit(_worker_task, str(v), str(output_of(v, out_dir))) for v in todo]
         for fut in as_completed(futures):
             video, err = fut.result()

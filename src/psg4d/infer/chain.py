@@ -29,20 +29,20 @@ from it and the problems met), so a person can follow the model's reasoning; a m
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from typing import Any
 
-import numpy as np
 
 from psg4d.data.schema import SceneGraph4D, Video4D
 from psg4d.infer.categorise import LanguageCategoriser
-from psg4d.infer.predictor import Predictor, PredictorConfig, _Candidate
-from psg4d.model.batching import resample_indices
+from psg4d.infer.predictor import Predictor, PredictorConfig, graph_meta, scene_graph
 from psg4d.model.chain_text import (
     STEPS, ChainObject, normalize_description, parse_describe, parse_pairs, parse_relations, parse_spans,
 )
 from psg4d.model.generation import Generation
 from psg4d.model.grammar import clean_phrase
 from psg4d.model.psg4d_llm import PSG4DModel
+from psg4d.model.reading import Candidate, frame_owner, pair_span
 from psg4d.model.tokens import TRIPLET_SEP
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,11 @@ class ChainPredictor:
         self.namer = LanguageCategoriser(llm=model.llm, tokenizer=model.tokenizer,
                                          examples=mc.category_descriptions, vocabulary=self.config.vocabulary,
                                          known=mc.object_vocab)
+
+    # what every family's predictor offers the commands (psg4d.families.VideoPredictor)
+    max_frames = property(lambda self: self.base.max_frames)
+    image_size = property(lambda self: self.base.image_size)
+    max_candidates = property(lambda self: self.base.max_candidates)
 
     # ------------------------------------------------------------- turns
     def _turns(self, ctx) -> tuple[list[dict[str, Any]], list[Generation]]:
@@ -105,15 +110,14 @@ class ChainPredictor:
         self.base.threads()
         ctx = self.generator.encode_video(video, chain=True)
         records, gens = self._turns(ctx)
-        model_idx = resample_indices(video.num_frames, ctx.num_frames)
-        owner = np.abs(np.arange(video.num_frames)[:, None] - model_idx[None, :]).argmin(axis=1)  # [T_video]
+        owner = frame_owner(video.num_frames, ctx.num_frames)  # [T_video]
 
         described = parse_describe(records[0]["answer"])
         n_tok = gens[0].obj_hidden.shape[0]
         listed = [o for o in described.items if o.obj_index < n_tok]
         if len(listed) < len(described.items):
             described.problems.append("describe: an object's [Obj] was never read; skipped")
-        tubes = self.base.tubes(ctx, gens[0].obj_hidden[[o.obj_index for o in listed]], size) if listed else []
+        tubes = self.base.reader.tubes(ctx, gens[0].obj_hidden[[o.obj_index for o in listed]], size) if listed else []
         names = [self._name(o) for o in listed]
         position = {o.index: i for i, o in enumerate(listed)}  # the answer's number -> object index
         records[0]["items"] = [{"index": o.index, "description": o.description, "object_id": position[o.index], **n}
@@ -137,7 +141,8 @@ class ChainPredictor:
         objects = [(n["category"], t) for n, t in zip(names, tubes)]
         cands = self._candidates(ctx, gens[2], objects, position, pairs.items, relations.items, spans.items)
         ranked = self.base.ranked(objects, list(cands.values()))
-        graph = self.base._scene_graph(video, size, gens[0], 0, objects, ranked, owner)
+        meta = dict(graph_meta(gens[0], 0), ranking=asdict(self.base.ranking))
+        graph = scene_graph(self.model.config, video.video_id, video.num_frames, size, meta, objects, ranked, owner)
         for track, o, n in zip(graph.objects, listed, names):
             track.attributes.update({"description": o.description, "category_source": n["source"],
                                      **({"model_category": n["model_category"]} if "model_category" in n else {})})
@@ -180,11 +185,11 @@ class ChainPredictor:
         span_of: dict[tuple[int, str, int], list[tuple[int, int]]] = {}
         for s, p, o, a, b in spans:
             span_of.setdefault((position[s], p.lower(), position[o]), []).append((a, b))
-        cands: dict[tuple[int, int, str], _Candidate] = {}
+        cands: dict[tuple[int, int, str], Candidate] = {}
 
         def add(a: int, b: int, p: str, score: float) -> None:
-            c = cands.setdefault((a, b, p.lower()), _Candidate(a, b, p))
-            c.spans = span_of.get((a, p.lower(), b)) or [Predictor._pair_span(presence[a], presence[b])]
+            c = cands.setdefault((a, b, p.lower()), Candidate(a, b, p))
+            c.spans = span_of.get((a, p.lower(), b)) or [pair_span(presence[a], presence[b])]
             c.score = max(c.score, score)
 
         t = self.prompt.text_ids

@@ -16,7 +16,6 @@ from typing import Optional
 
 import typer
 
-from psg4d.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -92,34 +91,6 @@ def diagnose_command(
 ) -> None:
     """Does the LLM read the video (grounding gap) and the order of its frames (reversal probe), and how
     good are masks from the ground-truth text?"""
-    from dataclasses import asdict
+    from psg4d.infer.diagnostics import DiagnoseRequest, run_diagnose
 
-    from psg4d.data.readers import open_dataset
-    from psg4d.infer.diagnostics import format_reports, grounding, reversal_probe, teacher_forced_masks
-    from psg4d.model.psg4d_llm import PSG4DModel
-    from psg4d.utils.io import atomic_write_json
-
-    if limit < 2:
-        raise ConfigError(f"--limit must be at least 2 (got {limit}): the grounding table compares videos")
-    model = PSG4DModel.from_pretrained(ckpt)
-    reader = open_dataset(data)
-    if split not in reader.splits:
-        raise DataError(data, f"no split {split!r}; the dataset has {', '.join(reader.splits)}")
-    samples = [reader.read(v) for v in reader.video_ids(split)[:limit]]
-    if len(samples) < 2:
-        raise DataError(data, f"split {split!r} has {len(samples)} video(s); the grounding table needs 2")
-    g = grounding(model, samples)
-    try:
-        r, skipped = reversal_probe(model, samples), None
-    except ValueError as e:  # the data's predicates have no declared time reversal
-        r, skipped = None, str(e)
-    m = teacher_forced_masks(model, samples)
-    typer.echo(format_reports(g, m, r))
-    if skipped:
-        typer.echo(f"reversal probe skipped: {skipped}")
-    if json_out is not None:
-        atomic_write_json(json_out, {
-            "grounding_gap": g.gap, "grounding_top1": g.top1, "logprob": g.logprob.tolist(),
-            "tf_mask_hit": m.hit, "tf_mask_hit_per_category": m.per_category,
-            "reversal": None if r is None else asdict(r), "reversal_skipped": skipped,
-        }, indent=2)
+    typer.echo(run_diagnose(DiagnoseRequest(ckpt=ckpt, data=data, split=split, limit=limit, json_out=json_out)))

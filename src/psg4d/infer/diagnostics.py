@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -38,6 +39,7 @@ import torch
 
 from psg4d.data.masks import mask_iou
 from psg4d.data.schema import Sample
+from psg4d.errors import ConfigError, DataError
 from psg4d.data.time_reversal import asymmetric_pairs, reversal_table, reverse_sample
 from psg4d.model.generation import SceneGraphGenerator
 from psg4d.model.mask_decoder import upsample_to
@@ -210,3 +212,49 @@ def format_reports(g: GroundingReport | None, m: MaskReport | None, r: ReversalR
         for c, h in sorted(m.per_category.items(), key=lambda kv: -kv[1]):
             lines.append(f"  {c:24s} {h:6.1%}")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiagnoseRequest:
+    """One ``psg4d diagnose`` call: a 4D-LLM checkpoint, ``limit`` videos of ``split`` of the dataset
+    at ``data``; ``json_out``: also write the numbers there."""
+
+    ckpt: Path
+    data: Path
+    split: str = "val"
+    limit: int = 8
+    json_out: Path | None = None
+
+
+def run_diagnose(req: DiagnoseRequest) -> str:
+    """All three diagnostics on the request's videos, as the text the command prints (and the
+    JSON file when asked); bad flags, folders and checkpoints are one-line errors before any work."""
+    from psg4d.data.readers import open_dataset
+    from psg4d.families import LLM_KIND, require_family
+    from psg4d.utils.io import atomic_write_json, check_output_file
+
+    if req.limit < 2:
+        raise ConfigError(f"--limit must be at least 2 (got {req.limit}): the grounding table compares videos")
+    if req.json_out is not None:
+        check_output_file(req.json_out)
+    require_family(req.ckpt, LLM_KIND, "psg4d diagnose (it reads the LLM's text probabilities)")
+    reader = open_dataset(req.data)
+    if req.split not in reader.splits:
+        raise DataError(req.data, f"no split {req.split!r}; the dataset has {', '.join(reader.splits)}")
+    samples = [reader.read(v) for v in reader.video_ids(req.split)[: req.limit]]
+    if len(samples) < 2:
+        raise DataError(req.data, f"split {req.split!r} has {len(samples)} video(s); the grounding table needs 2")
+    model = PSG4DModel.from_pretrained(req.ckpt)
+    g = grounding(model, samples)
+    try:
+        r, skipped = reversal_probe(model, samples), None
+    except ValueError as e:  # the data's predicates have no declared time reversal
+        r, skipped = None, str(e)
+    m = teacher_forced_masks(model, samples)
+    if req.json_out is not None:
+        atomic_write_json(req.json_out, {
+            "grounding_gap": g.gap, "grounding_top1": g.top1, "logprob": g.logprob.tolist(),
+            "tf_mask_hit": m.hit, "tf_mask_hit_per_category": m.per_category,
+            "reversal": None if r is None else asdict(r), "reversal_skipped": skipped,
+        }, indent=2)
+    return format_reports(g, m, r) + (f"\nreversal probe skipped: {skipped}" if skipped else "")

@@ -1,5 +1,7 @@
 """Choosing and running a predictor: ``direct`` (:mod:`psg4d.infer.predictor`) or ``chain``
-(:mod:`psg4d.infer.chain`), the vocabulary file of ``--vocab``, and a whole split at a time."""
+(:mod:`psg4d.infer.chain`), the vocabulary file of ``--vocab``, the 4D-LLM's loader for the model
+registry (:func:`load_predictor`, :mod:`psg4d.families`), and a whole split at a time with a
+checkpoint of any family (:func:`predict_split`)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Iterator
 
 from psg4d.data.schema import SceneGraph4D
 from psg4d.errors import DataError
+from psg4d.families import PredictOptions, family_of_checkpoint
 from psg4d.infer.chain import ChainPredictor
 from psg4d.infer.predictor import Predictor, PredictorConfig
 from psg4d.infer.ranking import load_mode
@@ -67,22 +70,35 @@ def build_predictor(model: PSG4DModel, config: PredictorConfig | None = None) ->
                                                                                               config=config)
 
 
+def load_predictor(ckpt: Path, options: PredictOptions) -> Predictor | ChainPredictor:
+    """The 4D-LLM's predictor of checkpoint ``ckpt`` (its mode resolved, :func:`resolve_mode`), saying
+    what a video without depth will mean for this model when ``options.depth_given`` is False."""
+    model = PSG4DModel.from_pretrained(ckpt)
+    predictor = build_predictor(model, PredictorConfig(
+        max_new_tokens=options.max_new_tokens, max_candidates=options.max_candidates, threads=options.threads,
+        mode=options.mode, vocabulary=options.vocabulary))
+    log.info("prediction mode: %s", predictor.config.mode)
+    if options.depth_given is False and model.estimators is not None:
+        log.info("no depth given: depth features are estimated from RGB by the checkpoint's depth estimator (F_de)")
+    elif options.depth_given is False:
+        log.warning(
+            "no depth given: RGB-only mode. The encoder's aggregator uses the RGB branch alone; depth is not"
+            " estimated (this checkpoint has no 2D-to-4D transfer estimators: train the transfer stages for them)."
+        )
+    return predictor
+
+
 def predict_split(
     ckpt_dir: str | Path, data_path: str | Path, split: str, *, limit: int | None = None,
-    config: PredictorConfig | None = None, progress: bool = False,
+    options: PredictOptions | None = None, progress: bool = False,
 ) -> Iterator[SceneGraph4D]:
     """Predict every video of ``split`` of the dataset at ``data_path`` (lazily, one at a time;
-    ``progress``: a tqdm bar) with a 4D-LLM or a pipeline-baseline checkpoint."""
+    ``progress``: a tqdm bar) with a checkpoint of any model family (:mod:`psg4d.families`)."""
     from tqdm import tqdm
 
     from psg4d.data.readers import open_dataset
 
-    from psg4d.baseline.predict import PipelinePredictor, is_pipeline_checkpoint
-
-    if is_pipeline_checkpoint(ckpt_dir):  # the pipeline baseline: one way to predict, no modes
-        predictor = PipelinePredictor.from_pretrained(ckpt_dir)
-    else:
-        predictor = build_predictor(PSG4DModel.from_pretrained(ckpt_dir), config)
+    predictor = family_of_checkpoint(ckpt_dir).load_predictor(ckpt_dir, options)
     reader = open_dataset(data_path)
     ids = reader.video_ids(split)
     for vid in tqdm(ids if limit is None else ids[:limit], desc="predict", unit="video", disable=not progress):

@@ -38,7 +38,7 @@ from pathlib import Path
 from psg4d.data.schema import SceneGraph4D
 from psg4d.data.video_io import VideoInfo, capped_size, probe_video, select_positions, target_size
 from psg4d.errors import ConfigError
-from psg4d.infer.predictor import Predictor
+from psg4d.families import VideoPredictor
 from psg4d.infer.streaming import StreamingPredictor
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,10 @@ class VideoPlan:
         }
 
 
-def plan_video(rgb: Path, model_max_frames: int, image_size: int, opts: ReadOptions, *,
+def plan_video(rgb: Path, model_max_frames: int | None, image_size: int, opts: ReadOptions, *,
                info: VideoInfo | None = None) -> VideoPlan:
+    """How ``rgb`` is read for a predictor whose one pass reads ``model_max_frames`` frames (None:
+    any number, so the video is never streamed in windows) at shorter side ``image_size``."""
     info = info or probe_video(rgb)  # DataError for anything unreadable
     size = opts.size if opts.size is not None else capped_size(info.height, info.width, image_size)
     hw = target_size(info.height, info.width, size)
@@ -113,6 +115,8 @@ def plan_video(rgb: Path, model_max_frames: int, image_size: int, opts: ReadOpti
         return VideoPlan(info=info, mode="uniform", size=size, hw=hw, mask_hw=mask_hw, num_frames=n, window=n,
                          stride=n)
     n = len(select_positions(info.num_frames, source_fps=info.fps, fps=opts.fps))
+    if model_max_frames is None:
+        return VideoPlan(info=info, mode="whole", size=size, hw=hw, mask_hw=mask_hw, num_frames=n, window=n, stride=n)
     window = opts.window or WINDOW_STEPS * model_max_frames
     stride = opts.stride or max(1, window * 3 // 4)
     if stride >= window:
@@ -142,19 +146,16 @@ class VideoResult:
     mode: str
 
 
-def predict_video(predictor: Predictor, rgb: Path, out: Path, opts: ReadOptions, *,
+def predict_video(predictor: VideoPredictor, rgb: Path, out: Path, opts: ReadOptions, *,
                   plan: VideoPlan | None = None, progress: bool = True, video_id: str | None = None) -> VideoResult:
-    """Predict ``rgb`` (a video file or frame folder) into ``out`` (atomically) following its plan.
-
-    ``predictor`` is the 4D-LLM's (a streamed video keeps its config's ``max_candidates`` best
-    relations of the whole video), or any object with ``predict(video, *, mask_size)`` given a
-    plan that does not stream (the pipeline baseline's). ``video_id``: default
-    :func:`default_video_id`."""
+    """Predict ``rgb`` (a video file or frame folder) into ``out`` (atomically) following its plan
+    (default: :func:`plan_video` for ``predictor``), with the predictor of any model family (a
+    streamed video keeps its ``max_candidates`` best relations of the whole video). ``video_id``:
+    default :func:`default_video_id`."""
     from psg4d.data.video_io import iter_frames, load_video
 
     if plan is None:
-        cfg = predictor.model.config
-        plan = plan_video(rgb, cfg.max_frames, cfg.image_size, opts)
+        plan = plan_video(rgb, predictor.max_frames, predictor.image_size, opts)
     meta = {"sampling": plan.sampling_meta(opts)}
     if video_id is None:
         video_id = default_video_id(plan.info.path)
@@ -169,7 +170,7 @@ def predict_video(predictor: Predictor, rgb: Path, out: Path, opts: ReadOptions,
         # the cap is the video's: each window keeps as many, and the stitched list is cut again
         streamer = StreamingPredictor(predict_window=partial(predictor.predict, mask_size=plan.mask_hw),
                                       window=plan.window, stride=plan.stride,
-                                      max_relations=predictor.config.max_candidates, progress=progress)
+                                      max_relations=predictor.max_candidates, progress=progress)
         frames = iter_frames(rgb, depth=opts.depth, depth_scale=opts.depth_scale, fps=opts.fps, size=plan.size,
                              info=plan.info)
         fps = plan.info.fps if opts.fps is None else min(opts.fps, plan.info.fps)
@@ -187,7 +188,7 @@ def predict_video(predictor: Predictor, rgb: Path, out: Path, opts: ReadOptions,
 
 def write_prediction_report(pred_path: Path, rgb: Path, opts: ReadOptions) -> Path:
     """The HTML report next to a written prediction, reading the video the way the prediction did."""
-    from psg4d.viz.commands import load_video_for
+    from psg4d.viz.make import load_video_for
     from psg4d.viz.report import write_report
 
     graph = SceneGraph4D.load(pred_path)

@@ -42,6 +42,7 @@ Batch keys (:meth:`SceneGraphCollator.__call__`):
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -187,6 +188,25 @@ def sample_prompts(keep: torch.Tensor, obj_ids: Sequence[int] | None, k: int) ->
     return out
 
 
+@dataclass(kw_only=True)
+class _SampleTensors:
+    """One sample's part of a batch (:meth:`SceneGraphCollator._sample_tensors`), on the batch's timeline."""
+
+    tag_indices: list[int]  # object_vocab index of each of its objects' categories in the vocabulary
+    rgb: torch.Tensor  # [T, 3, S, S]
+    depth: torch.Tensor | None  # [T, 1, S, S]
+    target: list[int]  # target ids
+    loss_mask: list[int]  # per target id, 1: learned
+    chained: bool  # written as the chained steps
+    mask_targets: torch.Tensor  # [N_obj, T, S, S] bool
+    mask_valid: torch.Tensor  # [N_obj] bool
+    object_masks: torch.Tensor  # [N_all, T, S, S] bool
+    obj_ids: list[int]  # [N_obj]
+    obj_categories: torch.Tensor  # [N_obj] long
+    frame_indices: torch.Tensor  # [T] source frame of each batch frame
+    semantic: torch.Tensor | None  # [T, S, S] long
+
+
 class SceneGraphCollator:
     """``collate(samples) -> batch`` for the 4D-LLM (see the module docstring for the keys)."""
 
@@ -206,9 +226,17 @@ class SceneGraphCollator:
 
     def __call__(self, samples: list[Sample], *, augment: bool = True) -> dict[str, Any]:
         """``augment``: play clips backwards with probability ``model.time_reversal`` (training)."""
+        self._check_samples(samples)
+        t, use_depth = self._batch_timeline(samples)
+        # one sample after the other: each one's random draws (reversal, then chaining) stay in order
+        items = [self._sample_tensors(s, t, use_depth=use_depth, augment=augment) for s in samples]
+        return self._stack(samples, items, use_depth=use_depth)
+
+    @staticmethod
+    def _check_samples(samples: list[Sample]) -> None:
+        """DataError for an empty batch, an invalid video or a graph whose frame count differs from it."""
         if not samples:
             raise DataError(None, "cannot collate an empty list of samples")
-        cfg = self.config
         for s in samples:
             s.video.validate(s.video.video_id or s.graph.video_id)
             if s.graph.num_frames != s.video.num_frames:
@@ -217,6 +245,10 @@ class SceneGraphCollator:
                     f"scene graph has {s.graph.num_frames} frames but the video has {s.video.num_frames}",
                     field="num_frames",
                 )
+
+    def _batch_timeline(self, samples: list[Sample]) -> tuple[int, bool]:
+        """The batch's frame count ``T`` and whether it carries depth (every real clip has it)."""
+        cfg = self.config
         real = [s for s in samples if not s.lifted]
         lengths = [s.video.num_frames for s in real]
         if len(real) < len(samples):
@@ -225,76 +257,89 @@ class SceneGraphCollator:
         use_depth = bool(real) and all(s.video.depth is not None for s in real)
         if not use_depth and any(s.video.depth is not None for s in real):
             log.debug("mixed RGB-D and RGB-only samples in one batch: using RGB only")
+        return t, use_depth
+
+    def _sample_tensors(self, s: Sample, t: int, *, use_depth: bool, augment: bool) -> _SampleTensors:
+        """One sample on the batch's ``t``-frame timeline: frames, target text and mask targets."""
+        cfg = self.config
+        # torch RNG, drawn only when reversal is on (runs without it keep their stream)
+        if augment and self.reversal is not None and not s.lifted and float(torch.rand(())) < cfg.time_reversal:
+            s = reverse_sample(s, self.reversal)
+        # a lifted image: frame 0 on every frame of the clip, so spans cover the whole clip
+        idx = np.zeros(t, dtype=np.int64) if s.lifted else resample_indices(s.video.num_frames, t)
+        rgb, depth = video_tensors(s.video, idx, cfg.image_size)
+        if use_depth and depth is None:  # an image beside RGB-D videos: its depth is imagined
+            depth = torch.zeros(t, 1, cfg.image_size, cfg.image_size)
+        graph = resampled_graph(lifted_graph(s.graph) if s.lifted else s.graph, idx)
+        target, loss_mask, occurrences, chained = self._target_text(graph, t)
+        n_obj = sum(1 for i in target if i == self.prompt.ids.obj)
+        if n_obj != len(occurrences):
+            raise DataError(
+                s.graph.video_id, f"tokenized text has {n_obj} {OBJ_TOKEN} tokens, expected {len(occurrences)}"
+            )
+        mask_targets, mask_valid = self._mask_targets(s.graph, occurrences, idx)
+        with_tube = [o.object_id for o in s.graph.objects if o.tube is not None]
+        cats = {o.object_id: o.category for o in s.graph.objects}
+        return _SampleTensors(
+            tag_indices=[self.vocab_index[o.category] for o in s.graph.objects if o.category in self.vocab_index],
+            rgb=rgb,
+            depth=depth,
+            target=target,
+            loss_mask=loss_mask,
+            chained=chained,
+            mask_targets=mask_targets,
+            mask_valid=mask_valid,
+            object_masks=self._mask_targets(s.graph, with_tube, idx)[0],
+            obj_ids=list(occurrences),
+            obj_categories=torch.tensor([self.vocab_index.get(cats[i], -100) for i in occurrences], dtype=torch.long),
+            frame_indices=torch.from_numpy(idx),
+            semantic=semantic_target(s.graph, idx, cfg.image_size, self.vocab_index) if self.with_semantic else None,
+        )
+
+    def _target_text(self, graph: SceneGraph4D, t: int) -> tuple[list[int], list[int], list[int], bool]:
+        """Target ids, their loss mask (1: learned), the object id of each ``[Obj]`` and whether the
+        sample is written as the chained steps (``model.chain_prob``) rather than the direct grammar."""
+        cfg = self.config
+        # torch RNG: which samples are chained is resumable like every other draw
+        chained = cfg.chain_prob > 0 and float(torch.rand(())) < cfg.chain_prob
+        if chained:
+            ct = format_chain(graph, describe=object_description)
+            target, loss_mask = self.prompt.chain_target_ids(ct.answers, num_frames=t)
+            return target, loss_mask, ct.obj_ids, chained
+        gt = format_scene_graph(graph, predicates=cfg.predicate_vocab or None)
+        target = self.prompt.target_ids(gt.text)
+        loss_mask, occurrences = [1] * len(target), list(gt.obj_ids)
+        if cfg.supervise_all_objects:
+            extra, extra_ids = self._unmentioned_items(graph, occurrences)
+            target, loss_mask, occurrences = target + extra, loss_mask + [0] * len(extra), occurrences + extra_ids
+        return target, loss_mask, occurrences, chained
+
+    def _stack(self, samples: list[Sample], items: list[_SampleTensors], *, use_depth: bool) -> dict[str, Any]:
+        """The batch (keys: the module docstring) from each sample's tensors."""
+        cfg = self.config
         tags = torch.zeros(len(samples), len(cfg.object_vocab))  # [B, V_obj]
-        rgbs, depths, targets_ids, semantic = [], [], [], []
-        mask_targets, mask_valid, obj_ids, obj_cats, frame_idx, object_masks = [], [], [], [], [], []
-        loss_masks: list[list[int]] = []
-        chain_flags: list[bool] = []
-        for b, s in enumerate(samples):
-            # torch RNG, drawn only when reversal is on (runs without it keep their stream)
-            if augment and self.reversal is not None and not s.lifted and float(torch.rand(())) < cfg.time_reversal:
-                s = reverse_sample(s, self.reversal)
-            present = [o.category for o in s.graph.objects if o.category in self.vocab_index]
-            for c in present:
-                tags[b, self.vocab_index[c]] = 1.0
-            # a lifted image: frame 0 on every frame of the clip, so spans cover the whole clip
-            idx = np.zeros(t, dtype=np.int64) if s.lifted else resample_indices(s.video.num_frames, t)
-            rgb, depth = video_tensors(s.video, idx, cfg.image_size)
-            rgbs.append(rgb)
-            if use_depth and depth is None:  # an image beside RGB-D videos: its depth is imagined
-                depth = torch.zeros(t, 1, cfg.image_size, cfg.image_size)
-            depths.append(depth)
-            graph = resampled_graph(lifted_graph(s.graph) if s.lifted else s.graph, idx)
-            # torch RNG: which samples are chained is resumable like every other draw
-            chained = cfg.chain_prob > 0 and float(torch.rand(())) < cfg.chain_prob
-            if chained:
-                ct = format_chain(graph, describe=object_description)
-                target, loss_mask = self.prompt.chain_target_ids(ct.answers, num_frames=t)
-                occurrences = ct.obj_ids
-            else:
-                gt = format_scene_graph(graph, predicates=cfg.predicate_vocab or None)
-                target = self.prompt.target_ids(gt.text)
-                loss_mask, occurrences = [1] * len(target), list(gt.obj_ids)
-                if cfg.supervise_all_objects:
-                    extra, extra_ids = self._unmentioned_items(graph, occurrences)
-                    target, loss_mask, occurrences = target + extra, loss_mask + [0] * len(extra), occurrences + extra_ids
-            n_obj = sum(1 for i in target if i == self.prompt.ids.obj)
-            if n_obj != len(occurrences):
-                raise DataError(
-                    s.graph.video_id, f"tokenized text has {n_obj} {OBJ_TOKEN} tokens, expected {len(occurrences)}"
-                )
-            targets_ids.append(target)
-            loss_masks.append(loss_mask)
-            chain_flags.append(chained)
-            tm, valid = self._mask_targets(s.graph, occurrences, idx)
-            mask_targets.append(tm)
-            with_tube = [o.object_id for o in s.graph.objects if o.tube is not None]
-            object_masks.append(self._mask_targets(s.graph, with_tube, idx)[0])
-            mask_valid.append(valid)
-            obj_ids.append(list(occurrences))
-            cats = {o.object_id: o.category for o in s.graph.objects}
-            obj_cats.append(torch.tensor([self.vocab_index.get(cats[i], -100) for i in occurrences], dtype=torch.long))
-            frame_idx.append(torch.from_numpy(idx))
-            if self.with_semantic:
-                semantic.append(semantic_target(s.graph, idx, cfg.image_size, self.vocab_index))
-        target_ids, target_mask = pad_rows(targets_ids, self.prompt.ids.pad)
-        target_loss_mask, _ = pad_rows(loss_masks, 0)
+        for b, it in enumerate(items):
+            for c in it.tag_indices:
+                tags[b, c] = 1.0
+        target_ids, target_mask = pad_rows([it.target for it in items], self.prompt.ids.pad)
+        target_loss_mask, _ = pad_rows([it.loss_mask for it in items], 0)
+        semantic = [it.semantic for it in items if it.semantic is not None]
         return {
             "target_ids": target_ids,  # [B, L]
             "target_mask": target_mask,  # [B, L]
             "target_loss_mask": target_loss_mask,  # [B, L] 1: a token the LLM learns to write
-            "chain": torch.tensor(chain_flags, dtype=torch.bool),  # [B] written as the chained steps
-            "rgb": torch.stack(rgbs),  # [B, T, 3, S, S]
-            "depth": torch.stack(depths) if use_depth else None,  # [B, T, 1, S, S]
+            "chain": torch.tensor([it.chained for it in items], dtype=torch.bool),  # [B] written as the chained steps
+            "rgb": torch.stack([it.rgb for it in items]),  # [B, T, 3, S, S]
+            "depth": torch.stack([it.depth for it in items]) if use_depth else None,  # [B, T, 1, S, S]
             "disparity_scale": torch.tensor([disparity_scale_of(s.video, cfg.encoder) for s in samples]),  # [B]
-            "mask_targets": mask_targets,  # B x [N_obj, T, S, S] bool
-            "mask_valid": mask_valid,  # B x [N_obj] bool
-            "object_masks": object_masks,  # B x [N_all, T, S, S] bool
-            "obj_ids": obj_ids,
-            "frame_indices": frame_idx,  # B x [T]
+            "mask_targets": [it.mask_targets for it in items],  # B x [N_obj, T, S, S] bool
+            "mask_valid": [it.mask_valid for it in items],  # B x [N_obj] bool
+            "object_masks": [it.object_masks for it in items],  # B x [N_all, T, S, S] bool
+            "obj_ids": [it.obj_ids for it in items],
+            "frame_indices": [it.frame_indices for it in items],  # B x [T]
             "tags": tags,  # [B, V_obj]
             "semantic": torch.stack(semantic) if semantic else None,  # [B, T, S, S]
-            "obj_categories": obj_cats,  # B x [N_obj]
+            "obj_categories": [it.obj_categories for it in items],  # B x [N_obj]
             "lifted": torch.tensor([s.lifted for s in samples], dtype=torch.bool),  # [B]
         }
 

@@ -148,20 +148,10 @@ class SceneGraphGenerator(TeacherForcedScoring):
         start, repeats = 0, 0  # first output token of the current triplet; repeats in a row
         passes = 0  # dropped repeats do not count towards max_new; this bounds the work anyway
         max_new = max_new_tokens or self.model.config.max_new_tokens
-        embeds, past = ctx.prefix_embeds, None
         tokens: list[int] = []
         positions: list[int] = []
         fed: list[int] = list(after)
-        if fed:
-            p_len = ctx.prefix_embeds.shape[1]
-            reuse = 0
-            if ctx.kv is not None:
-                shared = next((i for i, (a, b) in enumerate(zip(ctx.kv.ids, fed)) if a != b),
-                              min(len(ctx.kv.ids), len(fed)))
-                reuse = min(p_len + shared, p_len + len(fed) - 1)  # the last position runs: its logits
-                past = kv_rows(ctx.kv.cache, length=reuse)
-            embeds = torch.cat([ctx.prefix_embeds, self._embed(ctx, fed)], dim=1)
-            embeds = embeds[:, reuse:]
+        embeds, past = self._start_after(ctx, fed)
         dists: list[torch.Tensor] = []  # dists[k]: next-token log-probs after fed[:k]
         logps: list[float] = []
         obj_hidden: list[torch.Tensor] = []
@@ -192,18 +182,8 @@ class SceneGraphGenerator(TeacherForcedScoring):
             positions.append(len(fed))
             logps.append(float(logp[nxt]))
             if max_repeats is not None and (nxt in self.prompt.sep_ids or nxt == ids.eos):
-                triplet = tuple(tokens[start:-1])
-                if triplet and triplet in seen:
-                    n_obj = sum(1 for t in triplet if t == ids.obj)
-                    cut = len(tokens) - 1 if nxt == ids.eos else len(tokens)  # keep <eos>
-                    del tokens[start:cut], logps[start:cut], positions[start:cut]
-                    if n_obj:
-                        del obj_hidden[-n_obj:]
-                        del obj_regions[-n_obj:]
-                    repeats += 1
-                else:
-                    seen.add(triplet)
-                    repeats = 0
+                repeated = self._drop_repeat(seen, start, tokens, logps, positions, obj_hidden, obj_regions)
+                repeats = repeats + 1 if repeated else 0
                 start = len(tokens)
                 if repeats >= max_repeats > 0:
                     break
@@ -218,6 +198,39 @@ class SceneGraphGenerator(TeacherForcedScoring):
             text=self.decode_grammar(tokens), token_ids=tokens, obj_hidden=hidden, step_logprobs=logps,
             context=ctx, context_ids=fed, positions=positions, obj_regions=obj_regions,
         )
+
+    def _start_after(self, ctx: VideoContext, fed: list[int]):
+        """``(embeds, past)`` to start decoding after the prefix and ``fed``: positions the KV cache
+        of an earlier generation on ``ctx`` holds are not run again (the last one always runs: its
+        logits are the first step's)."""
+        if not fed:
+            return ctx.prefix_embeds, None
+        p_len = ctx.prefix_embeds.shape[1]
+        reuse, past = 0, None
+        if ctx.kv is not None:
+            shared = next((i for i, (a, b) in enumerate(zip(ctx.kv.ids, fed)) if a != b),
+                          min(len(ctx.kv.ids), len(fed)))
+            reuse = min(p_len + shared, p_len + len(fed) - 1)
+            past = kv_rows(ctx.kv.cache, length=reuse)
+        embeds = torch.cat([ctx.prefix_embeds, self._embed(ctx, fed)], dim=1)
+        return embeds[:, reuse:], past
+
+    def _drop_repeat(self, seen: set[tuple[int, ...]], start: int, tokens: list[int], logps: list[float],
+                     positions: list[int], obj_hidden: list[torch.Tensor], obj_regions: list[int]) -> bool:
+        """At the end of a triplet (``tokens[start:]``, its separator or ``<eos>`` last): drop it from
+        the output, with its ``[Obj]`` states, when it repeats an earlier one exactly (the ``<eos>``
+        stays); True when it did."""
+        triplet = tuple(tokens[start:-1])
+        if not triplet or triplet not in seen:
+            seen.add(triplet)
+            return False
+        n_obj = sum(1 for t in triplet if t == self.ids.obj)
+        cut = len(tokens) - 1 if tokens[-1] == self.ids.eos else len(tokens)  # keep <eos>
+        del tokens[start:cut], logps[start:cut], positions[start:cut]
+        if n_obj:
+            del obj_hidden[-n_obj:]
+            del obj_regions[-n_obj:]
+        return True
 
     def decode_grammar(self, token_ids: Sequence[int]) -> str:
         """Token ids -> grammar text whose ``[Obj]`` occurrences are exactly the ``[Obj]`` tokens.

@@ -1,7 +1,8 @@
 """Checkpoint files of a :class:`~psg4d.model.psg4d_llm.PSG4DModel`: what trained, and what it stood on.
 
-A checkpoint folder holds ``config.json`` (``format: psg4d-model``, the
-``ModelConfig``, ``frozen_weights`` and ``weights_sha256``), ``model.safetensors`` and
+A checkpoint folder holds ``config.json`` (the header ``format: psg4d-model``, ``kind:
+psg4d_llm``, ``version`` of :mod:`psg4d.families`, then the ``ModelConfig``, ``frozen_weights`` and
+``weights_sha256``), ``model.safetensors`` and
 ``tokenizer/``. ``weights_sha256`` is the SHA-256 of ``model.safetensors`` as written; loading
 refuses a file that no longer hashes to it (checkpoints written before it was recorded load
 unverified).
@@ -29,6 +30,7 @@ from torch import nn
 
 from psg4d.config import from_dict, to_dict
 from psg4d.errors import CheckpointError, ConfigError
+from psg4d.families import FAMILIES, FORMAT, LLM_KIND, family_of_checkpoint, header
 from psg4d.model.config import ModelConfig
 from psg4d.model.llm import load_tokenizer
 from psg4d.model.weight_files import (
@@ -41,10 +43,10 @@ from psg4d.utils.io import atomic_dir, atomic_write_json
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "psg4d-model"
+CHECKPOINT_FORMAT = FORMAT
 # 2: the encoder's depth normalisation is a named scheme (``encoder.depth_norm``) and config.json
 # records the frozen weights; version-1 checkpoints are read through :func:`_migrate_v1`.
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = FAMILIES[LLM_KIND].versions[-1]
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
@@ -97,28 +99,20 @@ def save_pretrained(model: nn.Module, path: str | Path) -> None:
         model.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
         atomic_write_json(
             tmp / CONFIG_FILE,
-            {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": to_dict(model.config),
+            {**header(LLM_KIND), "model": to_dict(model.config),
              "frozen_weights": records, WEIGHTS_SHA256: file_sha256(tmp / WEIGHTS_FILE)},
             indent=2,
         )
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: checkpoint folder not found")
-    cfg_file = path / CONFIG_FILE
-    if not cfg_file.exists():
-        raise CheckpointError(f"{cfg_file}: missing; {path} is not a psg4d checkpoint")
-    try:
-        meta = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{cfg_file}: malformed JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{cfg_file}: not a psg4d checkpoint (expected \"format\": \"{CHECKPOINT_FORMAT}\")")
+    # the registry reads the header (and refuses another family's checkpoint or an unknown version)
+    family = family_of_checkpoint(path)
+    if family.kind != LLM_KIND:
+        raise CheckpointError(f"{path}: a {family.title} checkpoint, not a 4D-LLM's")
+    meta = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
     if meta.get("version") == 1:
-        meta = _migrate_v1(meta, cfg_file)
-    if meta.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{cfg_file}: checkpoint version {meta.get('version')} != {CHECKPOINT_VERSION}")
+        meta = _migrate_v1(meta, path / CONFIG_FILE)
     return meta
 
 

@@ -5,11 +5,14 @@ Teacher forcing, per sample::
     <bos> [Video]*N_vis  prompt  subj [Obj] pred obj [Obj] 0 3 ; ...  <eos>
           ^ visual tokens          ^ hidden state -> obj_proj -> TubeDecoder prompt
 
-This module holds the network and its losses. Its neighbours hold the rest:
+This module holds the network, its forward pass and the text loss. Its neighbours hold the rest:
 :mod:`~psg4d.model.batching` (samples -> batches and targets),
 :mod:`~psg4d.model.prompt` (the text around the scene graph),
+:mod:`~psg4d.model.tagging` (the predicted object tags the prompt holds),
 :mod:`~psg4d.model.inputs` (id rows and input embeddings),
 :mod:`~psg4d.model.region` (region feedback: the tube after each ``[Obj]``),
+:mod:`~psg4d.model.tube_losses` (the mask-tube objectives),
+:mod:`~psg4d.model.aux_losses` (the auxiliary heads' losses and the estimators' objective),
 :mod:`~psg4d.model.generation` (encode a video, generate, score, decode tubes) and
 :mod:`~psg4d.model.pretrained` (checkpoint files and frozen-weight identity).
 
@@ -43,23 +46,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from psg4d.data.schema import Sample
-from psg4d.errors import CheckpointError, ConfigError, DataError
+from psg4d.errors import CheckpointError, ConfigError
+from psg4d.model.aux_losses import AuxiliaryObjectives
 from psg4d.model.batching import SceneGraphCollator
 from psg4d.model.config import ModelConfig
-from psg4d.model.encoder import EncoderOutput, build_encoder
-from psg4d.model.estimators import FeatureEstimators, estimator_losses, pseudo_feature_losses
+from psg4d.model.encoder import build_encoder
+from psg4d.model.estimators import FeatureEstimators
 from psg4d.model.features import scene_features
 from psg4d.model.contexts import TeacherForcing
 from psg4d.model.llm import build_llm
-from psg4d.model.losses import segmentation_loss
 from psg4d.model.mask_decoder import build_mask_decoder
 from psg4d.model.sam2_tubes import FrameFeatures, Sam2Tubes
+from psg4d.model.tagging import PromptTags, category_word_ids
 from psg4d.model.tube_losses import TubeObjectives
 from psg4d.model.projector import build_projector
 from psg4d.model.prompt import Prompt
 from psg4d.model import inputs
 from psg4d.model.region import RegionEncoder, RegionFeedback, insert_after
-from psg4d.model.tokens import OBJ_TOKEN
 from psg4d.model.pretrained import load_pretrained, save_pretrained
 from psg4d.model.weight_files import resolve_weight_paths
 from psg4d.model.provenance import pretrained_parameter_names
@@ -67,7 +70,7 @@ from psg4d.model.provenance import pretrained_parameter_names
 log = logging.getLogger(__name__)
 
 
-class PSG4DModel(TubeObjectives, RegionFeedback, nn.Module):
+class PSG4DModel(TubeObjectives, RegionFeedback, PromptTags, AuxiliaryObjectives, nn.Module):
     """See the module docstring. Build with :meth:`from_config` or :meth:`from_pretrained`."""
 
     def __init__(
@@ -114,14 +117,8 @@ class PSG4DModel(TubeObjectives, RegionFeedback, nn.Module):
         rows = self.llm.get_input_embeddings().weight.shape[0]
         if rows < len(tokenizer):
             raise CheckpointError(f"LLM has {rows} embedding rows but the tokenizer has {len(tokenizer)} tokens")
-        cat_ids = [self.prompt.text_ids(c) for c in config.object_vocab]
-        width = max((len(c) for c in cat_ids), default=1)
         # [V_obj, W] word ids of each category name (-1 pads), for the tag tokens
-        self.register_buffer(
-            "_category_ids",
-            torch.tensor([c + [-1] * (width - len(c)) for c in cat_ids] or [[-1]], dtype=torch.long),
-            persistent=False,
-        )
+        self.register_buffer("_category_ids", category_word_ids(self.prompt, config.object_vocab), persistent=False)
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -209,42 +206,6 @@ class PSG4DModel(TubeObjectives, RegionFeedback, nn.Module):
         (``model.time_reversal``) only in training mode."""
         return self.collator(samples, augment=self.training)
 
-    # ------------------------------------------------------------------ tags
-    def segmentation_tags(self, dense: torch.Tensor) -> list[str]:
-        """``dense [T, D, h, w]`` -> the categories that are the segmentation head's per-cell argmax
-        over at least ``tag_min_area`` of the frame (mean over frames), in vocabulary order."""
-        winner = self.seg_head(dense).argmax(1)  # [T, h, w]; the last class is "unlabelled"
-        area = F.one_hot(winner, self.seg_head.out_channels).float().mean(dim=(0, 1, 2))  # [C]
-        return [c for c, a in zip(self.config.object_vocab, area.tolist()) if a >= self.config.tag_min_area]
-
-    def predicted_tags(self, tag_logits: torch.Tensor) -> list[str]:
-        """``tag_logits [V_obj]`` -> the categories with probability >= ``tag_threshold``."""
-        probs = torch.sigmoid(tag_logits.float())
-        return [c for c, p in zip(self.config.object_vocab, probs.tolist()) if p >= self.config.tag_threshold]
-
-    def inference_tags(self, dense: torch.Tensor, tag_logits: torch.Tensor | None) -> list[str] | None:
-        """The tag words the model writes into its own prompt for one video (None: no tag words).
-        ``dense [T, D, h, w]``, ``tag_logits [V_obj]``."""
-        cfg = self.config
-        if not cfg.tag_words:
-            return None
-        if cfg.tag_source == "segmentation" and self.seg_head is not None:
-            return self.segmentation_tags(dense)
-        return self.predicted_tags(tag_logits) if tag_logits is not None else None
-
-    def prompt_tags(self, enc: EncoderOutput, tag_logits: torch.Tensor | None) -> list[list[str]] | None:
-        """Per sample, the tag words of the prompt: the model's own predicted tags
-        (:meth:`inference_tags`), never the ground truth. In training each is dropped with
-        probability ``tag_word_noise`` (torch RNG), so the LLM learns to read past a missed tag;
-        a training prompt thus holds only categories inference could have written."""
-        if not self.config.tag_words:
-            return None
-        with torch.no_grad():
-            tags = [self.inference_tags(enc.dense[b].detach(),
-                                        None if tag_logits is None else tag_logits[b].detach()) or []
-                    for b in range(enc.dense.shape[0])]
-        return [self.prompt.training_tags(t) for t in tags] if self.training else tags
-
     # ---------------------------------------------------------------- inputs (psg4d.model.inputs)
     def expand_placeholder(self, prefix: Sequence[int], n_vis: int) -> list[int]:
         """Prompt ids with its single ``[Video]`` placeholder repeated ``n_vis`` times."""
@@ -295,17 +256,6 @@ class PSG4DModel(TubeObjectives, RegionFeedback, nn.Module):
             if self.config.tag_tokens > 0:
                 visual = torch.cat([visual, self._tag_tokens(tag_logits).to(visual.dtype)], dim=1)
         return feats, enc, visual, tag_logits
-
-    def _tag_tokens(self, tag_logits: torch.Tensor) -> torch.Tensor:
-        """Top-K tags ``[B, K, H_llm]``: probability x mean input embedding of the category's words."""
-        emb = self.llm.get_input_embeddings()
-        ids = self._category_ids.to(tag_logits.device)  # [V_obj, W] padded with -1
-        valid = ids >= 0
-        words = emb(ids.clamp(min=0)) * valid.unsqueeze(-1)  # [V_obj, W, H]
-        names = words.sum(1) / valid.sum(1, keepdim=True).clamp(min=1)  # [V_obj, H]
-        probs = torch.sigmoid(tag_logits)  # [B, V_obj]
-        top = probs.topk(min(self.config.tag_tokens, probs.shape[1]), dim=1)
-        return top.values.unsqueeze(-1) * names[top.indices]  # [B, K, H]
 
     # --------------------------------------------------------------- forward
     def teacher_forced(
@@ -376,30 +326,8 @@ class PSG4DModel(TubeObjectives, RegionFeedback, nn.Module):
                                     ignore_index=-100)
         mask = self.tube_loss(tf, rgb, mask_targets, mask_valid, obj_ids, semantic)
         loss = cfg.text_loss_weight * loss_text + cfg.mask_loss_weight * mask["total"]
-        extra: dict[str, torch.Tensor] = {}
-        if "semantic" in mask:
-            extra["loss_sam2_seg"] = mask["semantic"]
-            loss = loss + cfg.mask_decoder.semantic_loss_weight * mask["semantic"]
-        if tf.tag_logits is not None and tags is not None:
-            extra["loss_tag"] = F.binary_cross_entropy_with_logits(tf.tag_logits, tags.to(tf.tag_logits))
-            loss = loss + cfg.tag_loss_weight * extra["loss_tag"]
-        if self.obj_cls_head is not None and obj_categories is not None:
-            extra["loss_obj_cls"] = self._obj_category_loss(tf, obj_categories)
-            loss = loss + cfg.obj_cls_loss_weight * extra["loss_obj_cls"]
-        if self.seg_head is not None and semantic is not None:
-            extra["loss_seg"] = self.segmentation_loss(tf.enc.dense, semantic)
-            loss = loss + cfg.seg_loss_weight * extra["loss_seg"]
-        if objective == "llm+estimators":
-            # the imagined clips should also look like the real ones they stand for
-            feats = tf.features
-            real = feats.pseudo.clone()  # rolled-out clips that have real frames to compare with
-            if lifted is not None:
-                real &= ~lifted.to(real.device)
-            if feats.real.depth is not None and bool(real.any()):
-                fm = pseudo_feature_losses(feats.rgb[real], feats.depth[real], feats.real.rgb[real],
-                                           feats.real.depth[real], cfg.transfer)
-                extra.update({f"loss_{k}": v for k, v in fm.items() if k != "total"})
-                loss = loss + cfg.transfer.feature_weight * fm["total"]
+        loss, extra = self._auxiliary_losses(loss, tf, mask, objective=objective, tags=tags,
+                                             obj_categories=obj_categories, semantic=semantic, lifted=lifted)
         return {
             "loss": loss,
             "loss_text": loss_text,
@@ -410,38 +338,6 @@ class PSG4DModel(TubeObjectives, RegionFeedback, nn.Module):
             **({"loss_presence": mask["presence"]} if "presence" in mask else {}),
             **extra,
         }
-
-    def _estimator_objective(self, rgb, depth, disparity_scale, lifted) -> dict[str, torch.Tensor]:
-        """The ``estimator_fit`` stage: regress the estimators onto the real features of the clips
-        that have them (lifted images have neither time nor depth to learn from)."""
-        if self.estimators is None:
-            raise ConfigError("model.transfer.objective 'estimators' needs model.transfer.estimators: true")
-        real = self.encoder.branches(rgb, depth, disparity_scale=disparity_scale)
-        keep = torch.ones(rgb.shape[0], dtype=torch.bool, device=real.rgb.device)
-        if lifted is not None:
-            keep &= ~lifted.to(keep.device)
-        if not bool(keep.any()) or (real.depth is None and real.rgb.shape[1] < 2):
-            raise DataError(None, "fitting the estimators needs RGB-D frames or RGB videos of >= 2 frames"
-                                  " in every batch")
-        losses = estimator_losses(self.estimators, real.rgb[keep], None if real.depth is None else real.depth[keep],
-                                  self.encoder.fusion, self.config.transfer)
-        return {"loss": losses.pop("total"), **{f"loss_{k}": v for k, v in losses.items()}}
-
-    def _obj_category_loss(self, tf: TeacherForcing, obj_categories: list[torch.Tensor]) -> torch.Tensor:
-        pos = tf.ids == self.ids.obj  # [B, L'] in order, matching obj_categories
-        target = torch.cat([c.to(tf.hidden.device) for c in obj_categories])  # [N_all]
-        logits = self.obj_cls_head(tf.hidden[pos]).float()  # [N_all, V_obj]
-        if target.numel() != logits.shape[0]:
-            raise ValueError(f"{logits.shape[0]} {OBJ_TOKEN} tokens but {target.numel()} object categories")
-        if bool((target >= 0).any()):
-            return F.cross_entropy(logits, target, ignore_index=-100)
-        return logits.sum() * 0  # keeps the head in the graph (DDP) with an exact zero
-
-    def segmentation_loss(self, dense: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
-        """``seg_head(dense [B, T, D, h, w])`` against ``semantic [B, T, S, S]`` (see :func:`segmentation_loss`)."""
-        b, t, d, h, w = dense.shape
-        logits = self.seg_head(dense.reshape(b * t, d, h, w)).float()  # [B*T, C, h, w]
-        return segmentation_loss(logits, semantic.reshape(b * t, *semantic.shape[-2:]))
 
     # ------------------------------------------------------------------ tubes
     def decode_tubes(self, features: FrameFeatures | torch.Tensor, obj_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -40,35 +40,17 @@ def train_command(
         None, "--stage", help="Run (or resume) only this stage; `init: previous` is the previous stage's final."
     ),
 ) -> None:
-    """Train the 4D-LLM through the experiment's stages (or, for a `kind: pipeline` config, the
-    pipeline baseline's segment, track and relation stages); writes checkpoints and metrics."""
-    from psg4d.baseline.config import is_pipeline_yaml
+    """Train the model family the config names: the 4D-LLM through the
+    experiment's stages, or, for a `kind: pipeline` config, the pipeline baseline's segment, track
+    and relation stages; writes checkpoints and metrics."""
+    from psg4d.config import load_yaml
+    from psg4d.families import TrainRequest, family_of_config
 
     path = resolve_config(config)
-    if is_pipeline_yaml(path):
-        _train_pipeline(path, list(overrides), out, resume, stage)
-        return
-    from psg4d.train.loop import train
-    from psg4d.train.stages import load_experiment
-
-    cfg = load_experiment(path, list(overrides))
-    result = train(cfg, out_dir=out, resume=resume, only_stage=stage)
+    family = family_of_config(load_yaml(path), where=path)
+    report = family.train(TrainRequest(config=path, overrides=list(overrides), out=out, resume=resume, stage=stage))
     if int(os.environ.get("RANK", "0")) == 0:
-        for st in result.stages:
-            state = "already done" if st.skipped else f"{st.steps} steps in {st.wall_s:.0f} s"
-            loss = f"{st.final_loss:.4f}" if st.final_loss is not None else "n/a"
-            val = ", ".join(f"{k} {v:.4f}" for k, v in sorted(st.val.items()))
-            typer.echo(f"stage {st.name}: {state}, final loss {loss}{'; ' + val if val else ''}")
-        typer.echo(f"final model: {result.final_dir}")
-
-
-def _train_pipeline(path: Path, overrides: list[str], out: Path | None, resume: bool, stage: str | None) -> None:
-    from psg4d.baseline.config import load_pipeline_config
-    from psg4d.baseline.pipeline import train_pipeline
-
-    result = train_pipeline(load_pipeline_config(path, overrides), out_dir=out, resume=resume, only_stage=stage)
-    for st in result.stages:
-        state = "already done" if st.skipped else f"{st.steps} {'videos' if st.name == 'track' else 'steps'} in {st.wall_s:.0f} s"
-        loss = f", final loss {st.final_loss:.4f}" if st.final_loss is not None else ""
-        typer.echo(f"stage {st.name}: {state}{loss}")
-    typer.echo(f"final pipeline: {result.final_dir}" if result.final_dir else "pipeline not complete yet")
+        for line in report.stages:
+            typer.echo(line.describe())
+        typer.echo(f"final model: {report.final_dir}" if report.final_dir else
+                   f"{family.title} not complete yet (stages left to run)")

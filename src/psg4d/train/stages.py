@@ -224,6 +224,8 @@ class ExperimentConfig:
     stages: list[StageConfig] = field(default_factory=list)
     output_dir: str = "runs/experiment"
     seed: int = 0
+    # the model family (psg4d.families); a YAML may leave it out
+    kind: Literal["psg4d_llm"] = "psg4d_llm"
 
     def __post_init__(self) -> None:
         validate_experiment(self)

@@ -192,16 +192,48 @@ class HOIReader(IndexedReader):
         ctx = f"video {video_id!r}"
         T = self.num_frames(video_id)
         meta = self._entry_meta(video_id)
-
-        mask_folder = self.root / MASK_ROOT / rel / MASK_DIR
         if with_masks:
-            n_masks = count_files(mask_folder, ".npz")
-            expect(
-                n_masks == T,
-                mask_folder,
-                f"{ctx}: mask/frame count mismatch: {n_masks} mask files for {T} frames",
+            self._check_mask_count(rel, T, ctx)
+        objects_meta = self._object_entries(entry, ctx)
+        H = W = None
+        if "height" in meta and "width" in meta:
+            H = as_int(meta["height"], where, f"{ctx}: meta.height")
+            W = as_int(meta["width"], where, f"{ctx}: meta.width")
+        builder: TubeBuilder | None = None
+        if with_masks:
+            builder, H, W = self._mask_tubes(rel, T, H, W, [mid for _, mid, _, _, _ in objects_meta])
+        objects = [
+            ObjectTrack(
+                object_id=oid,
+                category=name,
+                is_thing=thing,
+                tube=builder.tube(mid) if builder is not None else None,
+                attributes={**extra, "mask_id": mid},
             )
+            for oid, mid, name, thing, extra in objects_meta
+        ]
+        return self._graph(
+            video_id,
+            size=(T, H or 0, W or 0),
+            objects=objects,
+            relations=merged_relations(self._relation_triplets(entry, ctx)),
+            where=where,
+            meta={"hoi4d_path": rel},
+        )
 
+    def _check_mask_count(self, rel: str, T: int, ctx: str) -> None:
+        """One mask file per frame, or a DataError naming the mask folder."""
+        mask_folder = self.root / MASK_ROOT / rel / MASK_DIR
+        n_masks = count_files(mask_folder, ".npz")
+        expect(
+            n_masks == T,
+            mask_folder,
+            f"{ctx}: mask/frame count mismatch: {n_masks} mask files for {T} frames",
+        )
+
+    def _object_entries(self, entry: dict, ctx: str) -> list[tuple[int, int, str, bool, dict]]:
+        """``(object_id, mask_id, category, is_thing, attributes)`` of each object of an index entry."""
+        where = self._index_path
         categories = self._object_vocab
         raw_objects = get_field(entry, "object", where, ctx=ctx, types=list)
         objects_meta: list[tuple[int, int, str, bool, dict]] = []
@@ -217,13 +249,15 @@ class HOIReader(IndexedReader):
             extra = o.get("attributes") or {}
             expect(isinstance(extra, dict), where, f"{octx}: 'attributes' must be a JSON object")
             objects_meta.append((oid, mid, name, is_thing, extra))
+        return objects_meta
 
-        H = W = None
-        if "height" in meta and "width" in meta:
-            H = as_int(meta["height"], where, f"{ctx}: meta.height")
-            W = as_int(meta["width"], where, f"{ctx}: meta.width")
+    def _mask_tubes(
+        self, rel: str, T: int, H: int | None, W: int | None, mask_ids: list[int]
+    ) -> tuple[TubeBuilder | None, int | None, int | None]:
+        """Read the ``T`` mask_id maps into tubes of ``mask_ids``; the size is the index's
+        ``H x W`` when given (every mask must match it), else the first mask's."""
         builder: TubeBuilder | None = None
-        for t in range(T if with_masks else 0):
+        for t in range(T):
             p = _mask_path(self.root, rel, t)
             arr = load_npz_key(p, MASK_KEY, what="mask")
             expect(arr.ndim == 2, p, f"mask must be a 2-D [W, H] array, got shape {arr.shape}")
@@ -236,19 +270,13 @@ class HOIReader(IndexedReader):
                 f"mask shape mismatch: transposed mask is {m.shape[0]}x{m.shape[1]}, video is {H}x{W}",
             )
             if builder is None:
-                builder = TubeBuilder([mid for _, mid, _, _, _ in objects_meta], num_frames=T, height=H, width=W)
+                builder = TubeBuilder(mask_ids, num_frames=T, height=H, width=W)
             builder.add_frame(t, m)
-        objects = [
-            ObjectTrack(
-                object_id=oid,
-                category=name,
-                is_thing=thing,
-                tube=builder.tube(mid) if builder is not None else None,
-                attributes={**extra, "mask_id": mid},
-            )
-            for oid, mid, name, thing, extra in objects_meta
-        ]
+        return builder, H, W
 
+    def _relation_triplets(self, entry: dict, ctx: str) -> list[tuple[int, int, str, list[tuple[int, int]]]]:
+        """``(subject, object, predicate, [span])`` per relation entry (one span each)."""
+        where = self._index_path
         triplets = []
         for j, r in enumerate(self._entry_list(entry, "relations", ctx)):
             rctx = f"{ctx}: relations[{j}]"
@@ -256,14 +284,7 @@ class HOIReader(IndexedReader):
             s = as_int(r[0], where, f"{rctx} subject")
             o = as_int(r[1], where, f"{rctx} object")
             triplets.append((s, o, self._predicate(r[2], rctx), [parse_span(r[3:5], where, rctx)]))
-        return self._graph(
-            video_id,
-            size=(T, H or 0, W or 0),
-            objects=objects,
-            relations=merged_relations(triplets),
-            where=where,
-            meta={"hoi4d_path": rel},
-        )
+        return triplets
 
     def read_video(self, video_id: str) -> Video4D:
         rel = self._rel(video_id)

@@ -44,75 +44,11 @@ REST_ARM = np.array([PERSON_R + 0.08, 0.05, -0.45])  # hand hanging at the right
 def build_gta(rng: np.random.Generator, opts: ScriptOptions) -> Scene:
     """Third-person room with people, furniture and carryable objects (PSG4D-GTA-like)."""
     T = opts.num_frames
-    ents = stuff_entities(rng, T)
-    region = REGION
-    taken: list[tuple[float, float, float, float]] = []
-    oid = 3
-
-    def add(cat: Category, role: str, *, yaw: float = 0.0, z: float = 0.0, near_back: bool = False) -> Entity | None:
-        nonlocal oid
-        e = make_entity(rng, oid, cat, role, T, (0, 0, z), yaw)
-        half = tuple(entity_half_xy(e)[0])
-        reg = (region[0], region[1], region[2] + 1.2, region[3]) if near_back else region
-        xy = place_free(rng, half, reg, taken, 0.35)
-        if xy is None:
-            return None
-        e.pos[:, :2] = xy
-        taken.append((xy[0], xy[1], half[0], half[1]))
-        ents.append(e)
-        oid += 1
-        return e
-
-    table = add(CATEGORIES["table"], ROLE_FURNITURE, yaw=float(rng.choice([0.0, math.pi / 2])), near_back=True)
-    seat_name = ("chair", "sofa", "stool")[int(rng.integers(3))]
-    seat = add(CATEGORIES[seat_name], ROLE_FURNITURE, yaw=float(rng.choice([0.0, math.pi, math.pi / 2, -math.pi / 2])))
-    platform = None
-    if rng.random() < 0.5:
-        platform = add(CATEGORIES[("rug", "step")[int(rng.integers(2))]], ROLE_FURNITURE)
-    n = int(rng.integers(opts.min_objects, opts.max_objects + 1))
-    objs: list[Entity] = []
-    for cat in pick_categories(rng, opts, n):
-        on_table = table is not None and cat.height < 0.35 and rng.random() < 0.5 and not any(
-            abs(o.pos[0, 2] - table.category.height) < 1e-6 for o in objs
-        )
-        if on_table:
-            e = make_entity(rng, oid, cat, ROLE_OBJECT, T, (0, 0, table.category.height), 0.0)
-            e.pos[:, :2] = table.pos[0, :2] + rng.uniform(-0.25, 0.25, size=2) * np.array([1.0, 0.4])
-            ents.append(e)
-            oid += 1
-        else:
-            e = add(cat, ROLE_OBJECT, yaw=float(rng.uniform(-0.4, 0.4)) if cat.parts[0].shape == "box" else 0.0)
-            if e is None:
-                continue
-        objs.append(e)
-    n_people = int(rng.choice([1, 2, 2, 3]))
-    people: list[Entity] = []
-    for _ in range(n_people):
-        cat = CATEGORIES["person"]
-        e = make_entity(rng, oid, cat, ROLE_AGENT, T, (0, 0, 0))
-        xy = place_free(rng, (0.25, 0.25), REGION, taken, 0.1)
-        if xy is None:
-            continue
-        taken.append((xy[0], xy[1], 0.3, 0.3))
-        oid += 1
-        e.base = np.repeat(np.array([xy[0], xy[1], 0.0])[None], T, 0)
-        e.pos = e.base  # the person's position is its base (shared array)
-        e.heading = np.full(T, float(rng.uniform(-math.pi, math.pi)))
-        e.posture = np.zeros(T, dtype=np.int64)
-        e.grasp = np.full(T, -1, dtype=np.int64)
-        e.contact = np.full(T, -1, dtype=np.int64)
-        e.clothes = rng.uniform(0.1, 0.9, size=3)
-        ents.append(e)
-        people.append(e)
-    cam_pos = (rng.uniform(-0.3, 0.3), rng.uniform(-0.6, -0.2), rng.uniform(1.5, 1.8))
-    camera = make_camera(
-        rng, T, opts.size, pos=cam_pos, yaw=float(rng.uniform(-0.1, 0.1)), pitch=float(rng.uniform(-0.32, -0.22)),
-        fov=60.0, motion=opts.camera_motion, scale=3.0,
-    )  # fmt: skip
-    room = make_room(rng, back=rng.uniform(6.0, 7.0), side=rng.uniform(3.0, 4.0), floor_period=0.6)
-    scene = Scene(
-        preset="gta", num_frames=T, entities=ents, camera=camera, lighting=make_lighting(rng), room=room, fps=opts.fps
-    )
+    floor = _Floor(rng, T, stuff_entities(rng, T))
+    table, seat, platform = _place_furniture(rng, floor)
+    objs = _place_objects(rng, opts, floor, table)
+    people = _place_people(rng, floor)
+    scene = _room_scene(rng, opts, floor.ents)
     plans = [AgentPlan(p, T) for p in people]
     for pl in plans:
         pl.local[:] = REST_ARM
@@ -123,6 +59,112 @@ def build_gta(rng: np.random.Generator, opts: ScriptOptions) -> Scene:
         pl.e.shoulder = np.array([pl.shoulder(t) for t in range(T)])
     apply_attachments(scene)
     return scene
+
+
+class _Floor:
+    """The entities placed so far and the floor footprints they take up. Object ids are
+    handed out in placement order (an entity that finds no room gets none)."""
+
+    def __init__(self, rng: np.random.Generator, T: int, ents: list[Entity]):
+        self.rng = rng
+        self.T = T
+        self.ents = ents
+        self.taken: list[tuple[float, float, float, float]] = []  # x, y, half x, half y
+        self.next_id = 3
+
+    def add(
+        self, cat: Category, role: str, *, yaw: float = 0.0, z: float = 0.0, near_back: bool = False
+    ) -> Entity | None:
+        """Make an entity and put it on a free floor spot (the back of the room with
+        ``near_back``); ``None`` when there is no room."""
+        e = make_entity(self.rng, self.next_id, cat, role, self.T, (0, 0, z), yaw)
+        half = tuple(entity_half_xy(e)[0])
+        reg = (REGION[0], REGION[1], REGION[2] + 1.2, REGION[3]) if near_back else REGION
+        xy = place_free(self.rng, half, reg, self.taken, 0.35)
+        if xy is None:
+            return None
+        e.pos[:, :2] = xy
+        self.taken.append((xy[0], xy[1], half[0], half[1]))
+        self.append(e)
+        return e
+
+    def append(self, e: Entity) -> None:
+        """Add an entity placed by the caller (e.g. on the table: it takes no floor)."""
+        self.ents.append(e)
+        self.next_id += 1
+
+
+def _place_furniture(rng: np.random.Generator, floor: _Floor) -> tuple[Entity | None, Entity | None, Entity | None]:
+    """A table near the back, a seat, and half the time a rug or step (``platform``)."""
+    table = floor.add(CATEGORIES["table"], ROLE_FURNITURE, yaw=float(rng.choice([0.0, math.pi / 2])), near_back=True)
+    seat_name = ("chair", "sofa", "stool")[int(rng.integers(3))]
+    seat = floor.add(
+        CATEGORIES[seat_name], ROLE_FURNITURE, yaw=float(rng.choice([0.0, math.pi, math.pi / 2, -math.pi / 2]))
+    )
+    platform = None
+    if rng.random() < 0.5:
+        platform = floor.add(CATEGORIES[("rug", "step")[int(rng.integers(2))]], ROLE_FURNITURE)
+    return table, seat, platform
+
+
+def _place_objects(
+    rng: np.random.Generator, opts: ScriptOptions, floor: _Floor, table: Entity | None
+) -> list[Entity]:
+    """Carryable objects on the floor; a small one may stand on the table (at most one there)."""
+    n = int(rng.integers(opts.min_objects, opts.max_objects + 1))
+    objs: list[Entity] = []
+    for cat in pick_categories(rng, opts, n):
+        on_table = table is not None and cat.height < 0.35 and rng.random() < 0.5 and not any(
+            abs(o.pos[0, 2] - table.category.height) < 1e-6 for o in objs
+        )
+        if on_table:
+            e = make_entity(rng, floor.next_id, cat, ROLE_OBJECT, floor.T, (0, 0, table.category.height), 0.0)
+            e.pos[:, :2] = table.pos[0, :2] + rng.uniform(-0.25, 0.25, size=2) * np.array([1.0, 0.4])
+            floor.append(e)
+        else:
+            e = floor.add(cat, ROLE_OBJECT, yaw=float(rng.uniform(-0.4, 0.4)) if cat.parts[0].shape == "box" else 0.0)
+            if e is None:
+                continue
+        objs.append(e)
+    return objs
+
+
+def _place_people(rng: np.random.Generator, floor: _Floor) -> list[Entity]:
+    """Up to three standing people at free floor spots (one to three are asked for), each facing a random way."""
+    T = floor.T
+    n_people = int(rng.choice([1, 2, 2, 3]))
+    people: list[Entity] = []
+    for _ in range(n_people):
+        cat = CATEGORIES["person"]
+        e = make_entity(rng, floor.next_id, cat, ROLE_AGENT, T, (0, 0, 0))
+        xy = place_free(rng, (0.25, 0.25), REGION, floor.taken, 0.1)
+        if xy is None:
+            continue
+        floor.taken.append((xy[0], xy[1], 0.3, 0.3))
+        e.base = np.repeat(np.array([xy[0], xy[1], 0.0])[None], T, 0)
+        e.pos = e.base  # the person's position is its base (shared array)
+        e.heading = np.full(T, float(rng.uniform(-math.pi, math.pi)))
+        e.posture = np.zeros(T, dtype=np.int64)
+        e.grasp = np.full(T, -1, dtype=np.int64)
+        e.contact = np.full(T, -1, dtype=np.int64)
+        e.clothes = rng.uniform(0.1, 0.9, size=3)
+        floor.append(e)
+        people.append(e)
+    return people
+
+
+def _room_scene(rng: np.random.Generator, opts: ScriptOptions, ents: list[Entity]) -> Scene:
+    """The scene of ``ents`` seen from a camera at head height in front of them, in a walled room."""
+    T = opts.num_frames
+    cam_pos = (rng.uniform(-0.3, 0.3), rng.uniform(-0.6, -0.2), rng.uniform(1.5, 1.8))
+    camera = make_camera(
+        rng, T, opts.size, pos=cam_pos, yaw=float(rng.uniform(-0.1, 0.1)), pitch=float(rng.uniform(-0.32, -0.22)),
+        fov=60.0, motion=opts.camera_motion, scale=3.0,
+    )  # fmt: skip
+    room = make_room(rng, back=rng.uniform(6.0, 7.0), side=rng.uniform(3.0, 4.0), floor_period=0.6)
+    return Scene(
+        preset="gta", num_frames=T, entities=ents, camera=camera, lighting=make_lighting(rng), room=room, fps=opts.fps
+    )
 
 
 def _platform_z(platform: Entity | None, xy: np.ndarray) -> float:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from psg4d.data.schema import Relation, spans_from_mask
+from psg4d.data.scene_graph import Relation, spans_from_mask
 from psg4d.data.synth.script import (
     ROLE_AGENT,
     ROLE_FURNITURE,
@@ -133,21 +133,40 @@ def visibility(ids: np.ndarray, depth: np.ndarray, object_ids: list[int]) -> Vis
     return Visibility(ids, depth, object_ids)
 
 
-def frame_labels(
-    scene: Scene, vis: Visibility, frames: np.ndarray, th: Thresholds
-) -> dict[tuple[int, int, str], np.ndarray]:
-    """Per-frame booleans ``[F]`` (over the rendered ``frames``) of every
-    ``(subject, object, predicate)`` that holds at least once."""
-    T = scene.num_frames
-    ents = scene.entities
-    labels: dict[tuple[int, int, str], np.ndarray] = {}
+class _Labels:
+    """The per-frame labels being collected: ``(subject, object, predicate) -> bool [F]``
+    over the rendered frames. A predicate found by two rules holds where either holds."""
 
-    def put(s: int, o: int, pred: str, mask_T: np.ndarray) -> None:
-        m = np.asarray(mask_T, dtype=bool)[frames]
+    def __init__(self, frames: np.ndarray):
+        self.frames = frames
+        self.masks: dict[tuple[int, int, str], np.ndarray] = {}
+
+    def put(self, s: int, o: int, pred: str, mask_T: np.ndarray) -> None:
+        """Add ``mask_T`` (bool ``[T]`` over all simulated frames) where it holds at least once."""
+        m = np.asarray(mask_T, dtype=bool)[self.frames]
         if m.any():
             key = (s, o, pred)
-            labels[key] = labels[key] | m if key in labels else m
+            self.masks[key] = self.masks[key] | m if key in self.masks else m
 
+
+@dataclass(frozen=True, kw_only=True)
+class _Facts:
+    """The per-frame state that several predicates are derived from (each array ``[T]`` or ``[T, 3]``)."""
+
+    num_frames: int  # T, the simulated frames
+    things: list[Entity]  # objects and furniture
+    objects: list[Entity]
+    agents: list[Entity]
+    people: list[Entity]
+    sup: dict[int, np.ndarray]  # id of the entity each thing or person rests on (-1: none)
+    held_by: dict[int, np.ndarray]  # id of the agent grasping each thing (-1: none)
+    centers: dict[int, np.ndarray]
+    vel: dict[int, np.ndarray]  # velocities of the things
+
+
+def _scene_facts(scene: Scene, th: Thresholds) -> _Facts:
+    T = scene.num_frames
+    ents = scene.entities
     things = [e for e in ents if e.role in (ROLE_OBJECT, ROLE_FURNITURE)]
     objects = [e for e in ents if e.role == ROLE_OBJECT]
     agents = [e for e in ents if e.role == ROLE_AGENT]
@@ -157,87 +176,106 @@ def frame_labels(
     for a in agents:
         for e in things:
             held_by[e.object_id][a.grasp == e.object_id] = a.object_id
-    centers = {e.object_id: entity_center(e) for e in ents if e.role != ROLE_STUFF}
-    vel = {e.object_id: velocity(e.pos) for e in things}
+    return _Facts(
+        num_frames=T,
+        things=things,
+        objects=objects,
+        agents=agents,
+        people=people,
+        sup=sup,
+        held_by=held_by,
+        centers={e.object_id: entity_center(e) for e in ents if e.role != ROLE_STUFF},
+        vel={e.object_id: velocity(e.pos) for e in things},
+    )
 
-    # -- support: on / standing on / sitting on
-    for e in objects:
-        for sid in np.unique(sup[e.object_id]):
-            if sid >= 0:
-                put(e.object_id, int(sid), "on", sup[e.object_id] == sid)
-    for p in people:
-        for sid in np.unique(sup[p.object_id]):
-            if sid >= 0:
-                s = sup[p.object_id] == sid
-                put(p.object_id, int(sid), "standing on", s & (p.posture == 0))
-                put(p.object_id, int(sid), "sitting on", s & (p.posture == 1))
 
-    # -- manipulation (agent -> object)
-    for a in agents:
-        base_v = velocity(a.base)
-        eff_rel_v = velocity(a.effector - a.shoulder)
-        free_hand = (a.grasp < 0) & (a.contact < 0)
-        for e in objects:
-            oid = e.object_id
-            v = vel[oid]
-            vh = np.linalg.norm(v[:, :2], axis=-1)
-            held = a.grasp == oid
-            put(a.object_id, oid, "holding", held)
-            put(a.object_id, oid, "picking up", held & (v[:, 2] > th.move))
-            put(a.object_id, oid, "putting down", held & (v[:, 2] < -th.move))
-            put(a.object_id, oid, "carrying", held & (vh > th.move) & (sup[oid] < 0))
-            touch = a.contact == oid
-            away = np.einsum("ti,ti->t", v[:, :2], e.pos[:, :2] - a.base[:, :2])
-            put(a.object_id, oid, "pushing", touch & (vh > th.move) & (away > 0))
-            put(a.object_id, oid, "pulling", touch & (vh > th.move) & (away < 0))
-        # reaching toward: the hand moves (relative to the body) toward the best-aligned object in range
-        speed = np.linalg.norm(eff_rel_v, axis=-1)
-        # reaching is an arm movement: a walking person approaches (walking toward) instead
-        body_still = np.linalg.norm(base_v, axis=-1) < th.move
-        best_cos = np.full(T, th.reach_cos)
-        best_id = np.full(T, -1, dtype=np.int64)
-        for e in objects:
-            top = e.pos.copy()
-            top[:, 2] += e.category.height
-            d = top - a.effector
-            dist = np.linalg.norm(d, axis=-1)
-            cos = np.einsum("ti,ti->t", eff_rel_v, d) / np.maximum(speed * dist, 1e-9)
-            ok = free_hand & body_still & (speed > th.move) & (dist < th.reach_range) & (cos > best_cos)
-            ok &= held_by[e.object_id] < 0
-            best_cos[ok], best_id[ok] = cos[ok], e.object_id
-        for oid in np.unique(best_id):
-            if oid >= 0:
-                put(a.object_id, int(oid), "reaching toward", best_id == oid)
-        if a.name != "person":
+def _support_labels(fx: _Facts, labels: _Labels) -> None:
+    """on / standing on / sitting on."""
+    for e in fx.objects:
+        for sid in np.unique(fx.sup[e.object_id]):
+            if sid >= 0:
+                labels.put(e.object_id, int(sid), "on", fx.sup[e.object_id] == sid)
+    for p in fx.people:
+        for sid in np.unique(fx.sup[p.object_id]):
+            if sid >= 0:
+                s = fx.sup[p.object_id] == sid
+                labels.put(p.object_id, int(sid), "standing on", s & (p.posture == 0))
+                labels.put(p.object_id, int(sid), "sitting on", s & (p.posture == 1))
+
+
+def _manipulation_labels(a: Entity, fx: _Facts, th: Thresholds, labels: _Labels) -> None:
+    """holding / picking up / putting down / carrying / pushing / pulling (agent -> object)."""
+    for e in fx.objects:
+        oid = e.object_id
+        v = fx.vel[oid]
+        vh = np.linalg.norm(v[:, :2], axis=-1)
+        held = a.grasp == oid
+        labels.put(a.object_id, oid, "holding", held)
+        labels.put(a.object_id, oid, "picking up", held & (v[:, 2] > th.move))
+        labels.put(a.object_id, oid, "putting down", held & (v[:, 2] < -th.move))
+        labels.put(a.object_id, oid, "carrying", held & (vh > th.move) & (fx.sup[oid] < 0))
+        touch = a.contact == oid
+        away = np.einsum("ti,ti->t", v[:, :2], e.pos[:, :2] - a.base[:, :2])
+        labels.put(a.object_id, oid, "pushing", touch & (vh > th.move) & (away > 0))
+        labels.put(a.object_id, oid, "pulling", touch & (vh > th.move) & (away < 0))
+
+
+def _reaching_labels(a: Entity, base_v: np.ndarray, fx: _Facts, th: Thresholds, labels: _Labels) -> None:
+    """reaching toward: the hand moves (relative to the body) toward the best-aligned object in range."""
+    T = fx.num_frames
+    eff_rel_v = velocity(a.effector - a.shoulder)
+    free_hand = (a.grasp < 0) & (a.contact < 0)
+    speed = np.linalg.norm(eff_rel_v, axis=-1)
+    # reaching is an arm movement: a walking person approaches (walking toward) instead
+    body_still = np.linalg.norm(base_v, axis=-1) < th.move
+    best_cos = np.full(T, th.reach_cos)
+    best_id = np.full(T, -1, dtype=np.int64)
+    for e in fx.objects:
+        top = e.pos.copy()
+        top[:, 2] += e.category.height
+        d = top - a.effector
+        dist = np.linalg.norm(d, axis=-1)
+        cos = np.einsum("ti,ti->t", eff_rel_v, d) / np.maximum(speed * dist, 1e-9)
+        ok = free_hand & body_still & (speed > th.move) & (dist < th.reach_range) & (cos > best_cos)
+        ok &= fx.held_by[e.object_id] < 0
+        best_cos[ok], best_id[ok] = cos[ok], e.object_id
+    for oid in np.unique(best_id):
+        if oid >= 0:
+            labels.put(a.object_id, int(oid), "reaching toward", best_id == oid)
+
+
+def _walking_labels(a: Entity, base_v: np.ndarray, fx: _Facts, th: Thresholds, labels: _Labels) -> None:
+    """walking toward: the body moves forward toward the nearest well-aligned thing or person."""
+    T = fx.num_frames
+    vb = base_v[:, :2]
+    sb = np.linalg.norm(vb, axis=-1)
+    fwd, _ = heading_axes(a.heading)
+    forward = np.einsum("ti,ti->t", vb, fwd) > 0.7 * sb
+    best_d = np.full(T, np.inf)
+    best_id = np.full(T, -1, dtype=np.int64)
+    for e in fx.things + fx.people:
+        if e is a or e.name == "rug":
             continue
-        # walking toward: the body moves forward toward the nearest well-aligned thing or person
-        vb = base_v[:, :2]
-        sb = np.linalg.norm(vb, axis=-1)
-        fwd, _ = heading_axes(a.heading)
-        forward = np.einsum("ti,ti->t", vb, fwd) > 0.7 * sb
-        best_d = np.full(T, np.inf)
-        best_id = np.full(T, -1, dtype=np.int64)
-        for e in things + people:
-            if e is a or e.name == "rug":
-                continue
-            d = centers[e.object_id][:, :2] - a.base[:, :2]
-            dist = np.linalg.norm(d, axis=-1)
-            cos = np.einsum("ti,ti->t", vb, d) / np.maximum(sb * dist, 1e-9)
-            # a held or pushed object moves with the walker: it is not walked toward
-            engaged = a.contact == e.object_id
-            if e.object_id in held_by:
-                engaged |= held_by[e.object_id] == a.object_id
-            ok = (sb > th.move) & forward & (cos > th.walk_cos) & (dist > 0.3) & ~engaged & (dist < best_d)
-            best_d[ok], best_id[ok] = dist[ok], e.object_id
-        for oid in np.unique(best_id):
-            if oid >= 0:
-                put(a.object_id, int(oid), "walking toward", best_id == oid)
+        d = fx.centers[e.object_id][:, :2] - a.base[:, :2]
+        dist = np.linalg.norm(d, axis=-1)
+        cos = np.einsum("ti,ti->t", vb, d) / np.maximum(sb * dist, 1e-9)
+        # a held or pushed object moves with the walker: it is not walked toward
+        engaged = a.contact == e.object_id
+        if e.object_id in fx.held_by:
+            engaged |= fx.held_by[e.object_id] == a.object_id
+        ok = (sb > th.move) & forward & (cos > th.walk_cos) & (dist > 0.3) & ~engaged & (dist < best_d)
+        best_d[ok], best_id[ok] = dist[ok], e.object_id
+    for oid in np.unique(best_id):
+        if oid >= 0:
+            labels.put(a.object_id, int(oid), "walking toward", best_id == oid)
 
-    # -- talking to: two still people close together, facing each other
-    for p in people:
+
+def _talking_labels(fx: _Facts, th: Thresholds, labels: _Labels) -> None:
+    """talking to: two still people close together, facing each other."""
+    for p in fx.people:
         fwd, _ = heading_axes(p.heading)
         still_p = np.linalg.norm(velocity(p.base)[:, :2], axis=-1) < th.move
-        for q in people:
+        for q in fx.people:
             if q is p:
                 continue
             d = q.base[:, :2] - p.base[:, :2]
@@ -246,11 +284,15 @@ def frame_labels(
             still_q = np.linalg.norm(velocity(q.base)[:, :2], axis=-1) < th.move
             faces_p = np.einsum("ti,ti->t", fwd, d) / np.maximum(dist, 1e-9) > th.face_cos
             faces_q = np.einsum("ti,ti->t", fq, -d) / np.maximum(dist, 1e-9) > th.face_cos
-            put(p.object_id, q.object_id, "talking to", still_p & still_q & (dist < th.talk_dist) & faces_p & faces_q)
+            labels.put(p.object_id, q.object_id, "talking to",
+                       still_p & still_q & (dist < th.talk_dist) & faces_p & faces_q)
 
-    # -- next to: side by side on the same support, at similar depth from the camera
-    cam_depth = {e.object_id: scene.camera.to_camera(centers[e.object_id][:, None, :])[:, 0, 2] for e in things}
-    img_u = {e.object_id: scene.camera.project(centers[e.object_id][:, None, :])[:, 0, 0] for e in things}
+
+def _next_to_labels(scene: Scene, fx: _Facts, th: Thresholds, labels: _Labels) -> None:
+    """next to: side by side on the same support, at similar depth from the camera."""
+    things, sup, held_by = fx.things, fx.sup, fx.held_by
+    cam_depth = {e.object_id: scene.camera.to_camera(fx.centers[e.object_id][:, None, :])[:, 0, 2] for e in things}
+    img_u = {e.object_id: scene.camera.project(fx.centers[e.object_id][:, None, :])[:, 0, 0] for e in things}
     side_things = [e for e in things if e.name != "rug" and (e.role == ROLE_OBJECT or scene.preset == "gta")]
     half = {e.object_id: entity_half_xy(e) for e in things}
     for i, e in enumerate(side_things):
@@ -263,11 +305,15 @@ def frame_labels(
             free = (held_by[a_id] < 0) & (held_by[b_id] < 0)
             ok = same & free & (gap < th.near_gap) & (np.abs(cam_depth[a_id] - cam_depth[b_id]) < th.side_depth)
             left = img_u[a_id] <= img_u[b_id]
-            put(a_id, b_id, "next to", ok & left)
-            put(b_id, a_id, "next to", ok & ~left)
+            labels.put(a_id, b_id, "next to", ok & left)
+            labels.put(b_id, a_id, "next to", ok & ~left)
 
-    # -- in front of / behind: overlapping in image x, clearly nearer in the depth map
-    spatial = [e for e in things + people if e.name != "rug"]
+
+def _depth_order_labels(vis: Visibility, fx: _Facts, th: Thresholds, labels: _Labels) -> None:
+    """in front of / behind: overlapping in image x, clearly nearer in the depth map."""
+    T = fx.num_frames
+    frames, sup, held_by = labels.frames, fx.sup, fx.held_by
+    spatial = [e for e in fx.things + fx.people if e.name != "rug"]
     for i, e in enumerate(spatial):
         for f in spatial[i + 1 :]:
             a_id, b_id = e.object_id, f.object_id
@@ -290,11 +336,30 @@ def frame_labels(
                 da, db = vis.median_depth(a_id, int(fi)), vis.median_depth(b_id, int(fi))
                 full_a[frames[fi]] = da < db - th.front_margin
                 full_b[frames[fi]] = db < da - th.front_margin
-            put(a_id, b_id, "in front of", full_a)
-            put(b_id, a_id, "behind", full_a)
-            put(b_id, a_id, "in front of", full_b)
-            put(a_id, b_id, "behind", full_b)
-    return labels
+            labels.put(a_id, b_id, "in front of", full_a)
+            labels.put(b_id, a_id, "behind", full_a)
+            labels.put(b_id, a_id, "in front of", full_b)
+            labels.put(a_id, b_id, "behind", full_b)
+
+
+def frame_labels(
+    scene: Scene, vis: Visibility, frames: np.ndarray, th: Thresholds
+) -> dict[tuple[int, int, str], np.ndarray]:
+    """Per-frame booleans ``[F]`` (over the rendered ``frames``) of every
+    ``(subject, object, predicate)`` that holds at least once."""
+    labels = _Labels(frames)
+    fx = _scene_facts(scene, th)
+    _support_labels(fx, labels)
+    for a in fx.agents:
+        base_v = velocity(a.base)
+        _manipulation_labels(a, fx, th, labels)
+        _reaching_labels(a, base_v, fx, th, labels)
+        if a.name == "person":
+            _walking_labels(a, base_v, fx, th, labels)
+    _talking_labels(fx, th, labels)
+    _next_to_labels(scene, fx, th, labels)
+    _depth_order_labels(vis, fx, th, labels)
+    return labels.masks
 
 
 def compute_relations(
