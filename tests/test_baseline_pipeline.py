@@ -335,6 +335,48 @@ def test_batch_predict_and_eval_take_a_pipeline_checkpoint_through_the_registry(
     assert [len(g.objects) for g in split] == [len(direct.predict(reader.read_video(v)).objects) for v in ids]
 
 
+def test_a_long_video_streams_through_the_pipeline_in_windows(world, trained, tmp_path, monkeypatch):
+    """A video longer than the relation model's timeline is predicted window by window (memory
+    bounded by one window, as for the 4D-LLM) and stitched into one graph on its own timeline."""
+    import av
+
+    from psg4d.data.schema import SceneGraph4D
+
+    reader = open_dataset(world / "4d")
+    rgb = reader.read_video(reader.video_ids("test")[0]).rgb  # [4, H, W, 3]
+    final = trained[0] / "final"
+    assert PipelinePredictor.from_pretrained(final).max_frames == 64
+    n = 150
+    video = tmp_path / "long.mp4"
+    with av.open(str(video), "w") as c:
+        s = c.add_stream("mpeg4", rate=10)
+        s.height, s.width, s.pix_fmt = rgb.shape[1], rgb.shape[2], "yuv420p"
+        for t in range(n):  # the clip back and forth, so objects stay where they were
+            k = t % 6
+            frame = rgb[k if k < 4 else 6 - k]
+            for pkt in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    seen: list[int] = []
+    predict = PipelinePredictor.predict
+
+    def spy(self, v, **kw):
+        seen.append(v.num_frames)
+        return predict(self, v, **kw)
+
+    monkeypatch.setattr(PipelinePredictor, "predict", spy)
+    out = tmp_path / "long.json"
+    assert main(["predict", "--ckpt", str(final), "--rgb", str(video), "--out", str(out),
+                 "--window", "40", "--stride", "30"]) == 0
+    graph = SceneGraph4D.load(out)
+    graph.validate(require_tubes=True)
+    assert graph.num_frames == n and graph.meta["frame_indices"] == list(range(n))
+    assert graph.meta["sampling"]["mode"] == "streaming" and graph.meta["model"] == "pipeline"
+    assert graph.meta["streaming"]["num_windows"] == len(seen) == 5 and max(seen) == 40
+    assert graph.objects and all(len(o.tube.rles) == n for o in graph.objects)
+
+
 def test_llm_only_commands_refuse_a_pipeline_checkpoint_in_one_line(world, trained, tmp_path, capsys):
     final = str(trained[0] / "final")
     for argv, needle in (

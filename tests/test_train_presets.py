@@ -13,6 +13,7 @@ from psg4d.train.stages import PRESET_DIR
 from psg4d.train.stages import ExperimentConfig, check_local_weights, load_experiment
 
 PRESETS = {"hoi_tiny": "tiny", "hoi_tiny_sam2": "tiny-sam2", "hoi_lite0": "tiny", "hoi_smollm2": "smollm2-135m", "hoi_full": "full", "gta_full": "full",
+           "hoi_full_transfer": "full",
            "hoi_transfer": "tiny", "hoi_chain": "tiny"}
 TRANSFER_STAGES = ["4d_init", "estimator_fit", "pseudo4d_init", "transfer_2d", "finetune_4d"]
 
@@ -29,22 +30,24 @@ def test_preset_loads_into_an_experiment(name):
     cfg = load_experiment(resolve_config(name))
     assert isinstance(cfg, ExperimentConfig)
     assert cfg.model.preset == PRESETS[name]
-    kinds = {"hoi_transfer": TRANSFER_STAGES, "hoi_chain": TRANSFER_STAGES, "hoi_tiny_sam2": ["sam2_pretrain", "4d_init"]}
+    kinds = {"hoi_transfer": TRANSFER_STAGES, "hoi_chain": TRANSFER_STAGES, "hoi_full_transfer": TRANSFER_STAGES,
+             "hoi_tiny_sam2": ["sam2_pretrain", "4d_init"]}
     assert [s.kind for s in cfg.stages] == kinds.get(name, ["4d_init"])
     # only the chain preset writes samples as the chained steps
     assert (cfg.model.chain_prob > 0) == (name == "hoi_chain")
     assert cfg.data.train and cfg.data.val
-    if name == "hoi_transfer":
+    if name in ("hoi_transfer", "hoi_full_transfer"):
         # each stage from the previous one's weights; 2D images lifted in transfer_2d, replayed in finetune_4d
         assert [s.init for s in cfg.stages] == [None] + ["previous"] * 4
         lifted = {s.name: [d.path for d in cfg.stage_data(s) if d.lift_2d] for s in cfg.stages}
-        assert lifted == {"4d_init": [], "estimator_fit": [], "pseudo4d_init": [], "transfer_2d": ["2d"],
-                          "finetune_4d": ["2d"]}
+        two_d = "psg" if name == "hoi_full_transfer" else "2d"
+        assert lifted == {"4d_init": [], "estimator_fit": [], "pseudo4d_init": [], "transfer_2d": [two_d],
+                          "finetune_4d": [two_d]}
     if name == "hoi_tiny_sam2":
         # SAM2 as SAM2 on every frame, pretrained on every object's masks before the 4D-LLM stage starts from it
         assert cfg.model.mask_decoder.kind == "sam2" and cfg.model.max_frames == 16
         assert cfg.model.supervise_all_objects and [s.init for s in cfg.stages] == [None, "previous"]
-    if name.endswith("_full"):
+    if name.endswith(("_full", "_full_transfer")):
         assert cfg.model.mask_decoder.kind == "sam2" and cfg.model.mask_decoder.sam2.frozen == ["image_encoder.trunk"]
         assert cfg.model.mask_decoder.weights_path.endswith("sam2.1_hiera_large.pt")
     if name == "hoi_tiny":
@@ -57,7 +60,7 @@ def test_preset_loads_into_an_experiment(name):
         # the branches' LayerNorm + Linear heads start random on top of the pretrained backbones
         assert {f"encoder.{b}_branch.{h}" for b in ("rgb", "depth") for h in ("norm", "proj")} <= set(prefixes)
         assert cfg.model.tag_words and cfg.model.tag_tokens == 0 and cfg.model.input_token_dropout > 0
-    if name.endswith("_full"):
+    if name.endswith(("_full", "_full_transfer")):
         # the preset's model settings are the named preset's (paper sizes), with local paths on top
         assert cfg.model.encoder.backbone == "imagebind" and cfg.model.llm.freeze_llm
         # ImageBind fills both branches (trunks and heads); the fusion gates and token merger start random
@@ -83,7 +86,7 @@ def test_preset_stage_freezes_only_parameters_that_hold_weights(name, pretrained
     assert check_frozen_initialised(model, stage_name=stage.name, init_names=()).pretrained == pretrained
 
 
-@pytest.mark.parametrize("name", ["hoi_full", "gta_full"])
+@pytest.mark.parametrize("name", ["hoi_full", "gta_full", "hoi_full_transfer"])
 def test_full_presets_name_the_missing_local_weights(name, tmp_path):
     cfg = load_experiment(resolve_config(name))
     # resolved as the model resolves it: under $PSG4D_WEIGHTS or the current directory, shown absolute
@@ -113,7 +116,7 @@ def test_cli_reports_missing_weights_as_an_error_line(capsys):
 
 def test_cli_unknown_config_lists_presets(capsys):
     assert main(["train", "--config", "nope.yaml"]) == 2
-    assert ("shipped presets: ['gta_full', 'hoi_chain', 'hoi_full', 'hoi_lite0', 'hoi_smollm2', 'hoi_tiny', 'hoi_tiny_sam2',"
+    assert ("shipped presets: ['gta_full', 'hoi_chain', 'hoi_full', 'hoi_full_transfer', 'hoi_lite0', 'hoi_smollm2', 'hoi_tiny', 'hoi_tiny_sam2',"
             " 'hoi_transfer',"
             " 'pipeline_hoi_tiny']"
             in capsys.readouterr().err)

@@ -43,9 +43,13 @@ class PipelinePredictor:
         self.relation = relation.eval() if relation is not None else None
         self.chunk = chunk
 
-    # what every family's predictor offers the commands (psg4d.families.VideoPredictor): the tracker
-    # follows a video of any length in one pass, so it never streams in windows
-    max_frames = None
+    # what every family's predictor offers the commands (psg4d.families.VideoPredictor). One pass
+    # holds every frame's segments and tubes at the segmenter's size, so a longer video streams in
+    # windows as the 4D-LLM's does (psg4d.infer.streaming: memory bounded by one window); a pass
+    # is as long as the relation model's learned timeline, so within it nothing is subsampled.
+    @property
+    def max_frames(self) -> int:
+        return self.config.relation.max_frames
 
     @property
     def image_size(self) -> int:
@@ -90,13 +94,12 @@ class PipelinePredictor:
         names = self.config.segmenter.class_names
         stuff = set(self.config.segmenter.stuff_names)
         height, width = mask_size or (video.height, video.width)
-        masks = _resize_tubes(tubes.masks, height, width)  # [N, T, H, W]
         objects = []
         for i in range(len(tubes)):
             cat = names[int(tubes.labels[i])]
             frame_cats = [names[int(c)] if c >= 0 else None for c in tubes.frame_labels[i]]
             objects.append(ObjectTrack(object_id=i + 1, category=cat, is_thing=cat not in stuff,
-                                       tube=MaskTube.from_dense(masks[i], present=tubes.valid[i]),
+                                       tube=_tube_at(tubes.masks[i], tubes.valid[i], height, width),
                                        frame_categories=frame_cats, score=round(float(tubes.scores[i]), 4)))
         relations = [Relation(s + 1, o + 1, pred, [(int(a), int(b)) for a, b in spans], score=float(score))
                      for s, o, pred, score, spans in triplets]
@@ -131,12 +134,19 @@ class PipelinePredictor:
         return out
 
 
-def _resize_tubes(masks: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``[N, T, S, S]`` bool -> ``[N, T, H, W]`` (bilinear on the binary mask, then 0.5: smoother
-    outlines than nearest when a real video is larger than the segmenter's input)."""
-    if masks.shape[-2:] == (height, width) or masks.shape[0] == 0:
-        return masks if masks.shape[0] else np.zeros((0, masks.shape[1], height, width), bool)
-    n, t = masks.shape[:2]
-    x = torch.from_numpy(masks.reshape(n * t, 1, *masks.shape[-2:]).astype(np.float32))
-    return (F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)[:, 0] > 0.5).numpy() \
-        .reshape(n, t, height, width)
+# frames resized at a time: a tube at a large source size is never dense in memory as a whole
+RESIZE_CHUNK = 32
+
+
+def _tube_at(masks: np.ndarray, valid: np.ndarray, height: int, width: int) -> MaskTube:
+    """One tube ``[T, S, S]`` bool (``valid [T]``: the frames it is present in) at ``height x width``,
+    ``RESIZE_CHUNK`` frames at a time (bilinear on the binary mask, then 0.5: smoother outlines than
+    nearest when a real video is larger than the segmenter's input)."""
+    rles: list[dict | None] = []
+    for a in range(0, masks.shape[0], RESIZE_CHUNK):
+        chunk = masks[a : a + RESIZE_CHUNK]  # [t, S, S]
+        if chunk.shape[-2:] != (height, width):
+            x = torch.from_numpy(chunk[:, None].astype(np.float32))
+            chunk = (F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)[:, 0] > 0.5).numpy()
+        rles += MaskTube.from_dense(chunk, present=valid[a : a + RESIZE_CHUNK]).rles
+    return MaskTube(height=height, width=width, rles=rles)

@@ -204,8 +204,8 @@ class StreamingPredictor:
         return notes
 
     def _output_meta(self, state: StitchState, notes: _WindowNotes, video_id: str) -> dict:
-        """The output's ``meta`` entries about the run: the stitching settings, the depth source and,
-        for chained inference, each window's turns."""
+        """The output's ``meta`` entries about the run: the stitching settings, the depth source, the
+        model where the windows named it and, for chained inference, each window's turns."""
         chain = notes.chain
         return {
             "streaming": {
@@ -218,6 +218,7 @@ class StreamingPredictor:
                 "relations_stitched": len(state.relations),
             },
             **_depth_meta(notes.depth_sources, video_id),
+            **({"model": notes.model} if notes.model is not None else {}),
             **({"mode": "chain", "chain": {"windows": chain, "problems": sum(w["problems"] for w in chain)}}
                if chain else {}),
         }
@@ -231,8 +232,12 @@ class _WindowNotes:
     chain: list[dict] = field(default_factory=list)
     # depth source -> first frames of the windows that used it
     depth_sources: dict[str, list[int]] = field(default_factory=dict)
+    # which model family's predictor wrote the windows, where it says (the pipeline: "pipeline")
+    model: str | None = None
 
     def add(self, first_frame: int, meta: dict) -> None:
+        if "model" in meta:
+            self.model = str(meta["model"])
         if "depth_source" in meta:
             self.depth_sources.setdefault(str(meta["depth_source"]), []).append(first_frame)
         if "chain" in meta:

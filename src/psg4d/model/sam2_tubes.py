@@ -120,7 +120,10 @@ class Sam2Tubes(nn.Module):
         return enc | extra
 
     def unused_parameters(self) -> set[str]:
-        return set()
+        """SAM2's parameters no forward of this model reaches (kept for strict loading): with
+        ``directly_add_no_mem_embed`` (every SAM2.1 config) a frame without memory adds
+        ``no_mem_embed`` and never reads ``no_mem_pos_enc``."""
+        return {"sam.no_mem_pos_enc"} if self.sam.directly_add_no_mem_embed else set()
 
     def gate_absent(self, out: TubeOutput) -> torch.Tensor:
         """``out.mask_logits`` with frames the presence head scores absent set to "no object"."""

@@ -43,10 +43,13 @@ def top_level_modules(model: nn.Module) -> list[str]:
 def set_trainable(model: nn.Module, prefixes: list[str]) -> tuple[int, int]:
     """Freeze parameters outside ``prefixes``; returns (trainable, total) counts.
 
-    A parameter the model froze itself (e.g. LoRA base weights) stays frozen:
-    a stage only narrows what the model leaves trainable.
+    A parameter the model froze itself (e.g. LoRA base weights) stays frozen, and one it declares
+    unused (``unused_parameters()``: never in forward, kept for strict loading) never trains: a
+    stage only narrows what the model leaves trainable, and DDP (``find_unused_parameters: false``)
+    needs every trainable parameter in the graph.
     """
     named = list(model.named_parameters())
+    unused = _declared(model, "unused_parameters")
     for prefix in prefixes:
         if not any(matches(n, prefix) for n, _ in named):
             raise ConfigError(
@@ -54,7 +57,7 @@ def set_trainable(model: nn.Module, prefixes: list[str]) -> tuple[int, int]:
             )
     n_train = n_total = 0
     for n, p in named:
-        keep = p.requires_grad and any(matches(n, pre) for pre in prefixes)
+        keep = p.requires_grad and n not in unused and any(matches(n, pre) for pre in prefixes)
         p.requires_grad_(keep)
         n_total += p.numel()
         n_train += p.numel() if keep else 0
