@@ -142,3 +142,31 @@ def test_screenshot_shows_frames_overlays_and_toggles(report):
     # switched off: the red block shows in its own colour, no overlay on it
     assert _near(shots["hidden"], blended, 4) < 50
     assert _near(shots["hidden"], DEFAULT_PALETTE["red block"], 4) > 2_000
+
+
+@needs_chromium
+def test_a_mask_smaller_than_the_frame_is_drawn_with_soft_edges(tmp_path):
+    """A prediction read small (8x8 masks) over a 96x96 video: the overlay is scaled up smoothly,
+    so its edge is a ramp of shades, not the 8x8 grid's blocks."""
+    from psg4d.data.schema import MaskTube, ObjectTrack, SceneGraph4D, Video4D
+
+    n, size = 2, 96
+    video = Video4D(rgb=np.full((n, size, size, 3), 90, np.uint8), fps=5.0, video_id="small")
+    m = np.zeros((n, 8, 8), bool)
+    m[:, 1:7, 1:7] = True
+    pred = SceneGraph4D(video_id="small", num_frames=n, height=8, width=8,
+                        objects=[ObjectTrack(object_id=0, category="cup", tube=MaskTube.from_dense(m))],
+                        relations=[]).validate()
+    path = write_report(tmp_path / "small.html", pred, video)
+    out = tmp_path / "small.png"
+    res = _chromium(tmp_path, path.as_uri() + "#frame=0", f"--screenshot={out}", "--window-size=1200,900")
+    assert res.returncode == 0 and out.exists(), res.stderr[-2000:]
+    img = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    colour = np.asarray(object_colours(pred)[0])
+    blended = np.rint(0.5 * 90 + 0.5 * colour)
+    # shades strictly between the grey frame and the blended overlay: the soft edge
+    t = ((img - 90) * (blended - 90)).sum(-1) / max(float(((blended - 90) ** 2).sum()), 1.0)
+    on_line = np.abs(img - (90 + t[..., None] * (blended - 90))).max(-1) <= 3
+    ramp = on_line & (t > 0.15) & (t < 0.85)
+    assert _near(img, blended, 4) > 2_000  # the overlay is there
+    assert ramp.sum() > 500, ramp.sum()

@@ -246,3 +246,80 @@ def test_viz_command_with_depth_embeds_depth_view(tmp_path):
     # without depth the page has no depth view
     plain = render_report(_pred(), _video())
     assert '"depth_frames":null' in plain
+
+
+def test_a_crowded_report_draws_the_objects_of_the_shown_relations_and_folds_the_rest():
+    """With 40 objects and K = 2 shown relations, the graph draws the 3 objects those relations
+    name; the legend lists them first and folds the other 37 away (still toggles)."""
+    objects = [ObjectTrack(object_id=i, category=f"thing{i}", tube=_tube(0, 4, 0, 4)) for i in range(40)]
+    pred = SceneGraph4D(video_id="clip", num_frames=T, height=H, width=W, objects=objects, relations=[
+        Relation(5, 7, "on", [(0, 9)], score=0.9), Relation(7, 30, "near", [(0, 9)], score=0.8),
+        Relation(1, 2, "near", [(0, 9)], score=0.1)]).validate()
+    html_text = render_report(pred, _video(), top_k=2)
+    graph = html_text[html_text.index("<svg id='scene-graph'"):html_text.index("</svg>", html_text.index("<svg id='scene-graph'"))]
+    assert sorted(int(i) for i in re.findall(r"class='node' data-obj='(\d+)'", graph)) == [5, 7, 30]
+    legend = html_text[html_text.index("id=\"legend\">"):html_text.index("</div>", html_text.index("id=\"legend\">"))]
+    first, folded = legend.split("<details class='legend-more'>")
+    assert re.findall(r"class='legend-item' data-obj='(\d+)'", first) == ["5", "7", "30"]
+    assert "<summary>37 more objects</summary>" in folded
+    assert len(re.findall(r"class='obj-toggle' data-obj='", folded)) == 37
+    # K follows: with every relation shown, their 5 objects are drawn
+    html_all = render_report(pred, _video(), top_k=3)
+    assert len(re.findall(r"class='node' data-obj=", html_all)) == 5
+    # no relation at all: a handful of lone nodes, not a ring of 40
+    lone = replace_relations(pred, [])
+    assert len(re.findall(r"class='node' data-obj=", render_report(lone, _video()))) == 12
+
+
+def replace_relations(graph: SceneGraph4D, relations) -> SceneGraph4D:
+    from dataclasses import replace
+
+    return replace(graph, relations=list(relations))
+
+
+def test_viz_reads_only_the_frames_the_report_shows(tmp_path, monkeypatch):
+    """A 600-frame prediction with its frame record: `psg4d viz` decodes the 60 frames it embeds,
+    not the 600 (memory does not grow with frames it does not show), and the player still maps
+    every timeline frame to its source frame."""
+    import psg4d.data.video_io as video_io
+
+    n = 600
+    video = tmp_path / "long.mp4"
+    with av.open(str(video), "w") as c:
+        s = c.add_stream("mpeg4", rate=25)
+        s.height, s.width, s.pix_fmt = 32, 32, "yuv420p"
+        for t in range(n):
+            for pkt in s.encode(av.VideoFrame.from_ndarray(np.full((32, 32, 3), t % 250, np.uint8), format="rgb24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    m = np.zeros((n, 32, 32), bool)
+    m[:, 4:12, 4:12] = True
+    pred = SceneGraph4D(video_id="long", num_frames=n, height=32, width=32,
+                        objects=[ObjectTrack(object_id=0, category="cup", tube=MaskTube.from_dense(m)),
+                                 ObjectTrack(object_id=1, category="table", tube=MaskTube.from_dense(m))],
+                        relations=[Relation(0, 1, "on", [(0, n - 1)], score=1.0)],
+                        meta={"frame_indices": list(range(n))}).validate()
+    pred.save(tmp_path / "pred.json")
+    decoded: list[int] = []
+    load = video_io.load_video
+
+    def counting(*args, **kw):
+        v = load(*args, **kw)
+        decoded.append(v.num_frames)
+        return v
+
+    monkeypatch.setattr(video_io, "load_video", counting)
+    out = tmp_path / "r.html"
+    assert main(["viz", str(tmp_path / "pred.json"), "--video", str(video), "--out", str(out),
+                 "--display-frames", "60"]) == 0
+    assert decoded == [60]
+    data = json.loads(re.search(r"<script type=\"application/json\" id=\"report-data\">(.*?)</script>",
+                                out.read_text(), re.S).group(1))
+    assert data["num_frames"] == n and len(data["frames"]) == len(data["display_frames"]) == 60
+    assert data["frame_indices"] == list(range(n)) and data["display_frames"][-1] == n - 1
+    # an overlay of every frame still reads them all
+    decoded.clear()
+    assert main(["viz", str(tmp_path / "pred.json"), "--video", str(video), "--out", str(tmp_path / "r2.html"),
+                 "--display-frames", "60", "--gif", str(tmp_path / "o.gif")]) == 0
+    assert decoded == [n]

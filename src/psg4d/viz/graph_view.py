@@ -4,6 +4,10 @@ Objects sit on a circle, coloured like their mask tubes (:func:`~psg4d.viz.overl
 one curved arrow per (subject, object) pair carries the predicates between them. Every node,
 edge and label holds its frames (``data-spans``), so the report's script can highlight what is
 active at the current frame.
+
+A long or crowded video can have a hundred objects: the graph draws the objects of the relations
+shown (:func:`featured_objects`), and the legend lists them first with the rest folded away, so
+both stay readable whatever the object count.
 """
 
 from __future__ import annotations
@@ -11,29 +15,48 @@ from __future__ import annotations
 import html
 import math
 
-from psg4d.data.schema import Relation, SceneGraph4D, spans_from_mask
+from psg4d.data.schema import ObjectTrack, Relation, SceneGraph4D, spans_from_mask
 from psg4d.viz.overlay import hex_colour
 from psg4d.viz.timeline import spans_attr
 
 
-def legend_html(graph: SceneGraph4D, colours: dict[int, tuple[int, int, int]]) -> str:
-    """One toggle per object (its colour, category and id), which shows or hides its tube."""
-    items = []
-    for o in graph.objects:
-        cat = html.escape(o.majority_category())
-        items.append(
-            f"<label class='legend-item' data-obj='{o.object_id}'>"
+# objects drawn when no relation is shown (a graph of nodes alone)
+MAX_LONE_NODES = 12
+
+
+def featured_objects(graph: SceneGraph4D, relations: list[Relation]) -> list[ObjectTrack]:
+    """The objects of ``relations`` (the relations shown), in the graph's order; with none, the
+    first :data:`MAX_LONE_NODES` objects."""
+    ids = {i for r in relations for i in (r.subject_id, r.object_id)}
+    return [o for o in graph.objects if o.object_id in ids] if ids else graph.objects[:MAX_LONE_NODES]
+
+
+def _legend_item(o: ObjectTrack, colours: dict[int, tuple[int, int, int]]) -> str:
+    return (f"<label class='legend-item' data-obj='{o.object_id}'>"
             f"<input type='checkbox' class='obj-toggle' data-obj='{o.object_id}' checked>"
             f"<span class='swatch' style='background:{hex_colour(colours[o.object_id])}'></span>"
-            f"{cat} <span class='oid'>#{o.object_id}</span></label>"
-        )
-    return "".join(items) or "<em>no objects</em>"
+            f"{html.escape(o.majority_category())} <span class='oid'>#{o.object_id}</span></label>")
+
+
+def legend_html(graph: SceneGraph4D, colours: dict[int, tuple[int, int, int]],
+                featured: list[ObjectTrack] | None = None) -> str:
+    """One toggle per object (its colour, category and id), which shows or hides its tube: the
+    ``featured`` objects (default: all), then the others folded in a ``<details>``."""
+    featured = graph.objects if featured is None else featured
+    first = {o.object_id for o in featured}
+    rest = [o for o in graph.objects if o.object_id not in first]
+    items = "".join(_legend_item(o, colours) for o in featured)
+    if rest:
+        items += (f"<details class='legend-more'><summary>{len(rest)} more object{'s' if len(rest) > 1 else ''}"
+                  "</summary>" + "".join(_legend_item(o, colours) for o in rest) + "</details>")
+    return items or "<em>no objects</em>"
 
 
 def graph_svg(graph: SceneGraph4D, relations: list[Relation], colours: dict[int, tuple[int, int, int]]) -> str:
-    """Objects on a circle, one curved arrow per (subject, object) pair labelled with its predicates."""
+    """The objects of ``relations`` (:func:`featured_objects`) on a circle, one curved arrow per
+    (subject, object) pair labelled with its predicates."""
     W, H = 560, 460
-    objs = graph.objects
+    objs = featured_objects(graph, relations)
     n = max(1, len(objs))
     R = 165 if n > 2 else 100
     pos = {

@@ -44,6 +44,7 @@ def make_viz(req: VizRequest) -> list[Path]:
     from psg4d.utils.io import check_output_file
     from psg4d.viz.overlay import export_gif, export_mp4
     from psg4d.viz.report import render_report
+    from psg4d.viz.report_data import display_frames
 
     for flag, value in (("--fps", req.fps), ("--max-frames", req.max_frames), ("--top-k", req.top_k),
                         ("--display-frames", req.display_frames), ("--depth-scale", req.depth_scale)):
@@ -55,10 +56,15 @@ def make_viz(req: VizRequest) -> list[Path]:
     graph = pick_graph(req.pred, req.video_id, "prediction")
     gt_graph = ground_truth_for_video(req.gt, graph.video_id) if req.gt is not None else None
     metrics_d = _read_metrics(req.metrics) if req.metrics is not None else None
+    # only the frames the player shows are read (a 10,000-frame video costs its ~300 shown frames),
+    # unless an overlay of every frame is asked for or the prediction has no frame record
+    shown = None
+    if req.gif is None and req.mp4 is None and recorded_frames(graph, fps=req.fps, max_frames=req.max_frames):
+        shown = display_frames(graph.num_frames, req.display_frames)
     vid = load_video_for(graph, req.video, depth=req.depth, depth_scale=req.depth_scale, fps=req.fps,
-                         max_frames=req.max_frames)
+                         max_frames=req.max_frames, positions=shown)
     html_text = render_report(graph, vid, gt=gt_graph, metrics=metrics_d, top_k=req.top_k,
-                              max_frames=req.display_frames)
+                              max_frames=req.display_frames, shown=shown)
     with contextlib.ExitStack() as stack:
         tmp_html = stack.enter_context(atomic_path(req.out, suffix=".html"))
         tmp_html.write_text(html_text, encoding="utf-8")
@@ -97,25 +103,33 @@ def _read_metrics(path: Path) -> dict:
     return d
 
 
+def recorded_frames(graph: SceneGraph4D, *, fps: float | None = None, max_frames: int | None = None) -> list[int] | None:
+    """The source frame of each of ``graph``'s frames as ``psg4d predict`` recorded them
+    (``meta["frame_indices"]``); None where there is no record, or ``fps`` / ``max_frames``
+    resample explicitly instead (older predictions carry no record)."""
+    keep = graph.meta.get("frame_indices") if fps is None and max_frames is None else None
+    return [int(i) for i in keep] if isinstance(keep, list) and len(keep) == graph.num_frames else None
+
+
 def load_video_for(graph: SceneGraph4D, video: Path, *, depth: Path | None = None, depth_scale: float = 1000.0,
-                   fps: float | None = None, max_frames: int | None = None, max_side: int = REPORT_MAX_SIDE):
-    """The frames of ``video`` that ``graph`` was predicted on: the source frames its
-    ``meta["frame_indices"]`` records (what ``psg4d predict`` writes), unless ``fps`` /
-    ``max_frames`` resample explicitly (older predictions carry no record). Frames are
-    decoded at most ``max_side`` pixels long, what the report embeds, so a long or
-    high-resolution video costs memory for what is shown, not for the file's size."""
+                   fps: float | None = None, max_frames: int | None = None, max_side: int = REPORT_MAX_SIDE,
+                   positions: list[int] | None = None):
+    """The frames of ``video`` that ``graph`` was predicted on (:func:`recorded_frames`), or only
+    those at ``positions`` of its timeline (they need the record). Frames are decoded at most
+    ``max_side`` pixels long, what the report embeds, so a long or high-resolution video costs
+    memory for what is shown, not for the file's size."""
     from psg4d.data.video_io import load_video, probe_video
 
-    keep = graph.meta.get("frame_indices") if fps is None and max_frames is None else None
+    keep = recorded_frames(graph, fps=fps, max_frames=max_frames)
     info = probe_video(video)
-    if isinstance(keep, list) and len(keep) == graph.num_frames:
-        if keep and max(keep) >= info.num_frames:
-            raise DataError(video, f"the prediction refers to source frame {max(keep)} but the video has"
-                                   f" {info.num_frames} frames: is it the video that was predicted?")
-    else:
-        keep = None
+    if keep and max(keep) >= info.num_frames:
+        raise DataError(video, f"the prediction refers to source frame {max(keep)} but the video has"
+                               f" {info.num_frames} frames: is it the video that was predicted?")
+    if positions is not None:
+        if keep is None:
+            raise ValueError("positions need the prediction's frame record (meta['frame_indices'])")
+        keep = [keep[p] for p in positions]
     scale = min(1.0, max_side / max(info.height, info.width))
     size = None if scale >= 1.0 else (max(1, round(info.height * scale)), max(1, round(info.width * scale)))
     return load_video(video, depth=depth, depth_scale=depth_scale, fps=fps, max_frames=max_frames, size=size,
                       frame_indices=keep)
-

@@ -29,13 +29,13 @@ import math
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from psg4d.data.schema import SceneGraph4D, Video4D
 from psg4d.errors import DataError
 from psg4d.utils.io import atomic_write_text
 from psg4d.viz.chain_view import chain_html
-from psg4d.viz.graph_view import graph_svg, legend_html
+from psg4d.viz.graph_view import featured_objects, graph_svg, legend_html
 from psg4d.viz.overlay import check_alignment, object_colours
 from psg4d.viz.report_data import (
     depth_to_rgb,
@@ -111,6 +111,7 @@ def render_report(
     image_format: str = "auto",
     jpeg_quality: int = 85,
     title: str | None = None,
+    shown: Sequence[int] | None = None,
 ) -> str:
     """The report as one HTML string (see the module doc).
 
@@ -118,20 +119,23 @@ def render_report(
     that; the timeline still covers every frame). ``max_side``: longer side of
     the embedded frames in pixels. ``image_format``: ``png``, ``jpeg`` or ``auto``
     (PNG up to 128x128 pixels, where JPEG artefacts would be magnified, else JPEG).
+    ``shown``: ``video`` holds only these frames of the prediction's timeline, the ones the player
+    shows (:func:`display_frames` of the prediction's length and ``max_frames``), so a long video
+    is read for what is embedded; default: ``video`` holds every frame.
     """
-    _check_inputs(pred, video, gt)
+    _check_inputs(pred, video, gt, shown, max_frames)
     colours = object_colours(pred)
     shown_rel = pred.ranked()[:top_k]
     rows = match_triplets(pred, gt, top_k=top_k)
     summary = timeline_summary(rows, gt)
     data = _player_data(pred, video, colours, max_frames=max_frames, max_side=max_side,
-                        image_format=image_format, jpeg_quality=jpeg_quality)
+                        image_format=image_format, jpeg_quality=jpeg_quality, shown=shown is not None)
     title = title or f"psg4d report: {pred.video_id or video.video_id or 'video'}"
     data_json = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
     return _fill_template({
         "__TITLE__": html.escape(title),
         "__SUBTITLE__": html.escape(_subtitle(pred, gt, top_k)),
-        "__LEGEND__": legend_html(pred, colours),
+        "__LEGEND__": legend_html(pred, colours, featured_objects(pred, shown_rel)),
         "__GRAPH_SVG__": graph_svg(pred, shown_rel, colours),
         "__TIMELINE_SVG__": timeline_svg(rows, pred.num_frames, colours, gt is not None),
         "__STATUS_LEGEND__": status_legend_html(gt is not None),
@@ -141,9 +145,18 @@ def render_report(
     })
 
 
-def _check_inputs(pred: SceneGraph4D, video: Video4D, gt: SceneGraph4D | None) -> None:
-    """DataError unless the prediction fits the video and the ground truth has its frame count."""
-    check_alignment(video, pred)
+def _check_inputs(pred: SceneGraph4D, video: Video4D, gt: SceneGraph4D | None, shown: Sequence[int] | None,
+                  max_frames: int) -> None:
+    """DataError unless the prediction fits the video (or its ``shown`` frames) and the ground truth
+    has its frame count."""
+    if shown is None:
+        check_alignment(video, pred)
+    else:
+        if list(shown) != display_frames(pred.num_frames, max_frames):
+            raise ValueError("shown must be the frames the player shows: display_frames(num_frames, max_frames)")
+        if video.num_frames != len(shown):
+            raise DataError(video.video_id or "video", f"video has {video.num_frames} frames, the report shows "
+                                                       f"{len(shown)} of the prediction's {pred.num_frames}")
     if gt is not None and gt.num_frames != pred.num_frames:
         raise DataError(
             gt.video_id, f"ground truth has {gt.num_frames} frames, the prediction has {pred.num_frames}"
@@ -151,15 +164,21 @@ def _check_inputs(pred: SceneGraph4D, video: Video4D, gt: SceneGraph4D | None) -
 
 
 def _player_data(pred: SceneGraph4D, video: Video4D, colours: dict[int, tuple[int, int, int]], *,
-                 max_frames: int, max_side: int, image_format: str, jpeg_quality: int) -> dict[str, Any]:
-    """What the page's player reads (:mod:`psg4d.viz.report_data`): frames, depth and masks."""
-    disp = display_frames(video.num_frames, max_frames)
+                 max_frames: int, max_side: int, image_format: str, jpeg_quality: int,
+                 shown: bool) -> dict[str, Any]:
+    """What the page's player reads (:mod:`psg4d.viz.report_data`): frames, depth and masks.
+    ``shown``: ``video`` holds only the displayed frames, in order."""
+    disp = display_frames(pred.num_frames, max_frames)
     size = display_size(video, max_side)
-    frames, depth_frames = encode_frames(video, disp, size, image_format_for(image_format, size), jpeg_quality)
+    rows = list(range(len(disp))) if shown else disp  # where each displayed frame is in ``video``
+    frames, depth_frames = encode_frames(video, rows, size, image_format_for(image_format, size), jpeg_quality)
+    # the source frame of every frame of the timeline: the video's own, or the prediction's record
+    # (the only one that covers the frames not read)
+    source = pred.meta["frame_indices"] if shown else video.frame_indices
     return {
         "num_frames": pred.num_frames,
         "display_frames": disp,
-        "frame_indices": [int(i) for i in video.frame_indices],
+        "frame_indices": [int(i) for i in source],
         "fps": float(video.fps or 5.0),
         "mask_size": [pred.height, pred.width],
         "frame_size": list(size),
