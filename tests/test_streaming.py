@@ -214,3 +214,36 @@ def test_real_model_predictor_plugs_in(tmp_path):
     # what the windows predicted is what was stitched: same objects per category, same predicates
     assert {o.category for o in out.objects} == {o.majority_category() for _, g in seen for o in g.objects}
     assert {r.predicate for r in out.relations} == {r.predicate for _, g in seen for r in g.relations}
+
+
+def _leave_and_return(n: int = 48, size: int = 32, gone: range = range(12, 30), shift: int = 2):
+    """A red block that leaves the scene and comes back a little to the right, and a blue block
+    always there: the red one is absent across several window overlaps."""
+    for t in range(n):
+        rgb = np.full((size, size, 3), 90, np.uint8)
+        rgb[20:28, 4:12] = (40, 60, 220)
+        if t not in gone:
+            x = 16 + (shift if t >= gone.stop else 0)
+            rgb[4:12, x:x + 8] = (220, 40, 40)
+        yield Frame(index=t, position=t, rgb=rgb)
+
+
+def test_an_object_that_leaves_and_returns_keeps_its_identity(tmp_path):
+    predictor = ColourSegmentationPredictor()
+    g = StreamingPredictor(predict_window=predictor.predict, window=8, stride=6, progress=False).run(
+        _leave_and_return(), out_path=tmp_path / "g.json").load()
+    assert sorted(o.category for o in g.objects) == ["blue block", "red block"]
+    red = next(o for o in g.objects if o.category == "red block")
+    present = red.tube.present()
+    assert present[:12].all() and not present[12:30].any() and present[30:].all()
+    assert red.attributes == {"first_frame": 0, "last_frame": 47}
+    assert g.meta["streaming"]["reentry_frames"] == 8 * 8
+    # without the re-entry memory it comes back as a second red block
+    again = StreamingPredictor(predict_window=predictor.predict, window=8, stride=6, progress=False,
+                               reentry_windows=0).run(_leave_and_return(), out_path=tmp_path / "h.json").load()
+    reds = sorted((o for o in again.objects if o.category == "red block"), key=lambda o: o.attributes["first_frame"])
+    assert [(o.attributes["first_frame"], o.attributes["last_frame"]) for o in reds] == [(0, 11), (30, 47)]
+    # ... and so it does, with the memory, when it comes back far from where it was last seen
+    far = StreamingPredictor(predict_window=predictor.predict, window=8, stride=6, progress=False).run(
+        _leave_and_return(size=64, shift=40), out_path=tmp_path / "f.json").load()
+    assert len([o for o in far.objects if o.category == "red block"]) == 2

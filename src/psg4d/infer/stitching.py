@@ -1,8 +1,9 @@
 """Stitching window scene graphs into one video-level graph (:class:`StitchState`), window by window.
 
-What each step decides (identities by volumetric mask IoU on the shared frames, the later window
-owning shared frames from the middle of the overlap on, relation spans merged and scored by the
-maximum over windows) is described in :mod:`psg4d.infer.streaming`. Frames that are final go to
+What each step decides (identities by volumetric mask IoU on the shared frames, then re-entry of
+tracks the overlap did not show, the later window owning shared frames from the middle of the
+overlap on, relation spans merged and scored by the maximum over windows) is described in
+:mod:`psg4d.infer.streaming`. Frames that are final go to
 one spool file per track (``position<TAB>RLE JSON`` lines) and the source frame numbers to
 ``frame_indices.txt``; :mod:`psg4d.infer.stream_writer` assembles the output from them.
 """
@@ -33,6 +34,15 @@ class Track:
     file: Path  # spool of its final frames
     # position -> RLE (None = absent) for frames predicted but not yet final
     recent: dict[int, dict | None] = field(default_factory=dict)
+    # the re-entry memory: the centre of its last mask (as a fraction of the frame's height and
+    # width), where that was, and how it looks (a colour histogram under its masks, averaged over
+    # the windows that saw it)
+    last_centre: np.ndarray | None = None  # [2]
+    last_pos: int = -1
+    # first and last final frame with a mask (what the output reports per object)
+    first_frame: int | None = None
+    last_frame: int | None = None
+    appearance: np.ndarray | None = None  # [3 * APPEARANCE_BINS], sums to 1
 
 
 @dataclass(kw_only=True)
@@ -47,6 +57,41 @@ def _norm(category: str) -> str:
     return category.strip().lower()
 
 
+APPEARANCE_BINS = 8  # per colour channel
+
+
+def appearance(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """The colour histogram (``APPEARANCE_BINS`` per channel, the three concatenated, sums to 1) of
+    frame ``rgb [h, w, 3]`` under ``mask [H, W]`` (any size: sampled at the frame's); None when
+    the mask covers no pixel of the frame."""
+    h, w = rgb.shape[:2]
+    ys = np.arange(h) * mask.shape[0] // h
+    xs = np.arange(w) * mask.shape[1] // w
+    px = rgb[mask[ys][:, xs]]  # [P, 3]
+    if px.shape[0] == 0:
+        return None
+    hist = np.concatenate([np.bincount(px[:, c].astype(int) * APPEARANCE_BINS // 256, minlength=APPEARANCE_BINS)
+                           for c in range(3)]).astype(np.float64)
+    return hist / hist.sum()
+
+
+def centre(mask: np.ndarray) -> np.ndarray | None:
+    """``[2]``: the centre of ``mask [H, W]`` as fractions of its height and width (None: empty)."""
+    # the mean of the rows and columns weighted by their pixel counts, without listing the pixels
+    ys, xs = mask.sum(axis=1), mask.sum(axis=0)
+    if not ys.any():
+        return None
+    return np.array([(ys * np.arange(mask.shape[0])).sum() / ys.sum() / mask.shape[0],
+                     (xs * np.arange(mask.shape[1])).sum() / xs.sum() / mask.shape[1]])
+
+
+def _centre_closeness(a: np.ndarray, b: np.ndarray, hw: tuple[int, int]) -> float:
+    """1 where two centres (:func:`centre`) coincide, 0 at half the frame's diagonal apart or more."""
+    h, w = hw
+    d = np.hypot((a[0] - b[0]) * h, (a[1] - b[1]) * w)
+    return float(max(0.0, 1.0 - d / (0.5 * np.hypot(h, w))))
+
+
 def _combine(a: float | None, b: float | None) -> float | None:
     """The maximum of two scores, either of which may be missing."""
     if a is None:
@@ -59,9 +104,14 @@ def _combine(a: float | None, b: float | None) -> float | None:
 class StitchState:
     """Tracks, relations and on-disk RLE files of one streaming run."""
 
-    def __init__(self, *, work: Path, iou_threshold: float):
+    def __init__(self, *, work: Path, iou_threshold: float, reentry_frames: int = 0,
+                 reentry_threshold: float = 0.75):
         self.work = work
         self.iou_threshold = iou_threshold
+        # a track unseen for at most this many frames may take back a new object of its category
+        # whose appearance and place agree (0: never)
+        self.reentry_frames = reentry_frames
+        self.reentry_threshold = reentry_threshold
         self.tracks: list[Track] = []
         self.relations: dict[tuple[int, int, str], RelationState] = {}
         self.committed = 0  # positions < committed are final and on disk
@@ -83,6 +133,7 @@ class StitchState:
         self.predicate_vocab = self.predicate_vocab or graph.predicate_vocab
 
         assign = self._match(s, graph)
+        assign.update(self._reenter(win, graph, assign))
         # the later window owns shared frames from the middle of the overlap on (a tail window
         # may start before frames already made final; its predictions for those are dropped)
         overlap = max(0, self.stop - s)
@@ -91,7 +142,7 @@ class StitchState:
         for t in range(n):
             if s + t >= self.committed:
                 self.pending_indices[s + t] = int(win.video.frame_indices[t])
-        local_to_track = self._update_tracks(s, n, graph, assign)
+        local_to_track = self._update_tracks(win, graph, assign)
         self._pool_relations(s, graph, local_to_track)
         self.stop = max(self.stop, s + n)
         self.num_windows += 1
@@ -110,9 +161,11 @@ class StitchState:
         if s > self.stop:
             raise DataError(where, f"window starts at {s}, leaving a gap after frame {self.stop - 1}")
 
-    def _update_tracks(self, s: int, n: int, graph: SceneGraph4D, assign: dict[int, int]) -> dict[int, int]:
+    def _update_tracks(self, win: VideoWindow, graph: SceneGraph4D, assign: dict[int, int]) -> dict[int, int]:
         """Extend the matched tracks and start new ones with the window's masks of the frames not yet
-        final; tracks the window does not see are absent there. Returns window object id -> track id."""
+        final (and their re-entry memory); tracks the window does not see are absent there. Returns
+        window object id -> track id."""
+        s, n = win.start, win.video.num_frames
         local_to_track: dict[int, int] = {}
         for k, obj in enumerate(graph.objects):
             if k in assign:
@@ -128,6 +181,8 @@ class StitchState:
             for t in range(n):
                 if s + t >= self.committed:
                     tr.recent[s + t] = None if obj.tube is None else obj.tube.rles[t]
+            if self.reentry_frames > 0:
+                self._remember(tr, win, obj)
         matched = set(local_to_track.values())
         for tr in self.tracks:
             if tr.track_id not in matched:
@@ -170,6 +225,59 @@ class StitchState:
         rows, cols = linear_sum_assignment(-iou)
         return {int(a): cands[int(b)] for a, b in zip(rows, cols) if iou[a, b] >= self.iou_threshold}
 
+    def _remember(self, tr: Track, win: VideoWindow, obj) -> None:
+        """``tr``'s re-entry memory from window object ``obj``: its last mask in the window and the
+        colour histogram under its first and last masks."""
+        present = [t for t in range(win.video.num_frames) if obj.tube is not None and obj.tube.rles[t] is not None]
+        if not present:
+            return
+        for t in sorted({present[0], present[-1]}):
+            mask = rle_decode(obj.tube.rles[t])
+            h = appearance(win.video.rgb[t], mask)
+            if h is not None:
+                tr.appearance = h if tr.appearance is None else 0.5 * (tr.appearance + h)
+            if t == present[-1]:
+                tr.last_centre, tr.last_pos = centre(mask), win.start + t
+
+    def _reenter(self, win: VideoWindow, graph: SceneGraph4D, assign: dict[int, int]) -> dict[int, int]:
+        """Window objects no overlap matched -> tracks of their category unseen in this window's
+        shared frames for at most ``reentry_frames`` frames, one-to-one (Hungarian) on the mean of
+        their appearance similarity (histogram intersection) and how close their masks' centres
+        are (the track's last mask, the object's first); a pair links at ``reentry_threshold``."""
+        if self.reentry_frames <= 0:
+            return {}
+        s = win.start
+        taken = set(assign.values())
+        memory = [i for i, tr in enumerate(self.tracks) if i not in taken and tr.last_centre is not None
+                  and tr.appearance is not None and 0 <= s - tr.last_pos <= self.reentry_frames
+                  and all(tr.recent.get(p) is None for p in range(s, self.stop))]
+        if not memory:
+            return {}
+        remembered = {_norm(self.tracks[i].category) for i in memory}
+        objs = []
+        for a, o in enumerate(graph.objects):
+            if a in assign or o.tube is None or _norm(o.majority_category()) not in remembered:
+                continue
+            present = [t for t in range(win.video.num_frames) if o.tube.rles[t] is not None]
+            if not present:
+                continue
+            first = rle_decode(o.tube.rles[present[0]])
+            app, c = appearance(win.video.rgb[present[0]], first), centre(first)
+            if app is not None and c is not None:
+                objs.append((a, _norm(o.majority_category()), c, app))
+        if not objs:
+            return {}
+        assert self.hw is not None
+        score = np.zeros((len(objs), len(memory)))  # [N_new_objects, N_remembered_tracks]
+        for i, (_, cat, c, app) in enumerate(objs):
+            for j, ti in enumerate(memory):
+                tr = self.tracks[ti]
+                if cat == _norm(tr.category):
+                    score[i, j] = (0.5 * float(np.minimum(app, tr.appearance).sum())
+                                   + 0.5 * _centre_closeness(c, tr.last_centre, self.hw))
+        rows, cols = linear_sum_assignment(-score)
+        return {objs[i][0]: memory[j] for i, j in zip(rows, cols) if score[i, j] >= self.reentry_threshold}
+
     def _dense(self, rles: list[dict | None]) -> np.ndarray:
         """RLEs (None: empty) -> bool ``[T, H, W]``; only ever the few frames of one overlap."""
         assert self.hw is not None
@@ -189,6 +297,8 @@ class StitchState:
                 r = tr.recent.pop(p, None)
                 if r is not None:
                     lines.append(f"{p}\t{json.dumps(r)}\n")
+                    tr.first_frame = p if tr.first_frame is None else tr.first_frame
+                    tr.last_frame = p
             if lines:
                 with open(tr.file, "a") as f:
                     f.writelines(lines)

@@ -35,6 +35,8 @@ def write_stitched_graph(state: StitchState, path: Path, *, video_id: str, meta:
             if i:
                 f.write(", ")
             obj = {"object_id": tr.track_id, "category": tr.category, "is_thing": tr.is_thing}
+            if tr.first_frame is not None:
+                obj["attributes"] = {"first_frame": tr.first_frame, "last_frame": tr.last_frame}
             f.write(json.dumps(obj)[:-1])
             f.write(f', "tube": {{"size": [{h}, {w}], "rles": [')
             _write_rles(f, tr, n)

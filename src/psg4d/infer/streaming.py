@@ -9,9 +9,14 @@ window graphs into one video-level graph:
   category and mask IoU over the frames the window shares with what came
   before (volumetric IoU: intersections and unions summed over those frames),
   one-to-one with the Hungarian algorithm; a pair is linked only if its IoU
-  reaches ``iou_threshold``. Unmatched objects start new tracks. A track that
-  is not visible in an overlap cannot be re-identified later (no appearance
-  model), so it stays a separate object.
+  reaches ``iou_threshold``. An object still unmatched may be a track coming
+  back: tracks of its category unseen in the overlap for at most
+  ``reentry_windows`` windows are matched to it (Hungarian again) on the mean
+  of their appearance similarity (colour histograms under the masks, histogram
+  intersection) and how close the track's last mask and the object's first are
+  (centres, in units of half the frame's diagonal), linked at
+  ``reentry_threshold``. Other objects start new tracks; each object records
+  its first and last frame (``attributes``).
 * **Masks.** The frames shared by two windows take the later window's masks
   from the middle of the overlap on (each frame is owned by the window where
   it sits further from the border, so it was predicted with more context).
@@ -67,6 +72,11 @@ from psg4d.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
 
+# How long a track is remembered after it was last seen, in windows, and how alike (appearance and
+# place, each in [0, 1], averaged) a new object must be to take it back.
+REENTRY_WINDOWS = 8
+REENTRY_THRESHOLD = 0.75
+
 WindowPredictor = Callable[[Video4D], SceneGraph4D]
 
 
@@ -103,6 +113,8 @@ class StreamingPredictor:
         iou_threshold: float = 0.5,
         max_relations: int | None = None,
         progress: bool = True,
+        reentry_windows: int = REENTRY_WINDOWS,
+        reentry_threshold: float = REENTRY_THRESHOLD,
     ):
         if window < 2:
             raise ConfigError(f"streaming window must be at least 2 frames, got {window}")
@@ -113,12 +125,17 @@ class StreamingPredictor:
             raise ConfigError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
         if max_relations is not None and max_relations < 1:
             raise ConfigError(f"max_relations must be at least 1, got {max_relations}")
+        if reentry_windows < 0 or not 0.0 < reentry_threshold <= 1.0:
+            raise ConfigError(f"reentry_windows must be >= 0 and reentry_threshold in (0, 1], got "
+                              f"{reentry_windows} and {reentry_threshold}")
         self.predict_window = predict_window
         self.window = window
         self.stride = stride
         self.iou_threshold = iou_threshold
         self.max_relations = max_relations
         self.progress = progress
+        self.reentry_frames = reentry_windows * window
+        self.reentry_threshold = reentry_threshold
 
     # ------------------------------------------------------------------ input
 
@@ -165,7 +182,8 @@ class StreamingPredictor:
         work = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
         t0 = time.perf_counter()
         try:
-            state = StitchState(work=work, iou_threshold=self.iou_threshold)
+            state = StitchState(work=work, iou_threshold=self.iou_threshold, reentry_frames=self.reentry_frames,
+                                reentry_threshold=self.reentry_threshold)
             notes = self._predict_and_stitch(frames, state, fps=fps, video_id=video_id, total_frames=total_frames)
             if state.num_windows == 0:
                 raise DataError(video_id or "video", "no frames to predict on")
@@ -212,6 +230,8 @@ class StreamingPredictor:
                 "window": self.window,
                 "stride": self.stride,
                 "iou_threshold": self.iou_threshold,
+                "reentry_frames": self.reentry_frames,
+                "reentry_threshold": self.reentry_threshold,
                 "num_windows": state.num_windows,
                 "relation_score": "max over windows",
                 "max_relations": self.max_relations,
