@@ -116,26 +116,59 @@ def test_chain_experiment_quick(tmp_path):
     out = tmp_path / "results"
     run = tmp_path / "run"
     assert main(["experiment", "chain", "--quick", "--out", str(out), "--run-dir", str(run)]) == 0
-    records = json.loads((out / "chain.json").read_text())
-    arms = [(r["llm"], r["mode"], r["naming"]) for r in records]
+    result = json.loads((out / "chain.json").read_text())
+    assert result["judged_on_world_seed"] == 29 and result["training_seeds"] == [0]
+    assert len(result["naming_vocabulary"]) >= 20 and result["naming_chance"] == round(1 / len(result["naming_vocabulary"]), 4)
+    runs = result["runs"]
+    arms = [(r["llm"], r["mode"], r["naming"]) for r in runs]
     assert arms == [(llm, mode, naming) for llm in ("tiny", "smollm2-135m")
                     for mode, naming in (("direct", None), ("chain", "free"), ("chain", "vocabulary"))]
-    for r in records:
+    for r in runs:
         assert set(r["metrics"]) == {"pvsg", "volumetric"} and {"R@20", "R@50", "R@100", "mR@50"} <= set(
             r["metrics"]["pvsg"])
-        assert {"zR@50_novel", "recall@50_seen_only_in_2d", "mapper_accuracy", "wall_s"} <= set(r)
-        assert r["novel_categories"] == ["apple", "globe", "jar", "phone"]
-        assert set(r["novel_named_as"]) == set(r["novel_categories"])
+        assert {"zR@50_novel", "recall@50_seen_only_in_2d", "mapper_accuracy", "wall_s", "turns_at_limit"} <= set(r)
+        assert set(r["novel_named_as"]) == set(result["novel_categories"]) == {"apple", "globe", "jar", "phone"}
+        if r["naming"] == "vocabulary":  # the language probe names every novel category over the whole vocabulary
+            assert set(r["naming_probe"]["named"]) == set(result["novel_categories"])
+            assert set(r["naming_probe"]["named"].values()) <= set(result["naming_vocabulary"])
+    # one summary row per arm, mean ± std over the seeds
+    assert [(s["llm"], s["mode"], s["naming"]) for s in result["summary"]] == arms
+    assert result["summary"][0]["metrics.pvsg.R@50"]["mean"] == runs[0]["metrics"]["pvsg"]["R@50"]
     # novel categories reach no training data: neither the 4D training videos nor the 2D images
     from psg4d.data.readers import open_dataset
 
     for part, split in (("4d", "train"), ("2d", "train")):
-        reader = open_dataset(run / "data" / part)
+        reader = open_dataset(run / "world29" / part)
         seen = {o.category for v in reader.video_ids(split) for o in reader.read_graph(v, with_masks=False).objects}
-        assert not seen & set(records[0]["novel_categories"]), part
+        assert not seen & set(result["novel_categories"]), part
     assert (out / "chain.svg").read_text().startswith("<svg")
     # a rerun reuses the world and the trained models
     assert main(["experiment", "chain", "--quick", "--out", str(out), "--run-dir", str(run), "--llms", "tiny"]) == 0
+
+
+def test_naming_experiment_quick(tmp_path):
+    out = tmp_path / "results"
+    assert main(["experiment", "naming", "--quick", "--out", str(out)]) == 0
+    result = json.loads((out / "naming.json").read_text())
+    assert result["llm"] == "tiny" and len(result["vocabulary"]) >= 20
+    assert result["chance"] == round(1 / len(result["vocabulary"]), 4)
+    groups = result["groups"]
+    assert set(groups["novel"]["named"]) == {"apple", "globe", "jar", "phone"}
+    assert set(groups["seen_only_in_2d"]["named"]) == {"bowling pin", "lime", "thermos", "toy car"}
+    for probe in groups.values():  # every answer is a name of the whole vocabulary, the described class among them
+        assert set(probe["named"].values()) <= set(result["vocabulary"])
+        assert all(c in result["vocabulary"] for c in probe["named"])
+        assert probe["descriptions"]["apple" if "apple" in probe["named"] else "lime"].endswith("sphere")
+    # no shot names a held-out category (the answer is not given away in the prompt)
+    assert not set(result["shots_from"]) & (set(groups["novel"]["named"]) | set(groups["seen_only_in_2d"]["named"]))
+    assert (out / "naming.svg").read_text().startswith("<svg")
+
+
+def test_chain_experiment_refuses_a_design_world(tmp_path, capsys):
+    assert main(["experiment", "chain", "--world-seed", "1", "--out", str(tmp_path / "o"),
+                 "--run-dir", str(tmp_path / "r")]) == 2
+    assert "designed the recipes" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_compare_experiment_quick(tmp_path):

@@ -44,7 +44,7 @@ def test_lift_2d_is_rejected_naming_the_stage_that_needs_estimators():
     ("stages", "pattern"),
     [
         ([{"name": "s1", "kind": "transfer_3d", "max_steps": 3}],
-         r"unknown stage kind 'transfer_3d' \(did you mean 'transfer_2d'\?\); valid kinds: \['4d_init', 'estimator_fit', 'finetune_4d', 'pseudo4d_init',"
+         r"unknown stage kind 'transfer_3d' \(did you mean 'transfer_2d'\?\); valid kinds: \['4d_init', 'attribute_fit', 'estimator_fit', 'finetune_4d', 'pseudo4d_init',"
          r" 'sam2_pretrain', 'transfer_2d'\]"),
         ([{"name": "s1"}], "exactly one of max_steps and epochs"),
         ([{"name": "s1", "max_steps": 3, "epochs": 1.0}], "exactly one of max_steps and epochs"),

@@ -20,6 +20,8 @@ functions only.
 * ``chain`` (:mod:`~psg4d.experiments.chain`): chained against direct inference with the tiny and
   the pretrained SmolLM2 LLM: recall, zero-shot recall on categories no training data showed,
   recall on categories only 2D images showed, and the label mapper's accuracy.
+* ``naming`` (:mod:`~psg4d.experiments.naming`): held-out categories named from their
+  descriptions alone by the LLM's language knowledge, over the whole vocabulary (no training).
 * ``compare`` (:mod:`~psg4d.experiments.compare`): the PSG4DFormer pipeline baseline (and its
   no-depth / no-temporal ablations) against the 4D-LLM with and without the transfer, on the HOI and
   GTA worlds: recall, mean tube vIoU, panoptic quality, training and prediction time.

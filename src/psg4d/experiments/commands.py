@@ -100,18 +100,41 @@ def chain_experiment(
     videos: int = typer.Option(200, "--videos", help="4D training videos."),
     images: int = typer.Option(800, "--images", help="2D training images lifted to pseudo-4D."),
     test_videos: int = typer.Option(30, "--test-videos", help="4D test videos scored."),
+    world_seed: int = typer.Option(29, "--world-seed", help="The judged world (never one that designed the recipes)."),
+    seeds: list[int] = typer.Option([0, 1, 2], "--seeds", help="Training seeds (repeatable): mean ± std over them."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (training and prediction)."),
     quick: bool = typer.Option(False, "--quick", help="Toy size: every stage a few steps (numbers meaningless)."),
 ) -> None:
     """Chained vs direct inference x tiny vs SmolLM2: recall, zero-shot recall on novel categories."""
     from psg4d.experiments.chain import ChainExperimentConfig, run
 
-    records = run(ChainExperimentConfig(out=out, run_dir=run_dir, llms=list(llms), videos=videos, images=images,
-                                        test_videos=test_videos, quick=quick))
-    for r in records:
+    result = run(ChainExperimentConfig(out=out, run_dir=run_dir, llms=list(llms), videos=videos, images=images,
+                                       test_videos=test_videos, world_seed=world_seed, seeds=list(seeds),
+                                       device=device, quick=quick))
+    for r in result["summary"]:
         mode = r["mode"] + (f" ({r['naming']})" if r["naming"] else "")
-        typer.echo(f"{r['llm']:<14}{mode:<20} pvsg R@50 {r['metrics']['pvsg'].get('R@50', float('nan')):6.2f}"
-                   f"  zR@50 novel {r['zR@50_novel']}  seen-only-in-2D R@50 {r['recall@50_seen_only_in_2d']}"
-                   f"  mapper {r['mapper_accuracy']}")
+        r50, z50 = r["metrics.pvsg.R@50"], r["zR@50_novel"]
+        typer.echo(f"{r['llm']:<14}{mode:<20} pvsg R@50 {r50['mean']} ± {r50['std']}"
+                   f"  zR@50 novel {z50['mean']} ± {z50['std']}  turns at the limit {r['turns_at_limit']['mean']}"
+                   f"  naming {r['naming_probe.accuracy']['mean']} (chance {result['naming_chance']})")
+
+
+@experiment_app.command("naming")
+def naming_experiment(
+    out: Path = typer.Option(
+        Path("runs/experiments/naming"), "--out",
+        help="Folder for naming.json and naming.svg (bench/results: the shipped ones, which BENCHMARKS.md cites).",
+    ),
+    llm: str = typer.Option("smollm2-135m", "--llm", help="smollm2-135m (pretrained) or tiny (random: chance)."),
+    quick: bool = typer.Option(False, "--quick", help="The tiny LLM (numbers meaningless)."),
+) -> None:
+    """Held-out categories named from their descriptions alone by the LLM, over the whole vocabulary."""
+    from psg4d.experiments.naming import NamingConfig, run
+
+    result = run(NamingConfig(out=out, llm=llm, quick=quick))
+    for group, probe in result["groups"].items():
+        typer.echo(f"{group:<18} named right {probe['accuracy']:.2f}  {probe['named']}")
+    typer.echo(f"all                named right {result['accuracy']:.2f} (chance {result['chance']:.3f})")
 
 
 @experiment_app.command("compare")

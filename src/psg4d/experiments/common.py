@@ -4,6 +4,8 @@ videos and scoring them under both protocols.
 Public, so an experiment builds on these (or on another experiment's public functions, such as
 :func:`psg4d.experiments.transfer.train_transfer`), never on another experiment's private ones.
 
+* the fair protocol (BENCHMARKS.md) — :data:`DESIGN_WORLDS` (never judged on),
+  :func:`refuse_design_world`, :func:`mean_std` (over training seeds);
 * worlds — :func:`synthetic_world`: the world whose splits hold the videos and images an experiment
   needs, synthesised once and then reused; the split arithmetic is
   :func:`psg4d.data.synth.items_for_splits` (the inverse of the synthesiser's own split, with its
@@ -26,6 +28,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
+import numpy as np
+
+from psg4d.errors import ConfigError
+
 if TYPE_CHECKING:
     from psg4d.data.synth.reuse import Reuse
     from psg4d.data.schema import SceneGraph4D
@@ -38,6 +44,23 @@ QUICK_MAX_NEW_TOKENS = 48
 TINY_PRESET = "hoi_tiny.yaml"
 #: what the tiny model's ``4d_init`` stage trains: everything, from scratch
 FROM_SCRATCH = ("encoder", "projector", "llm", "obj_proj", "mask_decoder")
+# seeds of the worlds that designed psg4d's recipes (BENCHMARKS.md, fair protocol): never judged on
+DESIGN_WORLDS = (0, 1, 11)
+
+
+def refuse_design_world(world_seed: int, *, quick: bool = False) -> None:
+    """Judged numbers come from a world never used for design (``--quick`` toy runs may use any)."""
+    if world_seed in DESIGN_WORLDS and not quick:
+        raise ConfigError(f"--world-seed {world_seed} designed the recipes (seeds {DESIGN_WORLDS}); "
+                          "judged numbers need a world never used for design")
+
+
+def mean_std(values: Iterable[float | None]) -> dict[str, float | None]:
+    """``{"mean", "std"}`` over the runs (sample std, 0 for one run); runs with no value are left out."""
+    a = np.array([v for v in values if v is not None], dtype=float)
+    if a.size == 0:
+        return {"mean": None, "std": None}
+    return {"mean": round(float(a.mean()), 4), "std": round(float(a.std(ddof=1)) if a.size > 1 else 0.0, 4)}
 
 
 # ----------------------------------------------------------------------------- worlds

@@ -35,10 +35,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from psg4d.errors import ConfigError
-from psg4d.experiments.common import TINY_PRESET, protocol_metrics, train_or_reuse
+from psg4d.experiments.common import (
+    DESIGN_WORLDS, TINY_PRESET, mean_std, protocol_metrics, refuse_design_world, train_or_reuse,
+)
 from psg4d.train.stages import preset_experiment
 from psg4d.experiments.output import check_output_folder, machine_info
 from psg4d.utils.io import atomic_write_json
@@ -52,8 +52,6 @@ ARMS: dict[str, list[str]] = {
     "time": ["model.encoder.frame_grid=2", "model.time_reversal=0.5"],
     "region": ["model.encoder.frame_grid=0", "model.time_reversal=0.0", "model.region.enabled=true"],
 }
-# seeds of the worlds that designed psg4d's recipes (BENCHMARKS.md, fair protocol): never judged on
-DESIGN_WORLDS = (0, 1, 11)
 # where the settings both arms inherit from hoi_tiny came from (recorded in the JSON)
 PRESET_SETTINGS = "the hoi_tiny preset's own settings (tag_source segmentation, tag_min_area, max_new_pairs 80, ...)"
 PRESET_SETTINGS_SOURCE = ("chosen in earlier sessions on design world 1, partly from its test split (BENCHMARKS.md, "
@@ -79,9 +77,7 @@ class ReadingConfig:
         unknown = [a for a in self.arms if a not in ARMS]
         if unknown:
             raise ConfigError(f"unknown arm(s) {unknown}; options: {sorted(ARMS)}")
-        if self.world_seed in DESIGN_WORLDS and not self.quick:
-            raise ConfigError(f"--world-seed {self.world_seed} designed the recipes (seeds {DESIGN_WORLDS}); "
-                              "judged numbers need a world never used for design")
+        refuse_design_world(self.world_seed, quick=self.quick)
         if self.quick:
             self.videos, self.frames, self.steps, self.seeds, self.probe_videos = 20, 8, 4, self.seeds[:1], 3
 
@@ -145,13 +141,6 @@ def _rounded(x: float | None) -> float | None:
     return None if x is None else round(float(x), 4)
 
 
-def _mean_std(values: list[float | None]) -> dict[str, float | None]:
-    a = np.array([v for v in values if v is not None], dtype=float)  # runs with nothing probed left out
-    if a.size == 0:
-        return {"mean": None, "std": None}
-    return {"mean": round(float(a.mean()), 4), "std": round(float(a.std(ddof=1)) if a.size > 1 else 0.0, 4)}
-
-
 SUMMARY_KEYS = ("ranked.pvsg_R@50", "ranked.pvsg_mR@50", "ranked.volumetric_R@50", "text_only.pvsg_R@50",
                 "grounding_top1", "grounding_gap", "reversed_accuracy", "forward_accuracy", "train_s")
 
@@ -204,7 +193,7 @@ def run(cfg: ReadingConfig) -> dict[str, Any]:
                      rec["ranked"]["pvsg_R@50"], rec["text_only"]["pvsg_R@50"], rec["grounding_top1"],
                      rec["reversed_accuracy"])
             runs.append(rec)
-    summary = {arm: {k: _mean_std([_get(r, k) for r in runs if r["arm"] == arm]) for k in SUMMARY_KEYS}
+    summary = {arm: {k: mean_std([_get(r, k) for r in runs if r["arm"] == arm]) for k in SUMMARY_KEYS}
                for arm in cfg.arms}
     result = {
         "judged_on_world_seed": cfg.world_seed,

@@ -10,10 +10,12 @@ before it saw any video), few-shot with the descriptions training did connect to
     Object: tall green cylinder. Name: bottle.
     Object: small red sphere. Name:            -> " apple."
 
-* with a target vocabulary (``vocabulary``): every name training never used is scored as the
-  continuation ``" <name>."`` and the best one wins. Scores are calibrated against the same
-  name after a neutral description (``Object: object.``): the log-probability the description
-  *adds* to the name, so frequent short words do not win by being frequent;
+* with a target vocabulary (``vocabulary``): every name of the **whole** vocabulary is scored as
+  the continuation ``" <name>."`` and the best one wins, so chance is ``1 / len(vocabulary)``
+  (:attr:`LanguageCategoriser.chance`; a namer offered only the names training never used would
+  be told the answer's set). Scores are calibrated against the same name after a neutral
+  description (``Object: object.``): the log-probability the description *adds* to the name, so
+  frequent short words do not win by being frequent;
 * without one: a short greedy answer up to the first ``.`` (free text, mapped to a dataset's
   vocabulary at evaluation by :mod:`psg4d.eval.labelmap`).
 
@@ -44,18 +46,19 @@ class LanguageCategoriser:
     """Names described objects with the LLM alone (keyword-only; see the module docstring)."""
 
     def __init__(self, *, llm: Any, tokenizer: Any, examples: dict[str, list[str]],
-                 vocabulary: Sequence[str] | None = None, known: Sequence[str] = (), max_examples: int = 12):
+                 vocabulary: Sequence[str] | None = None, max_examples: int = 12):
         self.llm = llm
         self.tokenizer = tokenizer
         shots = [(d, c) for c, ds in examples.items() for d in ds[:1] if d and d.lower() != c.lower()]
         self.shots = shots[:max_examples]
-        known_l = {k.lower() for k in known}
-        vocab = list(dict.fromkeys(vocabulary or []))
-        # names training used belong to descriptions training saw; an unseen description is of something else
-        unseen = [v for v in vocab if v.lower() not in known_l]
-        self.candidates = unseen or vocab
+        self.candidates = list(dict.fromkeys(vocabulary or []))
         self.free = vocabulary is None
         self._neutral: dict[str, float] | None = None
+
+    @property
+    def chance(self) -> float | None:
+        """The accuracy of a random pick among the candidates (None in free-text mode)."""
+        return None if self.free or not self.candidates else 1.0 / len(self.candidates)
 
     def _prompt(self, description: str) -> str:
         lines = [f"Object: {d}. Name: {c}." for d, c in self.shots]

@@ -4,13 +4,23 @@ relation, decide its span: four turns over the same visual tokens (:mod:`psg4d.m
 :meth:`ChainPredictor.predict`:
 
 1. **describe** — the prompt is the chain's first step; greedy decoding to ``<eos>``. Each listed
-   object's ``[Obj]`` hidden state prompts its tube (one batched decoder call). An object whose
+   object's ``[Obj]`` hidden state prompts its tube (one batched decoder call). With an attribute
+   head (``model.attribute_loss_weight``, :mod:`psg4d.model.attributes`) each tube's appearance is
+   read from the frames; a read description training never connected to a category makes it an
+   **unknown object**, named from that description by language alone. Otherwise, an object whose
    description is one the training graphs gave a category keeps the name the model wrote; one
    whose description training never saw, or whose name is not a training category, is named
    by :class:`~psg4d.infer.categorise.LanguageCategoriser` (the LLM's language knowledge, from
    the description alone): this is how a category that no training data showed can be named.
 2. **pairs**, 3. **relation**, 4. **span** — each prompt is appended after everything the LLM
    read so far (its KV cache continues) and decoding runs to the next ``<eos>``.
+
+Every turn is decoded under its grammar (:mod:`psg4d.model.chain_grammar`, applied token by token
+by :class:`~psg4d.model.constrained.GrammarLogitsProcessor`; ``PredictorConfig.constrained``):
+numbered items, object numbers the describe turn listed, pairs the pairs turn listed, frames inside
+the clip, and the end of the answer after the last item. The grammar's length bound is the turn's
+token budget, so no turn runs to a limit; the budget of the last three follows from the objects
+listed. The recorded step scores stay the model's own (unconstrained) log-probabilities.
 
 Ranking (recall at K needs more than the greedy answers), as the direct predictor ranks: a
 candidate's score is the log-probability of its relation line ``s p o`` under the LLM: the
@@ -21,8 +31,8 @@ predicate, teacher-forced as one more line after the relation answer. The pairs 
 through the context: the relation answer is written after it. A candidate's spans are the span
 step's for that triplet, else the frames where both tubes are present.
 
-Every turn is kept in ``meta["chain"]["steps"]`` (prompt, answer, how it stopped, what was read
-from it and the problems met), so a person can follow the model's reasoning; a malformed turn
+Every turn is kept in ``meta["chain"]["steps"]`` (prompt, answer, how it stopped, its token budget,
+what was read from it and the problems met), so a person can follow the model's reasoning; a malformed turn
 (unknown object, invalid span, no ``<eos>``) still gives a valid scene graph.
 """
 
@@ -36,9 +46,11 @@ from typing import Any
 from psg4d.data.schema import SceneGraph4D, Video4D
 from psg4d.infer.categorise import LanguageCategoriser
 from psg4d.infer.predictor import Predictor, PredictorConfig, graph_meta, scene_graph
+from psg4d.model.chain_grammar import DescribeGrammar, PairsGrammar, RelationGrammar, SpanGrammar
 from psg4d.model.chain_text import (
     STEPS, ChainObject, normalize_description, parse_describe, parse_pairs, parse_relations, parse_spans,
 )
+from psg4d.model.constrained import GrammarLogitsProcessor, token_alphabet
 from psg4d.model.generation import Generation
 from psg4d.model.grammar import clean_phrase
 from psg4d.model.psg4d_llm import PSG4DModel
@@ -64,9 +76,11 @@ class ChainPredictor:
         self.vocab = {c.lower(): c for c in mc.object_vocab}
         self.known_descriptions = {normalize_description(d): c for c, ds in mc.category_descriptions.items()
                                    for d in ds}
+        ids = self.prompt.ids
+        self._alphabet = token_alphabet(model.tokenizer, obj_id=ids.obj, eos_id=ids.eos,
+                                        banned=self.prompt.banned_ids()) if self.config.constrained else None
         self.namer = LanguageCategoriser(llm=model.llm, tokenizer=model.tokenizer,
-                                         examples=mc.category_descriptions, vocabulary=self.config.vocabulary,
-                                         known=mc.object_vocab)
+                                         examples=mc.category_descriptions, vocabulary=self.config.vocabulary)
 
     # what every family's predictor offers the commands (psg4d.families.VideoPredictor)
     max_frames = property(lambda self: self.base.max_frames)
@@ -74,27 +88,59 @@ class ChainPredictor:
     max_candidates = property(lambda self: self.base.max_candidates)
 
     # ------------------------------------------------------------- turns
+    def _grammar(self, step: str, answers: list[str], num_frames: int):
+        """The grammar of turn ``step`` given the earlier turns' ``answers`` (psg4d.model.chain_grammar)."""
+        if step == "describe":
+            return DescribeGrammar(self.config.chain_max_objects)
+        known = [o.index for o in parse_describe(answers[0]).items]
+        if step == "pairs":
+            return PairsGrammar(known)
+        pairs = parse_pairs(answers[1], set(known)).items
+        if step == "relation":
+            return RelationGrammar(pairs)
+        relations = parse_relations(answers[2], set(known)).items
+        return SpanGrammar(relations, num_frames - 1)
+
     def _turns(self, ctx) -> tuple[list[dict[str, Any]], list[Generation]]:
-        """Run the four turns -> (step records, generations)."""
+        """Run the four turns -> (step records, generations). Constrained (the default), each turn
+        is decoded under its grammar, whose length bound is the turn's token budget
+        (``max_new_tokens``, when set, caps it); free, every turn gets the same limit."""
         eos = self.prompt.ids.eos
-        limit = self.config.max_new_tokens or self.model.config.chain_step_tokens
         records, gens = [], []
         context: list[int] = []
         for k, step in enumerate(STEPS):
             text = "" if k == 0 else self.prompt.chain_templates.render(step, num_frames=ctx.num_frames)
             context = context + (self.prompt.text_ids(text) if text else [])
-            gen = self.generator.generate(ctx, max_new_tokens=limit, after=context)
+            processor = None
+            limit = self.config.max_new_tokens or self.model.config.chain_step_tokens
+            if self.config.constrained:
+                grammar = self._grammar(step, [r["answer"] for r in records], ctx.num_frames)
+                processor = GrammarLogitsProcessor(grammar, self._alphabet)
+                limit = min(grammar.max_chars() + 1, self.config.max_new_tokens or grammar.max_chars() + 1)
+            gen = self.generator.generate(ctx, max_new_tokens=limit, after=context, logits_processor=processor,
+                                          max_repeats=None if processor is not None else 3)
             ended = bool(gen.token_ids) and gen.token_ids[-1] == eos
             records.append({"step": step, "prompt": text or self.prompt.chain_templates.render(step, num_frames=ctx.num_frames),
-                            "answer": gen.text, "stopped": "eos" if ended else "length", "items": [], "problems": []})
+                            "answer": gen.text, "stopped": "eos" if ended else "length", "budget": limit,
+                            "items": [], "problems": []})
             if not ended:
                 records[-1]["problems"].append(f"{step}: no end of answer within {limit} tokens; cut there")
+            if processor is not None and processor.dead_end:
+                records[-1]["problems"].append(f"{step}: the tokenizer cannot spell what the grammar needed; ended")
             gens.append(gen)
             context = gen.context_after(eos) + [eos]
         return records, gens
 
     # ----------------------------------------------------------- objects
-    def _name(self, obj: ChainObject) -> dict[str, Any]:
+    def _name(self, obj: ChainObject, read: str | None = None) -> dict[str, Any]:
+        """The object's category and where it came from. ``read``: what the attribute head read
+        from the frames under its tube; one training never connected to a category makes it an
+        **unknown object**, named from that description by language alone."""
+        if read is not None and normalize_description(read) not in self.known_descriptions:
+            naming = self.namer(read)
+            return {"category": naming.name or obj.category, "model_category": obj.category,
+                    "source": f"language ({naming.how}; unknown object: the frames read {read!r})",
+                    **({"language_score": naming.score} if naming.score is not None else {})}
         seen = normalize_description(obj.description) in self.known_descriptions
         if seen and obj.category.lower() in self.vocab:
             return {"category": self.vocab[obj.category.lower()], "source": "model"}
@@ -117,8 +163,10 @@ class ChainPredictor:
         listed = [o for o in described.items if o.obj_index < n_tok]
         if len(listed) < len(described.items):
             described.problems.append("describe: an object's [Obj] was never read; skipped")
-        tubes = self.base.reader.tubes(ctx, gens[0].obj_hidden[[o.obj_index for o in listed]], size) if listed else []
-        names = [self._name(o) for o in listed]
+        hidden = gens[0].obj_hidden[[o.obj_index for o in listed]]
+        tubes = self.base.reader.tubes(ctx, hidden, size) if listed else []
+        read = self.generator.read_descriptions(ctx, video, hidden)
+        names = [self._name(o, r) for o, r in zip(listed, read)]
         position = {o.index: i for i, o in enumerate(listed)}  # the answer's number -> object index
         records[0]["items"] = [{"index": o.index, "description": o.description, "object_id": position[o.index], **n}
                                for o, n in zip(listed, names)]
@@ -143,8 +191,9 @@ class ChainPredictor:
         ranked = self.base.ranked(objects, list(cands.values()))
         meta = dict(graph_meta(gens[0], 0), ranking=asdict(self.base.ranking))
         graph = scene_graph(self.model.config, video.video_id, video.num_frames, size, meta, objects, ranked, owner)
-        for track, o, n in zip(graph.objects, listed, names):
+        for track, o, n, r in zip(graph.objects, listed, names, read):
             track.attributes.update({"description": o.description, "category_source": n["source"],
+                                     **({"read_description": r} if r is not None else {}),
                                      **({"model_category": n["model_category"]} if "model_category" in n else {})})
         graph.meta["generated_text"] = " | ".join(r["answer"] for r in records)
         graph.meta["num_generated_tokens"] = sum(len(g.token_ids) for g in gens)

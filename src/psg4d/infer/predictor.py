@@ -62,10 +62,16 @@ class PredictorConfig:
     # Chain mode: the class names an object of a kind training never named may get (scored by the
     # LLM's language knowledge); None: it names such an object in free text.
     vocabulary: list[str] | None = None
+    # Chain mode: each turn decoded under its grammar (psg4d.model.chain_grammar), so every turn
+    # ends and reads back whole; False: free greedy decoding up to the token limit (the old way).
+    constrained: bool = True
+    chain_max_objects: int = 16  # objects the describe turn may list
 
     def __post_init__(self) -> None:
         if self.mode not in (*PREDICT_MODES, "auto"):
             raise ConfigError(f"predict mode must be one of {', '.join(PREDICT_MODES)} or auto, got {self.mode!r}")
+        if self.chain_max_objects < 1:
+            raise ConfigError(f"chain_max_objects must be >= 1, got {self.chain_max_objects}")
 
 
 @dataclass

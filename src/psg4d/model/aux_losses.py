@@ -3,9 +3,11 @@
 
 * :meth:`AuxiliaryObjectives._auxiliary_losses` — the optional heads' losses added to the LLM
   objective: SAM2's semantic head, the tag head, the ``[Obj]`` category head, the scene encoder's
-  segmentation head and, under ``llm+estimators``, the imagined clips' feature match;
+  segmentation head, the attribute head and, under ``llm+estimators``, the imagined clips' feature match;
 * :meth:`AuxiliaryObjectives._estimator_objective` — the ``estimator_fit`` stage's objective
-  (``transfer.objective: estimators``): the 2D-to-4D estimators alone, no LLM pass.
+  (``transfer.objective: estimators``): the 2D-to-4D estimators alone, no LLM pass;
+* :meth:`AuxiliaryObjectives._attribute_objective` — the ``attribute_fit`` stage's objective
+  (``transfer.objective: attributes``): the attribute head alone on the frozen encoder's maps.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from psg4d.errors import ConfigError, DataError
+from psg4d.model.attributes import attribute_loss
 from psg4d.model.estimators import estimator_losses, pseudo_feature_losses
 from psg4d.model.losses import segmentation_loss
 from psg4d.model.tokens import OBJ_TOKEN
@@ -32,7 +35,7 @@ class AuxiliaryObjectives:
     def _auxiliary_losses(
         self, loss: torch.Tensor, tf: "TeacherForcing", mask: dict[str, torch.Tensor], *, objective: str,
         tags: torch.Tensor | None, obj_categories: list[torch.Tensor] | None, semantic: torch.Tensor | None,
-        lifted: torch.Tensor | None,
+        lifted: torch.Tensor | None, rgb: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``loss`` (text + mask) plus each configured head's weighted loss, and those losses by name.
         Each term is added as soon as it is computed, in a fixed order: the autograd graph, and so the
@@ -51,6 +54,9 @@ class AuxiliaryObjectives:
         if self.seg_head is not None and semantic is not None:
             extra["loss_seg"] = self.segmentation_loss(tf.enc.dense, semantic)
             loss = loss + cfg.seg_loss_weight * extra["loss_seg"]
+        if self.attribute_head is not None and semantic is not None and rgb is not None:
+            extra["loss_attr"] = self.attribute_objective_loss(tf.enc.dense, rgb, semantic)
+            loss = loss + cfg.attribute_loss_weight * extra["loss_attr"]
         if objective == "llm+estimators":
             fm = self._pseudo_feature_losses(tf, lifted)
             if fm is not None:
@@ -88,6 +94,24 @@ class AuxiliaryObjectives:
         losses = estimator_losses(self.estimators, real.rgb[keep], None if real.depth is None else real.depth[keep],
                                   self.encoder.fusion, self.config.transfer)
         return {"loss": losses.pop("total"), **{f"loss_{k}": v for k, v in losses.items()}}
+
+    def _attribute_objective(self, rgb: torch.Tensor, depth: torch.Tensor | None,
+                             disparity_scale: torch.Tensor | None,
+                             semantic: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The ``attribute_fit`` stage: the attribute head alone on the scene encoder's maps (no LLM pass)."""
+        if self.attribute_head is None or semantic is None:
+            raise ConfigError("model.transfer.objective 'attributes' needs model.attribute_loss_weight > 0")
+        with torch.no_grad():  # the encoder is frozen in this stage: its maps are inputs
+            _, enc, _, _ = self.encode_scene(rgb, depth, disparity_scale)
+        loss = self.attribute_objective_loss(enc.dense, rgb, semantic)
+        return {"loss": loss, "loss_attr": loss}
+
+    def attribute_objective_loss(self, dense: torch.Tensor, rgb: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
+        """:func:`~psg4d.model.attributes.attribute_loss` of ``attribute_head(dense [B, T, D, h, w],
+        rgb [B, T, 3, H, W])`` against ``semantic [B, T, S, S]``."""
+        b, t, d, h, w = dense.shape
+        logits = self.attribute_head(dense.reshape(b * t, d, h, w), rgb.reshape(b * t, *rgb.shape[2:]))
+        return attribute_loss(logits, semantic.reshape(b * t, *semantic.shape[-2:]), self._attribute_table)
 
     def _obj_category_loss(self, tf: "TeacherForcing", obj_categories: list[torch.Tensor]) -> torch.Tensor:
         """Cross-entropy of the ``[Obj]`` category head on every ``[Obj]`` hidden state against

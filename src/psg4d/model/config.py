@@ -137,6 +137,12 @@ class ModelConfig:
     # The descriptions the training graphs give each category (filled from the data, like
     # object_vocab): a description outside them is of an object training never named.
     category_descriptions: dict[str, list[str]] = field(default_factory=dict)
+    # Attributes read from the frames (psg4d.model.attributes): one per-cell classifier per field
+    # of the synthetic world's descriptions (size, colour, shape, pattern, pattern colour) over the
+    # scene encoder's map and the frame's colours, trained from the per-pixel category maps and
+    # category_descriptions. The chained predictor reads each tube's description with it: a
+    # description training never connected to a category is an unknown object. 0: no head.
+    attribute_loss_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.time_reversal <= 1.0:
@@ -159,7 +165,8 @@ class ModelConfig:
             raise ConfigError(
                 "model.tag_tokens / model.tag_words need model.tag_loss_weight > 0 (the tagging head picks the tags)"
             )
-        for name in ("text_loss_weight", "mask_loss_weight", "tag_loss_weight", "seg_loss_weight", "obj_cls_loss_weight"):
+        for name in ("text_loss_weight", "mask_loss_weight", "tag_loss_weight", "seg_loss_weight", "obj_cls_loss_weight",
+                     "attribute_loss_weight"):
             value = getattr(self, name, 0.0)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"model.{name}: must be a finite number >= 0, got {value!r}")

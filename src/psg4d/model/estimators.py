@@ -39,7 +39,7 @@ from psg4d.model.merging import sinusoid
 # What a training stage optimises (``TransferConfig.objective``) and how it makes a 4D sample's
 # features (``TransferConfig.pathway``); explicit tables, set per stage kind.
 # "masks": SAM2's promptable video segmentation alone (the ``sam2_pretrain`` stage; no LLM pass).
-OBJECTIVES = ("llm", "estimators", "llm+estimators", "masks")
+OBJECTIVES = ("llm", "estimators", "llm+estimators", "masks", "attributes")
 PATHWAYS = ("real", "pseudo")
 
 

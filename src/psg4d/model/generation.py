@@ -28,12 +28,13 @@ there, so later scoring conditions on exactly what the cache held.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
 
 from psg4d.data.schema import Video4D
+from psg4d.model.attributes import read_descriptions
 from psg4d.model.batching import resample_indices, video_tensors
 from psg4d.model.contexts import Generation, GenerationCache, VideoContext, cache_kwarg
 from psg4d.model.encoder import disparity_scale_of
@@ -132,7 +133,7 @@ class SceneGraphGenerator(TeacherForcedScoring):
     @torch.inference_mode()
     def generate(
         self, video: Video4D | VideoContext, *, max_new_tokens: int | None = None, max_repeats: int | None = 3,
-        after: Sequence[int] = (),
+        after: Sequence[int] = (), logits_processor: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> Generation:
         """Greedy decoding with the KV cache; collects the hidden state at every generated ``[Obj]``.
 
@@ -141,7 +142,12 @@ class SceneGraphGenerator(TeacherForcedScoring):
 
         A small greedy LM easily loops on one triplet. A triplet whose tokens repeat an earlier
         one exactly is dropped from the output (tokens, log-probabilities and ``[Obj]`` states),
-        and after ``max_repeats`` such repeats in a row decoding stops (None: never drop)."""
+        and after ``max_repeats`` such repeats in a row decoding stops (None: never drop).
+
+        ``logits_processor`` (a ``transformers`` ``LogitsProcessor``, e.g. a grammar's
+        :class:`~psg4d.model.constrained.GrammarLogitsProcessor`) restricts which token is chosen,
+        given the tokens written so far; the step log-probabilities stay the model's own, so they
+        compare with teacher-forced scores."""
         ctx = video if isinstance(video, VideoContext) else self.encode_video(video)
         ids, dev = self.ids, self.device
         seen: set[tuple[int, ...]] = set()
@@ -177,7 +183,9 @@ class SceneGraphGenerator(TeacherForcedScoring):
                 fed.append(rid)
                 embeds = self._embed(ctx, [rid])
                 continue
-            nxt = int(torch.argmax(logp))
+            choose = logp if logits_processor is None else logits_processor(
+                torch.tensor([tokens], dtype=torch.long), logp[None])[0]
+            nxt = int(torch.argmax(choose))
             tokens.append(nxt)
             positions.append(len(fed))
             logps.append(float(logp[nxt]))
@@ -250,6 +258,19 @@ class SceneGraphGenerator(TeacherForcedScoring):
         return f" {OBJ_TOKEN} ".join(t.strip() for t in texts).strip()
 
     # ------------------------------------------------------------------ masks
+    @torch.inference_mode()
+    def read_descriptions(self, ctx: VideoContext, video: Video4D, obj_hidden: torch.Tensor) -> list[str | None]:
+        """What the tube of each ``[Obj]`` state ``obj_hidden [N, H]`` looks like, read from ``video``'s
+        frames by the attribute head (:func:`psg4d.model.attributes.read_descriptions`); all None
+        without one."""
+        head = self.model.attribute_head
+        if head is None or obj_hidden.shape[0] == 0:
+            return [None] * obj_hidden.shape[0]
+        idx = resample_indices(video.num_frames, ctx.num_frames)
+        rgb, _ = video_tensors(video, idx, self.model.config.image_size)
+        logits, _ = self.decode_masks(ctx, obj_hidden)  # [N, T, h, w]
+        return read_descriptions(head, ctx.dense, rgb.to(self.device), logits > 0)
+
     @torch.inference_mode()
     def decode_masks(self, ctx: VideoContext, obj_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``obj_hidden [N, H]`` -> ``(mask_logits [N, T, h, w], iou_pred [N, T])`` in one decoder call;

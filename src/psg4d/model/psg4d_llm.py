@@ -46,7 +46,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from psg4d.data.schema import Sample
+from psg4d.data.synth.describe import attribute_values, description_fields
 from psg4d.errors import CheckpointError, ConfigError
+from psg4d.model.attributes import AttributeHead, attribute_table
 from psg4d.model.aux_losses import AuxiliaryObjectives
 from psg4d.model.batching import SceneGraphCollator
 from psg4d.model.config import ModelConfig
@@ -88,6 +90,7 @@ class PSG4DModel(TubeObjectives, RegionFeedback, PromptTags, AuxiliaryObjectives
         obj_cls_head: nn.Module | None = None,
         estimators: FeatureEstimators | None = None,
         region_encoder: RegionEncoder | None = None,
+        attribute_head: AttributeHead | None = None,
     ):
         super().__init__()
         self.config = config
@@ -101,6 +104,11 @@ class PSG4DModel(TubeObjectives, RegionFeedback, PromptTags, AuxiliaryObjectives
         self.obj_cls_head = obj_cls_head  # [Obj] hidden state -> category logits (auxiliary loss); optional
         self.estimators = estimators  # the 2D-to-4D transfer's F_de, F_rte, F_dte; optional
         self.region_encoder = region_encoder  # a decoded tube -> the input after its [Obj]; optional
+        self.attribute_head = attribute_head  # dense maps + colours -> per-cell attribute logits; optional
+        if attribute_head is not None:
+            # [V_obj + 1, F] each category's attribute values (from its description), the targets
+            self.register_buffer("_attribute_table", attribute_table(
+                attribute_head.values, config.object_vocab, config.category_descriptions), persistent=False)
         if region_encoder is not None:
             # training forwards so far: the gold/decoded region schedule (saved, so a resumed run continues it)
             self.register_buffer("region_forwards", torch.zeros((), dtype=torch.long))
@@ -113,7 +121,8 @@ class PSG4DModel(TubeObjectives, RegionFeedback, PromptTags, AuxiliaryObjectives
         # per-pixel categories feed the scene encoder's segmentation head and SAM2's semantic head
         sam2_semantic = getattr(mask_decoder, "semantic_head", None) is not None
         self.collator = SceneGraphCollator(config=config, prompt=self.prompt,
-                                           with_semantic=seg_head is not None or sam2_semantic)
+                                           with_semantic=seg_head is not None or sam2_semantic
+                                           or attribute_head is not None)
         rows = self.llm.get_input_embeddings().weight.shape[0]
         if rows < len(tokenizer):
             raise CheckpointError(f"LLM has {rows} embedding rows but the tokenizer has {len(tokenizer)} tokens")
@@ -158,6 +167,7 @@ class PSG4DModel(TubeObjectives, RegionFeedback, PromptTags, AuxiliaryObjectives
             if cfg.transfer.estimators else None,
             region_encoder=RegionEncoder(in_dim=cfg.encoder.dim, dim=cfg.region.dim, frames=cfg.max_frames,
                                          hidden=hidden) if cfg.region.enabled else None,
+            attribute_head=_attribute_head(cfg),
         )
 
     @classmethod
@@ -315,6 +325,8 @@ class PSG4DModel(TubeObjectives, RegionFeedback, PromptTags, AuxiliaryObjectives
         objective = cfg.transfer.objective if self.training or cfg.transfer.objective == "masks" else "llm"
         if objective == "estimators":
             return self._estimator_objective(rgb, depth, disparity_scale, lifted)
+        if objective == "attributes":
+            return self._attribute_objective(rgb, depth, disparity_scale, semantic)
         if objective == "masks":
             return self.promptable_loss(rgb, object_masks, semantic)
         tf = self.teacher_forced(target_ids=target_ids, target_mask=target_mask, rgb=rgb, depth=depth,
@@ -327,7 +339,8 @@ class PSG4DModel(TubeObjectives, RegionFeedback, PromptTags, AuxiliaryObjectives
         mask = self.tube_loss(tf, rgb, mask_targets, mask_valid, obj_ids, semantic)
         loss = cfg.text_loss_weight * loss_text + cfg.mask_loss_weight * mask["total"]
         loss, extra = self._auxiliary_losses(loss, tf, mask, objective=objective, tags=tags,
-                                             obj_categories=obj_categories, semantic=semantic, lifted=lifted)
+                                             obj_categories=obj_categories, semantic=semantic, lifted=lifted,
+                                             rgb=rgb)
         return {
             "loss": loss,
             "loss_text": loss_text,
@@ -359,3 +372,13 @@ class PSG4DModel(TubeObjectives, RegionFeedback, PromptTags, AuxiliaryObjectives
         categories = self.obj_cls_head(obj_hidden.to(self.obj_cls_head.weight.dtype)).float().softmax(-1)
         return self.mask_decoder.region_masks(features, categories, videos.to(categories.device),
                                               logits=semantic_logits)
+
+
+def _attribute_head(cfg: ModelConfig) -> AttributeHead | None:
+    """The attribute head of ``cfg`` (``attribute_loss_weight > 0``), or None."""
+    if cfg.attribute_loss_weight <= 0:
+        return None
+    if not cfg.object_vocab or not any(description_fields(d) for ds in cfg.category_descriptions.values() for d in ds):
+        raise ConfigError("model.attribute_loss_weight > 0 needs category descriptions made of attribute words "
+                          "(model.category_descriptions, filled from the synthetic world's data)")
+    return AttributeHead(dim=cfg.encoder.dim, values=attribute_values())

@@ -245,7 +245,9 @@ def with_data_vocab(cfg: ExperimentConfig, opener: DatasetOpener | None = None) 
     """
     model = cfg.model
     wanted = [a for a in ("object_vocab", "predicate_vocab") if hasattr(model, a) and not getattr(model, a)]
-    if getattr(model, "chain_prob", 0) > 0 and not model.category_descriptions:
+    describes = getattr(model, "chain_prob", 0) > 0 or getattr(model, "attribute_loss_weight", 0) > 0 or any(
+        dict(s.kind_spec.model_settings).get("attribute_loss_weight", 0) > 0 for s in cfg.stages)
+    if describes and not model.category_descriptions:
         wanted.append("category_descriptions")
     if not wanted:
         return cfg

@@ -45,6 +45,9 @@ class StageKind:
     # Model-config fields (dotted) this kind sets: what the model builds and what its forward
     # optimises in this stage (the 4D-LLM's `transfer` settings).
     model_settings: tuple[tuple[str, Any], ...] = ()
+    # Kinds one of which must come earlier in the run when the stage starts from the previous
+    # stage's weights: it keeps the modules they added (and says so in its model_settings).
+    needs_earlier: tuple[str, ...] = ()
 
 
 # The stage that needs the estimators to lift 2D scene graphs into 4D; named in
@@ -52,7 +55,7 @@ class StageKind:
 LIFT_2D_STAGE = "transfer_2d"
 
 # modules only some model configs build (auxiliary heads, the region-feedback encoder)
-_HEADS = ("tag_head", "seg_head", "obj_cls_head", "region_encoder")
+_HEADS = ("tag_head", "seg_head", "obj_cls_head", "region_encoder", "attribute_head")
 _ESTIMATORS = ("transfer.estimators", True)
 
 STAGE_KINDS: dict[str, StageKind] = {
@@ -96,6 +99,16 @@ STAGE_KINDS: dict[str, StageKind] = {
         default_trainable=("projector", "llm", "obj_proj", "mask_decoder"),
         lifts_2d=True,
         model_settings=(_ESTIMATORS, ("transfer.objective", "llm"), ("transfer.pathway", "real")),
+    ),
+    # after the transfer (open vocabulary): the attribute head (psg4d.model.attributes) alone on the
+    # frozen scene encoder's maps, from the per-pixel category maps and the categories' descriptions;
+    # the chained predictor reads what each tube looks like with it (the "unknown object" outcome)
+    "attribute_fit": StageKind(
+        default_trainable=("attribute_head",),
+        new_modules=("attribute_head",),
+        model_settings=(_ESTIMATORS, ("attribute_loss_weight", 1.0), ("transfer.objective", "attributes"),
+                        ("transfer.pathway", "real")),
+        needs_earlier=("estimator_fit",),
     ),
 }
 
@@ -295,6 +308,10 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"{where}: epochs must be > 0")
         if s.init == INIT_PREVIOUS and i == 0:
             raise ConfigError(f"{where}: init 'previous' but this is the first stage")
+        earlier = s.kind_spec.needs_earlier
+        if earlier and s.init == INIT_PREVIOUS and not any(e.kind in earlier for e in cfg.stages[:i]):
+            raise ConfigError(f"{where}: a {s.kind!r} stage keeps the modules of an earlier {' or '.join(earlier)} "
+                              "stage; put one before it")
         for prefix, lr in s.lr.items():
             if not (math.isfinite(lr) and lr >= 0):
                 raise ConfigError(f"{where}: lr[{prefix!r}] must be a finite number >= 0, got {lr}")

@@ -117,3 +117,60 @@ def attribute_words() -> list[str]:
     phrases = [*SIZE_WORDS, *COLOUR_WORDS, *SHAPE_WORDS, *(t for t in TEXTURE_WORDS.values() if t), "with"]
     phrases += list(FIXED_DESCRIPTIONS.values())
     return sorted({w for p in phrases for w in p.split()})
+
+
+# ----------------------------------------------------------------- attributes
+#: the fields a description is made of, in the order it writes them
+ATTRIBUTE_FIELDS: tuple[str, ...] = ("size", "colour", "shape", "pattern", "pattern colour")
+_SIZE_PHRASES: tuple[str, ...] = ("", "small", "large", "tall", "long", "wide", "flat", "small flat", "large flat")
+
+
+def attribute_values() -> dict[str, list[str]]:
+    """Every value of each field ("" where a description may leave it out), for attribute heads."""
+    return {"size": list(_SIZE_PHRASES), "colour": list(COLOUR_WORDS), "shape": list(SHAPE_WORDS),
+            "pattern": ["", *(t for t in TEXTURE_WORDS.values() if t)], "pattern colour": ["", *COLOUR_WORDS]}
+
+
+def _longest(words: list[str], options) -> str | None:
+    """The longest option (of one or two words) ``words`` starts with."""
+    for n in (2, 1):
+        head = " ".join(words[:n])
+        if len(words) >= n and head in options:
+            return head
+    return None
+
+
+def description_fields(text: str) -> dict[str, str] | None:
+    """The fields of a description :func:`describe_category` writes (None for one it cannot write,
+    e.g. a hand's): ``"tall white capsule with red stripes"`` -> size ``tall``, colour ``white``,
+    shape ``capsule``, pattern ``stripes``, pattern colour ``red``."""
+    words = str(text).lower().split()
+    values = attribute_values()
+    size = _longest(words, [v for v in values["size"] if v]) or ""
+    rest = words[len(size.split()):]
+    colour = _longest(rest, values["colour"])
+    if colour is None:
+        return None
+    rest = rest[len(colour.split()):]
+    if not rest or rest[0] not in values["shape"]:
+        return None
+    shape, rest = rest[0], rest[1:]
+    pattern = pattern_colour = ""
+    if rest:
+        if rest[0] != "with":
+            return None
+        pattern_colour = _longest(rest[1:], values["colour"]) or ""
+        tail = rest[1 + len(pattern_colour.split()):]
+        if not pattern_colour or len(tail) != 1 or tail[0] not in values["pattern"][1:]:
+            return None
+        pattern = tail[0]
+    return {"size": size, "colour": colour, "shape": shape, "pattern": pattern, "pattern colour": pattern_colour}
+
+
+def compose_description(fields: dict[str, str]) -> str:
+    """The description of ``fields`` (:func:`description_fields`' inverse); a pattern is written
+    only with both its colour and its kind."""
+    words = [fields.get("size", ""), fields["colour"], fields["shape"]]
+    if fields.get("pattern") and fields.get("pattern colour"):
+        words += ["with", fields["pattern colour"], fields["pattern"]]
+    return " ".join(w for w in words if w)

@@ -1,0 +1,136 @@
+"""Scoring of the ``chain`` experiment (:mod:`psg4d.experiments.chain`): one arm's predictions
+(:func:`score_arm`), the free-text renaming of the chain's language-named objects
+(:func:`renamed_free`), the language probe (:func:`naming_probe`) and the summary over training
+seeds (:func:`summarise`)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from psg4d.experiments.common import held_out_graphs, mean_std, protocol_metrics
+
+
+def naming_report(preds: list, gts: list, label_map, novel: set[str]) -> tuple[float | None, dict, int]:
+    """(mapper accuracy over language-named objects matched to a GT object, what each novel GT
+    category's matched objects were called, how many language-named objects were matched)."""
+    from psg4d.data.masks import rle_tube_viou
+
+    hits = total = 0
+    names: dict[str, Counter] = {c: Counter() for c in sorted(novel)}
+    for p, g in zip(preds, gts):
+        for go in g.objects:
+            if go.tube is None:
+                continue
+            best, best_v = None, 0.5
+            for po in p.objects:
+                if po.tube is None:
+                    continue
+                v = rle_tube_viou(po.tube.rles, go.tube.rles)  # two empty tubes: 0, no match (as in psg4d.eval)
+                if v >= best_v:
+                    best, best_v = po, v
+            if best is None:
+                continue
+            if go.category in names:
+                names[go.category][str(best.category)] += 1
+            if str(best.attributes.get("category_source", "")).startswith("language"):
+                total += 1
+                hits += label_map.object(best.category) == go.category
+    return (round(100.0 * hits / total, 2) if total else None), {c: dict(n) for c, n in names.items()}, total
+
+
+def naming_probe(model, vocab: list[str], categories: list[str]) -> dict[str, Any]:
+    """Each of ``categories`` named by the LLM's language knowledge from its world description
+    alone, over the whole vocabulary ``vocab`` (:class:`~psg4d.infer.categorise.LanguageCategoriser`):
+    accuracy beside chance (``1 / len(vocab)``) and what each was called."""
+    from psg4d.data.synth.describe import category_descriptions
+    from psg4d.infer.categorise import LanguageCategoriser
+
+    namer = LanguageCategoriser(llm=model.llm, tokenizer=model.tokenizer,
+                                examples=model.config.category_descriptions, vocabulary=vocab)
+    described = category_descriptions(categories)
+    named = {c: namer(described[c]).name for c in categories}
+    hits = sum(named[c] == c for c in categories)
+    return {"accuracy": round(hits / max(len(categories), 1), 4), "chance": namer.chance,
+            "named": named, "descriptions": described}
+
+
+def renamed_free(model, preds: list) -> list:
+    """Copies of chain predictions whose language-named objects are named in free text instead of
+    from the vocabulary: the turns are the same, only that last naming differs, so it is redone
+    from each object's description rather than predicting again."""
+    import copy
+
+    from psg4d.infer.categorise import LanguageCategoriser
+
+    namer = LanguageCategoriser(llm=model.llm, tokenizer=model.tokenizer,
+                                examples=model.config.category_descriptions, vocabulary=None)
+    out = []
+    for p in preds:
+        q = copy.copy(p)
+        q.objects = []
+        for o in p.objects:
+            o = copy.copy(o)
+            if str(o.attributes.get("category_source", "")).startswith("language"):
+                o.attributes = dict(o.attributes, vocabulary_name=o.category,
+                                    category_source=o.attributes["category_source"].replace("vocabulary", "free"))
+                # what the chain named it from: the description the frames read (an unknown object), else the written one
+                source = o.attributes["category_source"]
+                text = o.attributes.get("read_description") if "unknown object" in source else None
+                o.category = namer(text or o.attributes.get("description") or o.category).name or o.category
+            q.objects.append(o)
+        out.append(q)
+    return out
+
+
+def score_arm(preds: list, gts: list, vocab: list[str], predicates: list[str], groups: dict[str, set[str]]):
+    """One arm's predictions scored through the label mapper: both protocols, the novel and
+    seen-only-in-2D subsets, the language naming and the chain's problems (the module docstring)."""
+    from psg4d.eval import evaluate
+    from psg4d.eval.automap import auto_label_map
+
+    label_map, mapping = auto_label_map(
+        object_labels=[o.category for p in preds for o in p.objects],
+        predicate_labels=[r.predicate for p in preds for r in p.relations],
+        objects=vocab, predicates=predicates)
+    metrics = protocol_metrics(preds, gts, label_map=label_map, graph_constraint=True)
+    subset: dict[str, Any] = {}
+    for name, cats in groups.items():
+        sub = held_out_graphs(gts, cats)
+        n = sum(len(g.relations) for g in sub)
+        r50 = evaluate(preds, {g.video_id: g for g in sub}, protocol="pvsg", label_map=label_map)["R@50"] if n else None
+        subset[name] = (None if r50 is None else round(float(r50), 2), n)
+    accuracy, names, n_named = naming_report(preds, gts, label_map, groups["novel"])
+    problems = sum(int(p.meta.get("chain", {}).get("problems", 0)) for p in preds)
+    at_limit = sum(st.get("stopped") == "length" for p in preds for st in p.meta.get("chain", {}).get("steps", []))
+    return {
+        "metrics": metrics,
+        "zR@50_novel": subset["novel"][0], "novel_relations": subset["novel"][1],
+        "recall@50_seen_only_in_2d": subset["seen_only_in_2d"][0],
+        "seen_only_in_2d_relations": subset["seen_only_in_2d"][1],
+        "mapper_accuracy": accuracy, "language_named_objects": n_named, "novel_named_as": names,
+        "label_mapping": mapping, "chain_problems": problems, "turns_at_limit": at_limit,
+    }
+
+
+SUMMARY_KEYS = ("metrics.pvsg.R@50", "metrics.pvsg.mR@50", "metrics.volumetric.R@50", "zR@50_novel",
+                "recall@50_seen_only_in_2d", "mapper_accuracy", "chain_problems", "turns_at_limit",
+                "naming_probe.accuracy", "predict_s_per_video", "wall_s")
+
+
+def _get(rec: dict[str, Any], key: str) -> float | None:
+    node: Any = rec
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return None if node is None else float(node)
+
+
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per arm (llm, mode, naming): mean ± std over its training seeds of :data:`SUMMARY_KEYS`."""
+    arms = list(dict.fromkeys((r["llm"], r["mode"], r["naming"]) for r in runs))
+    out = []
+    for llm, mode, naming in arms:
+        mine = [r for r in runs if (r["llm"], r["mode"], r["naming"]) == (llm, mode, naming)]
+        out.append({"llm": llm, "mode": mode, "naming": naming, "seeds": [r["seed"] for r in mine],
+                    **{k: mean_std(_get(r, k) for r in mine) for k in SUMMARY_KEYS}})
+    return out

@@ -1,0 +1,131 @@
+"""Attributes read from the frames: what an object looks like, field by field, under its tube.
+
+A category name is closed-vocabulary; what a thing looks like is not. The synthetic world describes
+every category from a small shared vocabulary (:mod:`psg4d.data.synth.describe`: size, colour,
+shape, pattern, pattern colour), so an apple that no training video showed is still a "small red
+sphere": red from cans, sphere from limes and balls. :class:`AttributeHead` learns each field
+*separately*, per cell, from the scene encoder's dense map and the frame's own colours, supervised
+through the per-pixel category maps training already has (each category's fields from its
+description, :func:`attribute_table`); colour fields read only the frame's colours and the
+others only the encoder's map, so no field borrows another's cue. Reading a tube (:func:`read_descriptions`) averages each
+field's log-probabilities under the tube's mask over all frames, and writes the description of the
+most likely value of each field, a combination training may never have shown.
+
+The chained predictor (:mod:`psg4d.infer.chain`) uses it for the **unknown object** outcome: a tube
+whose read description is none training connected to a category is an object outside the training
+vocabulary, and is named from that description by the LLM's language knowledge.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from psg4d.data.synth.describe import compose_description, description_fields
+
+IGNORE = -100
+
+
+#: fields read from the frame's colours alone; the others (size, shape, pattern) from the scene
+#: encoder's map alone, so neither side can learn that red things are cylinders
+COLOUR_FIELDS = ("colour", "pattern colour")
+
+
+class AttributeHead(nn.Module):
+    """Per-cell logits of every attribute field, each field from the evidence that bears on it:
+    the colour fields from the frame's colours in the cell (mean, min and max of ``rgb [N, 3, H, W]``
+    over the cell's pixels), the form fields from the scene encoder's ``dense [N, D, h, w]``; two
+    small 1x1 networks. A field cannot use another field's cue, so a combination training never
+    showed (a red sphere when red came only on cylinders) reads as itself."""
+
+    def __init__(self, *, dim: int, values: Mapping[str, Sequence[str]], hidden: int = 64):
+        super().__init__()
+        self.fields = list(values)
+        self.values = {f: list(v) for f, v in values.items()}
+        self.colour_fields = [f for f in self.fields if f in COLOUR_FIELDS]
+        self.form_fields = [f for f in self.fields if f not in COLOUR_FIELDS]
+        self.colour_net = _net(9, hidden, sum(len(self.values[f]) for f in self.colour_fields))
+        self.form_net = _net(dim, hidden, sum(len(self.values[f]) for f in self.form_fields))
+
+    def forward(self, dense: torch.Tensor, rgb: torch.Tensor) -> list[torch.Tensor]:
+        """-> per field (in :attr:`fields` order), logits ``[N, K_field, h, w]``."""
+        size = dense.shape[-2:]
+        rgb = rgb.to(dense.dtype)
+        stats = torch.cat([F.adaptive_avg_pool2d(rgb, size), -F.adaptive_max_pool2d(-rgb, size),
+                           F.adaptive_max_pool2d(rgb, size)], dim=1)  # [N, 9, h, w]
+        out = dict(zip(self.colour_fields, self.colour_net(stats).split(
+            [len(self.values[f]) for f in self.colour_fields], dim=1)))
+        out.update(zip(self.form_fields, self.form_net(dense).split(
+            [len(self.values[f]) for f in self.form_fields], dim=1)))
+        return [out[f] for f in self.fields]
+
+
+def _net(inp: int, hidden: int, out: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(inp, hidden, 1), nn.GELU(), nn.Conv2d(hidden, out, 1))
+
+
+def attribute_table(values: Mapping[str, Sequence[str]], object_vocab: Sequence[str],
+                    descriptions: Mapping[str, Sequence[str]]) -> torch.Tensor:
+    """``[V_obj + 1, F]`` value index of each field for each category (its first description that
+    parses; :data:`IGNORE` for a category without one, e.g. a hand, and for the last row, unlabelled)."""
+    table = torch.full((len(object_vocab) + 1, len(values)), IGNORE, dtype=torch.long)
+    for c, name in enumerate(object_vocab):
+        fields = next((f for d in descriptions.get(name, ()) if (f := description_fields(d)) is not None), None)
+        if fields is not None:
+            table[c] = torch.tensor([list(values[f]).index(fields[f]) for f in values])
+    return table
+
+
+def attribute_loss(logits: Sequence[torch.Tensor], semantic: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Soft cross-entropy of each field's ``logits [N, K, h, w]`` against the fields of the categories
+    ``semantic [N, S, S]`` (category index per pixel) shows in each cell, as area fractions.
+
+    Categories are weighted by the inverse square root of their area in the batch (the table would
+    drown a lime), and categories without fields carry no weight; the mean over fields."""
+    h, w = logits[0].shape[-2:]
+    n_cls = table.shape[0]
+    onehot = F.one_hot(semantic.to(table.device), n_cls).permute(0, 3, 1, 2).float()  # [N, C, S, S]
+    soft = F.adaptive_avg_pool2d(onehot, (h, w))  # [N, C, h, w]
+    counts = soft.sum(dim=(0, 2, 3))  # [C]
+    known = (table >= 0).all(dim=1).float()  # [C]
+    weight = known * (counts.sum() / (counts + 1.0)).sqrt()  # [C]
+    cat = soft * weight[None, :, None, None]  # [N, C, h, w]
+    total = logits[0].new_zeros(())
+    for f, lg in enumerate(logits):
+        onehot_f = F.one_hot(table[:, f].clamp(min=0), lg.shape[1]).float() * known[:, None]  # [C, K]
+        target = torch.einsum("nchw,ck->nkhw", cat, onehot_f)  # [N, K, h, w]
+        mass = target.sum(dim=1)  # [N, h, w]
+        if float(mass.sum()) <= 0:
+            return sum(x.sum() for x in logits) * 0  # nothing with fields here: an exact zero, head kept in the graph
+        ce = -(target * torch.log_softmax(lg.float(), dim=1)).sum(dim=1)  # [N, h, w], weighted by mass
+        total = total + ce.sum() / mass.sum()
+    return total / len(logits)
+
+
+@torch.inference_mode()
+def read_descriptions(head: AttributeHead, dense: torch.Tensor, rgb: torch.Tensor,
+                      masks: torch.Tensor) -> list[str | None]:
+    """The description of each tube ``masks [N, T, h', w']`` (bool) of one clip (``dense [T, D, h, w]``,
+    ``rgb [T, 3, H, W]``): each field's most likely value under the tube, all frames together
+    (None for an empty tube)."""
+    if masks.shape[0] == 0:
+        return []
+    logits = head(dense, rgb)  # per field [T, K, h, w]
+    h, w = dense.shape[-2:]
+    weight = F.adaptive_avg_pool2d(masks.float().flatten(0, 1)[:, None], (h, w)).view(masks.shape[0], -1, h, w)
+    mass = weight.sum(dim=(1, 2, 3))  # [N]
+    picks: list[list[str]] = []
+    for f, lg in zip(head.fields, logits):
+        logp = torch.log_softmax(lg.float(), dim=1)  # [T, K, h, w]
+        score = torch.einsum("nthw,tkhw->nk", weight.to(logp), logp)  # [N, K]
+        picks.append([head.values[f][int(k)] for k in score.argmax(dim=1)])
+    out: list[str | None] = []
+    for i in range(masks.shape[0]):
+        if float(mass[i]) <= 0:
+            out.append(None)
+            continue
+        out.append(compose_description({f: picks[j][i] for j, f in enumerate(head.fields)}))
+    return out

@@ -1,0 +1,149 @@
+"""Attributes read from the frames (psg4d.model.attributes): the description fields of the synthetic
+world, the head's loss against hand-computed values, reading a combination training never showed,
+the attribute_fit stage's objective, and the chain's unknown-object outcome."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from psg4d.data.synth.describe import (
+    FIXED_DESCRIPTIONS, attribute_values, category_descriptions, compose_description, description_fields,
+)
+from psg4d.errors import ConfigError
+from psg4d.model.attributes import IGNORE, AttributeHead, attribute_loss, attribute_table, read_descriptions
+
+
+def test_every_world_description_splits_into_fields_and_back():
+    for name, text in category_descriptions().items():
+        fields = description_fields(text)
+        if name in FIXED_DESCRIPTIONS:
+            assert fields is None, name  # a hand is no combination of attribute words
+            continue
+        assert fields is not None and compose_description(fields) == text, (name, text, fields)
+    assert description_fields("tall white capsule with red stripes") == {
+        "size": "tall", "colour": "white", "shape": "capsule", "pattern": "stripes", "pattern colour": "red"}
+    assert description_fields("small light green sphere")["colour"] == "light green"  # two-word colours
+    assert description_fields("small red sphere with stripes") is None  # a pattern needs its colour
+
+
+def test_the_table_gives_each_category_its_fields_and_ignores_the_rest():
+    values = attribute_values()
+    table = attribute_table(values, ["can", "hand"], {"can": ["small red cylinder with white stripes"],
+                                                      "hand": ["skin-coloured palm on a sleeved forearm"]})
+    assert table.shape == (3, len(values))
+    assert [values[f][int(k)] for f, k in zip(values, table[0])] == ["small", "red", "cylinder", "stripes", "white"]
+    assert (table[1] == IGNORE).all() and (table[2] == IGNORE).all()  # the hand; unlabelled
+
+
+def test_the_loss_is_hand_computable():
+    # fields: colour (red, blue), shape (sphere, cylinder, block)
+    table = torch.tensor([[0, 1], [IGNORE, IGNORE], [IGNORE, IGNORE]])  # a red cylinder, a hand, unlabelled
+    semantic = torch.full((1, 4, 4), 2)
+    semantic[0, :2, :2] = 0  # one 2x2 cell of 4x4 pixels on a 2x2 grid: all red cylinder
+    semantic[0, 2:, 2:] = 1  # the hand: no weight
+    uniform = [torch.zeros(1, 2, 2, 2), torch.zeros(1, 3, 2, 2)]
+    assert math.isclose(float(attribute_loss(uniform, semantic, table)), (math.log(2) + math.log(3)) / 2, rel_tol=1e-6)
+    sure = [torch.zeros(1, 2, 2, 2), torch.zeros(1, 3, 2, 2)]
+    sure[0][0, 0], sure[1][0, 1] = 20.0, 20.0  # right everywhere: near zero
+    assert float(attribute_loss(sure, semantic, table)) < 1e-6
+    assert float(attribute_loss(uniform, torch.full((1, 4, 4), 1), table)) == 0.0  # nothing with fields
+
+
+def test_the_head_reads_a_combination_no_category_showed():
+    """Trained on red cylinders and blue spheres, it reads a red sphere: colour from the frames'
+    colours, shape from the maps, each field on its own."""
+    torch.manual_seed(0)
+    values = {"size": [""], "colour": ["red", "blue"], "shape": ["sphere", "cylinder"], "pattern": [""],
+              "pattern colour": [""]}
+    table = torch.tensor([[0, 0, 1, 0, 0], [0, 1, 0, 0, 0], [IGNORE] * 5])  # red cylinder, blue sphere, none
+    head = AttributeHead(dim=2, values=values, hidden=16)
+
+    def scene(colour: int, shape: int):
+        rgb = torch.zeros(1, 3, 8, 8)
+        dense = torch.zeros(1, 2, 4, 4)
+        rgb[0, 0 if colour == 0 else 2, :4, :4] = 1.0  # red or blue in the top-left quarter
+        dense[0, shape, :2, :2] = 1.0  # channel 0: sphere-like, 1: cylinder-like
+        return dense + 0.05 * torch.randn_like(dense), rgb
+
+    opt = torch.optim.Adam(head.parameters(), lr=0.05)
+    for step in range(150):
+        (d1, r1), (d2, r2) = scene(0, 1), scene(1, 0)
+        sem = torch.full((2, 8, 8), 2)
+        sem[0, :4, :4], sem[1, :4, :4] = 0, 1
+        loss = attribute_loss(head(torch.cat([d1, d2]), torch.cat([r1, r2])), sem, table)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    dense, rgb = scene(0, 0)  # a red sphere
+    mask = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+    mask[0, 0, :4, :4] = True
+    assert read_descriptions(head, dense, rgb, mask) == ["red sphere"]
+    assert read_descriptions(head, dense, rgb, torch.zeros_like(mask)) == [None]  # an empty tube
+
+
+def _described_config(**kw):
+    from test_chain import chain_config
+
+    return chain_config(**kw)
+
+
+def test_the_attribute_objective_trains_only_the_head():
+    from psg4d.model.psg4d_llm import PSG4DModel
+    from test_chain import described_sample
+
+    torch.manual_seed(0)
+    cfg = _described_config(attribute_loss_weight=1.0)
+    cfg.transfer.objective = "attributes"
+    model = PSG4DModel.from_config(cfg).train()
+    batch = model.collator([described_sample()])
+    assert batch["semantic"] is not None  # the head's targets come with every batch
+    out = model(**batch)
+    assert set(out) == {"loss", "loss_attr"} and float(out["loss"]) > 0
+    out["loss"].backward()
+    grads = {n.split(".")[0] for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert grads == {"attribute_head"}
+    # in the LLM stages it is one more auxiliary loss
+    cfg2 = _described_config(attribute_loss_weight=1.0)
+    out2 = PSG4DModel.from_config(cfg2).train()(**model.collator([described_sample()]))
+    assert "loss_attr" in out2
+
+
+def test_an_attribute_head_needs_descriptions_and_its_stage_the_transfer():
+    from psg4d.model.psg4d_llm import PSG4DModel
+    from test_model_psg4d import tiny_config
+
+    with pytest.raises(ConfigError, match="category descriptions"):
+        PSG4DModel.from_config(tiny_config(attribute_loss_weight=1.0))
+    from psg4d.train.stages import experiment_from_data, load_yaml, PRESET_DIR
+
+    data = load_yaml(PRESET_DIR / "hoi_tiny.yaml")
+    data["data"] = {"root": "/nowhere", "train": [{"path": "4d"}], "val": []}
+    data["stages"] = [{"name": "a", "kind": "4d_init", "max_steps": 1},
+                      {"name": "b", "kind": "attribute_fit", "max_steps": 1, "init": "previous"}]
+    with pytest.raises(ConfigError, match="keeps the modules of an earlier estimator_fit"):
+        experiment_from_data(data, where="test")
+
+
+def test_an_unknown_object_is_named_from_what_the_frames_read():
+    """The chain's describe turn says "cup" in words training saw, but the frames read a description
+    no training category has: the object is unknown and named by language from the read words."""
+    from psg4d.infer.chain import ChainPredictor
+    from psg4d.infer.predictor import PredictorConfig
+    from psg4d.model.psg4d_llm import PSG4DModel
+    from test_chain import _fake_turns, described_sample
+
+    torch.manual_seed(0)
+    model = PSG4DModel.from_config(_described_config(attribute_loss_weight=1.0))
+    vocabulary = ["apple", "cup", "globe"]
+    predictor = ChainPredictor(model=model, config=PredictorConfig(mode="chain", vocabulary=vocabulary,
+                                                                   constrained=False))
+    _fake_turns(predictor, ["1 small red cylinder : cup [Obj] ; 2 flat blue block : cup [Obj]", "1 2", "1 on 2",
+                            "1 on 2 0 3"])
+    predictor.generator.read_descriptions = lambda ctx, video, hidden: ["small red sphere", "flat blue block"]
+    first, second = predictor.predict(described_sample().video).objects
+    assert "unknown object" in first.attributes["category_source"] and first.category in vocabulary
+    assert first.attributes["read_description"] == "small red sphere" and first.attributes["model_category"] == "cup"
+    assert second.attributes["category_source"] == "model"  # what it read is a training description
