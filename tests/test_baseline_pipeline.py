@@ -292,8 +292,11 @@ def test_predict_command_runs_a_pipeline_checkpoint_on_a_video(world, trained, t
     assert main(["predict", "--ckpt", final, "--rgb", str(frames), "--out", str(tmp_path / "q.json"),
                  "--mode", "chain"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "--mode and --vocab are the 4D-LLM's" in err and len(err.splitlines()) == 1
+    assert "--mode, --vocab and --namer are the 4D-LLM's" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "q.json").exists()
+    assert main(["predict", "--ckpt", final, "--rgb", str(frames), "--out", str(tmp_path / "q.json"),
+                 "--namer", "gemma3-270m"]) == 2
+    assert "--namer are the 4D-LLM's" in capsys.readouterr().err
 
 
 def test_batch_predict_and_eval_take_a_pipeline_checkpoint_through_the_registry(world, trained, tmp_path):

@@ -243,19 +243,63 @@ def test_unseen_descriptions_are_named_by_language(chained):
     assert second.category == "cup" and second.attributes["category_source"] == "model"
 
 
+def test_another_pretrained_lm_names_the_unknown_objects(chained, tmp_path):
+    """``PredictorConfig.namer``: an LM other than the 4D-LLM's own names what training never named."""
+    from _miniature_weights import llama_folder
+
+    model, sample = chained
+    vocabulary = ["apple", "globe", "person"]
+    folder = llama_folder(tmp_path / "namer", [*vocabulary, "small red sphere flat blue block object name"])
+    predictor = ChainPredictor(model=model, config=PredictorConfig(mode="chain", vocabulary=vocabulary,
+                                                                   namer=str(folder)))
+    lm = predictor.namer.llm
+    assert lm is not model.llm and predictor.namer.tokenizer is not model.tokenizer
+    assert not lm.training and not any(p.requires_grad for p in lm.parameters())  # as released, frozen
+    assert predictor.namer.tokenizer.convert_ids_to_tokens(0) == "<unk>"  # that folder's tokenizer, no psg4d tokens
+    calls = []
+    lm.register_forward_hook(lambda *_: calls.append(1))
+    _fake_turns(predictor, ["1 small red sphere : cup [Obj] ; 2 flat blue block : cup [Obj]", "1 2", "1 on 2",
+                            "1 on 2 0 3"])
+    pred = predictor.predict(sample.video)
+    first, second = pred.objects
+    assert calls, "the namer LM was never asked"
+    assert first.category in vocabulary and first.attributes["category_source"].startswith("language (vocabulary")
+    assert second.attributes["category_source"] == "model"  # a description training named keeps the model's name
+    assert pred.meta["chain"]["namer"] == str(folder)
+    own = ChainPredictor(model=model, config=PredictorConfig(mode="chain", vocabulary=vocabulary))
+    assert own.namer.llm is model.llm
+    with pytest.raises(ConfigError, match="pretrained"):  # the tiny LLM knows no words to name with
+        ChainPredictor(model=model, config=PredictorConfig(mode="chain", namer="tiny"))
+    with pytest.raises(ConfigError, match="neither"):
+        ChainPredictor(model=model, config=PredictorConfig(mode="chain", namer=str(tmp_path / "no-such-lm")))
+
+
+class _SeenCache:
+    """What a KV cache holds, for :class:`_CopyLM`: the tokens read so far."""
+
+    def __init__(self, ids):
+        self.ids = ids
+
+    def batch_repeat_interleave(self, n: int):
+        self.ids = self.ids.repeat_interleave(n, dim=0)
+
+
 class _CopyLM(torch.nn.Module):
-    """A stand-in LLM whose next-token logits favour every token already in its input."""
+    """A stand-in LLM whose next-token logits favour every token already in its input (the cached
+    part included)."""
 
     def __init__(self, vocab: int):
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(1))
         self.vocab = vocab
 
-    def forward(self, input_ids, attention_mask=None):
+    def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False, logits_to_keep=0):
+        full = input_ids if past_key_values is None else torch.cat([past_key_values.ids, input_ids], dim=1)
         seen = torch.zeros(input_ids.shape[0], self.vocab)
-        for b, row in enumerate(input_ids):
+        for b, row in enumerate(full):
             seen[b, row] = 4.0
-        return type("Out", (), {"logits": seen[:, None, :].expand(-1, input_ids.shape[1], -1) + self.w})()
+        return type("Out", (), {"logits": seen[:, None, :].expand(-1, input_ids.shape[1], -1) + self.w,
+                                "past_key_values": _SeenCache(full)})()
 
 
 def test_language_categoriser_scores_the_whole_vocabulary_calibrated(chained):
@@ -269,6 +313,23 @@ def test_language_categoriser_scores_the_whole_vocabulary_calibrated(chained):
     assert namer("a person like thing").name == "person"
     free = LanguageCategoriser(llm=_CopyLM(len(tok)), tokenizer=tok, examples={}, vocabulary=None)
     assert isinstance(free("red").name, str) and free("red").how == "free" and free.chance is None
+
+
+def test_candidate_scores_are_each_continuations_log_probability(chained):
+    """The batched, right-padded scoring that keeps only the candidates' positions equals scoring
+    each continuation alone with every position's logits."""
+    model, _ = chained
+    tok = model.tokenizer
+    namer = LanguageCategoriser(llm=model.llm, tokenizer=tok, examples={"cup": ["flat blue block"]},
+                                vocabulary=["cup", "person", "dining table", "x"])
+    got = namer._scores("small red sphere")
+    prompt = namer._ids(namer._prompt("small red sphere"))
+    with torch.no_grad():
+        for c, score in zip(namer.candidates, got):
+            row = prompt + namer._ids(f" {c}.")
+            logp = torch.log_softmax(model.llm(input_ids=torch.tensor([row])).logits[0].float(), dim=-1)
+            want = sum(float(logp[j - 1, row[j]]) for j in range(len(prompt), len(row)))
+            assert abs(score - want) < 1e-3, (c, score, want)
 
 
 def test_mode_and_vocabulary_options(tmp_path, chained):

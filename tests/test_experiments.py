@@ -150,9 +150,10 @@ def test_naming_experiment_quick(tmp_path):
     out = tmp_path / "results"
     assert main(["experiment", "naming", "--quick", "--out", str(out)]) == 0
     result = json.loads((out / "naming.json").read_text())
-    assert result["llm"] == "tiny" and len(result["vocabulary"]) >= 20
-    assert result["chance"] == round(1 / len(result["vocabulary"]), 4)
-    groups = result["groups"]
+    assert list(result["llms"]) == ["tiny"] and len(result["vocabulary"]) >= 20
+    assert result["chance"] == round(1 / len(result["vocabulary"]), 4) and result["chosen_on_validation"] == "tiny"
+    tiny = result["llms"]["tiny"]
+    groups = tiny["groups"]
     assert set(groups["novel"]["named"]) == {"apple", "globe", "jar", "phone"}
     assert set(groups["seen_only_in_2d"]["named"]) == {"bowling pin", "lime", "thermos", "toy car"}
     for probe in groups.values():  # every answer is a name of the whole vocabulary, the described class among them
@@ -161,6 +162,10 @@ def test_naming_experiment_quick(tmp_path):
         assert probe["descriptions"]["apple" if "apple" in probe["named"] else "lime"].endswith("sphere")
     # no shot names a held-out category (the answer is not given away in the prompt)
     assert not set(result["shots_from"]) & (set(groups["novel"]["named"]) | set(groups["seen_only_in_2d"]["named"]))
+    # the validation group is the categories training shows, each named with the others as shots
+    validation = tiny["validation_leave_one_out"]
+    assert set(validation["named"]) == set(result["shots_from"]) and len(result["shots_from"]) >= 10
+    assert set(validation["named"].values()) <= set(result["vocabulary"])
     assert (out / "naming.svg").read_text().startswith("<svg")
 
 

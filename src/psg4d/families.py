@@ -92,6 +92,7 @@ class PredictOptions:
     threads: int | None = None
     mode: str = "auto"
     vocabulary: list[str] | None = None
+    namer: str | None = None  # chain mode: the pretrained LM that names unknown objects
     depth_given: bool | None = None
 
 

@@ -31,9 +31,9 @@ def load_predictor(ckpt: Path, options: PredictOptions) -> PipelinePredictor:
     refused; ``max_new_tokens`` bounds text the pipeline never writes, so it holds trivially."""
     from psg4d.utils.threads import AdaptiveThreads
 
-    if options.mode != "auto" or options.vocabulary is not None:
-        raise ConfigError(f"{ckpt}: a pipeline-baseline checkpoint predicts one way; --mode and --vocab are the "
-                          "4D-LLM's")
+    if options.mode != "auto" or options.vocabulary is not None or options.namer is not None:
+        raise ConfigError(f"{ckpt}: a pipeline-baseline checkpoint predicts one way; --mode, --vocab and --namer "
+                          "are the 4D-LLM's")
     # the pipeline reads its threads once, not before every video as the 4D-LLM's predictor does
     AdaptiveThreads(options.threads)()
     predictor = PipelinePredictor.from_pretrained(ckpt)

@@ -36,8 +36,11 @@ over predicted objects named by language (matched to a ground-truth object: tube
 often the mapped name is the ground truth's class; ``novel_named_as`` lists what each novel
 category's matched objects were called; ``turns_at_limit`` counts chained turns cut by their token
 budget; ``naming_probe`` names each novel category from its world description alone over the whole
-vocabulary (accuracy beside chance). Nothing is tuned: every setting is fixed in advance (the JSON's
-``defaults_chosen_on``), the test split is only scored.
+vocabulary (accuracy beside chance). With ``--namer gemma3-270m`` one more chain arm, ``vocabulary by
+gemma3-270m``, names the same predictions' language-named objects with that pretrained LM (what
+``psg4d predict --mode chain --namer`` does), for an LLM trained from scratch, which knows no words.
+Nothing is tuned: every setting is fixed in advance (the JSON's ``defaults_chosen_on``), the test
+split is only scored.
 
 Writes ``OUT/chain.json``: ``judged_on_world_seed``, ``training_seeds``, ``naming_chance``,
 ``summary`` (per arm: mean ± std over the seeds), ``runs`` (one record per LLM, seed, mode and
@@ -54,6 +57,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from psg4d.errors import ConfigError
+from psg4d.model.llm import PACKAGED_LLMS
 from psg4d.experiments.common import (
     DESIGN_WORLDS,
     FROM_SCRATCH,
@@ -63,7 +67,7 @@ from psg4d.experiments.common import (
     synthetic_world,
     train_or_reuse,
 )
-from psg4d.experiments.chain_scoring import naming_probe, renamed_free, score_arm, summarise
+from psg4d.experiments.chain_scoring import namer_for, naming_probe, renamed, score_arm, summarise
 from psg4d.experiments.output import check_output_folder, jsonable, machine_info
 from psg4d.utils.io import atomic_write_json
 
@@ -103,6 +107,10 @@ class ChainExperimentConfig:
     # how the chain names an object of an unseen description: "free" (the LLM writes a name; the
     # mapper maps it), "vocabulary" (the LLM scores every name of the dataset's vocabulary)
     namings: list[str] = field(default_factory=lambda: ["free", "vocabulary"])
+    # a pretrained LM that names the chain's unknown objects over the vocabulary as one more arm
+    # ("vocabulary by <namer>": the same predictions, named again; psg4d.model.llm.PACKAGED_LLMS),
+    # for an LLM trained from scratch, which has no language knowledge of its own
+    namer: str | None = None
     # optimizer steps of the tiny model's six stages
     steps: dict[str, int] = field(default_factory=lambda: {
         "4d_init": 900, "estimator_fit": 150, "pseudo4d_init": 100, "transfer_2d": 500, "finetune_4d": 200,
@@ -129,6 +137,8 @@ class ChainExperimentConfig:
             raise ConfigError("--videos, --images and --test-videos must be positive")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"--seeds must be distinct training seeds, got {self.seeds}")
+        if self.namer is not None and self.namer not in PACKAGED_LLMS:
+            raise ConfigError(f"--namer: choose from {sorted(PACKAGED_LLMS)}, got {self.namer!r}")
         if self.device not in ("cpu", "cuda"):
             raise ConfigError(f"--device must be 'cpu' or 'cuda', got {self.device!r}")
         refuse_design_world(self.world_seed, quick=self.quick)
@@ -241,9 +251,10 @@ def _trained(cfg: ChainExperimentConfig, world: Path, llm: str, seed: int, tiny:
     return train_or_reuse(_experiment(cfg, world, llm, run_out, seed, vision), run_out)
 
 
-def _arms(cfg: ChainExperimentConfig, model, world: Path, vocab: list[str], name: str):
+def _arms(cfg: ChainExperimentConfig, model, world: Path, vocab: list[str], name: str, external):
     """``(mode, naming, predictions, truths, s/video)`` of every arm of one trained model; the
-    predictions are kept in ``RUN_DIR/predictions/NAME_<mode>.jsonl`` (``psg4d eval`` scores them again)."""
+    predictions are kept in ``RUN_DIR/predictions/NAME_<mode>.jsonl`` (``psg4d eval`` scores them
+    again). ``external``: the namer LM's ``(model, tokenizer)`` (``cfg.namer``), or None."""
     from psg4d.data.schema import save_scene_graphs
 
     arms = []
@@ -255,14 +266,20 @@ def _arms(cfg: ChainExperimentConfig, model, world: Path, vocab: list[str], name
         if mode == "direct":
             arms.append((mode, None, preds, done.truths, done.predict_s_per_video))
             continue
-        variants = {"vocabulary": preds, "free": renamed_free(model, preds) if "free" in cfg.namings else None}
+        variants = {"vocabulary": preds,
+                    "free": renamed(preds, namer_for(model, None), "free") if "free" in cfg.namings else None}
         arms += [(mode, n, variants[n], done.truths, done.predict_s_per_video) for n in cfg.namings]
+        if external is not None:
+            how = f"vocabulary by {cfg.namer}"
+            arms.append((mode, how, renamed(preds, namer_for(model, vocab, external), how), done.truths,
+                         done.predict_s_per_video))
     return arms
 
 
 def run(cfg: ChainExperimentConfig) -> dict[str, Any]:
     from psg4d.data.readers import open_dataset
     from psg4d.data.synth.world import preset_vocabulary
+    from psg4d.model.llm import load_language_model
     from psg4d.model.psg4d_llm import PSG4DModel
 
     out = check_output_folder(cfg.out, name=NAME, quick=cfg.quick)
@@ -273,6 +290,7 @@ def run(cfg: ChainExperimentConfig) -> dict[str, Any]:
     groups = {"novel": set(cfg.novel), "seen_only_in_2d": set(voc.held_out) - set(cfg.novel)}
     log.info("world seed %d; novel: %s; seen only in 2D: %s", cfg.world_seed, sorted(groups["novel"]),
              sorted(groups["seen_only_in_2d"]))
+    external = load_language_model(cfg.namer) if cfg.namer else None
     runs: list[dict[str, Any]] = []
     for seed in cfg.seeds:
         tiny = train_or_reuse(_experiment(cfg, world, "tiny", cfg.run_dir / f"tiny_seed{seed}", seed),
@@ -280,11 +298,14 @@ def run(cfg: ChainExperimentConfig) -> dict[str, Any]:
         for llm in cfg.llms:
             trained = _trained(cfg, world, llm, seed, tiny)
             model = PSG4DModel.from_pretrained(trained.final_dir).to(cfg.device)
-            probe = naming_probe(model, vocab, sorted(groups["novel"]))
-            for mode, naming, preds, gts, seconds in _arms(cfg, model, world, vocab, f"{llm}_seed{seed}"):
+            novel = sorted(groups["novel"])
+            probes = {"vocabulary": naming_probe(namer_for(model, vocab), novel)}
+            if external is not None:
+                probes[f"vocabulary by {cfg.namer}"] = naming_probe(namer_for(model, vocab, external), novel)
+            for mode, naming, preds, gts, seconds in _arms(cfg, model, world, vocab, f"{llm}_seed{seed}", external):
                 scored = score_arm(preds, gts, vocab, predicates, groups)
                 runs.append({"llm": llm, "seed": seed, "mode": mode, "naming": naming, **scored,
-                             "naming_probe": probe if naming == "vocabulary" else None,
+                             "naming_probe": probes.get(naming),
                              "wall_s": round(trained.wall_s, 1), "predict_s_per_video": round(seconds, 3),
                              "test_videos": len(gts), "checkpoint": str(trained.final_dir),
                              "steps": sum(cfg.steps.values()) if llm == "tiny" else cfg.llm_steps})
@@ -305,6 +326,7 @@ def run(cfg: ChainExperimentConfig) -> dict[str, Any]:
             "chain_prob 0.5, the six stages' steps, llm_steps 300": "a priori (design world 1, BENCHMARKS.md); "
                                                                     "not on this world",
             "naming over the whole vocabulary, calibrated against a neutral description": "a priori",
+            "the namer LM of the 'vocabulary by' arm": "a priori (psg4d experiment naming, no test video)",
             "label mapper threshold and edit budget": "its own validation table (psg4d.eval.automap_validation)",
             "chain decoding constrained by each turn's grammar": "a priori (no setting to choose)",
         },

@@ -1,6 +1,6 @@
 """Scoring of the ``chain`` experiment (:mod:`psg4d.experiments.chain`): one arm's predictions
-(:func:`score_arm`), the free-text renaming of the chain's language-named objects
-(:func:`renamed_free`), the language probe (:func:`naming_probe`) and the summary over training
+(:func:`score_arm`), the renaming of the chain's language-named objects in free text or by another
+LM (:func:`renamed`), the language namer and its probe (:func:`namer_for`, :func:`naming_probe`) and the summary over training
 seeds (:func:`summarise`)."""
 
 from __future__ import annotations
@@ -39,15 +39,23 @@ def naming_report(preds: list, gts: list, label_map, novel: set[str]) -> tuple[f
     return (round(100.0 * hits / total, 2) if total else None), {c: dict(n) for c, n in names.items()}, total
 
 
-def naming_probe(model, vocab: list[str], categories: list[str]) -> dict[str, Any]:
-    """Each of ``categories`` named by the LLM's language knowledge from its world description
-    alone, over the whole vocabulary ``vocab`` (:class:`~psg4d.infer.categorise.LanguageCategoriser`):
-    accuracy beside chance (``1 / len(vocab)``) and what each was called."""
-    from psg4d.data.synth.describe import category_descriptions
+def namer_for(model, vocab: list[str] | None, lm: tuple | None = None):
+    """The chain's language namer for ``model`` (its training descriptions as the shots): the
+    pretrained ``lm`` = ``(model, tokenizer)`` (:func:`psg4d.model.llm.load_language_model`), else the
+    model's own LLM; over ``vocab``, or in free text where it is None."""
     from psg4d.infer.categorise import LanguageCategoriser
 
-    namer = LanguageCategoriser(llm=model.llm, tokenizer=model.tokenizer,
-                                examples=model.config.category_descriptions, vocabulary=vocab)
+    lm, tokenizer = lm if lm is not None else (model.llm, model.tokenizer)
+    return LanguageCategoriser(llm=lm, tokenizer=tokenizer, examples=model.config.category_descriptions,
+                               vocabulary=vocab)
+
+
+def naming_probe(namer, categories: list[str]) -> dict[str, Any]:
+    """Each of ``categories`` named by ``namer`` (a :class:`~psg4d.infer.categorise.LanguageCategoriser`
+    over the whole vocabulary) from its world description alone: accuracy beside chance
+    (``1 / len(vocabulary)``) and what each was called."""
+    from psg4d.data.synth.describe import category_descriptions
+
     described = category_descriptions(categories)
     named = {c: namer(described[c]).name for c in categories}
     hits = sum(named[c] == c for c in categories)
@@ -55,16 +63,13 @@ def naming_probe(model, vocab: list[str], categories: list[str]) -> dict[str, An
             "named": named, "descriptions": described}
 
 
-def renamed_free(model, preds: list) -> list:
-    """Copies of chain predictions whose language-named objects are named in free text instead of
-    from the vocabulary: the turns are the same, only that last naming differs, so it is redone
-    from each object's description rather than predicting again."""
+def renamed(preds: list, namer, how: str) -> list:
+    """Copies of chain predictions whose language-named objects are named again by ``namer`` (in
+    free text, or by another LM), ``how`` replacing "vocabulary" in their ``category_source``: the
+    turns are the same, only that last naming differs (it reads nothing but the description), so
+    it is redone from each object's description rather than predicting again."""
     import copy
 
-    from psg4d.infer.categorise import LanguageCategoriser
-
-    namer = LanguageCategoriser(llm=model.llm, tokenizer=model.tokenizer,
-                                examples=model.config.category_descriptions, vocabulary=None)
     out = []
     for p in preds:
         q = copy.copy(p)
@@ -73,7 +78,7 @@ def renamed_free(model, preds: list) -> list:
             o = copy.copy(o)
             if str(o.attributes.get("category_source", "")).startswith("language"):
                 o.attributes = dict(o.attributes, vocabulary_name=o.category,
-                                    category_source=o.attributes["category_source"].replace("vocabulary", "free"))
+                                    category_source=o.attributes["category_source"].replace("vocabulary", how))
                 # what the chain named it from: the description the frames read (an unknown object), else the written one
                 source = o.attributes["category_source"]
                 text = o.attributes.get("read_description") if "unknown object" in source else None

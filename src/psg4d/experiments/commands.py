@@ -103,6 +103,9 @@ def chain_experiment(
     world_seed: int = typer.Option(29, "--world-seed", help="The judged world (never one that designed the recipes)."),
     seeds: list[int] = typer.Option([0, 1, 2], "--seeds", help="Training seeds (repeatable): mean ± std over them."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (training and prediction)."),
+    namer: Optional[str] = typer.Option(
+        None, "--namer", help="A pretrained LM (gemma3-270m, smollm2-135m) that names the chain's unknown objects "
+        "over the vocabulary as one more arm (the same predictions named again)."),
     quick: bool = typer.Option(False, "--quick", help="Toy size: every stage a few steps (numbers meaningless)."),
 ) -> None:
     """Chained vs direct inference x tiny vs SmolLM2: recall, zero-shot recall on novel categories."""
@@ -110,7 +113,7 @@ def chain_experiment(
 
     result = run(ChainExperimentConfig(out=out, run_dir=run_dir, llms=list(llms), videos=videos, images=images,
                                        test_videos=test_videos, world_seed=world_seed, seeds=list(seeds),
-                                       device=device, quick=quick))
+                                       device=device, namer=namer, quick=quick))
     for r in result["summary"]:
         mode = r["mode"] + (f" ({r['naming']})" if r["naming"] else "")
         r50, z50 = r["metrics.pvsg.R@50"], r["zR@50_novel"]
@@ -125,16 +128,21 @@ def naming_experiment(
         Path("runs/experiments/naming"), "--out",
         help="Folder for naming.json and naming.svg (bench/results: the shipped ones, which BENCHMARKS.md cites).",
     ),
-    llm: str = typer.Option("smollm2-135m", "--llm", help="smollm2-135m (pretrained) or tiny (random: chance)."),
-    quick: bool = typer.Option(False, "--quick", help="The tiny LLM (numbers meaningless)."),
+    llms: list[str] = typer.Option(["smollm2-135m", "gemma3-270m"], "--llm",
+                                   help="Language models side by side (repeatable): smollm2-135m, gemma3-270m "
+                                        "(pretrained) or tiny (random: chance)."),
+    quick: bool = typer.Option(False, "--quick", help="The tiny LLM only (numbers meaningless)."),
 ) -> None:
-    """Held-out categories named from their descriptions alone by the LLM, over the whole vocabulary."""
+    """Held-out categories named from their descriptions alone by each LM, over the whole vocabulary."""
     from psg4d.experiments.naming import NamingConfig, run
 
-    result = run(NamingConfig(out=out, llm=llm, quick=quick))
-    for group, probe in result["groups"].items():
-        typer.echo(f"{group:<18} named right {probe['accuracy']:.2f}  {probe['named']}")
-    typer.echo(f"all                named right {result['accuracy']:.2f} (chance {result['chance']:.3f})")
+    result = run(NamingConfig(out=out, llms=list(llms), quick=quick))
+    for name, r in result["llms"].items():
+        for group, probe in r["groups"].items():
+            typer.echo(f"{name:<14}{group:<18} named right {probe['accuracy']:.2f}  {probe['named']}")
+        typer.echo(f"{name:<14}{'held out, all':<18} named right {r['accuracy']:.2f}; validation (leave one out) "
+                   f"{r['validation_leave_one_out']['accuracy']:.2f} (chance {result['chance']:.3f})")
+    typer.echo(f"chosen on validation: {result['chosen_on_validation']}")
 
 
 @experiment_app.command("compare")

@@ -31,6 +31,8 @@ from typing import Any, Sequence
 
 import torch
 
+from psg4d.model.contexts import cache_kwarg
+
 NEUTRAL_DESCRIPTION = "object"
 _MAX_NAME_TOKENS = 6
 
@@ -76,22 +78,29 @@ class LanguageCategoriser:
 
     @torch.inference_mode()
     def _scores(self, description: str) -> list[float]:
-        """Sum of log-probabilities of each candidate continuation ``" <name>."`` after the prompt."""
+        """Sum of log-probabilities of each candidate continuation ``" <name>."`` after the prompt.
+
+        The prompt is read once (its KV cache, repeated for every candidate); the candidates are
+        then read together, right-padded, each from the prompt's last token: the long shared
+        prompt is not recomputed once per vocabulary name."""
         prompt = self._ids(self._prompt(description))
-        rows = [prompt + self._ids(f" {c}.") for c in self.candidates]
+        tails = [self._ids(f" {c}.") for c in self.candidates]
+        dev = next(self.llm.parameters()).device
+        head, rows = prompt[:-1], [prompt[-1:] + t for t in tails]  # each row predicts its tail's tokens
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id or 0
-        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-        dev = next(self.llm.parameters()).device
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=dev)  # [C, W]
+        mask = torch.tensor([[1] * (len(head) + len(r)) + [0] * (width - len(r)) for r in rows], device=dev)
+        name = cache_kwarg(self.llm)  # "cache" or, in older transformers, "past_key_values"
         with self._base_model() as llm:
-            logits = llm(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits.float()
-        logp = torch.log_softmax(logits, dim=-1)
-        out = []
-        for i, r in enumerate(rows):
-            pos = torch.arange(len(prompt) - 1, len(r) - 1, device=dev)
-            out.append(float(logp[i, pos, torch.tensor(r[len(prompt):], device=dev)].sum()))
-        return out
+            cache = None
+            if head:
+                cache = getattr(llm(input_ids=torch.tensor([head], device=dev), use_cache=True), name)
+                cache.batch_repeat_interleave(len(rows))
+            logits = llm(input_ids=ids, attention_mask=mask, use_cache=cache is not None, **{name: cache}).logits
+        logp = torch.log_softmax(logits[:, -width:].float(), dim=-1)  # [C, W, V]
+        return [float(logp[i, torch.arange(len(t), device=dev), torch.tensor(t, device=dev)].sum())
+                for i, t in enumerate(tails)]
 
     @torch.inference_mode()
     def _free(self, description: str) -> str:
@@ -100,7 +109,7 @@ class LanguageCategoriser:
         out: list[int] = []
         with self._base_model() as llm:
             for _ in range(_MAX_NAME_TOKENS):
-                logits = llm(input_ids=torch.tensor([ids + out], device=dev)).logits[0, -1]
+                logits = llm(input_ids=torch.tensor([ids + out], device=dev), logits_to_keep=1).logits[0, -1]
                 nxt = int(torch.argmax(logits))
                 if nxt == self.tokenizer.eos_token_id:
                     break

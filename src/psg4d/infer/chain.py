@@ -12,6 +12,9 @@ relation, decide its span: four turns over the same visual tokens (:mod:`psg4d.m
    whose description training never saw, or whose name is not a training category, is named
    by :class:`~psg4d.infer.categorise.LanguageCategoriser` (the LLM's language knowledge, from
    the description alone): this is how a category that no training data showed can be named.
+   The namer is the 4D-LLM's own LLM with its adapters off, or another pretrained LM
+   (``PredictorConfig.namer``, ``psg4d predict --namer gemma3-270m``) where the 4D-LLM's was
+   trained from scratch and knows no language.
 2. **pairs**, 3. **relation**, 4. **span** — each prompt is appended after everything the LLM
    read so far (its KV cache continues) and decoding runs to the next ``<eos>``.
 
@@ -53,6 +56,7 @@ from psg4d.model.chain_text import (
 from psg4d.model.constrained import GrammarLogitsProcessor, token_alphabet
 from psg4d.model.generation import Generation
 from psg4d.model.grammar import clean_phrase
+from psg4d.model.llm import load_language_model
 from psg4d.model.psg4d_llm import PSG4DModel
 from psg4d.model.reading import Candidate, frame_owner, pair_span
 from psg4d.model.tokens import TRIPLET_SEP
@@ -79,8 +83,18 @@ class ChainPredictor:
         ids = self.prompt.ids
         self._alphabet = token_alphabet(model.tokenizer, obj_id=ids.obj, eos_id=ids.eos,
                                         banned=self.prompt.banned_ids()) if self.config.constrained else None
-        self.namer = LanguageCategoriser(llm=model.llm, tokenizer=model.tokenizer,
-                                         examples=mc.category_descriptions, vocabulary=self.config.vocabulary)
+        self.namer = self._namer(model)
+
+    def _namer(self, model: PSG4DModel) -> LanguageCategoriser:
+        """The language namer: the LLM ``config.namer`` names (loaded once, frozen, on the model's
+        device), else the 4D-LLM's own LLM, whose adapters it switches off to name."""
+        llm, tokenizer = model.llm, model.tokenizer
+        if self.config.namer is not None:
+            llm, tokenizer = load_language_model(self.config.namer)
+            llm = llm.to(next(model.parameters()).device)
+            log.info("objects of unseen kinds are named by %s", self.config.namer)
+        return LanguageCategoriser(llm=llm, tokenizer=tokenizer, examples=model.config.category_descriptions,
+                                   vocabulary=self.config.vocabulary)
 
     # what every family's predictor offers the commands (psg4d.families.VideoPredictor)
     max_frames = property(lambda self: self.base.max_frames)
@@ -198,8 +212,8 @@ class ChainPredictor:
         graph.meta["generated_text"] = " | ".join(r["answer"] for r in records)
         graph.meta["num_generated_tokens"] = sum(len(g.token_ids) for g in gens)
         graph.meta["mode"] = "chain"
-        graph.meta["chain"] = {"steps": records,
-                               "problems": sum(len(r["problems"]) for r in records)}
+        graph.meta["chain"] = {"steps": records, "problems": sum(len(r["problems"]) for r in records),
+                               "namer": self.config.namer or "own LLM"}
         return graph
 
     # -------------------------------------------------------- candidates

@@ -62,6 +62,11 @@ def predict_command(
         help="Chain mode: class names (a text file, one per line, or a dataset folder) for objects of kinds"
              " training never named (default: such objects are named in free text).",
     ),
+    namer: Optional[str] = typer.Option(
+        None, "--namer",
+        help="Chain mode: the pretrained language model that names objects of kinds training never named"
+             " (smollm2-135m, gemma3-270m or a local HF folder; default: the checkpoint's own LLM).",
+    ),
     video_id: Optional[str] = typer.Option(
         None, "--video-id",
         help="The prediction's video id, what `psg4d eval` matches to the ground truth (default: the file's"
@@ -79,7 +84,7 @@ def predict_command(
                        window=window, stride=stride)
     run_predict(PredictRequest(ckpt=ckpt, rgb=rgb, out=out, read=read, max_new_tokens=max_new_tokens,
                                candidates=candidates, report=report, threads=threads, workers=workers, mode=mode,
-                               vocab=vocab, video_id=video_id))
+                               vocab=vocab, namer=namer, video_id=video_id))
 
 
 def diagnose_command(

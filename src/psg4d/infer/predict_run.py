@@ -40,6 +40,7 @@ class PredictRequest:
     workers: int | None = None
     mode: str = "auto"
     vocab: Path | None = None
+    namer: str | None = None
     video_id: str | None = None
 
     def check(self) -> None:
@@ -69,7 +70,8 @@ def run_predict(req: PredictRequest) -> None:
         return
     family = family_of_checkpoint(req.ckpt)
     options = PredictOptions(max_new_tokens=req.max_new_tokens, max_candidates=req.candidates, threads=req.threads,
-                             mode=req.mode, vocabulary=vocabulary, depth_given=req.read.depth is not None)
+                             mode=req.mode, vocabulary=vocabulary, namer=req.namer,
+                             depth_given=req.read.depth is not None)
     if batch:
         _predict_batch(req, family, options)
         return

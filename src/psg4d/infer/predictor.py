@@ -66,6 +66,10 @@ class PredictorConfig:
     # ends and reads back whole; False: free greedy decoding up to the token limit (the old way).
     constrained: bool = True
     chain_max_objects: int = 16  # objects the describe turn may list
+    # Chain mode: the pretrained language model that names an object of a kind training never named
+    # (psg4d.model.llm: "smollm2-135m", "gemma3-270m" or a local HF folder); None: the 4D-LLM's own
+    # LLM with its adapters off (a tiny LLM trained from scratch has no language knowledge to name with).
+    namer: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in (*PREDICT_MODES, "auto"):

