@@ -147,3 +147,12 @@ def test_an_unknown_object_is_named_from_what_the_frames_read():
     assert "unknown object" in first.attributes["category_source"] and first.category in vocabulary
     assert first.attributes["read_description"] == "small red sphere" and first.attributes["model_category"] == "cup"
     assert second.attributes["category_source"] == "model"  # what it read is a training description
+    # unknown_objects=False: the reading is recorded, the written description decides the name
+    predictor = ChainPredictor(model=model, config=PredictorConfig(mode="chain", vocabulary=vocabulary,
+                                                                   constrained=False, unknown_objects=False))
+    _fake_turns(predictor, ["1 small red cylinder : cup [Obj] ; 2 flat blue block : cup [Obj]", "1 2", "1 on 2",
+                            "1 on 2 0 3"])
+    predictor.generator.read_descriptions = lambda ctx, video, hidden: ["small red sphere", "flat blue block"]
+    first, _ = predictor.predict(described_sample().video).objects
+    assert first.category == "cup" and first.attributes["category_source"] == "model"
+    assert first.attributes["read_description"] == "small red sphere"

@@ -122,7 +122,8 @@ def test_chain_experiment_quick(tmp_path):
     runs = result["runs"]
     arms = [(r["llm"], r["mode"], r["naming"]) for r in runs]
     assert arms == [(llm, mode, naming) for llm in ("tiny", "smollm2-135m")
-                    for mode, naming in (("direct", None), ("chain", "free"), ("chain", "vocabulary"))]
+                    for mode, naming in (("direct", None), ("chain", "free"), ("chain", "vocabulary"),
+                                         ("chain", "vocabulary, no unknown objects"))]
     for r in runs:
         assert set(r["metrics"]) == {"pvsg", "volumetric"} and {"R@20", "R@50", "R@100", "mR@50"} <= set(
             r["metrics"]["pvsg"])

@@ -9,7 +9,7 @@ import pytest
 from psg4d.data.schema import ObjectTrack, SceneGraph4D
 from psg4d.errors import CheckpointError, ConfigError
 from psg4d.experiments import naming
-from psg4d.experiments.chain_scoring import renamed
+from psg4d.experiments.chain_scoring import renamed, without_unknown_objects
 from psg4d.infer.categorise import Naming
 from psg4d.model import llm as llm_mod
 
@@ -57,6 +57,32 @@ def test_renaming_touches_only_the_language_named_objects():
     assert out.objects[1].attributes["category_source"].startswith("language (vocabulary by gemma3-270m;")
     assert out.objects[0].attributes["category_source"] == "model"
     assert [o.category for o in pred.objects] == ["cup", "jar", "mug"]  # the original is untouched
+
+
+def test_without_unknown_objects_names_from_the_written_description():
+    asked = []
+
+    class Predictor:  # what ChainPredictor(unknown_objects=False).name_object answers
+        def name_object(self, obj, read=None):
+            asked.append((obj.description, obj.category, read))
+            return {"category": obj.category, "source": "model"}
+
+    objects = [
+        ObjectTrack(0, "laptop", attributes={
+            "category_source": "language (vocabulary; unknown object: the frames read 'large tan block')",
+            "description": "skin-coloured palm", "read_description": "large tan block", "model_category": "hand",
+            "language_score": -1.0}),
+        ObjectTrack(1, "table", attributes={"category_source": "model", "description": "large tan pedestal",
+                                            "read_description": "large tan pedestal"}),
+    ]
+    pred = SceneGraph4D("v", 4, 8, 8, objects, [])
+    out = without_unknown_objects([pred], Predictor())[0]
+    assert [o.category for o in out.objects] == ["hand", "table"]
+    assert asked == [("skin-coloured palm", "hand", "large tan block")]  # only the unknown object is named again
+    assert out.objects[0].attributes["category_source"] == "model"
+    assert "model_category" not in out.objects[0].attributes and "language_score" not in out.objects[0].attributes
+    assert out.objects[0].attributes["read_description"] == "large tan block"  # the reading stays recorded
+    assert pred.objects[0].category == "laptop"  # the original is untouched
 
 
 def test_leave_one_out_never_shows_the_answer(monkeypatch):

@@ -39,6 +39,9 @@ budget; ``naming_probe`` names each novel category from its world description al
 vocabulary (accuracy beside chance). With ``--namer gemma3-270m`` one more chain arm, ``vocabulary by
 gemma3-270m``, names the same predictions' language-named objects with that pretrained LM (what
 ``psg4d predict --mode chain --namer`` does), for an LLM trained from scratch, which knows no words.
+With an attribute head, the arm ``vocabulary, no unknown objects`` is the same predictions named as
+``PredictorConfig(unknown_objects=False)`` names them (the attribute head's reading recorded, not
+deciding): what the unknown-object outcome costs or buys.
 Nothing is tuned: every setting is fixed in advance (the JSON's ``defaults_chosen_on``), the test
 split is only scored.
 
@@ -67,7 +70,14 @@ from psg4d.experiments.common import (
     synthetic_world,
     train_or_reuse,
 )
-from psg4d.experiments.chain_scoring import namer_for, naming_probe, renamed, score_arm, summarise
+from psg4d.experiments.chain_scoring import (
+    namer_for,
+    naming_probe,
+    renamed,
+    score_arm,
+    summarise,
+    without_unknown_objects,
+)
 from psg4d.experiments.output import check_output_folder, jsonable, machine_info
 from psg4d.utils.io import atomic_write_json
 
@@ -256,6 +266,8 @@ def _arms(cfg: ChainExperimentConfig, model, world: Path, vocab: list[str], name
     predictions are kept in ``RUN_DIR/predictions/NAME_<mode>.jsonl`` (``psg4d eval`` scores them
     again). ``external``: the namer LM's ``(model, tokenizer)`` (``cfg.namer``), or None."""
     from psg4d.data.schema import save_scene_graphs
+    from psg4d.infer.chain import ChainPredictor
+    from psg4d.infer.predictor import PredictorConfig
 
     arms = []
     for mode in ("direct", "chain"):
@@ -269,6 +281,12 @@ def _arms(cfg: ChainExperimentConfig, model, world: Path, vocab: list[str], name
         variants = {"vocabulary": preds,
                     "free": renamed(preds, namer_for(model, None), "free") if "free" in cfg.namings else None}
         arms += [(mode, n, variants[n], done.truths, done.predict_s_per_video) for n in cfg.namings]
+        if "vocabulary" in cfg.namings and model.attribute_head is not None:
+            # the same predictions without the unknown-object outcome (PredictorConfig.unknown_objects)
+            gate_off = ChainPredictor(model=model, config=PredictorConfig(mode="chain", vocabulary=vocab,
+                                                                           unknown_objects=False))
+            arms.append((mode, "vocabulary, no unknown objects", without_unknown_objects(preds, gate_off),
+                         done.truths, done.predict_s_per_video))
         if external is not None:
             how = f"vocabulary by {cfg.namer}"
             arms.append((mode, how, renamed(preds, namer_for(model, vocab, external), how), done.truths,

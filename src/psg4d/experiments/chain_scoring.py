@@ -1,6 +1,7 @@
 """Scoring of the ``chain`` experiment (:mod:`psg4d.experiments.chain`): one arm's predictions
 (:func:`score_arm`), the renaming of the chain's language-named objects in free text or by another
-LM (:func:`renamed`), the language namer and its probe (:func:`namer_for`, :func:`naming_probe`) and the summary over training
+LM (:func:`renamed`) or without the unknown-object outcome (:func:`without_unknown_objects`), the
+language namer and its probe (:func:`namer_for`, :func:`naming_probe`) and the summary over training
 seeds (:func:`summarise`)."""
 
 from __future__ import annotations
@@ -83,6 +84,35 @@ def renamed(preds: list, namer, how: str) -> list:
                 source = o.attributes["category_source"]
                 text = o.attributes.get("read_description") if "unknown object" in source else None
                 o.category = namer(text or o.attributes.get("description") or o.category).name or o.category
+            q.objects.append(o)
+        out.append(q)
+    return out
+
+
+def without_unknown_objects(preds: list, predictor) -> list:
+    """Copies of chain predictions named as ``PredictorConfig(unknown_objects=False)`` names them
+    (``predictor`` is a :class:`~psg4d.infer.chain.ChainPredictor` built so): an object that was an
+    unknown object (the attribute head read no training category's appearance) gets the name its
+    written description gives; every other object, turn and relation is unchanged. What the
+    unknown-object outcome costs or buys, without predicting again."""
+    import copy
+
+    from psg4d.model.chain_text import ChainObject
+
+    out = []
+    for p in preds:
+        q = copy.copy(p)
+        q.objects = []
+        for o in p.objects:
+            if "unknown object" in str(o.attributes.get("category_source", "")):
+                o = copy.copy(o)
+                written = ChainObject(index=0, description=o.attributes.get("description", ""),
+                                      category=o.attributes.get("model_category", o.category), obj_index=0)
+                named = predictor.name_object(written, o.attributes.get("read_description"))
+                o.category = named["category"]
+                o.attributes = {k: v for k, v in o.attributes.items() if k not in ("model_category", "language_score")}
+                o.attributes.update(category_source=named["source"],
+                                    **{k: named[k] for k in ("model_category", "language_score") if k in named})
             q.objects.append(o)
         out.append(q)
     return out

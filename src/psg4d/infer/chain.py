@@ -146,11 +146,11 @@ class ChainPredictor:
         return records, gens
 
     # ----------------------------------------------------------- objects
-    def _name(self, obj: ChainObject, read: str | None = None) -> dict[str, Any]:
+    def name_object(self, obj: ChainObject, read: str | None = None) -> dict[str, Any]:
         """The object's category and where it came from. ``read``: what the attribute head read
         from the frames under its tube; one training never connected to a category makes it an
         **unknown object**, named from that description by language alone."""
-        if read is not None and normalize_description(read) not in self.known_descriptions:
+        if self.config.unknown_objects and read is not None and normalize_description(read) not in self.known_descriptions:
             naming = self.namer(read)
             return {"category": naming.name or obj.category, "model_category": obj.category,
                     "source": f"language ({naming.how}; unknown object: the frames read {read!r})",
@@ -180,7 +180,7 @@ class ChainPredictor:
         hidden = gens[0].obj_hidden[[o.obj_index for o in listed]]
         tubes = self.base.reader.tubes(ctx, hidden, size) if listed else []
         read = self.generator.read_descriptions(ctx, video, hidden)
-        names = [self._name(o, r) for o, r in zip(listed, read)]
+        names = [self.name_object(o, r) for o, r in zip(listed, read)]
         position = {o.index: i for i, o in enumerate(listed)}  # the answer's number -> object index
         records[0]["items"] = [{"index": o.index, "description": o.description, "object_id": position[o.index], **n}
                                for o, n in zip(listed, names)]

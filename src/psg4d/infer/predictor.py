@@ -70,6 +70,10 @@ class PredictorConfig:
     # (psg4d.model.llm: "smollm2-135m", "gemma3-270m" or a local HF folder); None: the 4D-LLM's own
     # LLM with its adapters off (a tiny LLM trained from scratch has no language knowledge to name with).
     namer: str | None = None
+    # Chain mode, with an attribute head: an object whose appearance it reads as no training
+    # category's is an unknown object, named by language from that reading; False: the reading is
+    # recorded (attributes["read_description"]) but the name follows the written description.
+    unknown_objects: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in (*PREDICT_MODES, "auto"):
