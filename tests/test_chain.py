@@ -311,6 +311,11 @@ def test_language_categoriser_scores_the_whole_vocabulary_calibrated(chained):
     assert namer.chance == 1 / 3
     assert namer("a table like thing").name == "table"  # the description's words raise that name
     assert namer("a person like thing").name == "person"
+    raw = LanguageCategoriser(llm=_CopyLM(len(tok)), tokenizer=tok, examples={"cup": ["flat blue block"]},
+                              vocabulary=["cup", "person", "table"], calibrate=False)
+    # raw, a name the shots already show ("cup") is as likely as the one the description adds: the
+    # tie goes to the first candidate, which is what the calibration is there to prevent
+    assert raw("a table like thing").name == "cup" and raw._neutral is None  # no neutral pass when raw
     free = LanguageCategoriser(llm=_CopyLM(len(tok)), tokenizer=tok, examples={}, vocabulary=None)
     assert isinstance(free("red").name, str) and free("red").how == "free" and free.chance is None
 

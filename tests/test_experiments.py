@@ -152,8 +152,11 @@ def test_naming_experiment_quick(tmp_path):
     assert main(["experiment", "naming", "--quick", "--out", str(out)]) == 0
     result = json.loads((out / "naming.json").read_text())
     assert list(result["llms"]) == ["tiny"] and len(result["vocabulary"]) >= 20
-    assert result["chance"] == round(1 / len(result["vocabulary"]), 4) and result["chosen_on_validation"] == "tiny"
-    tiny = result["llms"]["tiny"]
+    assert result["chance"] == round(1 / len(result["vocabulary"]), 4)
+    assert set(result["llms"]["tiny"]) == {"calibrated", "raw"}  # both scorings, side by side
+    assert result["chosen_on_validation"]["llm"] == "tiny"
+    assert result["chosen_on_validation"]["scoring"] in ("calibrated", "raw")
+    tiny = result["llms"]["tiny"]["calibrated"]
     groups = tiny["groups"]
     assert set(groups["novel"]["named"]) == {"apple", "globe", "jar", "phone"}
     assert set(groups["seen_only_in_2d"]["named"]) == {"bowling pin", "lime", "thermos", "toy car"}

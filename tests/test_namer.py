@@ -89,7 +89,7 @@ def test_leave_one_out_never_shows_the_answer(monkeypatch):
     seen: list[tuple[str, set[str]]] = []
 
     class Recorder:
-        def __init__(self, *, llm, tokenizer, examples, vocabulary):
+        def __init__(self, *, llm, tokenizer, examples, vocabulary, calibrate=True):
             self.examples = examples
 
         def __call__(self, description):

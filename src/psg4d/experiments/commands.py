@@ -137,12 +137,15 @@ def naming_experiment(
     from psg4d.experiments.naming import NamingConfig, run
 
     result = run(NamingConfig(out=out, llms=list(llms), quick=quick))
-    for name, r in result["llms"].items():
-        for group, probe in r["groups"].items():
-            typer.echo(f"{name:<14}{group:<18} named right {probe['accuracy']:.2f}  {probe['named']}")
-        typer.echo(f"{name:<14}{'held out, all':<18} named right {r['accuracy']:.2f}; validation (leave one out) "
-                   f"{r['validation_leave_one_out']['accuracy']:.2f} (chance {result['chance']:.3f})")
-    typer.echo(f"chosen on validation: {result['chosen_on_validation']}")
+    for name, by_scoring in result["llms"].items():
+        for scoring, r in by_scoring.items():
+            lm = f"{name} ({scoring})"
+            for group, probe in r["groups"].items():
+                typer.echo(f"{lm:<26}{group:<18} named right {probe['accuracy']:.2f}  {probe['named']}")
+            typer.echo(f"{lm:<26}{'held out, all':<18} named right {r['accuracy']:.2f}; validation (leave one "
+                       f"out) {r['validation_leave_one_out']['accuracy']:.2f} (chance {result['chance']:.3f})")
+    chosen = result["chosen_on_validation"]
+    typer.echo(f"chosen on validation: {chosen['llm']}, {chosen['scoring']} scores")
 
 
 @experiment_app.command("compare")

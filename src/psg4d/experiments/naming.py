@@ -15,10 +15,13 @@ Each LM is also scored on a **validation** group that touches no held-out catego
 4D training shows, named from its description with the others as the shots (leave one out). The
 namer a chain should use is chosen there (``chosen_on_validation``), not on the held-out groups.
 
+Each LM names twice: with scores calibrated against a neutral description (the default of
+:class:`~psg4d.infer.categorise.LanguageCategoriser`) and raw.
+
 Writes ``OUT/naming.json``: ``vocabulary``, ``chance`` (1 / its size), ``shots_from``, ``llms``
-({name: {``groups`` ({novel | seen_only_in_2d: {accuracy, chance, named, descriptions}}),
-``accuracy`` over all held-out categories, ``validation_leave_one_out``, ``seconds``}}),
-``chosen_on_validation``; and ``OUT/naming.svg`` (the LMs side by side, chance beside them).
+({name: {calibrated | raw: {``groups`` ({novel | seen_only_in_2d: {accuracy, chance, named,
+descriptions}}), ``accuracy`` over all held-out categories, ``validation_leave_one_out``,
+``seconds``}}}), ``chosen_on_validation`` ({llm, scoring}); and ``OUT/naming.svg`` (the LMs side by side, chance beside them).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 
 NAME = "naming"
 LLMS = ("smollm2-135m", "gemma3-270m", "tiny")
+SCORINGS = ("calibrated", "raw")  # names scored against a neutral description's, or raw log-probabilities
 
 
 @dataclass(kw_only=True)
@@ -66,13 +70,13 @@ def _llm(name: str, words: list[str]):
     return llm.eval(), tokenizer
 
 
-def _leave_one_out(llm, tokenizer, vocab: list[str], examples: dict[str, list[str]]) -> dict[str, Any]:
+def _leave_one_out(llm, tokenizer, vocab: list[str], examples: dict[str, list[str]], calibrate: bool = True) -> dict[str, Any]:
     """The validation group: each category 4D training shows, named from its description with the
     others as the shots (never itself), over the whole vocabulary. Choosing between namer LMs on
     it touches no held-out category."""
     named, described = {}, {}
     for c in examples:
-        namer = LanguageCategoriser(llm=llm, tokenizer=tokenizer, vocabulary=vocab,
+        namer = LanguageCategoriser(llm=llm, tokenizer=tokenizer, vocabulary=vocab, calibrate=calibrate,
                                     examples={k: v for k, v in examples.items() if k != c})
         described[c] = examples[c][0]
         named[c] = namer(described[c]).name
@@ -82,19 +86,24 @@ def _leave_one_out(llm, tokenizer, vocab: list[str], examples: dict[str, list[st
 
 
 def _one(name: str, vocab: list[str], groups: dict[str, list[str]], examples: dict[str, list[str]]) -> dict[str, Any]:
+    """One LM's namings, scores calibrated against a neutral description and raw, side by side."""
     from psg4d.data.synth.describe import attribute_words
 
     llm, tokenizer = _llm(name, [*vocab, *attribute_words(), "object", "name", ":", "."])
-    t0 = time.perf_counter()
-    namer = LanguageCategoriser(llm=llm, tokenizer=tokenizer, examples=examples, vocabulary=vocab)
-    probes = {g: naming_probe(namer, cats) for g, cats in groups.items()}
-    hits = sum(probes[g]["accuracy"] * len(cats) for g, cats in groups.items())
-    validation = _leave_one_out(llm, tokenizer, vocab, examples)
-    held_out = sum(len(c) for c in groups.values())
-    log.info("%s named %.0f %% of %d held-out categories right; validation, leave one out: %.0f %% of %d",
-             name, 100 * hits / held_out, held_out, 100 * validation["accuracy"], len(examples))
-    return {"groups": probes, "accuracy": round(hits / held_out, 4), "validation_leave_one_out": validation,
-            "seconds": round(time.perf_counter() - t0, 1)}
+    out = {}
+    for scoring, calibrate in (("calibrated", True), ("raw", False)):
+        t0 = time.perf_counter()
+        namer = LanguageCategoriser(llm=llm, tokenizer=tokenizer, examples=examples, vocabulary=vocab,
+                                    calibrate=calibrate)
+        probes = {g: naming_probe(namer, cats) for g, cats in groups.items()}
+        hits = sum(probes[g]["accuracy"] * len(cats) for g, cats in groups.items())
+        validation = _leave_one_out(llm, tokenizer, vocab, examples, calibrate)
+        held_out = sum(len(c) for c in groups.values())
+        log.info("%s (%s): named %.0f %% of %d held-out categories right; validation, leave one out: %.0f %% of %d",
+                 name, scoring, 100 * hits / held_out, held_out, 100 * validation["accuracy"], len(examples))
+        out[scoring] = {"groups": probes, "accuracy": round(hits / held_out, 4),
+                        "validation_leave_one_out": validation, "seconds": round(time.perf_counter() - t0, 1)}
+    return out
 
 
 def run(cfg: NamingConfig) -> dict[str, Any]:
@@ -109,7 +118,10 @@ def run(cfg: NamingConfig) -> dict[str, Any]:
     shots_from = [c for c in vocab if c not in NOVEL and c not in voc.held_out]
     examples = {c: [d] for c, d in category_descriptions(shots_from).items()}
     per_llm = {name: _one(name, vocab, groups, examples) for name in cfg.llms}
-    chosen = max(cfg.llms, key=lambda n: per_llm[n]["validation_leave_one_out"]["accuracy"])  # first on ties
+    # the namer (LM and scoring) a chain should use: the best on validation, the first on ties
+    options = [(n, sc) for n in cfg.llms for sc in SCORINGS]
+    best = max(options, key=lambda o: per_llm[o[0]][o[1]]["validation_leave_one_out"]["accuracy"])
+    chosen = {"llm": best[0], "scoring": best[1]}
     chance = round(1.0 / len(vocab), 4)
     result = {
         "vocabulary": vocab, "chance": chance, "shots_from": shots_from, "llms": per_llm,
@@ -117,11 +129,11 @@ def run(cfg: NamingConfig) -> dict[str, Any]:
     }
     atomic_write_json(out / f"{NAME}.json", result, indent=1)
     labels = ["validation (leave one out)", *groups, "held out, all"]
-    series = {f"{n} (%)": [100 * r["validation_leave_one_out"]["accuracy"], *(100 * r["groups"][g]["accuracy"]
-                                                                             for g in groups), 100 * r["accuracy"]]
-              for n, r in per_llm.items()}
+    series = {f"{n}, {sc} (%)": [100 * r[sc]["validation_leave_one_out"]["accuracy"],
+                                 *(100 * r[sc]["groups"][g]["accuracy"] for g in groups), 100 * r[sc]["accuracy"]]
+              for n, r in per_llm.items() for sc in SCORINGS}
     series["chance (%)"] = [100 * chance] * len(labels)
     write_bar_chart(out / f"{NAME}.svg", labels, series,
                     title=f"Naming from a description alone ({len(vocab)} classes)", unit="%")
-    log.info("namer chosen on validation: %s", chosen)
+    log.info("namer chosen on validation: %s, %s scores", chosen["llm"], chosen["scoring"])
     return result

@@ -13,9 +13,9 @@ before it saw any video), few-shot with the descriptions training did connect to
 * with a target vocabulary (``vocabulary``): every name of the **whole** vocabulary is scored as
   the continuation ``" <name>."`` and the best one wins, so chance is ``1 / len(vocabulary)``
   (:attr:`LanguageCategoriser.chance`; a namer offered only the names training never used would
-  be told the answer's set). Scores are calibrated against the same name after a neutral
-  description (``Object: object.``): the log-probability the description *adds* to the name, so
-  frequent short words do not win by being frequent;
+  be told the answer's set). By default scores are calibrated against the same name after a
+  neutral description (``Object: object.``): the log-probability the description *adds* to the
+  name, so frequent short words do not win by being frequent (``calibrate=False``: raw);
 * without one: a short greedy answer up to the first ``.`` (free text, mapped to a dataset's
   vocabulary at evaluation by :mod:`psg4d.eval.labelmap`).
 
@@ -48,13 +48,14 @@ class LanguageCategoriser:
     """Names described objects with the LLM alone (keyword-only; see the module docstring)."""
 
     def __init__(self, *, llm: Any, tokenizer: Any, examples: dict[str, list[str]],
-                 vocabulary: Sequence[str] | None = None, max_examples: int = 12):
+                 vocabulary: Sequence[str] | None = None, max_examples: int = 12, calibrate: bool = True):
         self.llm = llm
         self.tokenizer = tokenizer
         shots = [(d, c) for c, ds in examples.items() for d in ds[:1] if d and d.lower() != c.lower()]
         self.shots = shots[:max_examples]
         self.candidates = list(dict.fromkeys(vocabulary or []))
         self.free = vocabulary is None
+        self.calibrate = calibrate  # False: raw log-probabilities, no neutral description subtracted
         self._neutral: dict[str, float] | None = None
 
     @property
@@ -122,8 +123,10 @@ class LanguageCategoriser:
     def __call__(self, description: str) -> Naming:
         if self.free or not self.candidates:
             return Naming(self._free(description), None, "free")
-        if self._neutral is None:
-            self._neutral = dict(zip(self.candidates, self._scores(NEUTRAL_DESCRIPTION)))
-        scores = [s - self._neutral[c] for c, s in zip(self.candidates, self._scores(description))]
+        scores = self._scores(description)
+        if self.calibrate:
+            if self._neutral is None:
+                self._neutral = dict(zip(self.candidates, self._scores(NEUTRAL_DESCRIPTION)))
+            scores = [s - self._neutral[c] for c, s in zip(self.candidates, scores)]
         best = max(range(len(scores)), key=scores.__getitem__)
         return Naming(self.candidates[best], scores[best], "vocabulary")
