@@ -153,6 +153,8 @@ def test_naming_experiment_quick(tmp_path):
     result = json.loads((out / "naming.json").read_text())
     assert list(result["llms"]) == ["tiny"] and len(result["vocabulary"]) >= 20
     assert result["chance"] == round(1 / len(result["vocabulary"]), 4)
+    assert result["judged_on_world_seed"] is None and result["training_seeds"] == []  # no world, no training
+    assert "the validation group (leave one out)" in result["defaults_chosen_on"].values()
     assert set(result["llms"]["tiny"]) == {"calibrated", "raw"}  # both scorings, side by side
     assert result["chosen_on_validation"]["llm"] == "tiny"
     assert result["chosen_on_validation"]["scoring"] in ("calibrated", "raw")

@@ -344,7 +344,8 @@ def run(cfg: ChainExperimentConfig) -> dict[str, Any]:
             "chain_prob 0.5, the six stages' steps, llm_steps 300": "a priori (design world 1, BENCHMARKS.md); "
                                                                     "not on this world",
             "naming over the whole vocabulary, calibrated against a neutral description": "a priori",
-            "the namer LM of the 'vocabulary by' arm": "a priori (psg4d experiment naming, no test video)",
+            "the namer LM of the 'vocabulary by' arm": "the validation group of psg4d experiment naming (leave one "
+                                                       "out over the 4D training categories; no test video)",
             "label mapper threshold and edit budget": "its own validation table (psg4d.eval.automap_validation)",
             "chain decoding constrained by each turn's grammar": "a priori (no setting to choose)",
         },

@@ -124,6 +124,12 @@ def run(cfg: NamingConfig) -> dict[str, Any]:
     chosen = {"llm": best[0], "scoring": best[1]}
     chance = round(1.0 / len(vocab), 4)
     result = {
+        # no world is synthesised and nothing trains: the descriptions are the attribute table's
+        "judged_on_world_seed": None, "training_seeds": [],
+        "defaults_chosen_on": {
+            "namer LM and scoring (chosen_on_validation)": "the validation group (leave one out)",
+            "vocabulary (the hoi preset's classes), shots (the 4D training categories)": "a priori",
+        },
         "vocabulary": vocab, "chance": chance, "shots_from": shots_from, "llms": per_llm,
         "chosen_on_validation": chosen, "quick": cfg.quick, "machine": machine_info(), "config": jsonable(asdict(cfg)),
     }
