@@ -356,8 +356,10 @@ def test_mode_and_vocabulary_options(tmp_path, chained):
     truth = {sample.graph.video_id: sample.graph}
     predictor = Predictor(model=model, ranking=RankingWeights())
     direct = scores([predictor.predict(sample.video)], truth)
-    record = choose_mode(predictor, RankingWeights(), direct, [sample.video], truth, "these videos")
-    assert record["direct"] == direct and set(record["chain"]) == set(direct)
+    record, chosen = choose_mode(predictor, RankingWeights(), direct, [sample.video], truth, "these videos")
+    assert set(chosen) == {"chain_ranking"}  # the chain's own weights; no attribute head: no margin to choose
+    assert chosen["chain_ranking"]["chosen_on"] == "these videos" and len(chosen["chain_ranking"]["tried"]) == 30
+    assert record["direct"] == direct and set(direct) <= set(record["chain"])
     better = "chain" if record["chain"]["objective"] > direct["objective"] else "direct"
     assert record["chosen"] == better and record["chosen_on"] == "these videos"
     with pytest.raises(ConfigError, match="predict mode"):
@@ -417,3 +419,72 @@ def test_each_described_object_gets_its_own_tube(chained):
     pred = ChainPredictor(model=model, config=PredictorConfig(mode="chain")).predict(sample.video)
     ious = _tube_iou(pred, sample)
     assert len(ious) == 3 and min(ious.values()) > 0.5, ious
+
+
+def _with_tags(predictor: ChainPredictor, tags: list[str]) -> None:
+    """Make the predictor's tagging head find ``tags`` (in this order) on every video."""
+    encode = predictor.generator.encode_video
+
+    def encode_video(video, *, chain=False):
+        ctx = encode(video, chain=chain)
+        ctx.tags = list(tags)
+        return ctx
+
+    predictor.generator.encode_video = encode_video
+
+
+def test_tagged_categories_the_describe_answer_does_not_name_join_it(chained):
+    """As in the direct reading (tag_objects): a tagged category the describe turn leaves out is
+    appended as an item in the training text's form, so its [Obj] prompts the tube training taught
+    and the later turns can pair it."""
+    model, sample = chained
+    predictor = ChainPredictor(model=model, config=PredictorConfig(mode="chain", constrained=False))
+    _with_tags(predictor, ["cup", "water dispenser", "person"])
+    answers = ["1 flat blue block : cup [Obj]", "3 1", "3 holding 1", "3 holding 1 0 2"]
+    _fake_turns(predictor, answers)
+    pred = predictor.predict(sample.video)
+    describe = pred.meta["chain"]["steps"][0]
+    # the answer is now the one training taught for this clip
+    assert describe["answer"] == ("1 flat blue block : cup [Obj] ; 2 small red cylinder : water dispenser [Obj] ; "
+                                  "3 tall skin-coloured agent : person [Obj]")
+    assert describe["tagged"] == "; 2 small red cylinder : water dispenser [Obj] ; 3 tall skin-coloured agent : person [Obj]"
+    assert pred.meta["chain"]["problems"] == 0  # "3" is an object the later turns know
+    assert [o.category for o in pred.objects] == ["cup", "water dispenser", "person"]
+    ious = _tube_iou(pred, sample)  # the appended items prompt the tubes training taught (cup's [Obj] is faked)
+    assert min(ious["water dispenser"], ious["person"]) > 0.5, ious
+    cat = {o.object_id: o.category for o in pred.objects}
+    rel = {(cat[r.subject_id], r.predicate, cat[r.object_id]): r.spans for r in pred.relations}
+    assert rel[("person", "holding", "cup")] == [(0, 2)]
+
+    off = ChainPredictor(model=model, config=PredictorConfig(mode="chain", constrained=False, tag_objects=False))
+    _with_tags(off, ["cup", "water dispenser", "person"])
+    _fake_turns(off, answers)
+    pred = off.predict(sample.video)
+    assert [o.category for o in pred.objects] == ["cup"] and "tagged" not in pred.meta["chain"]["steps"][0]
+    assert pred.meta["chain"]["problems"] > 0  # object 3 was never listed
+
+
+def test_items_of_one_category_with_overlapping_tubes_are_one_object(chained):
+    model, sample = chained
+    predictor = ChainPredictor(model=model, config=PredictorConfig(mode="chain", constrained=False, tag_objects=False))
+    _fake_turns(predictor, ["1 small red cylinder : water dispenser [Obj] ; 2 small red cylinder : water dispenser "
+                            "[Obj] ; 3 flat blue block : cup [Obj]", "1 3 ; 2 3 ; 1 2",
+                            "1 on 3 ; 2 next to 3 ; 1 on 2", "1 on 3 0 1"])
+    fake = predictor.generator.generate
+    turn = iter(range(4))
+
+    def same_first_two(ctx, **kw):  # items 1 and 2 prompt the same tube
+        gen = fake(ctx, **kw)
+        if next(turn) == 0:
+            gen.obj_hidden[1] = gen.obj_hidden[0]
+        return gen
+
+    predictor.generator.generate = same_first_two
+    pred = predictor.predict(sample.video)
+    assert [o.category for o in pred.objects] == ["water dispenser", "cup"]
+    items = pred.meta["chain"]["steps"][0]["items"]
+    assert [(i["index"], i["object_id"]) for i in items] == [(1, 0), (2, 0), (3, 1)]
+    assert items[1]["same_object_as"] == 1 and "same_object_as" not in items[0]
+    rel = {(r.subject_id, r.predicate, r.object_id) for r in pred.relations}
+    assert {(0, "on", 1), (0, "next to", 1)} <= rel  # both numbers' answers reach the one object
+    assert all(r.subject_id != r.object_id for r in pred.relations)  # "1 on 2" is one object with itself

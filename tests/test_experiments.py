@@ -123,12 +123,21 @@ def test_chain_experiment_quick(tmp_path):
     arms = [(r["llm"], r["mode"], r["naming"]) for r in runs]
     assert arms == [(llm, mode, naming) for llm in ("tiny", "smollm2-135m")
                     for mode, naming in (("direct", None), ("chain", "free"), ("chain", "vocabulary"),
-                                         ("chain", "vocabulary, no unknown objects"))]
+                                         ("chain", "vocabulary, no unknown objects"), ("chain", "vocabulary, margin 0"))]
     for r in runs:
         assert set(r["metrics"]) == {"pvsg", "volumetric"} and {"R@20", "R@50", "R@100", "mR@50"} <= set(
             r["metrics"]["pvsg"])
         assert {"zR@50_novel", "recall@50_seen_only_in_2d", "mapper_accuracy", "wall_s", "turns_at_limit"} <= set(r)
         assert set(r["novel_named_as"]) == set(result["novel_categories"]) == {"apple", "globe", "jar", "phone"}
+        # ranking weights (each mode its own), the unknown-object margin and --mode auto: chosen by
+        # psg4d tune-ranking on the world's validation split, beside the checkpoint
+        chosen = r["chosen_on_validation"]
+        assert chosen["chosen_on"].startswith("val split of world 29") and chosen["auto_mode"] in ("direct", "chain")
+        assert set(chosen["direct"]) == set(chosen["chain"]) == {"quality", "presence"}
+        gate = chosen["unknown_margin"]
+        assert gate["margin"] >= 0 and gate["keep"] == 0.95
+        ranking = json.loads((Path(r["checkpoint"]) / "ranking.json").read_text())
+        assert ranking["split"] == "val" and ranking["unknown_margin"] == gate
         if r["naming"] == "vocabulary":  # the language probe names every novel category over the whole vocabulary
             assert set(r["naming_probe"]["named"]) == set(result["novel_categories"])
             assert set(r["naming_probe"]["named"].values()) <= set(result["naming_vocabulary"])

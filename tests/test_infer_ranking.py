@@ -121,3 +121,39 @@ def test_tune_ranking_command_refuses_the_test_split_and_an_existing_file(tmp_pa
     (ckpt / RANKING_FILE).write_text("{}")
     assert main(["tune-ranking", "--ckpt", str(ckpt), "--data", str(tmp_path)]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_the_unknown_margin_keeps_the_chosen_share_of_validation_objects_known(tmp_path):
+    from psg4d.infer.ranking import choose_unknown_margin, load_unknown_margin
+
+    margins = [0.1 * k for k in range(20)]  # 0.0 .. 1.9
+    # 95 % of 20: 19 objects at or below the margin -> the 19th smallest, 1.8
+    assert choose_unknown_margin(margins, 0.95) == pytest.approx(1.8)
+    assert choose_unknown_margin(margins, 0.5) == pytest.approx(0.9)  # 10 of 20 at or below
+    assert choose_unknown_margin([]) == 0.0
+    assert load_unknown_margin(tmp_path) is None
+    f = tmp_path / RANKING_FILE
+    f.write_text(json.dumps({"quality": 0, "presence": 0, "chosen_on": "val",
+                             "unknown_margin": {"margin": 1.8, "keep": 0.95, "objects": 20, "chosen_on": "val split"}}))
+    assert load_unknown_margin(tmp_path) == (1.8, "val split")
+    f.write_text(json.dumps({"quality": 0, "presence": 0, "chosen_on": "val", "unknown_margin": {"margin": -1,
+                                                                                                "chosen_on": "x"}}))
+    with pytest.raises(DataError, match="unknown_margin must be"):
+        load_unknown_margin(tmp_path)
+
+
+def test_the_chained_predictor_reads_the_checkpoints_unknown_margin(tmp_path):
+    from psg4d.infer.chain import ChainPredictor
+    from psg4d.infer.chain_naming import UNCHOSEN_MARGIN
+    from psg4d.infer.predictor import PredictorConfig
+
+    model = PSG4DModel.from_config(tiny_config(chain_prob=1.0))
+    model.save_pretrained(tmp_path)
+    model = PSG4DModel.from_pretrained(tmp_path)
+    assert ChainPredictor(model=model).naming.unknown_margin_chosen_on == UNCHOSEN_MARGIN
+    (tmp_path / RANKING_FILE).write_text(json.dumps({"quality": 0, "presence": 0, "chosen_on": "val",
+                                                     "unknown_margin": {"margin": 0.7, "chosen_on": "val split"}}))
+    chain = ChainPredictor(model=model)
+    assert (chain.naming.unknown_margin, chain.naming.unknown_margin_chosen_on) == (0.7, "val split")
+    given = ChainPredictor(model=model, config=PredictorConfig(mode="chain", unknown_margin=0.2))
+    assert given.naming.unknown_margin == 0.2 and "given" in given.naming.unknown_margin_chosen_on

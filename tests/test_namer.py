@@ -59,30 +59,31 @@ def test_renaming_touches_only_the_language_named_objects():
     assert [o.category for o in pred.objects] == ["cup", "jar", "mug"]  # the original is untouched
 
 
-def test_without_unknown_objects_names_from_the_written_description():
-    asked = []
+def test_without_unknown_objects_names_from_the_written_name():
+    """The same predictions named as ChainPredictor(unknown_objects=False) names them: the unknown
+    object gets the name the model wrote (its frames' reading stays recorded), the rest is unchanged."""
+    from psg4d.infer.chain import ChainPredictor
+    from psg4d.infer.predictor import PredictorConfig
+    from psg4d.model.psg4d_llm import PSG4DModel
+    from test_chain import chain_config
 
-    class Predictor:  # what ChainPredictor(unknown_objects=False).name_object answers
-        def name_object(self, obj, read=None):
-            asked.append((obj.description, obj.category, read))
-            return {"category": obj.category, "source": "model"}
-
+    predictor = ChainPredictor(model=PSG4DModel.from_config(chain_config()),
+                               config=PredictorConfig(mode="chain", unknown_objects=False))
     objects = [
-        ObjectTrack(0, "laptop", attributes={
-            "category_source": "language (vocabulary; unknown object: the frames read 'large tan block')",
-            "description": "skin-coloured palm", "read_description": "large tan block", "model_category": "hand",
-            "language_score": -1.0}),
-        ObjectTrack(1, "table", attributes={"category_source": "model", "description": "large tan pedestal",
-                                            "read_description": "large tan pedestal"}),
+        ObjectTrack(0, "apple", attributes={
+            "category_source": "language (vocabulary; unknown object: the frames read 'small red sphere')",
+            "description": "small red cylinder", "read_description": "small red sphere", "read_margin": 1.0,
+            "model_category": "water dispenser", "language_score": -1.0}),
+        ObjectTrack(1, "cup", attributes={"category_source": "model", "description": "flat blue block",
+                                          "read_description": "flat blue block", "read_margin": 0.0}),
     ]
     pred = SceneGraph4D("v", 4, 8, 8, objects, [])
-    out = without_unknown_objects([pred], Predictor())[0]
-    assert [o.category for o in out.objects] == ["hand", "table"]
-    assert asked == [("skin-coloured palm", "hand", "large tan block")]  # only the unknown object is named again
-    assert out.objects[0].attributes["category_source"] == "model"
+    out = without_unknown_objects([pred], predictor)[0]
+    assert [o.category for o in out.objects] == ["water dispenser", "cup"]
+    assert [o.attributes["category_source"] for o in out.objects] == ["model", "model"]
     assert "model_category" not in out.objects[0].attributes and "language_score" not in out.objects[0].attributes
-    assert out.objects[0].attributes["read_description"] == "large tan block"  # the reading stays recorded
-    assert pred.objects[0].category == "laptop"  # the original is untouched
+    assert out.objects[0].attributes["read_description"] == "small red sphere"  # the reading stays recorded
+    assert pred.objects[0].category == "apple"  # the original is untouched
 
 
 def test_leave_one_out_never_shows_the_answer(monkeypatch):

@@ -7,8 +7,9 @@ The pair with the best mean of pvsg R@50, pvsg mR@50 and volumetric R@50 (the th
 4D-LLM is judged on) wins; ties go to the smaller weights (text only first). The weights, every
 pair tried and where they were measured go to ``ranking.json`` in the checkpoint folder, which
 every predictor of that checkpoint then reads. For a model trained on the chained text as well, the
-chained prediction of the same videos is scored too, and the better of the two modes is recorded as
-what ``--mode auto`` predicts with.
+chained prediction of the same videos gets its own weights the same way (with an attribute head,
+after its unknown-object margin: the one that keeps 95 % of the validation objects known), and the
+better of the two modes is recorded as what ``--mode auto`` predicts with.
 
 It predicts and scores, so it lives above ``infer`` and ``eval``.
 """
@@ -25,11 +26,11 @@ import typer
 from psg4d.data.schema import SceneGraph4D
 from psg4d.errors import ConfigError, DataError
 from psg4d.eval.metric import evaluate
-from psg4d.infer.ranking import RANKING_FILE, RankingWeights, ranking_record
+from psg4d.infer.ranking import KEEP_KNOWN, RANKING_FILE, RankingWeights, choose_unknown_margin, ranking_record
 from psg4d.utils.io import atomic_write_json, check_output_file
 
 if TYPE_CHECKING:  # torch only when predicting
-    from psg4d.infer.predictor import Predictor, ScoredCandidates
+    from psg4d.infer.predictor import Predictor, PredictorConfig, ScoredCandidates
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,12 @@ def tune(predictor: "Predictor", scored: "Sequence[ScoredCandidates]", truth: di
 
 
 def tune_checkpoint(ckpt: Path, data: Path, split: str = "val", *, limit: int | None = None,
-                    out: Path | None = None, overwrite: bool = False) -> tuple[RankingWeights, dict, dict]:
+                    out: Path | None = None, overwrite: bool = False,
+                    config: "PredictorConfig | None" = None) -> tuple[RankingWeights, dict, dict]:
     """Choose ``ckpt``'s ranking weights on ``split`` of ``data`` and write them to ``out`` (default
-    ``ckpt/ranking.json``); returns the weights, their validation row and the text-only row."""
+    ``ckpt/ranking.json``); returns the weights, their validation row and the text-only row.
+    ``config``: the predictor settings the videos are read with (e.g. a token limit, the chain's
+    naming vocabulary), as the predictions the weights will rank."""
     from tqdm import tqdm
 
     from psg4d.data.readers import open_dataset
@@ -97,7 +101,7 @@ def tune_checkpoint(ckpt: Path, data: Path, split: str = "val", *, limit: int | 
         raise DataError(data, f"split {split!r} has no videos")
     require_family(ckpt, LLM_KIND, "psg4d tune-ranking (it weighs the LLM's text scores)")
     # weights already beside the checkpoint would rank the candidates: start from the text alone
-    predictor = Predictor(model=PSG4DModel.from_pretrained(ckpt), ranking=RankingWeights())
+    predictor = Predictor(model=PSG4DModel.from_pretrained(ckpt), config=config, ranking=RankingWeights())
     scored, truth = [], {}
     for vid in tqdm(ids, desc="candidates", unit="video"):
         scored.append(predictor.score_candidates(reader.read_video(vid)))
@@ -107,7 +111,8 @@ def tune_checkpoint(ckpt: Path, data: Path, split: str = "val", *, limit: int | 
     chosen = next(r for r in table if (r["quality"], r["presence"]) == (best.quality, best.presence))
     extra = {}
     if predictor.model.config.chain_prob > 0:  # trained on both texts: --mode auto's choice too
-        extra["mode"] = choose_mode(predictor, best, chosen, [reader.read_video(v) for v in ids], truth, source)
+        extra["mode"], gate = choose_mode(predictor, best, chosen, [reader.read_video(v) for v in ids], truth, source)
+        extra.update(gate)
     atomic_write_json(target, ranking_record(best, table, data=str(data.resolve()), split=split, videos=len(ids),
                                              objective="mean of pvsg R@50, pvsg mR@50, volumetric R@50", **extra),
                       indent=1)
@@ -117,21 +122,38 @@ def tune_checkpoint(ckpt: Path, data: Path, split: str = "val", *, limit: int | 
 
 
 def choose_mode(predictor: "Predictor", weights: RankingWeights, direct: dict, videos, truth: dict[str, SceneGraph4D],
-                source: str) -> dict:
-    """For a model trained on both texts: the chained prediction of ``videos`` (ranked by
-    ``weights``) against the direct one's validation row ``direct``; the better objective is what
-    ``--mode auto`` predicts with (ties: direct)."""
+                source: str) -> tuple[dict, dict]:
+    """For a model trained on both texts: the chained prediction of ``videos`` gets its own
+    ranking weights, chosen on them as the direct ones were (:func:`tune`), and with an attribute
+    head its unknown-object margin first (:func:`~psg4d.infer.ranking.choose_unknown_margin`, on
+    the objects named with none). Its best row against the direct one's validation row ``direct``
+    decides what ``--mode auto`` predicts with (ties: direct). ``weights``: the direct ones (kept
+    for the record). -> ``(the mode record, {"chain_ranking": ..., "unknown_margin": ...})``."""
     from tqdm import tqdm
 
     from psg4d.infer.chain import ChainPredictor
 
-    chain = ChainPredictor(model=predictor.model, config=replace(predictor.config, mode="chain"))
-    chain.base.ranking = weights
-    row = scores([chain.predict(v) for v in tqdm(videos, desc="chain", unit="video")], truth)
+    text_only = RankingWeights(chosen_on=source)
+    config = replace(predictor.config, mode="chain", unknown_margin=0.0)
+    chain = ChainPredictor(model=predictor.model, config=config)
+    scored = [chain.score_candidates(v) for v in tqdm(videos, desc="chain", unit="video")]
+    extra: dict = {}
+    if predictor.model.attribute_head is not None:
+        # the margin that keeps KEEP_KNOWN of these (training-category) objects known; the chain is
+        # then ranked named under it
+        margins = chain.naming.gate_margins([chain.rank(s, text_only) for s in scored])
+        margin = choose_unknown_margin(margins)
+        extra["unknown_margin"] = {"margin": margin, "keep": KEEP_KNOWN, "objects": len(margins), "chosen_on": source}
+        log.info("unknown-object margin %.3f: keeps %.0f %% of %d validation objects known", margin,
+                 100 * KEEP_KNOWN, len(margins))
+        chain = ChainPredictor(model=predictor.model, config=replace(config, unknown_margin=margin))
+    best, table = tune(chain, scored, truth, source=source)
+    row = next(r for r in table if (r["quality"], r["presence"]) == (best.quality, best.presence))
+    extra["chain_ranking"] = ranking_record(best, table)
     pick = "chain" if row["objective"] > direct["objective"] else "direct"
-    log.info("--mode auto: %s (validation objective direct %.2f, chain %.2f)", pick, direct["objective"],
-             row["objective"])
-    return {"chosen": pick, "chosen_on": source, "direct": direct, "chain": row}
+    log.info("--mode auto: %s (validation objective direct %.2f, chain %.2f with quality %s, presence %s)", pick,
+             direct["objective"], row["objective"], best.quality, best.presence)
+    return {"chosen": pick, "chosen_on": source, "direct": direct, "chain": row}, extra
 
 
 def tune_ranking_command(

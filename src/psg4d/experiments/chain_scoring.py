@@ -90,32 +90,12 @@ def renamed(preds: list, namer, how: str) -> list:
 
 
 def without_unknown_objects(preds: list, predictor) -> list:
-    """Copies of chain predictions named as ``PredictorConfig(unknown_objects=False)`` names them
-    (``predictor`` is a :class:`~psg4d.infer.chain.ChainPredictor` built so): an object that was an
-    unknown object (the attribute head read no training category's appearance) gets the name its
-    written description gives; every other object, turn and relation is unchanged. What the
-    unknown-object outcome costs or buys, without predicting again."""
-    import copy
-
-    from psg4d.model.chain_text import ChainObject
-
-    out = []
-    for p in preds:
-        q = copy.copy(p)
-        q.objects = []
-        for o in p.objects:
-            if "unknown object" in str(o.attributes.get("category_source", "")):
-                o = copy.copy(o)
-                written = ChainObject(index=0, description=o.attributes.get("description", ""),
-                                      category=o.attributes.get("model_category", o.category), obj_index=0)
-                named = predictor.name_object(written, o.attributes.get("read_description"))
-                o.category = named["category"]
-                o.attributes = {k: v for k, v in o.attributes.items() if k not in ("model_category", "language_score")}
-                o.attributes.update(category_source=named["source"],
-                                    **{k: named[k] for k in ("model_category", "language_score") if k in named})
-            q.objects.append(o)
-        out.append(q)
-    return out
+    """Copies of chain predictions named as ``predictor`` names them (a
+    :class:`~psg4d.infer.chain.ChainPredictor` built with other naming settings, e.g.
+    ``PredictorConfig(unknown_objects=False)``): every turn, tube and relation unchanged
+    (:meth:`~psg4d.infer.chain_naming.ObjectNamer.rename`). What the unknown-object outcome costs or
+    buys, without predicting again."""
+    return [predictor.naming.rename(p) for p in preds]
 
 
 def score_arm(preds: list, gts: list, vocab: list[str], predicates: list[str], groups: dict[str, set[str]]):

@@ -19,7 +19,7 @@ it, so weights can be tried on one set of candidates (``psg4d tune-ranking``).
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -74,12 +74,19 @@ class PredictorConfig:
     # category's is an unknown object, named by language from that reading; False: the reading is
     # recorded (attributes["read_description"]) but the name follows the written description.
     unknown_objects: bool = True
+    # Chain mode, with an attribute head: how much better (mean log-probability per cell) the
+    # frames' reading must explain a tube than any training category's description before the
+    # object is unknown (psg4d.model.attributes.read_attributes). None: the margin psg4d tune-ranking
+    # chose on validation for the checkpoint (ranking.json), else 0 (any reading no category has).
+    unknown_margin: float | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in (*PREDICT_MODES, "auto"):
             raise ConfigError(f"predict mode must be one of {', '.join(PREDICT_MODES)} or auto, got {self.mode!r}")
         if self.chain_max_objects < 1:
             raise ConfigError(f"chain_max_objects must be >= 1, got {self.chain_max_objects}")
+        if self.unknown_margin is not None and not self.unknown_margin >= 0:
+            raise ConfigError(f"unknown_margin must be >= 0, got {self.unknown_margin}")
 
 
 @dataclass
@@ -94,6 +101,7 @@ class ScoredCandidates:
     candidates: list[Candidate]
     owner: np.ndarray  # [T_video] model frame of each video frame
     meta: dict
+    extra: dict = field(default_factory=dict)  # what a predictor's own rank() needs besides (the chain's naming)
 
 
 class Predictor:

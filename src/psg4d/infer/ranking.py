@@ -14,7 +14,8 @@ and written to ``ranking.json`` in the checkpoint folder, where every predictor 
 reads them (:func:`load_ranking`); each prediction's ``meta["ranking"]`` says which weights ranked
 it and where they came from. For a checkpoint trained on both the direct and the chained text, the
 same file records which of the two ``--mode auto`` predicts with, also chosen on validation
-(:func:`load_mode`).
+(:func:`load_mode`), the chained predictor's own weights (``chain_ranking``), and with an attribute
+head the chain's unknown-object margin (:func:`load_unknown_margin`).
 """
 
 from __future__ import annotations
@@ -51,14 +52,18 @@ class RankingWeights:
         return s
 
 
-def load_ranking(ckpt_dir: str | Path | None) -> RankingWeights:
+def load_ranking(ckpt_dir: str | Path | None, mode: str = "direct") -> RankingWeights:
     """The weights in ``ckpt_dir/ranking.json``; text only where there is none (or no folder: a
-    model never saved predicts as its checkpoint would before tuning)."""
+    model never saved predicts as its checkpoint would before tuning). ``mode="chain"``: the
+    chained predictor's own weights (the file's ``chain_ranking`` entry) where tune-ranking chose
+    them, else the direct ones."""
     path = None if ckpt_dir is None else Path(ckpt_dir) / RANKING_FILE
     if path is None or not path.is_file():
         return RankingWeights()
     try:
         d = json.loads(path.read_text())
+        if mode == "chain" and d.get("chain_ranking") is not None:
+            d = d["chain_ranking"]
         w = RankingWeights(quality=float(d["quality"]), presence=float(d["presence"]), chosen_on=str(d["chosen_on"]))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DataError(path, f"not a ranking file ({type(e).__name__}: {e}); rerun psg4d tune-ranking") from None
@@ -81,10 +86,41 @@ def load_mode(ckpt_dir: str | Path | None) -> tuple[str, str] | None:
         raise DataError(path, f"not a ranking file ({type(e).__name__}: {e}); rerun psg4d tune-ranking") from None
 
 
+#: the share of validation objects (all of training categories) the chosen unknown-object margin
+#: keeps known: the usual open-set operating point, fixed a priori
+KEEP_KNOWN = 0.95
+
+
+def choose_unknown_margin(margins: "list[float]", keep: float = KEEP_KNOWN) -> float:
+    """The smallest margin that keeps ``keep`` of ``margins`` (validation objects' reading margins,
+    :meth:`psg4d.infer.chain_naming.ObjectNamer.gate_margins`) at or below it, i.e. known; 0 for none."""
+    if not margins:
+        return 0.0
+    return round(float(np.quantile(np.asarray(margins, dtype=float), keep, method="inverted_cdf")), 4)
+
+
+def load_unknown_margin(ckpt_dir: str | Path | None) -> tuple[float, str] | None:
+    """The chained predictor's unknown-object margin chosen on validation for a checkpoint with an
+    attribute head (the ``unknown_margin`` entry ``psg4d tune-ranking`` writes into ``ranking.json``)
+    and where it was chosen; None where nothing was chosen."""
+    path = None if ckpt_dir is None else Path(ckpt_dir) / RANKING_FILE
+    if path is None or not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text()).get("unknown_margin")
+        got = None if d is None else (float(d["margin"]), str(d["chosen_on"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DataError(path, f"not a ranking file ({type(e).__name__}: {e}); rerun psg4d tune-ranking") from None
+    if got is not None and not (math.isfinite(got[0]) and got[0] >= 0):
+        raise DataError(path, f"unknown_margin must be finite and >= 0, got {got[0]}")
+    return got
+
+
 def ranking_record(weights: RankingWeights, table: list[dict], **provenance) -> dict:
     """The content of ``ranking.json``: the chosen weights, every weight pair tried with its
     validation scores, and where they were measured."""
     return {**asdict(weights), "tried": table, **provenance}
 
 
-__all__ = ["FLOOR", "RANKING_FILE", "RankingWeights", "load_mode", "load_ranking", "ranking_record"]
+__all__ = ["FLOOR", "RANKING_FILE", "RankingWeights", "load_mode", "load_ranking", "load_unknown_margin",
+           "KEEP_KNOWN", "choose_unknown_margin", "ranking_record"]

@@ -106,26 +106,45 @@ def attribute_loss(logits: Sequence[torch.Tensor], semantic: torch.Tensor, table
 
 
 @torch.inference_mode()
-def read_descriptions(head: AttributeHead, dense: torch.Tensor, rgb: torch.Tensor,
-                      masks: torch.Tensor) -> list[str | None]:
-    """The description of each tube ``masks [N, T, h', w']`` (bool) of one clip (``dense [T, D, h, w]``,
-    ``rgb [T, 3, H, W]``): each field's most likely value under the tube, all frames together
-    (None for an empty tube)."""
+def read_attributes(head: AttributeHead, dense: torch.Tensor, rgb: torch.Tensor, masks: torch.Tensor,
+                    table: torch.Tensor | None = None) -> list[tuple[str, float] | None]:
+    """``(description, margin)`` of each tube ``masks [N, T, h', w']`` (bool) of one clip
+    (``dense [T, D, h, w]``, ``rgb [T, 3, H, W]``); None for an empty tube.
+
+    The description is each field's most likely value under the tube, all frames together. The
+    margin says how much better that reading explains the tube than the best *known* one: the
+    mean log-probability per cell of the read fields minus that of the fields of the best row of
+    ``table`` (:func:`attribute_table`; rows with a field unknown are not descriptions). It is 0
+    when the reading is a known description, and large when no known one comes close: an object
+    outside the training vocabulary. Without ``table`` every margin is 0."""
     if masks.shape[0] == 0:
         return []
     logits = head(dense, rgb)  # per field [T, K, h, w]
     h, w = dense.shape[-2:]
     weight = F.adaptive_avg_pool2d(masks.float().flatten(0, 1)[:, None], (h, w)).view(masks.shape[0], -1, h, w)
     mass = weight.sum(dim=(1, 2, 3))  # [N]
-    picks: list[list[str]] = []
-    for f, lg in zip(head.fields, logits):
+    scores = []  # per field [N, K]: summed log-probability of each value under the tube
+    for lg in logits:
         logp = torch.log_softmax(lg.float(), dim=1)  # [T, K, h, w]
-        score = torch.einsum("nthw,tkhw->nk", weight.to(logp), logp)  # [N, K]
-        picks.append([head.values[f][int(k)] for k in score.argmax(dim=1)])
-    out: list[str | None] = []
+        scores.append(torch.einsum("nthw,tkhw->nk", weight.to(logp), logp))
+    best = sum(sc.max(dim=1).values for sc in scores)  # [N]
+    margin = torch.zeros_like(best)
+    if table is not None:
+        rows = table[(table >= 0).all(dim=1)].to(best.device)  # [C, F] the known descriptions' fields
+        if rows.shape[0]:
+            known = sum(sc[:, rows[:, f]] for f, sc in enumerate(scores))  # [N, C]
+            margin = (best - known.max(dim=1).values) / mass.clamp(min=1e-6)
+    out: list[tuple[str, float] | None] = []
     for i in range(masks.shape[0]):
         if float(mass[i]) <= 0:
             out.append(None)
             continue
-        out.append(compose_description({f: picks[j][i] for j, f in enumerate(head.fields)}))
+        fields = {f: head.values[f][int(sc[i].argmax())] for f, sc in zip(head.fields, scores)}
+        out.append((compose_description(fields), round(float(margin[i]), 4)))
     return out
+
+
+def read_descriptions(head: AttributeHead, dense: torch.Tensor, rgb: torch.Tensor,
+                      masks: torch.Tensor) -> list[str | None]:
+    """The descriptions of :func:`read_attributes` (None for an empty tube)."""
+    return [None if r is None else r[0] for r in read_attributes(head, dense, rgb, masks)]

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from psg4d.data.schema import Video4D
-from psg4d.model.attributes import read_descriptions
+from psg4d.model.attributes import read_attributes
 from psg4d.model.batching import resample_indices, video_tensors
 from psg4d.model.contexts import Generation, GenerationCache, VideoContext, cache_kwarg
 from psg4d.model.encoder import disparity_scale_of
@@ -259,17 +259,18 @@ class SceneGraphGenerator(TeacherForcedScoring):
 
     # ------------------------------------------------------------------ masks
     @torch.inference_mode()
-    def read_descriptions(self, ctx: VideoContext, video: Video4D, obj_hidden: torch.Tensor) -> list[str | None]:
+    def read_attributes(self, ctx: VideoContext, video: Video4D, obj_hidden: torch.Tensor) -> list[tuple[str, float] | None]:
         """What the tube of each ``[Obj]`` state ``obj_hidden [N, H]`` looks like, read from ``video``'s
-        frames by the attribute head (:func:`psg4d.model.attributes.read_descriptions`); all None
-        without one."""
+        frames by the attribute head, and how far that reading is from every training category's
+        (:func:`psg4d.model.attributes.read_attributes`): ``(description, margin)``, None for an
+        empty tube; all None without a head."""
         head = self.model.attribute_head
         if head is None or obj_hidden.shape[0] == 0:
             return [None] * obj_hidden.shape[0]
         idx = resample_indices(video.num_frames, ctx.num_frames)
         rgb, _ = video_tensors(video, idx, self.model.config.image_size)
         logits, _ = self.decode_masks(ctx, obj_hidden)  # [N, T, h, w]
-        return read_descriptions(head, ctx.dense, rgb.to(self.device), logits > 0)
+        return read_attributes(head, ctx.dense, rgb.to(self.device), logits > 0, self.model._attribute_table)
 
     @torch.inference_mode()
     def decode_masks(self, ctx: VideoContext, obj_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
