@@ -152,8 +152,11 @@ def test_chain_experiment_quick(tmp_path):
         seen = {o.category for v in reader.video_ids(split) for o in reader.read_graph(v, with_masks=False).objects}
         assert not seen & set(result["novel_categories"]), part
     assert (out / "chain.svg").read_text().startswith("<svg")
-    # a rerun reuses the world and the trained models
+    # a rerun reuses the world, the trained models and what tune-ranking chose for them
+    chosen = Path(runs[0]["checkpoint"]) / "ranking.json"
+    before = chosen.stat().st_mtime_ns
     assert main(["experiment", "chain", "--quick", "--out", str(out), "--run-dir", str(run), "--llms", "tiny"]) == 0
+    assert chosen.stat().st_mtime_ns == before
 
 
 def test_naming_experiment_quick(tmp_path):

@@ -263,15 +263,17 @@ def _tuned(ckpt: Path, world: Path, cfg: ChainExperimentConfig, vocab: list[str]
     -> what the runs record of it."""
     import json
 
+    from psg4d.data.readers import open_dataset
     from psg4d.infer.predictor import PredictorConfig
     from psg4d.infer.ranking import RANKING_FILE
     from psg4d.tune_ranking import tune_checkpoint
 
     path = ckpt / RANKING_FILE
     data = world / "4d"
+    videos = len(open_dataset(data).video_ids("val")[: cfg.test_videos])
     old = json.loads(path.read_text()) if path.is_file() else {}
     if not (old.get("data") == str(data.resolve()) and old.get("split") == "val"
-            and old.get("videos") == cfg.test_videos and "chain_ranking" in old):
+            and old.get("videos") == videos and "chain_ranking" in old):
         # read as the test videos are: the chain names over the vocabulary, the quick run's token limit
         config = PredictorConfig(vocabulary=vocab, max_new_tokens=QUICK_MAX_NEW_TOKENS if cfg.quick else None)
         tune_checkpoint(ckpt, data, "val", limit=cfg.test_videos, overwrite=True, config=config)
