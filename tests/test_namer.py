@@ -121,3 +121,19 @@ def test_gemma3_loads_from_its_package_and_names_over_the_vocabulary():
     namer = LanguageCategoriser(llm=lm, tokenizer=tokenizer, examples={"mug": ["small white cylinder"]},
                                 vocabulary=["mug", "apple", "table", "phone"])
     assert namer("small red sphere").name in namer.candidates
+
+
+def test_the_chain_experiments_namer_scores_as_the_naming_validation_chose(tmp_path):
+    from psg4d.experiments.chain import ChainExperimentConfig, _external_namer
+    from psg4d.model.psg4d_llm import PSG4DModel
+    from test_chain import chain_config
+
+    model = PSG4DModel.from_config(chain_config())
+    cfg = ChainExperimentConfig(out=tmp_path, run_dir=tmp_path, namer="smollm2-135m")
+    assert cfg.namer_scoring == "raw"  # bench/results/naming.json: chosen_on_validation
+    lm = (model.llm, model.tokenizer)
+    assert _external_namer(cfg, model, ["cup", "apple"], lm).calibrate is False
+    cfg = ChainExperimentConfig(out=tmp_path, run_dir=tmp_path, namer="smollm2-135m", namer_scoring="calibrated")
+    assert _external_namer(cfg, model, ["cup", "apple"], lm).calibrate is True
+    with pytest.raises(ConfigError, match="namer_scoring"):
+        ChainExperimentConfig(out=tmp_path, run_dir=tmp_path, namer_scoring="loud")

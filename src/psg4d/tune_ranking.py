@@ -126,22 +126,22 @@ def choose_mode(predictor: "Predictor", weights: RankingWeights, direct: dict, v
     """For a model trained on both texts: the chained prediction of ``videos`` gets its own
     ranking weights, chosen on them as the direct ones were (:func:`tune`), and with an attribute
     head its unknown-object margin first (:func:`~psg4d.infer.ranking.choose_unknown_margin`, on
-    the objects named with none). Its best row against the direct one's validation row ``direct``
+    the margins of the objects' readings). Its best row against the direct one's validation row ``direct``
     decides what ``--mode auto`` predicts with (ties: direct). ``weights``: the direct ones (kept
     for the record). -> ``(the mode record, {"chain_ranking": ..., "unknown_margin": ...})``."""
     from tqdm import tqdm
 
     from psg4d.infer.chain import ChainPredictor
 
-    text_only = RankingWeights(chosen_on=source)
-    config = replace(predictor.config, mode="chain", unknown_margin=0.0)
+    config = replace(predictor.config, mode="chain")
     chain = ChainPredictor(model=predictor.model, config=config)
     scored = [chain.score_candidates(v) for v in tqdm(videos, desc="chain", unit="video")]
     extra: dict = {}
     if predictor.model.attribute_head is not None:
         # the margin that keeps KEEP_KNOWN of these (training-category) objects known; the chain is
-        # then ranked named under it
-        margins = chain.naming.gate_margins([chain.rank(s, text_only) for s in scored])
+        # then named under it (names are decided when it is ranked)
+        margins = chain.naming.gate_margins(
+            pair for s in scored for pair in zip(s.extra["written"], s.extra["read"]))
         margin = choose_unknown_margin(margins)
         extra["unknown_margin"] = {"margin": margin, "keep": KEEP_KNOWN, "objects": len(margins), "chosen_on": source}
         log.info("unknown-object margin %.3f: keeps %.0f %% of %d validation objects known", margin,

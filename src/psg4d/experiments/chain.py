@@ -125,6 +125,10 @@ class ChainExperimentConfig:
     # ("vocabulary by <namer>": the same predictions, named again; psg4d.model.llm.PACKAGED_LLMS),
     # for an LLM trained from scratch, which has no language knowledge of its own
     namer: str | None = None
+    # how that namer scores the vocabulary: "raw" log-probabilities, or "calibrated" against a neutral
+    # description; the default is the scoring psg4d experiment naming's validation group chose
+    # (bench/results/naming.json, chosen_on_validation)
+    namer_scoring: str = "raw"
     # optimizer steps of the tiny model's six stages
     steps: dict[str, int] = field(default_factory=lambda: {
         "4d_init": 900, "estimator_fit": 150, "pseudo4d_init": 100, "transfer_2d": 500, "finetune_4d": 200,
@@ -151,6 +155,8 @@ class ChainExperimentConfig:
             raise ConfigError("--videos, --images and --test-videos must be positive")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"--seeds must be distinct training seeds, got {self.seeds}")
+        if self.namer_scoring not in ("raw", "calibrated"):
+            raise ConfigError(f"namer_scoring must be 'raw' or 'calibrated', got {self.namer_scoring!r}")
         if self.namer is not None and self.namer not in PACKAGED_LLMS:
             raise ConfigError(f"--namer: choose from {sorted(PACKAGED_LLMS)}, got {self.namer!r}")
         if self.device not in ("cpu", "cuda"):
@@ -284,6 +290,12 @@ def _tuned(ckpt: Path, world: Path, cfg: ChainExperimentConfig, vocab: list[str]
             "chosen_on": f"val split of world {cfg.world_seed} (first {rec['videos']} videos)"}
 
 
+def _external_namer(cfg: ChainExperimentConfig, model, vocab: list[str], external):
+    """The ``vocabulary by <namer>`` arm's namer: ``cfg.namer``'s LM over ``vocab``, scored as
+    ``cfg.namer_scoring`` says."""
+    return namer_for(model, vocab, external, calibrate=cfg.namer_scoring == "calibrated")
+
+
 def _trained(cfg: ChainExperimentConfig, world: Path, llm: str, seed: int, tiny: "TrainedRun") -> "TrainedRun":
     """``llm``'s run of training seed ``seed`` (the tiny run itself for ``tiny``)."""
     if llm == "tiny":
@@ -294,10 +306,10 @@ def _trained(cfg: ChainExperimentConfig, world: Path, llm: str, seed: int, tiny:
     return train_or_reuse(_experiment(cfg, world, llm, run_out, seed, vision), run_out)
 
 
-def _arms(cfg: ChainExperimentConfig, model, world: Path, vocab: list[str], name: str, external):
+def _arms(cfg: ChainExperimentConfig, model, world: Path, vocab: list[str], name: str, namer):
     """``(mode, naming, predictions, truths, s/video)`` of every arm of one trained model; the
     predictions are kept in ``RUN_DIR/predictions/NAME_<mode>.jsonl`` (``psg4d eval`` scores them
-    again). ``external``: the namer LM's ``(model, tokenizer)`` (``cfg.namer``), or None."""
+    again). ``namer``: the ``vocabulary by <cfg.namer>`` arm's namer (:func:`_external_namer`), or None."""
     from psg4d.data.schema import save_scene_graphs
     from psg4d.infer.chain import ChainPredictor
     from psg4d.infer.predictor import PredictorConfig
@@ -326,9 +338,9 @@ def _arms(cfg: ChainExperimentConfig, model, world: Path, vocab: list[str], name
                                                                         unknown_margin=0.0))
             arms.append((mode, "vocabulary, margin 0", without_unknown_objects(preds, eager), done.truths,
                          done.predict_s_per_video))
-        if external is not None:
+        if namer is not None:
             how = f"vocabulary by {cfg.namer}"
-            arms.append((mode, how, renamed(preds, namer_for(model, vocab, external), how), done.truths,
+            arms.append((mode, how, renamed(preds, namer, how), done.truths,
                          done.predict_s_per_video))
     return arms, tuned
 
@@ -357,9 +369,11 @@ def run(cfg: ChainExperimentConfig) -> dict[str, Any]:
             model = PSG4DModel.from_pretrained(trained.final_dir).to(cfg.device)
             novel = sorted(groups["novel"])
             probes = {"vocabulary": naming_probe(namer_for(model, vocab), novel)}
-            if external is not None:
-                probes[f"vocabulary by {cfg.namer}"] = naming_probe(namer_for(model, vocab, external), novel)
-            arms, tuned = _arms(cfg, model, world, vocab, f"{llm}_seed{seed}", external)
+            # one namer for the probe and the arm: its neutral-description scores are computed once
+            namer = _external_namer(cfg, model, vocab, external) if external is not None else None
+            if namer is not None:
+                probes[f"vocabulary by {cfg.namer}"] = naming_probe(namer, novel)
+            arms, tuned = _arms(cfg, model, world, vocab, f"{llm}_seed{seed}", namer)
             for mode, naming, preds, gts, seconds in arms:
                 scored = score_arm(preds, gts, vocab, predicates, groups)
                 runs.append({"llm": llm, "seed": seed, "mode": mode, "naming": naming, **scored,
@@ -383,9 +397,11 @@ def run(cfg: ChainExperimentConfig) -> dict[str, Any]:
         "defaults_chosen_on": {
             "chain_prob 0.5, the six stages' steps, llm_steps 300": "a priori (design world 1, BENCHMARKS.md); "
                                                                     "not on this world",
-            "naming over the whole vocabulary, calibrated against a neutral description": "a priori",
-            "the namer LM of the 'vocabulary by' arm": "the validation group of psg4d experiment naming (leave one "
-                                                       "out over the 4D training categories; no test video)",
+            "naming over the whole vocabulary by the model's own LLM, calibrated against a neutral description":
+                "a priori (psg4d experiment naming validates pretrained namers, not a model's own LLM)",
+            "the namer LM of the 'vocabulary by' arm and its scoring (namer, namer_scoring)":
+                "the validation group of psg4d experiment naming (leave one out over the 4D training categories; "
+                "no test video): bench/results/naming.json chosen_on_validation",
             "label mapper threshold and edit budget": "its own validation table (psg4d.eval.automap_validation)",
             "chain decoding constrained by each turn's grammar": "a priori (no setting to choose)",
             "ranking weights (direct and chain, each its own), the unknown-object margin, --mode auto":

@@ -40,15 +40,16 @@ def naming_report(preds: list, gts: list, label_map, novel: set[str]) -> tuple[f
     return (round(100.0 * hits / total, 2) if total else None), {c: dict(n) for c, n in names.items()}, total
 
 
-def namer_for(model, vocab: list[str] | None, lm: tuple | None = None):
+def namer_for(model, vocab: list[str] | None, lm: tuple | None = None, *, calibrate: bool = True):
     """The chain's language namer for ``model`` (its training descriptions as the shots): the
     pretrained ``lm`` = ``(model, tokenizer)`` (:func:`psg4d.model.llm.load_language_model`), else the
-    model's own LLM; over ``vocab``, or in free text where it is None."""
+    model's own LLM; over ``vocab``, or in free text where it is None; scores calibrated against a
+    neutral description, or raw (``calibrate=False``)."""
     from psg4d.infer.categorise import LanguageCategoriser
 
     lm, tokenizer = lm if lm is not None else (model.llm, model.tokenizer)
     return LanguageCategoriser(llm=lm, tokenizer=tokenizer, examples=model.config.category_descriptions,
-                               vocabulary=vocab)
+                               vocabulary=vocab, calibrate=calibrate)
 
 
 def naming_probe(namer, categories: list[str]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any
+from typing import Any, Iterable
 
 from psg4d.data.schema import SceneGraph4D
 from psg4d.data.synth.describe import description_fields
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 UNCHOSEN_MARGIN = "none: no unknown_margin in the checkpoint's ranking.json (psg4d tune-ranking), 0: any reading no category has"
 
 #: an object's reading by the attribute head: (description, margin), None without one
-Reading = "tuple[str, float] | None"
+Reading = tuple[str, float] | None
 
 
 class ObjectNamer:
@@ -127,13 +127,12 @@ class ObjectNamer:
         out.meta = dict(graph.meta, chain=dict(graph.meta.get("chain", {}), unknown_margin=self.record()))
         return out
 
-    def gate_margins(self, graphs: list[SceneGraph4D]) -> list[float]:
-        """The reading margins of the objects in chain predictions ``graphs`` that the unknown-object
-        gate judges (read, and written with a name the head can describe): what
+    def gate_margins(self, objects: Iterable[tuple[ChainObject, Reading]]) -> list[float]:
+        """The reading margins of the ``(written object, reading)`` pairs the unknown-object gate
+        judges (read, and written with a name the head can describe): what
         :func:`~psg4d.infer.ranking.choose_unknown_margin` chooses from on validation."""
-        return [float(o.attributes["read_margin"]) for g in graphs for o in g.objects
-                if "read_margin" in o.attributes
-                and str(o.attributes.get("model_category", o.category)).lower() in self.describable]
+        return [float(read[1]) for obj, read in objects
+                if read is not None and obj.category.lower() in self.describable]
 
     def record(self) -> dict[str, Any]:
         """What a prediction records of the unknown-object gate it was named under."""
