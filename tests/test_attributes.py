@@ -15,7 +15,7 @@ from psg4d.data.synth.describe import (
 )
 from psg4d.errors import ConfigError
 from psg4d.model.attributes import (
-    IGNORE, AttributeHead, attribute_loss, attribute_table, read_attributes, read_descriptions,
+    IGNORE, AttributeHead, attribute_loss, attribute_table, contrast_scores, read_attributes, read_descriptions,
 )
 
 
@@ -119,6 +119,49 @@ def test_the_margin_is_how_much_better_the_reading_explains_the_tube_than_any_ca
     (_, none), = read_attributes(head, dense, rgb, mask)  # no table: no margin
     assert none == 0.0
     assert read_attributes(head, dense, rgb, torch.zeros_like(mask), known) == [None]
+
+
+def _spilled_tube():
+    """One frame of 4x4 cells: a red object in cell (1, 1) on a tan table; the tube covers the 2x2
+    cells (0..1, 0..1), three of them table (a predicted tube spilling over its object's edges)."""
+    colour = torch.log(torch.tensor([0.1, 0.9]))[None, :, None, None].expand(1, 2, 4, 4).clone()  # tan
+    colour[0, :, 1, 1] = torch.log(torch.tensor([0.9, 0.1]))  # red
+    mask = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+    mask[0, 0, :4, :4] = True
+    return colour, mask
+
+
+def test_every_field_is_read_against_the_cells_around_the_tube():
+    colour, mask = _spilled_tube()
+    shape = colour.clone()  # the object's cell: a sphere (value 0); the table's: a cylinder (value 1)
+    head = _FixedHead(colour, shape)
+    head.values = {"colour": ["red", "tan"], "shape": ["sphere", "cylinder"]}
+    dense, rgb = torch.zeros(1, 4, 4, 4), torch.zeros(1, 3, 8, 8)
+    # summed under the tube, the table wins (log .1 + 3 log .9 against log .9 + 3 log .1); against the
+    # ring (the five cells around it, all table) the tube holds more of the object than its surroundings
+    assert read_descriptions(head, dense, rgb, mask) == ["red sphere"]
+    assert [r[0] for r in read_attributes(head, dense, rgb, mask, reading="sum")] == ["tan cylinder"]
+    with pytest.raises(ValueError, match="reading"):
+        read_attributes(head, dense, rgb, mask, reading="mean")
+    shape = torch.zeros(1, 2, 4, 4)
+    head.logits = [colour, shape]
+    # by hand: inside (red, tan) = (.3, .7), around = (.1, .9); q = (.2 + .01 * .3, .01 * .7)
+    weight = torch.zeros(1, 1, 4, 4)
+    weight[0, 0, :2, :2] = 1.0
+    got = contrast_scores(colour.softmax(dim=1), weight)
+    q = torch.tensor([0.2 + 0.003, 0.007])
+    assert torch.allclose(got, torch.log(q / q.sum())[None], atol=1e-5)
+    # an object the colour of its surroundings reads as the colour it holds most of
+    tan = torch.log(torch.tensor([0.1, 0.9]))[None, :, None, None].expand(1, 2, 4, 4).clone()
+    head.logits = [tan, shape]
+    assert read_descriptions(head, dense, rgb, mask) == ["tan sphere"]
+    # a tube that fills its frame has no ring: the colour it holds most of
+    assert read_descriptions(head, dense, rgb, torch.ones_like(mask)) == ["tan sphere"]
+    # the ring is per frame: in a second frame the object is elsewhere, and the ring follows the tube
+    two = torch.cat([colour, colour.roll(shifts=(2, 2), dims=(2, 3))])
+    head.logits = [two, torch.zeros(2, 2, 4, 4)]
+    both = torch.cat([mask, mask.roll(shifts=(4, 4), dims=(2, 3))], dim=1)
+    assert read_descriptions(head, torch.zeros(2, 4, 4, 4), torch.zeros(2, 3, 8, 8), both) == ["red sphere"]
 
 
 def _described_config(**kw):

@@ -157,6 +157,23 @@ def test_chain_experiment_quick(tmp_path):
     before = chosen.stat().st_mtime_ns
     assert main(["experiment", "chain", "--quick", "--out", str(out), "--run-dir", str(run), "--llms", "tiny"]) == 0
     assert chosen.stat().st_mtime_ns == before
+    for r in runs:  # how many fields the attribute head read right on the chain's matched objects
+        if r["mode"] == "chain":
+            read = r["attributes_read_right"]
+            assert set(read) == {"size", "colour", "shape", "pattern", "pattern colour", "objects"}
+            assert read["objects"] == 0 or all(0 <= read[f] <= 100 for f in read if f != "objects")
+    # the colour_reading experiment reads a trained checkpoint's own head and maps, every field scored
+    ckpt_out = tmp_path / "colour"
+    assert main(["experiment", "colour_reading", "--quick", "--ckpt", runs[0]["checkpoint"],
+                 "--data", str(run / "world29" / "4d"), "--out", str(ckpt_out)]) == 0
+    got = json.loads((ckpt_out / "colour_reading_checkpoint.json").read_text())
+    assert got["checkpoint"] == runs[0]["checkpoint"] and got["judged"] is False
+    assert {(a["reading"], a["tube"]) for a in got["arms"]} == {
+        (r, t) for r in ("contrast", "sum") for t in ("true", "cells", "widened")}
+    for a in got["arms"]:
+        assert a["objects"] > 0 and {"size", "colour", "shape", "pattern", "pattern_colour", "all"} <= set(a)
+        assert a["all"] <= min(a["size"], a["colour"], a["shape"], a["pattern"], a["pattern_colour"])
+    assert got["chosen"]["reading"] in ("contrast", "sum")
 
 
 def test_naming_experiment_quick(tmp_path):
@@ -192,6 +209,47 @@ def test_chain_experiment_refuses_a_design_world(tmp_path, capsys):
                  "--run-dir", str(tmp_path / "r")]) == 2
     assert "designed the recipes" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_colour_reading_experiment_quick(tmp_path):
+    out = tmp_path / "results"
+    assert main(["experiment", "colour_reading", "--quick", "--out", str(out), "--run-dir", str(tmp_path / "r")]) == 0
+    result = json.loads((out / "colour_reading.json").read_text())
+    assert result["judged"] is False and result["design_world_seed"] == 1
+    arms = {(a["steps"], a["lr"], a["reading"], a["tube"]) for a in result["arms"]}
+    assert arms == {(s, 0.001, r, t) for s in (2, 4) for r in ("contrast", "sum") for t in ("true", "cells", "widened")}
+    for a in result["arms"]:
+        assert a["objects"] > 0 and 0 <= a["colour"] <= 100 and 0 <= a["pattern_colour"] <= 100
+    chosen = result["chosen"]
+    mean = sum(a["colour"] for a in result["arms"]
+               if (a["steps"], a["lr"], a["reading"]) == (chosen["steps"], chosen["lr"], chosen["reading"])) / 3
+    assert chosen["mean_colour"] == round(mean, 2)
+    assert (out / "colour_reading.svg").read_text().startswith("<svg")
+
+
+def test_colour_reading_refuses_a_judged_world(tmp_path, capsys):
+    assert main(["experiment", "colour_reading", "--world-seed", "29", "--out", str(tmp_path / "o"),
+                 "--run-dir", str(tmp_path / "r")]) == 2
+    assert "design world" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    assert main(["experiment", "colour_reading", "--ckpt", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "--ckpt and --data go together" in capsys.readouterr().err
+
+
+def test_tube_variants_by_hand():
+    from psg4d.experiments.colour_reading import tube_variants
+
+    m = torch.zeros(1, 1, 16, 16, dtype=torch.bool)
+    m[0, 0, 4:7, 4:6] = True  # 6 pixels in the cell (1, 1) of 4x4-pixel cells: 6 of 16, under half
+    m[0, 0, 8:12, 8:12] = True  # the whole cell (2, 2)
+    got = tube_variants(m)
+    assert torch.equal(got["true"], m)
+    cells = torch.zeros(16, 16, dtype=torch.bool)
+    cells[8:12, 8:12] = True  # only the cell at least half covered
+    assert torch.equal(got["cells"][0, 0], cells)
+    wide = torch.zeros(16, 16, dtype=torch.bool)
+    wide[4:16, 4:16] = True  # widened by one cell each way (clipped at the frame)
+    assert torch.equal(got["widened"][0, 0], wide)
 
 
 def test_compare_experiment_quick(tmp_path):

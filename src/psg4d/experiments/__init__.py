@@ -22,6 +22,9 @@ functions only.
   recall on categories only 2D images showed, and the label mapper's accuracy.
 * ``naming`` (:mod:`~psg4d.experiments.naming`): held-out categories named from their
   descriptions alone by the LLM's language knowledge, over the whole vocabulary (no training).
+* ``colour_reading`` (:mod:`~psg4d.experiments.colour_reading`): a design experiment on a design
+  world's validation videos: the attribute head's colour read under true and predicted-like tubes,
+  summed or against the ring around the tube, at two training budgets (chose the defaults).
 * ``compare`` (:mod:`~psg4d.experiments.compare`): the PSG4DFormer pipeline baseline (and its
   no-depth / no-temporal ablations) against the 4D-LLM with and without the transfer, on the HOI and
   GTA worlds: recall, mean tube vIoU, panoptic quality, training and prediction time.

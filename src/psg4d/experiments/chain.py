@@ -132,8 +132,11 @@ class ChainExperimentConfig:
     # optimizer steps of the tiny model's six stages
     steps: dict[str, int] = field(default_factory=lambda: {
         "4d_init": 900, "estimator_fit": 150, "pseudo4d_init": 100, "transfer_2d": 500, "finetune_4d": 200,
-        "attribute_fit": 150,
+        "attribute_fit": 1500,
     })
+    # the attribute head's learning rate in attribute_fit (chosen with its steps by psg4d experiment
+    # colour_reading on design world 1)
+    attribute_lr: float = 0.01
     # steps of a pretrained LLM's one stage on the tiny model's trained vision (about ten CPU-seconds
     # a step on 2 cores for SmolLM2-135M, against half a second for the tiny model)
     llm_steps: int = 300
@@ -206,6 +209,8 @@ def _experiment(cfg: ChainExperimentConfig, world: Path, llm: str, out: Path, se
                 stage["data"] = [lifted]
             if kind == "finetune_4d":
                 stage["data"] = [{**real, "weight": 1.0}, {**lifted, "weight": 0.5}]
+            if kind == "attribute_fit":
+                stage["lr"] = {"attribute_head": cfg.attribute_lr}
             stages.append(stage)
     else:
         stages.append({"name": "llm_on_tiny_vision", "kind": "finetune_4d", "max_steps": cfg.llm_steps,
@@ -395,8 +400,14 @@ def run(cfg: ChainExperimentConfig) -> dict[str, Any]:
         "naming_vocabulary": vocab,
         "naming_chance": round(1.0 / len(vocab), 4),
         "defaults_chosen_on": {
-            "chain_prob 0.5, the six stages' steps, llm_steps 300": "a priori (design world 1, BENCHMARKS.md); "
-                                                                    "not on this world",
+            "chain_prob 0.5, the first five stages' steps, llm_steps 300": "a priori (design world 1, BENCHMARKS.md); "
+                                                                           "not on this world",
+            "attribute_fit's steps and learning rate (attribute_lr); every attribute field read against the "
+            "ring around the tube":
+                "psg4d experiment colour_reading on design world 1's validation videos (without and with a checkpoint "
+                "trained there; bench/results/colour_reading*.json); not on this world",
+            "the ring's width (psg4d.model.attributes RING_CELLS 1) and CONTRAST_FLOOR 0.01":
+                "the width by a probe of 1 to 3 cells on the same videos (BENCHMARKS.md), the floor a priori",
             "naming over the whole vocabulary by the model's own LLM, calibrated against a neutral description":
                 "a priori (psg4d experiment naming validates pretrained namers, not a model's own LLM)",
             "the namer LM of the 'vocabulary by' arm and its scoring (namer, namer_scoring)":

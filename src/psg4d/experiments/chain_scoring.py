@@ -1,8 +1,8 @@
 """Scoring of the ``chain`` experiment (:mod:`psg4d.experiments.chain`): one arm's predictions
 (:func:`score_arm`), the renaming of the chain's language-named objects in free text or by another
 LM (:func:`renamed`) or without the unknown-object outcome (:func:`without_unknown_objects`), the
-language namer and its probe (:func:`namer_for`, :func:`naming_probe`) and the summary over training
-seeds (:func:`summarise`)."""
+language namer and its probe (:func:`namer_for`, :func:`naming_probe`), how well the frames' attributes
+were read (:func:`attributes_read_right`) and the summary over training seeds (:func:`summarise`)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ from typing import Any
 from psg4d.experiments.common import held_out_graphs, mean_std, protocol_metrics
 
 
-def naming_report(preds: list, gts: list, label_map, novel: set[str]) -> tuple[float | None, dict, int]:
-    """(mapper accuracy over language-named objects matched to a GT object, what each novel GT
-    category's matched objects were called, how many language-named objects were matched)."""
+def matched_objects(preds: list, gts: list) -> list[tuple[Any, Any]]:
+    """``(ground-truth object, predicted object)`` for every ground-truth object with a tube that a
+    predicted tube of its video matches (the best, vIoU >= 0.5, as in :mod:`psg4d.eval`)."""
     from psg4d.data.masks import rle_tube_viou
 
-    hits = total = 0
-    names: dict[str, Counter] = {c: Counter() for c in sorted(novel)}
+    out = []
     for p, g in zip(preds, gts):
         for go in g.objects:
             if go.tube is None:
@@ -30,14 +29,43 @@ def naming_report(preds: list, gts: list, label_map, novel: set[str]) -> tuple[f
                 v = rle_tube_viou(po.tube.rles, go.tube.rles)  # two empty tubes: 0, no match (as in psg4d.eval)
                 if v >= best_v:
                     best, best_v = po, v
-            if best is None:
-                continue
-            if go.category in names:
-                names[go.category][str(best.category)] += 1
-            if str(best.attributes.get("category_source", "")).startswith("language"):
-                total += 1
-                hits += label_map.object(best.category) == go.category
+            if best is not None:
+                out.append((go, best))
+    return out
+
+
+def naming_report(matched: list[tuple[Any, Any]], label_map, novel: set[str]) -> tuple[float | None, dict, int]:
+    """Over ``matched`` (:func:`matched_objects`): (mapper accuracy over language-named objects, what
+    each novel GT category's matched objects were called, how many language-named objects were matched)."""
+    hits = total = 0
+    names: dict[str, Counter] = {c: Counter() for c in sorted(novel)}
+    for go, best in matched:
+        if go.category in names:
+            names[go.category][str(best.category)] += 1
+        if str(best.attributes.get("category_source", "")).startswith("language"):
+            total += 1
+            hits += label_map.object(best.category) == go.category
     return (round(100.0 * hits / total, 2) if total else None), {c: dict(n) for c, n in names.items()}, total
+
+
+def attributes_read_right(matched: list[tuple[Any, Any]]) -> dict[str, Any]:
+    """Over ``matched`` (:func:`matched_objects`) ground-truth objects with a world description whose
+    predicted object carries the attribute head's reading (``read_description``): the percentage of
+    each field read right (size, colour, shape, pattern, pattern colour), and how many objects; the
+    novel and seen categories together."""
+    from psg4d.data.descriptions import object_description
+    from psg4d.data.synth.describe import ATTRIBUTE_FIELDS, description_fields
+
+    hits: Counter = Counter()
+    n = 0
+    for go, po in matched:
+        truth = description_fields(object_description(go) or "")
+        read = description_fields(str(po.attributes.get("read_description") or ""))
+        if truth is None or read is None:
+            continue
+        n += 1
+        hits.update(f for f in ATTRIBUTE_FIELDS if truth[f] == read[f])
+    return {**{f: (round(100.0 * hits[f] / n, 2) if n else None) for f in ATTRIBUTE_FIELDS}, "objects": n}
 
 
 def namer_for(model, vocab: list[str] | None, lm: tuple | None = None, *, calibrate: bool = True):
@@ -116,7 +144,8 @@ def score_arm(preds: list, gts: list, vocab: list[str], predicates: list[str], g
         n = sum(len(g.relations) for g in sub)
         r50 = evaluate(preds, {g.video_id: g for g in sub}, protocol="pvsg", label_map=label_map)["R@50"] if n else None
         subset[name] = (None if r50 is None else round(float(r50), 2), n)
-    accuracy, names, n_named = naming_report(preds, gts, label_map, groups["novel"])
+    matched = matched_objects(preds, gts)
+    accuracy, names, n_named = naming_report(matched, label_map, groups["novel"])
     problems = sum(int(p.meta.get("chain", {}).get("problems", 0)) for p in preds)
     at_limit = sum(st.get("stopped") == "length" for p in preds for st in p.meta.get("chain", {}).get("steps", []))
     return {
@@ -126,12 +155,14 @@ def score_arm(preds: list, gts: list, vocab: list[str], predicates: list[str], g
         "seen_only_in_2d_relations": subset["seen_only_in_2d"][1],
         "mapper_accuracy": accuracy, "language_named_objects": n_named, "novel_named_as": names,
         "label_mapping": mapping, "chain_problems": problems, "turns_at_limit": at_limit,
+        "attributes_read_right": attributes_read_right(matched),
     }
 
 
 SUMMARY_KEYS = ("metrics.pvsg.R@50", "metrics.pvsg.mR@50", "metrics.volumetric.R@50", "zR@50_novel",
                 "recall@50_seen_only_in_2d", "mapper_accuracy", "chain_problems", "turns_at_limit",
-                "naming_probe.accuracy", "predict_s_per_video", "wall_s")
+                "naming_probe.accuracy", "attributes_read_right.colour", "attributes_read_right.shape",
+                "predict_s_per_video", "wall_s")
 
 
 def _get(rec: dict[str, Any], key: str) -> float | None:

@@ -152,6 +152,34 @@ def naming_experiment(
     typer.echo(f"chosen on validation: {chosen['llm']}, {chosen['scoring']} scores")
 
 
+@experiment_app.command("colour_reading")
+def colour_reading_experiment(
+    out: Path = typer.Option(
+        Path("runs/experiments/colour_reading"), "--out",
+        help="Folder for colour_reading.json and colour_reading.svg (bench/results: the shipped ones).",
+    ),
+    run_dir: Path = typer.Option(Path("runs/experiments/colour_reading"), "--run-dir",
+                                 help="Where the world is built (reused)."),
+    world_seed: int = typer.Option(1, "--world-seed", help="A design world (this experiment chooses defaults)."),
+    steps: list[int] = typer.Option([150, 1500], "--steps", help="Training budgets of the head (repeatable)."),
+    lrs: list[float] = typer.Option([0.001, 0.01], "--lr", help="Learning rates of the head (repeatable)."),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="A checkpoint trained on the design world: its own "
+                                        "head and encoder read, every field scored, nothing trained (with --data)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="With --ckpt: the dataset folder of its design world."),
+    quick: bool = typer.Option(False, "--quick", help="Toy size (numbers meaningless)."),
+) -> None:
+    """Design: the attribute head's colour read under a tube, summed or against the ring around it."""
+    from psg4d.experiments.colour_reading import ColourReadingConfig, run
+
+    result = run(ColourReadingConfig(out=out, run_dir=run_dir, world_seed=world_seed, steps=list(steps),
+                                     lrs=list(lrs), ckpt=ckpt, data=data, quick=quick))
+    for a in result["arms"]:
+        budget = f"{a['steps']:>6} steps  lr {a['lr']:<7g}" if "steps" in a else ""
+        fields = "  ".join(f"{k} {a[k]:6.2f} %" for k in ("colour", "pattern_colour", "size", "shape", "all") if k in a)
+        typer.echo(f"{budget}{a['reading']:<9}{a['tube']:<9} {fields}  ({a['objects']} objects)")
+    typer.echo("chosen: " + ", ".join(f"{k} {v}" for k, v in result["chosen"].items() if k != "rule"))
+
+
 @experiment_app.command("compare")
 def compare_experiment(
     out: Path = typer.Option(
