@@ -118,6 +118,7 @@ def test_chain_experiment_quick(tmp_path):
     assert main(["experiment", "chain", "--quick", "--out", str(out), "--run-dir", str(run)]) == 0
     result = json.loads((out / "chain.json").read_text())
     assert result["judged_on_world_seed"] == 29 and result["training_seeds"] == [0]
+    assert result["design_world_seed"] is None  # a judged run (--design would name its design world here)
     assert len(result["naming_vocabulary"]) >= 20 and result["naming_chance"] == round(1 / len(result["naming_vocabulary"]), 4)
     runs = result["runs"]
     arms = [(r["llm"], r["mode"], r["naming"]) for r in runs]
@@ -209,6 +210,13 @@ def test_chain_experiment_refuses_a_design_world(tmp_path, capsys):
                  "--run-dir", str(tmp_path / "r")]) == 2
     assert "designed the recipes" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+    # --design is the way to run it on a design world, and only there
+    assert main(["experiment", "chain", "--design", "--world-seed", "29", "--out", str(tmp_path / "o"),
+                 "--run-dir", str(tmp_path / "r")]) == 2
+    assert "--design runs on a design world" in capsys.readouterr().err
+    from psg4d.experiments.chain import ChainExperimentConfig
+
+    assert ChainExperimentConfig(design=True, world_seed=1).world_seed == 1
 
 
 def test_colour_reading_experiment_quick(tmp_path):

@@ -4,7 +4,9 @@
                            [--device cpu|cuda] [--quick] [--out runs/experiments/chain]
 
 Under the fair protocol (BENCHMARKS.md): one synthetic HOI world of a seed never used for design
-(``--world-seed``; a design world is refused), every run trained once per training seed
+(``--world-seed``; a design world is refused, except with ``--design``: a run that informs the design
+on a design world, judges nothing, and whose JSON names ``design_world_seed`` instead of
+``judged_on_world_seed``), every run trained once per training seed
 (``--seeds``), mean ± std over the seeds; direct and chain share each run's checkpoint, so their
 budgets are equal. In the world some categories are **novel** (in no training data at all: never
 in a 4D training video, never in a 2D image; shown in 4D test videos) and some are **seen only in
@@ -77,6 +79,7 @@ from psg4d.experiments.common import (
 from psg4d.experiments.chain_scoring import (
     namer_for,
     naming_probe,
+    plot_summary,
     renamed,
     score_arm,
     summarise,
@@ -116,6 +119,8 @@ class ChainExperimentConfig:
     # with every training seed; direct and chain share each run's checkpoint (equal budgets)
     world_seed: int = 29
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    # a run on a design world (--design): it informs the design, judges nothing, and says so in the JSON
+    design: bool = False
     device: str = "cpu"  # training and prediction: "cpu" or "cuda"
     chain_prob: float = 0.5
     # how the chain names an object of an unseen description: "free" (the LLM writes a name; the
@@ -164,7 +169,10 @@ class ChainExperimentConfig:
             raise ConfigError(f"--namer: choose from {sorted(PACKAGED_LLMS)}, got {self.namer!r}")
         if self.device not in ("cpu", "cuda"):
             raise ConfigError(f"--device must be 'cpu' or 'cuda', got {self.device!r}")
-        refuse_design_world(self.world_seed, quick=self.quick)
+        if not self.design:
+            refuse_design_world(self.world_seed, quick=self.quick)
+        elif self.world_seed not in DESIGN_WORLDS and not self.quick:
+            raise ConfigError(f"--design runs on a design world {DESIGN_WORLDS}, not on world {self.world_seed}")
 
 
 def _world(cfg: ChainExperimentConfig) -> Path:
@@ -392,7 +400,8 @@ def run(cfg: ChainExperimentConfig) -> dict[str, Any]:
                          scored["recall@50_seen_only_in_2d"], scored["mapper_accuracy"], scored["turns_at_limit"])
             del model
     result = {
-        "judged_on_world_seed": cfg.world_seed,
+        "judged_on_world_seed": None if cfg.design else cfg.world_seed,
+        "design_world_seed": cfg.world_seed if cfg.design else None,
         "design_worlds": list(DESIGN_WORLDS),
         "training_seeds": list(cfg.seeds),
         "novel_categories": sorted(groups["novel"]),
@@ -428,20 +437,7 @@ def run(cfg: ChainExperimentConfig) -> dict[str, Any]:
         "config": jsonable(asdict(cfg)),
     }
     atomic_write_json(out / f"{NAME}.json", result, indent=1)
-    _plot(out / f"{NAME}.svg", result["summary"])
+    plot_summary(out / f"{NAME}.svg", result["summary"])
     log.info("wrote %s and %s", out / f"{NAME}.json", out / f"{NAME}.svg")
     return result
 
-
-def _plot(path: Path, summary: list[dict[str, Any]]) -> None:
-    from psg4d.viz.plots import write_bar_chart
-
-    def mean(r: dict[str, Any], key: str) -> float:
-        return r[key]["mean"] or 0.0
-
-    labels = [f"{r['llm']} {r['mode']}{' (' + r['naming'] + ')' if r['naming'] else ''}" for r in summary]
-    series = {"R@50": [mean(r, "metrics.pvsg.R@50") for r in summary],
-              "zR@50 novel": [mean(r, "zR@50_novel") for r in summary],
-              "R@50 seen only in 2D": [mean(r, "recall@50_seen_only_in_2d") for r in summary]}
-    write_bar_chart(path, labels, series, title="chained vs direct inference (pvsg protocol; mean over seeds)",
-                    unit="%")

@@ -181,3 +181,18 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append({"llm": llm, "mode": mode, "naming": naming, "seeds": [r["seed"] for r in mine],
                     **{k: mean_std(_get(r, k) for r in mine) for k in SUMMARY_KEYS}})
     return out
+
+
+def plot_summary(path, summary: list[dict[str, Any]]) -> None:
+    """The chain experiment's plot: R@50, zR@50 on novel categories and R@50 on those seen only in 2D per arm."""
+    from psg4d.viz.plots import write_bar_chart
+
+    def mean(r: dict[str, Any], key: str) -> float:
+        return r[key]["mean"] or 0.0
+
+    labels = [f"{r['llm']} {r['mode']}{' (' + r['naming'] + ')' if r['naming'] else ''}" for r in summary]
+    series = {"R@50": [mean(r, "metrics.pvsg.R@50") for r in summary],
+              "zR@50 novel": [mean(r, "zR@50_novel") for r in summary],
+              "R@50 seen only in 2D": [mean(r, "recall@50_seen_only_in_2d") for r in summary]}
+    write_bar_chart(path, labels, series, title="chained vs direct inference (pvsg protocol; mean over seeds)",
+                    unit="%")

@@ -109,6 +109,8 @@ def chain_experiment(
     namer_scoring: str = typer.Option(
         "raw", "--namer-scoring", help="How --namer scores the vocabulary: raw or calibrated (default: what "
         "psg4d experiment naming's validation group chose)."),
+    design: bool = typer.Option(False, "--design", help="Run on a design world (--world-seed 0, 1 or 11) to inform "
+                                "the design: judges nothing, and the JSON says so."),
     quick: bool = typer.Option(False, "--quick", help="Toy size: every stage a few steps (numbers meaningless)."),
 ) -> None:
     """Chained vs direct inference x tiny vs SmolLM2: recall, zero-shot recall on novel categories."""
@@ -117,7 +119,7 @@ def chain_experiment(
     result = run(ChainExperimentConfig(out=out, run_dir=run_dir, llms=list(llms), videos=videos, images=images,
                                        test_videos=test_videos, world_seed=world_seed, seeds=list(seeds),
                                        device=device, namer=namer, namer_scoring=namer_scoring,
-                                       quick=quick))
+                                       design=design, quick=quick))
     for r in result["summary"]:
         mode = r["mode"] + (f" ({r['naming']})" if r["naming"] else "")
         r50, z50 = r["metrics.pvsg.R@50"], r["zR@50_novel"]

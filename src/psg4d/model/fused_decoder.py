@@ -44,6 +44,7 @@ from torch import nn
 
 from psg4d.errors import ConfigError
 from psg4d.model.merging import sinusoid
+from psg4d.model.sam2_tubes import NO_OBJECT_LOGIT  # SAM2's convention, kept by both decoders
 
 
 @dataclass
@@ -54,9 +55,6 @@ class TubeDecoderOutput:
     iou_pred: torch.Tensor  # [N, T]
     object_logits: torch.Tensor  # [N, T] SAM2 object-presence logit (constant 10 without pred_obj_scores)
 
-
-# SAM2's mask logit for "no object" (``sam2.modeling.sam2_base.NO_OBJ_SCORE``): far below any threshold.
-NO_OBJECT_LOGIT = -1024.0
 
 
 class TubeDecoder(nn.Module):

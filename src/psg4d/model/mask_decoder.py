@@ -15,11 +15,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from psg4d.model.fused_decoder import NO_OBJECT_LOGIT, TubeDecoder, TubeDecoderOutput
+from psg4d.model.fused_decoder import TubeDecoder, TubeDecoderOutput
 from psg4d.model.fused_decoder_build import SAM2_PREFIXES, build_fused_decoder, load_sam2_checkpoint
 from psg4d.model.mask_decoder_config import MASK_DECODER_KINDS, MaskDecoderConfig
 from psg4d.model.sam2_build import build_sam2_tubes
-from psg4d.model.sam2_tubes import Sam2Tubes
+from psg4d.model.sam2_tubes import NO_OBJECT_LOGIT, Sam2Tubes
 
 __all__ = [
     "MASK_DECODER_KINDS", "MaskDecoderConfig", "NO_OBJECT_LOGIT", "SAM2_PREFIXES", "TubeDecoder",

@@ -46,8 +46,11 @@ from psg4d.model.sam2_prompts import SpatialPrompts
 
 log = logging.getLogger(__name__)
 
-# SAM2's mask logit for "no object" (``sam2.modeling.sam2_base.NO_OBJ_SCORE``).
+# SAM2's mask logit for "no object" (``sam2.modeling.sam2_base.NO_OBJ_SCORE``): far below any threshold.
+# Both decoders give it to a frame their presence head calls absent; it lives here, not imported from
+# the sam2 package, which is an optional extra.
 NO_OBJECT_LOGIT = -1024.0
+
 # SAM2's input normalisation (``sam2.utils.transforms.SAM2Transforms``: ImageNet statistics).
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
