@@ -36,7 +36,7 @@ from psg4d.model.encoder import EncoderConfig
 from psg4d.model.estimators import TransferConfig
 from psg4d.model.llm import LLMConfig
 from psg4d.model.losses import LossConfig
-from psg4d.model.mask_decoder import MaskDecoderConfig
+from psg4d.model.mask_decoder_config import MaskDecoderConfig
 from psg4d.model.projector import ProjectorConfig
 from psg4d.model.region import RegionConfig
 
