@@ -40,6 +40,9 @@ def test_matching_and_attribute_accuracy_by_hand():
     assert got["objects"] == 2
     assert got["colour"] == 50.0 and got["size"] == 100.0 and got["shape"] == 100.0
     assert got["pattern"] == 100.0 and got["pattern colour"] == 100.0  # no pattern, none read
+    assert got["all"] == 50.0  # the book's every field
+    only = attributes_read_right(matched, {"apple"})  # one group's objects (the novel ones)
+    assert only["objects"] == 1 and only["colour"] == 0.0 and only["all"] == 0.0
     # an object without a reading is not counted; no objects: no percentages
     assert attributes_read_right([(gt.objects[0], ObjectTrack(12, "apple", tube=_tube(0, 4)))]) == {
-        "size": None, "colour": None, "shape": None, "pattern": None, "pattern colour": None, "objects": 0}
+        "size": None, "colour": None, "shape": None, "pattern": None, "pattern colour": None, "all": None, "objects": 0}

@@ -160,21 +160,29 @@ def test_chain_experiment_quick(tmp_path):
     assert chosen.stat().st_mtime_ns == before
     for r in runs:  # how many fields the attribute head read right on the chain's matched objects
         if r["mode"] == "chain":
-            read = r["attributes_read_right"]
-            assert set(read) == {"size", "colour", "shape", "pattern", "pattern colour", "objects"}
+            read, novel = r["attributes_read_right"], r["attributes_read_right_novel"]
+            assert set(read) == set(novel) == {"size", "colour", "shape", "pattern", "pattern colour", "all", "objects"}
             assert read["objects"] == 0 or all(0 <= read[f] <= 100 for f in read if f != "objects")
+            assert novel["objects"] <= read["objects"]
+    # the chain's model measures size and shape from depth (the default attribute_form): a form reader trained
+    from safetensors import safe_open
+
+    ckpt_dir = Path(runs[0]["checkpoint"])
+    assert json.loads((ckpt_dir / "config.json").read_text())["model"]["attribute_form"] == "geometry"
+    with safe_open(str(ckpt_dir / "model.safetensors"), "pt") as f:
+        assert any(k.startswith("attribute_head.form.") for k in f.keys())
     # the colour_reading experiment reads a trained checkpoint's own head and maps, every field scored
     ckpt_out = tmp_path / "colour"
     assert main(["experiment", "colour_reading", "--quick", "--ckpt", runs[0]["checkpoint"],
                  "--data", str(run / "world29" / "4d"), "--out", str(ckpt_out)]) == 0
     got = json.loads((ckpt_out / "colour_reading_checkpoint.json").read_text())
     assert got["checkpoint"] == runs[0]["checkpoint"] and got["judged"] is False
-    assert {(a["reading"], a["tube"]) for a in got["arms"]} == {
-        (r, t) for r in ("contrast", "sum") for t in ("true", "cells", "widened")}
+    assert {(a["reading"], a["tube"]) for a in got["arms"]} == {  # with the form reader: geometry, and both added
+        (r, t) for r in ("contrast", "sum", "geometry", "both") for t in ("true", "cells", "widened")}
     for a in got["arms"]:
         assert a["objects"] > 0 and {"size", "colour", "shape", "pattern", "pattern_colour", "all"} <= set(a)
         assert a["all"] <= min(a["size"], a["colour"], a["shape"], a["pattern"], a["pattern_colour"])
-    assert got["chosen"]["reading"] in ("contrast", "sum")
+    assert got["chosen"]["reading"] in ("contrast", "sum", "geometry", "both")
 
 
 def test_naming_experiment_quick(tmp_path):
@@ -217,13 +225,16 @@ def test_chain_experiment_refuses_a_design_world(tmp_path, capsys):
     from psg4d.experiments.chain import ChainExperimentConfig
 
     assert ChainExperimentConfig(design=True, world_seed=1).world_seed == 1
+    assert main(["experiment", "chain", "--attribute-form", "guess", "--out", str(tmp_path / "o"),
+                 "--run-dir", str(tmp_path / "r")]) == 2
+    assert "--attribute-form must be 'geometry', 'map' or 'both'" in capsys.readouterr().err
 
 
 def test_colour_reading_experiment_quick(tmp_path):
     out = tmp_path / "results"
     assert main(["experiment", "colour_reading", "--quick", "--out", str(out), "--run-dir", str(tmp_path / "r")]) == 0
     result = json.loads((out / "colour_reading.json").read_text())
-    assert result["judged"] is False and result["design_world_seed"] == 1
+    assert result["judged"] is False and result["design_world_seed"] == 1 and result["training_seeds"] == [0]
     arms = {(a["steps"], a["lr"], a["reading"], a["tube"]) for a in result["arms"]}
     assert arms == {(s, 0.001, r, t) for s in (2, 4) for r in ("contrast", "sum") for t in ("true", "cells", "widened")}
     for a in result["arms"]:
@@ -317,3 +328,28 @@ def test_reading_experiment_quick(tmp_path, capsys):
     assert [p.stat().st_mtime_ns for p in records] == stamps
     # judged numbers never come from a design world
     assert main(["experiment", "reading", "--out", str(tmp_path / "o2"), "--world-seed", "11"]) == 2
+
+
+def test_form_reading_experiment_quick(tmp_path, capsys):
+    out = tmp_path / "results"
+    assert main(["experiment", "form_reading", "--quick", "--out", str(out), "--run-dir", str(tmp_path / "r"),
+                 "--above", "0", "--above", "0.05"]) == 0
+    result = json.loads((out / "form_reading.json").read_text())
+    assert result["judged"] is False and result["design_world_seed"] == 1 and result["training_seeds"] == [0]
+    assert [(a["above"], a["hidden"], a["lr"]) for a in result["arms"]] == [(0.0, 32, 0.003), (0.05, 32, 0.003)]
+    for a in result["arms"]:
+        v, n = a["validation"], a["novel_test"]
+        assert v["objects"] > 0 and 0 <= v["both"] <= min(v["size"], v["shape"]) <= 100
+        assert n["objects"] == 0 or n["both"] <= min(n["size"], n["shape"])
+    best = max(a["validation"]["both"] for a in result["arms"])
+    chosen = result["chosen"]
+    assert chosen["validation_both"] == best
+    assert [a for a in result["arms"] if a["validation"]["both"] == best][0]["above"] == chosen["above"]
+    assert (out / "form_reading.svg").read_text().startswith("<svg")
+    # it chooses defaults, so never on a judged world; bad settings are one line
+    assert main(["experiment", "form_reading", "--world-seed", "29", "--out", str(tmp_path / "o"),
+                 "--run-dir", str(tmp_path / "r2")]) == 2
+    assert "design world" in capsys.readouterr().err
+    assert main(["experiment", "form_reading", "--quick", "--above", "-1", "--out", str(tmp_path / "o"),
+                 "--run-dir", str(tmp_path / "r2")]) == 2
+    assert "--above must be metres" in capsys.readouterr().err

@@ -25,6 +25,9 @@ functions only.
 * ``colour_reading`` (:mod:`~psg4d.experiments.colour_reading`): a design experiment on a design
   world's validation videos: the attribute head's colour read under true and predicted-like tubes,
   summed or against the ring around the tube, at two training budgets (chose the defaults).
+* ``form_reading`` (:mod:`~psg4d.experiments.form_reading`): a design experiment on a design world's
+  validation videos: size and shape measured from a tube's depth by the form reader, by snapping
+  threshold, width and learning rate (chose the defaults of ``model.attribute_form: geometry``).
 * ``compare`` (:mod:`~psg4d.experiments.compare`): the PSG4DFormer pipeline baseline (and its
   no-depth / no-temporal ablations) against the 4D-LLM with and without the transfer, on the HOI and
   GTA worlds: recall, mean tube vIoU, panoptic quality, training and prediction time.

@@ -61,21 +61,20 @@ naming: ``metrics`` {protocol: R/mR@K}, ``zR@50_novel``, ``recall@50_seen_only_i
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from psg4d.errors import ConfigError
-from psg4d.model.llm import PACKAGED_LLMS
 from psg4d.experiments.common import (
     DESIGN_WORLDS,
     FROM_SCRATCH,
     QUICK_MAX_NEW_TOKENS,
     predict_videos,
-    refuse_design_world,
     synthetic_world,
     train_or_reuse,
 )
+from psg4d.experiments.chain_config import LLM_PRESETS, STAGE_ORDER, ChainExperimentConfig
 from psg4d.experiments.chain_scoring import (
     namer_for,
     naming_probe,
@@ -94,87 +93,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NAME = "chain"
-STAGE_ORDER = ("4d_init", "estimator_fit", "pseudo4d_init", "transfer_2d", "finetune_4d", "attribute_fit")
-LLM_PRESETS = {"tiny": "hoi_tiny.yaml", "smollm2-135m": "hoi_smollm2.yaml"}
-# Novel categories whose descriptions name them in everyday words (the language test), and one whose
-# description does not (an orange cylinder with white checks: a jar only by convention).
-NOVEL = ("apple", "phone", "globe", "jar")
-
-
-@dataclass(kw_only=True)
-class ChainExperimentConfig:
-    out: Path = Path("runs/experiments/chain")  # the shipped results: --out bench/results
-    run_dir: Path = Path("runs/experiments/chain")
-    llms: list[str] = field(default_factory=lambda: ["tiny", "smollm2-135m"])
-    novel: tuple[str, ...] = NOVEL
-    videos: int = 200  # 4D training videos
-    images: int = 800  # 2D training images
-    test_videos: int = 30  # scored: the first N of the world's test split
-    # the world's test split is sized for this many videos whatever --test-videos scores, so that
-    # scoring fewer (a slow pretrained LLM) reuses the world and the trained runs
-    world_test_videos: int = 60
-    frames: int = 16
-    size: int = 64
-    # the fair protocol (BENCHMARKS.md): judged on a world never used for design, each arm trained
-    # with every training seed; direct and chain share each run's checkpoint (equal budgets)
-    world_seed: int = 29
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    # a run on a design world (--design): it informs the design, judges nothing, and says so in the JSON
-    design: bool = False
-    device: str = "cpu"  # training and prediction: "cpu" or "cuda"
-    chain_prob: float = 0.5
-    # how the chain names an object of an unseen description: "free" (the LLM writes a name; the
-    # mapper maps it), "vocabulary" (the LLM scores every name of the dataset's vocabulary)
-    namings: list[str] = field(default_factory=lambda: ["free", "vocabulary"])
-    # a pretrained LM that names the chain's unknown objects over the vocabulary as one more arm
-    # ("vocabulary by <namer>": the same predictions, named again; psg4d.model.llm.PACKAGED_LLMS),
-    # for an LLM trained from scratch, which has no language knowledge of its own
-    namer: str | None = None
-    # how that namer scores the vocabulary: "raw" log-probabilities, or "calibrated" against a neutral
-    # description; the default is the scoring psg4d experiment naming's validation group chose
-    # (bench/results/naming.json, chosen_on_validation)
-    namer_scoring: str = "raw"
-    # optimizer steps of the tiny model's six stages
-    steps: dict[str, int] = field(default_factory=lambda: {
-        "4d_init": 900, "estimator_fit": 150, "pseudo4d_init": 100, "transfer_2d": 500, "finetune_4d": 200,
-        "attribute_fit": 1500,
-    })
-    # the attribute head's learning rate in attribute_fit (chosen with its steps by psg4d experiment
-    # colour_reading on design world 1)
-    attribute_lr: float = 0.01
-    # steps of a pretrained LLM's one stage on the tiny model's trained vision (about ten CPU-seconds
-    # a step on 2 cores for SmolLM2-135M, against half a second for the tiny model)
-    llm_steps: int = 300
-    batch_size: dict[str, int] = field(default_factory=lambda: {"tiny": 2, "smollm2-135m": 2})
-    quick: bool = False
-
-    def __post_init__(self) -> None:
-        if self.quick:
-            self.videos, self.images, self.test_videos, self.frames, self.size = 8, 12, 3, 6, 32
-            self.world_test_videos = 3
-            self.steps, self.llm_steps, self.seeds = {s: 2 for s in STAGE_ORDER}, 2, self.seeds[:1]
-        unknown = [m for m in self.llms if m not in LLM_PRESETS]
-        if unknown or not self.llms:
-            raise ConfigError(f"--llms: choose from {sorted(LLM_PRESETS)}, got {self.llms}")
-        bad = [n for n in self.namings if n not in ("vocabulary", "free")]
-        if bad or not self.namings:
-            raise ConfigError(f"namings must be 'vocabulary' and/or 'free', got {self.namings}")
-        if self.videos < 1 or self.images < 1 or self.test_videos < 1:
-            raise ConfigError("--videos, --images and --test-videos must be positive")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"--seeds must be distinct training seeds, got {self.seeds}")
-        if self.namer_scoring not in ("raw", "calibrated"):
-            raise ConfigError(f"namer_scoring must be 'raw' or 'calibrated', got {self.namer_scoring!r}")
-        if self.namer is not None and self.namer not in PACKAGED_LLMS:
-            raise ConfigError(f"--namer: choose from {sorted(PACKAGED_LLMS)}, got {self.namer!r}")
-        if self.device not in ("cpu", "cuda"):
-            raise ConfigError(f"--device must be 'cpu' or 'cuda', got {self.device!r}")
-        if not self.design:
-            refuse_design_world(self.world_seed, quick=self.quick)
-        elif self.world_seed not in DESIGN_WORLDS and not self.quick:
-            raise ConfigError(f"--design runs on a design world {DESIGN_WORLDS}, not on world {self.world_seed}")
-
-
 def _world(cfg: ChainExperimentConfig) -> Path:
     """The world in ``RUN_DIR/world<seed>`` (reused when its settings match; one made with other
     settings is refused, never replaced), its settings in ``RUN_DIR/world<seed>.json``."""
@@ -219,13 +137,15 @@ def _experiment(cfg: ChainExperimentConfig, world: Path, llm: str, out: Path, se
                 stage["data"] = [{**real, "weight": 1.0}, {**lifted, "weight": 0.5}]
             if kind == "attribute_fit":
                 stage["lr"] = {"attribute_head": cfg.attribute_lr}
+                if cfg.attribute_form != "map":
+                    stage["lr"]["attribute_head.form"] = cfg.form_lr
             stages.append(stage)
     else:
         stages.append({"name": "llm_on_tiny_vision", "kind": "finetune_4d", "max_steps": cfg.llm_steps,
                        "init": str(vision) if vision is not None else None,
                        "trainable": ["projector", "llm", "obj_proj", "mask_decoder", "tag_head", "obj_cls_head"],
                        "data": [{**real, "weight": 1.0}, {**lifted, "weight": 0.5}], "lr": {"llm": 1.0e-4}})
-    data["model"] = dict(data["model"], chain_prob=cfg.chain_prob)
+    data["model"] = dict(data["model"], chain_prob=cfg.chain_prob, attribute_form=cfg.attribute_form)
     if cfg.quick:
         data["model"]["chain_step_tokens"] = QUICK_MAX_NEW_TOKENS
     data["data"] = {"root": str(world.resolve()), "train": [real], "val": []}
@@ -417,6 +337,11 @@ def run(cfg: ChainExperimentConfig) -> dict[str, Any]:
                 "trained there; bench/results/colour_reading*.json); not on this world",
             "the ring's width (psg4d.model.attributes RING_CELLS 1) and CONTRAST_FLOOR 0.01":
                 "the width by a probe of 1 to 3 cells on the same videos (BENCHMARKS.md), the floor a priori",
+            "attribute_form geometry (size and shape measured from the tube's depth), the form reader's lr "
+            "(form_lr) and width, snap_to_depth's ABOVE_METRES":
+                "design world 1: psg4d experiment chain --design with each attribute_form (the reading under which "
+                "the most novel objects read right in every field; R@50 and zR@50 tied), a probe of lr, width and "
+                "ABOVE_METRES on its training and validation objects (BENCHMARKS.md); not on this world",
             "naming over the whole vocabulary by the model's own LLM, calibrated against a neutral description":
                 "a priori (psg4d experiment naming validates pretrained namers, not a model's own LLM)",
             "the namer LM of the 'vocabulary by' arm and its scoring (namer, namer_scoring)":

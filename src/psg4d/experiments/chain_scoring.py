@@ -48,24 +48,27 @@ def naming_report(matched: list[tuple[Any, Any]], label_map, novel: set[str]) ->
     return (round(100.0 * hits / total, 2) if total else None), {c: dict(n) for c, n in names.items()}, total
 
 
-def attributes_read_right(matched: list[tuple[Any, Any]]) -> dict[str, Any]:
+def attributes_read_right(matched: list[tuple[Any, Any]], categories: set[str] | None = None) -> dict[str, Any]:
     """Over ``matched`` (:func:`matched_objects`) ground-truth objects with a world description whose
-    predicted object carries the attribute head's reading (``read_description``): the percentage of
-    each field read right (size, colour, shape, pattern, pattern colour), and how many objects; the
-    novel and seen categories together."""
+    predicted object carries the attribute head's reading (``read_description``), of ``categories``
+    only where given: the percentage of each field read right (size, colour, shape, pattern, pattern
+    colour) and of every field together (``all``), and how many objects."""
     from psg4d.data.descriptions import object_description
     from psg4d.data.synth.describe import ATTRIBUTE_FIELDS, description_fields
 
     hits: Counter = Counter()
     n = 0
     for go, po in matched:
+        if categories is not None and go.category not in categories:
+            continue
         truth = description_fields(object_description(go) or "")
         read = description_fields(str(po.attributes.get("read_description") or ""))
         if truth is None or read is None:
             continue
         n += 1
         hits.update(f for f in ATTRIBUTE_FIELDS if truth[f] == read[f])
-    return {**{f: (round(100.0 * hits[f] / n, 2) if n else None) for f in ATTRIBUTE_FIELDS}, "objects": n}
+        hits["all"] += truth == read
+    return {**{f: (round(100.0 * hits[f] / n, 2) if n else None) for f in (*ATTRIBUTE_FIELDS, "all")}, "objects": n}
 
 
 def namer_for(model, vocab: list[str] | None, lm: tuple | None = None, *, calibrate: bool = True):
@@ -156,12 +159,15 @@ def score_arm(preds: list, gts: list, vocab: list[str], predicates: list[str], g
         "mapper_accuracy": accuracy, "language_named_objects": n_named, "novel_named_as": names,
         "label_mapping": mapping, "chain_problems": problems, "turns_at_limit": at_limit,
         "attributes_read_right": attributes_read_right(matched),
+        "attributes_read_right_novel": attributes_read_right(matched, set(groups["novel"])),
     }
 
 
 SUMMARY_KEYS = ("metrics.pvsg.R@50", "metrics.pvsg.mR@50", "metrics.volumetric.R@50", "zR@50_novel",
                 "recall@50_seen_only_in_2d", "mapper_accuracy", "chain_problems", "turns_at_limit",
                 "naming_probe.accuracy", "attributes_read_right.colour", "attributes_read_right.shape",
+                "attributes_read_right.all", "attributes_read_right_novel.size", "attributes_read_right_novel.shape",
+                "attributes_read_right_novel.all",
                 "predict_s_per_video", "wall_s")
 
 

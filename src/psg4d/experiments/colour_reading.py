@@ -32,7 +32,9 @@ read) and ``contrast`` (against the ring of cells around the tube,
 With ``--ckpt`` (a checkpoint trained on the design world, ``--data`` its dataset folder) nothing
 is trained: the checkpoint's own head reads the maps of its own scene encoder, so every field (size,
 colour, shape, pattern, pattern colour) is scored, and all of them together, under the same three
-tubes and two readings; written to ``OUT/colour_reading_checkpoint.json`` (``arms``: reading, tube,
+tubes and two readings, and a third, ``geometry``, where the checkpoint's head has a form reader
+(``model.attribute_form: geometry``, :mod:`psg4d.model.form_geometry`: size and shape measured from the
+tube's depth, the other fields against the ring); written to ``OUT/colour_reading_checkpoint.json`` (``arms``: reading, tube,
 one percentage per field and ``all``; ``chosen``: the reading with the best mean ``all``).
 
 Writes ``OUT/colour_reading.json``: ``design_world_seed``, ``arms`` (steps, lr, reading, tube,
@@ -46,14 +48,14 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from psg4d.errors import ConfigError
-from psg4d.experiments.chain import NOVEL
+from psg4d.experiments.chain_config import NOVEL
 from psg4d.experiments.common import DESIGN_WORLDS, TINY_PRESET, synthetic_world
 from psg4d.experiments.output import check_output_folder, jsonable, machine_info
 from psg4d.utils.io import atomic_write_json
@@ -180,19 +182,18 @@ def _described(graph, idx: np.ndarray, size: int):
 
 
 @torch.inference_mode()
-def _score(clips, read) -> dict[tuple[str, str], dict[str, Any]]:
+def _score(clips, read, readings: Sequence[str]) -> dict[tuple[str, str], dict[str, Any]]:
     """(reading, tube) -> percent of the described objects whose every field, and all of them, were read
     right. ``clips``: ``(clip key, truths, masks)``; ``read(clip key, tubes, reading)`` -> the readings."""
     from psg4d.data.synth.describe import ATTRIBUTE_FIELDS, description_fields
-    from psg4d.model.attributes import READINGS
 
     keys = (*ATTRIBUTE_FIELDS, "all")
-    hits = {(r, tb): dict.fromkeys(keys, 0) for r in READINGS for tb in TUBES}
+    hits = {(r, tb): dict.fromkeys(keys, 0) for r in readings for tb in TUBES}
     n = 0
     for key, truths, masks in clips:
         n += len(truths)
         for tb, tube in tube_variants(masks).items():
-            for r in READINGS:
+            for r in readings:
                 for truth, got in zip(truths, read(key, tube, r)):
                     fields = description_fields(got[0]) if got is not None else None
                     if fields is not None:
@@ -207,7 +208,7 @@ def _head_arms(cfg: ColourReadingConfig, reader) -> list[dict[str, Any]]:
     """The head trained alone at every budget, its colour fields scored (no encoder: the form fields
     read a blank map)."""
     from psg4d.data.synth.describe import attribute_values, category_descriptions
-    from psg4d.model.attributes import attribute_table, read_attributes
+    from psg4d.model.attributes import READINGS, attribute_table, read_attributes
 
     train_ids = reader.video_ids("train")[: cfg.videos]
     vocab = sorted({o.category for vid in train_ids for o in reader.read_graph(vid).objects})
@@ -228,7 +229,7 @@ def _head_arms(cfg: ColourReadingConfig, reader) -> list[dict[str, Any]]:
                 blank = torch.zeros(val_rgb.shape[1], 1, grid, grid)
                 return read_attributes(head, blank, val_rgb[i], tube, reading=reading)
 
-            for (reading, tube), sc in _score(clips, read).items():
+            for (reading, tube), sc in _score(clips, read, READINGS).items():
                 arms.append({"steps": steps, "lr": lr, "reading": reading, "tube": tube, "colour": sc["colour"],
                              "pattern_colour": sc["pattern_colour"], "objects": sc["objects"]})
                 log.info("%d steps at lr %g, %s reading, %s tube: colour %.1f %%, pattern colour %.1f %% (%d objects)",
@@ -237,10 +238,12 @@ def _head_arms(cfg: ColourReadingConfig, reader) -> list[dict[str, Any]]:
 
 
 def _checkpoint_arms(cfg: ColourReadingConfig) -> list[dict[str, Any]]:
-    """A trained checkpoint's head on its own encoder's maps, every field scored."""
+    """A trained checkpoint's head on its own encoder's maps, every field scored; with a form reader also
+    the ``geometry`` reading (size and shape measured from the tube's depth, the rest against the ring)."""
     from psg4d.data.readers import open_dataset
-    from psg4d.model.attributes import read_attributes
-    from psg4d.model.batching import resample_indices, video_tensors
+    from psg4d.model.attributes import READINGS, read_attributes
+    from psg4d.model.batching import frame_intrinsics, resample_indices, video_tensors
+    from psg4d.model.form_geometry import snap_to_depth, tube_geometry
     from psg4d.model.generation import SceneGraphGenerator
     from psg4d.model.psg4d_llm import PSG4DModel
 
@@ -257,15 +260,27 @@ def _checkpoint_arms(cfg: ColourReadingConfig) -> list[dict[str, Any]]:
         idx = resample_indices(sample.video.num_frames, ctx.num_frames)
         truths, masks = _described(sample.graph, idx, model.config.image_size)
         if truths:
-            contexts[vid] = (ctx.dense, video_tensors(sample.video, idx, model.config.image_size)[0])
+            rgb, depth = video_tensors(sample.video, idx, model.config.image_size)
+            contexts[vid] = (ctx.dense, rgb, depth, frame_intrinsics(sample.video, model.config.image_size))
             clips.append((vid, truths, masks))
     log.info("%s: reading %d validation videos of %s", cfg.ckpt, len(clips), cfg.data)
 
-    def read(vid, tube, reading):
-        dense, rgb = contexts[vid]
-        return read_attributes(model.attribute_head, dense, rgb, tube, model._attribute_table, reading=reading)
+    head = model.attribute_head
+    readings = (*READINGS, "geometry", "both") if head.form is not None else READINGS
 
-    return [{"reading": r, "tube": tb, **sc} for (r, tb), sc in _score(clips, read).items()]
+    def read(vid, tube, reading):
+        dense, rgb, depth, k = contexts[vid]
+        measured = None
+        if reading in ("geometry", "both"):
+            if depth is None or k is None:
+                raise ConfigError(f"{cfg.data}: video {vid} has no depth or intrinsics to measure its objects' form")
+            geometry = tube_geometry(snap_to_depth(tube, depth[:, 0]), depth[:, 0], k)
+            measured = head.form.field_scores(geometry, head.values)
+        return read_attributes(head, dense, rgb, tube, model._attribute_table,
+                               reading="sum" if reading == "sum" else "contrast", measured=measured,
+                               combine="add" if reading == "both" else "replace")
+
+    return [{"reading": r, "tube": tb, **sc} for (r, tb), sc in _score(clips, read, readings).items()]
 
 
 def run(cfg: ColourReadingConfig) -> dict[str, Any]:
@@ -291,6 +306,7 @@ def run(cfg: ColourReadingConfig) -> dict[str, Any]:
     result = {
         "design_world_seed": cfg.world_seed,
         "judged": False,
+        "training_seeds": [cfg.seed] if cfg.ckpt is None else None,
         "scored_on": f"validation split of world {cfg.world_seed} (first {cfg.val_videos} videos)"
                      + ("" if cfg.ckpt is None else f" in {cfg.data}"),
         "checkpoint": None if cfg.ckpt is None else str(cfg.ckpt),

@@ -109,6 +109,9 @@ def chain_experiment(
     namer_scoring: str = typer.Option(
         "raw", "--namer-scoring", help="How --namer scores the vocabulary: raw or calibrated (default: what "
         "psg4d experiment naming's validation group chose)."),
+    attribute_form: str = typer.Option(
+        "geometry", "--attribute-form", help="Where the size and shape words are read from: geometry (measured "
+        "from the tube's depth), map (the attribute head's cells) or both (the two readings added)."),
     design: bool = typer.Option(False, "--design", help="Run on a design world (--world-seed 0, 1 or 11) to inform "
                                 "the design: judges nothing, and the JSON says so."),
     quick: bool = typer.Option(False, "--quick", help="Toy size: every stage a few steps (numbers meaningless)."),
@@ -119,7 +122,7 @@ def chain_experiment(
     result = run(ChainExperimentConfig(out=out, run_dir=run_dir, llms=list(llms), videos=videos, images=images,
                                        test_videos=test_videos, world_seed=world_seed, seeds=list(seeds),
                                        device=device, namer=namer, namer_scoring=namer_scoring,
-                                       design=design, quick=quick))
+                                       attribute_form=attribute_form, design=design, quick=quick))
     for r in result["summary"]:
         mode = r["mode"] + (f" ({r['naming']})" if r["naming"] else "")
         r50, z50 = r["metrics.pvsg.R@50"], r["zR@50_novel"]
@@ -179,6 +182,35 @@ def colour_reading_experiment(
         budget = f"{a['steps']:>6} steps  lr {a['lr']:<7g}" if "steps" in a else ""
         fields = "  ".join(f"{k} {a[k]:6.2f} %" for k in ("colour", "pattern_colour", "size", "shape", "all") if k in a)
         typer.echo(f"{budget}{a['reading']:<9}{a['tube']:<9} {fields}  ({a['objects']} objects)")
+    typer.echo("chosen: " + ", ".join(f"{k} {v}" for k, v in result["chosen"].items() if k != "rule"))
+
+
+@experiment_app.command("form_reading")
+def form_reading_experiment(
+    out: Path = typer.Option(
+        Path("runs/experiments/form_reading"), "--out",
+        help="Folder for form_reading.json and form_reading.svg (bench/results: the shipped ones).",
+    ),
+    run_dir: Path = typer.Option(Path("runs/experiments/form_reading"), "--run-dir",
+                                 help="Where the world is built (reused)."),
+    world_seed: int = typer.Option(1, "--world-seed", help="A design world (this experiment chooses defaults)."),
+    aboves: list[float] = typer.Option([0.0, 0.005, 0.01, 0.02, 0.05, 0.08], "--above",
+                                       help="Snap tubes to the pixels this many metres in front of their "
+                                       "surroundings (0: not snapped; repeatable)."),
+    lrs: list[float] = typer.Option([0.003, 0.01], "--lr", help="Learning rates of the reader (repeatable)."),
+    hiddens: list[int] = typer.Option([0, 32], "--hidden", help="Widths of the reader (0: linear; repeatable)."),
+    quick: bool = typer.Option(False, "--quick", help="Toy size (numbers meaningless)."),
+) -> None:
+    """Design: size and shape measured from a tube's depth, by snapping threshold, width and learning rate."""
+    from psg4d.experiments.form_reading import FormReadingConfig, run
+
+    result = run(FormReadingConfig(out=out, run_dir=run_dir, world_seed=world_seed, aboves=list(aboves),
+                                   lrs=list(lrs), hiddens=list(hiddens), quick=quick))
+    for a in result["arms"]:
+        v, n = a["validation"], a["novel_test"]
+        typer.echo(f"above {a['above']:<6g} width {a['hidden']:<3} lr {a['lr']:<7g} validation size {v['size']} % "
+                   f"shape {v['shape']} % both {v['both']} % ({v['objects']})  novel (test) both {n['both']} % "
+                   f"({n['objects']})")
     typer.echo("chosen: " + ", ".join(f"{k} {v}" for k, v in result["chosen"].items() if k != "rule"))
 
 

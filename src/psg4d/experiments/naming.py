@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from psg4d.errors import ConfigError
-from psg4d.experiments.chain import NOVEL
+from psg4d.experiments.chain_config import NOVEL
 from psg4d.experiments.chain_scoring import naming_probe
 from psg4d.experiments.output import check_output_folder, jsonable, machine_info
 from psg4d.infer.categorise import LanguageCategoriser

@@ -16,6 +16,11 @@ red apple reads as the table's "large tan pedestal" (on design world 1, 21 % of 
 right from their true masks widened by one cell, against 86 % by the contrast with the ring around
 the tube; ``psg4d experiment colour_reading``, BENCHMARKS.md).
 
+With ``model.attribute_form: geometry`` the head carries a :class:`~psg4d.model.form_geometry.FormReader`
+and the size and shape words are measured from the tube's depth instead (``measured`` in
+:func:`read_attributes`): the encoder's map was trained to tell categories apart, and under a novel
+object it reads the nearest training category's form.
+
 The chained predictor (:mod:`psg4d.infer.chain`) uses it for the **unknown object** outcome: a tube
 whose read description is none training connected to a category is an object outside the training
 vocabulary, and is named from that description by the LLM's language knowledge.
@@ -30,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from psg4d.data.synth.describe import compose_description, description_fields
+from psg4d.model.form_geometry import FormReader
 
 IGNORE = -100
 
@@ -51,10 +57,15 @@ class AttributeHead(nn.Module):
     the colour fields from the frame's colours in the cell (mean, min and max of ``rgb [N, 3, H, W]``
     over the cell's pixels), the form fields from the scene encoder's ``dense [N, D, h, w]``; two
     small 1x1 networks. A field cannot use another field's cue, so a combination training never
-    showed (a red sphere when red came only on cylinders) reads as itself."""
+    showed (a red sphere when red came only on cylinders) reads as itself.
 
-    def __init__(self, *, dim: int, values: Mapping[str, Sequence[str]], hidden: int = 64):
+    ``form`` (optional): a :class:`~psg4d.model.form_geometry.FormReader` that reads the size and shape
+    words from a tube's depth instead (``model.attribute_form: geometry``); it trains beside the head."""
+
+    def __init__(self, *, dim: int, values: Mapping[str, Sequence[str]], hidden: int = 64,
+                 form: FormReader | None = None):
         super().__init__()
+        self.form = form
         self.fields = list(values)
         self.values = {f: list(v) for f, v in values.items()}
         self.colour_fields = [f for f in self.fields if f in COLOUR_FIELDS]
@@ -119,8 +130,9 @@ def attribute_loss(logits: Sequence[torch.Tensor], semantic: torch.Tensor, table
 
 @torch.inference_mode()
 def read_attributes(head: AttributeHead, dense: torch.Tensor, rgb: torch.Tensor, masks: torch.Tensor,
-                    table: torch.Tensor | None = None, *,
-                    reading: str = "contrast") -> list[tuple[str, float] | None]:
+                    table: torch.Tensor | None = None, *, reading: str = "contrast",
+                    measured: Mapping[str, torch.Tensor] | None = None,
+                    combine: str = "replace") -> list[tuple[str, float] | None]:
     """``(description, margin)`` of each tube ``masks [N, T, h', w']`` (bool) of one clip
     (``dense [T, D, h, w]``, ``rgb [T, 3, H, W]``); None for an empty tube.
 
@@ -131,9 +143,16 @@ def read_attributes(head: AttributeHead, dense: torch.Tensor, rgb: torch.Tensor,
     read fields' log-probabilities per cell (as read: against the ring, or summed) minus those of the
     fields of the best row of ``table`` (:func:`attribute_table`; rows with a field unknown are not descriptions). It is 0
     when the reading is a known description, and large when no known one comes close: an object
-    outside the training vocabulary. Without ``table`` every margin is 0."""
+    outside the training vocabulary. Without ``table`` every margin is 0.
+
+    ``measured``: ``{field: [N, K_field]}`` log-probabilities of some fields read otherwise (the size and
+    shape of :meth:`~psg4d.model.form_geometry.FormReader.field_scores`), which replace the head's reading
+    of those fields (``combine="replace"``) or are added to it (``"add"``: both readings must agree); per
+    cell of the tube, so they weigh as much as a field read here."""
     if reading not in READINGS:
         raise ValueError(f"reading must be one of {READINGS}, got {reading!r}")
+    if combine not in ("replace", "add"):
+        raise ValueError(f"combine must be 'replace' or 'add', got {combine!r}")
     if masks.shape[0] == 0:
         return []
     logits = head(dense, rgb)  # per field [T, K, h, w]
@@ -141,12 +160,17 @@ def read_attributes(head: AttributeHead, dense: torch.Tensor, rgb: torch.Tensor,
     weight = F.adaptive_avg_pool2d(masks.float().flatten(0, 1)[:, None], (h, w)).view(masks.shape[0], -1, h, w)
     mass = weight.sum(dim=(1, 2, 3))  # [N]
     scores = []  # per field [N, K]: log-probability of each value, summed over the tube's cells
-    for lg in logits:
+    for f, lg in zip(head.fields, logits):
+        by_measure = None if measured is None or f not in measured else measured[f].to(mass).clamp(min=-30.0) * mass[:, None]
+        if by_measure is not None and combine == "replace":
+            scores.append(by_measure)
+            continue
         logp = torch.log_softmax(lg.float(), dim=1)  # [T, K, h, w]
         if reading == "contrast":
-            scores.append(contrast_scores(logp.exp(), weight.to(logp)) * mass[:, None])
+            score = contrast_scores(logp.exp(), weight.to(logp)) * mass[:, None]
         else:
-            scores.append(torch.einsum("nthw,tkhw->nk", weight.to(logp), logp))
+            score = torch.einsum("nthw,tkhw->nk", weight.to(logp), logp)
+        scores.append(score if by_measure is None else score + by_measure)
     best = sum(sc.max(dim=1).values for sc in scores)  # [N]
     margin = torch.zeros_like(best)
     if table is not None:

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -20,11 +20,22 @@ import torch.nn.functional as F
 from psg4d.errors import ConfigError, DataError
 from psg4d.model.attributes import attribute_loss
 from psg4d.model.estimators import estimator_losses, pseudo_feature_losses
+from psg4d.model.form_geometry import grid_tubes, snap_to_depth, tube_geometry
 from psg4d.model.losses import segmentation_loss
 from psg4d.model.tokens import OBJ_TOKEN
 
 if TYPE_CHECKING:  # annotations only
     from psg4d.model.contexts import TeacherForcing
+
+
+class FormBatch(NamedTuple):
+    """What the form reader learns from in a batch: every object's true tube ``masks`` B x ``[N_all, T, S, S]``,
+    its ``categories`` B x ``[N_all]`` (object_vocab index, -100 outside it) and each clip's ``intrinsics``
+    B x ``[3, 3]`` (None: none); any of them None where the batch does not carry it."""
+
+    masks: list[torch.Tensor] | None
+    categories: list[torch.Tensor] | None
+    intrinsics: list[torch.Tensor | None] | None
 
 
 class AuxiliaryObjectives:
@@ -97,14 +108,45 @@ class AuxiliaryObjectives:
 
     def _attribute_objective(self, rgb: torch.Tensor, depth: torch.Tensor | None,
                              disparity_scale: torch.Tensor | None,
-                             semantic: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """The ``attribute_fit`` stage: the attribute head alone on the scene encoder's maps (no LLM pass)."""
+                             semantic: torch.Tensor | None, *, forms: FormBatch | None = None) -> dict[str, torch.Tensor]:
+        """The ``attribute_fit`` stage: the attribute head alone on the scene encoder's maps (no LLM pass), and
+        its form reader (if any) on the true tubes' geometry."""
         if self.attribute_head is None or semantic is None:
             raise ConfigError("model.transfer.objective 'attributes' needs model.attribute_loss_weight > 0")
         with torch.no_grad():  # the encoder is frozen in this stage: its maps are inputs
             _, enc, _, _ = self.encode_scene(rgb, depth, disparity_scale)
         loss = self.attribute_objective_loss(enc.dense, rgb, semantic)
-        return {"loss": loss, "loss_attr": loss}
+        out = {"loss_attr": loss}
+        form = self.form_objective_loss(depth, forms) if self.attribute_head.form is not None else None
+        if form is not None:
+            out["loss_form"] = form
+            loss = loss + form
+        return {"loss": loss, **out}
+
+    def form_objective_loss(self, depth: torch.Tensor | None, forms: FormBatch | None) -> torch.Tensor | None:
+        """The form reader's loss (:meth:`~psg4d.model.form_geometry.FormReader.loss`) on every object of the
+        batch with depth, intrinsics and a described category, its true tube cut to the mask decoder's grid
+        and to the pixels in front of its surroundings as a predicted tube is at reading (``depth
+        [B, T, 1, S, S]`` metres); None where fewer than two such objects are in the batch."""
+        if depth is None or forms is None or forms.masks is None or forms.categories is None or forms.intrinsics is None:
+            return None
+        head, table = self.attribute_head, self._attribute_table
+        fields = {f: head.fields.index(f) for f in ("size", "shape")}
+        geometry, sizes, shapes = [], [], []
+        for b, (masks, cats, k) in enumerate(zip(forms.masks, forms.categories, forms.intrinsics)):
+            if k is None or masks.shape[0] == 0:
+                continue
+            d = depth[b, :, 0].float().cpu()  # [T, S, S]
+            tubes = snap_to_depth(grid_tubes(masks.cpu(), self.config.mask_decoder.grid), d)
+            geometry.append(tube_geometry(tubes, d, k))
+            for c in cats.tolist():
+                row = table[c] if c >= 0 else None
+                sizes.append(None if row is None or row[fields["size"]] < 0 else head.values["size"][row[fields["size"]]])
+                shapes.append(None if row is None or row[fields["shape"]] < 0 else head.values["shape"][row[fields["shape"]]])
+        if sum(g.shape[0] for g in geometry) < 2:  # the reader's batch statistics need two
+            return None
+        x = torch.cat(geometry).to(next(head.form.parameters()).device)
+        return head.form.loss(x, sizes, shapes)
 
     def attribute_objective_loss(self, dense: torch.Tensor, rgb: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
         """:func:`~psg4d.model.attributes.attribute_loss` of ``attribute_head(dense [B, T, D, h, w],

@@ -23,7 +23,9 @@ Batch keys (:meth:`SceneGraphCollator.__call__`):
 * ``mask_targets`` B x ``[N_obj, T, S, S]`` bool, one per ``[Obj]`` occurrence in the target
   (with ``model.supervise_all_objects``, the target ends with ``<eos> ; <category> [Obj]`` for each
   object with a tube that no triplet mentions: context, not learned as text);
-  ``object_masks`` B x ``[N_all, T, S, S]`` bool: every object with a tube (SAM2's pretraining);
+  ``object_masks`` B x ``[N_all, T, S, S]`` bool: every object with a tube (SAM2's pretraining, the
+  form reader's), ``object_categories`` B x ``[N_all]`` their object_vocab indices (-100 outside it),
+  ``intrinsics`` B x ``[3, 3]`` (None: the video has none) for the ``S x S`` frames;
   ``mask_valid`` B x ``[N_obj]`` (False: that object has no tube); ``obj_ids`` B x [N_obj];
   ``obj_categories`` B x ``[N_obj]`` object_vocab index of each ``[Obj]`` (-100 outside it);
 * ``tags [B, V_obj]`` multi-hot categories present; ``semantic [B, T, S, S]`` category index
@@ -104,6 +106,19 @@ def video_tensors(video: Video4D, idx: np.ndarray, size: int) -> tuple[torch.Ten
             # nearest: averaging would blend metric depths across object edges (and invalid zeros)
             depth = F.interpolate(depth, size=(size, size), mode="nearest")
     return rgb, depth
+
+
+def frame_intrinsics(video: Video4D, size: int) -> torch.Tensor | None:
+    """``video``'s pinhole intrinsics for its frames resized to ``size x size`` (as :func:`video_tensors`
+    resizes them) -> ``[3, 3]`` float64, or None for a video without intrinsics."""
+    if video.intrinsics is None:
+        return None
+    k = torch.as_tensor(np.asarray(video.intrinsics), dtype=torch.float64).clone()
+    h, w = video.rgb.shape[1:3]
+    for row, scale in ((0, size / w), (1, size / h)):  # pixel centres: x' + 0.5 = (x + 0.5) * scale
+        k[row, row] *= scale
+        k[row, 2] = (k[row, 2] + 0.5) * scale - 0.5
+    return k
 
 
 def tube_target(graph: SceneGraph4D, object_id: int, idx: np.ndarray, size: int) -> torch.Tensor | None:
@@ -201,6 +216,8 @@ class _SampleTensors:
     mask_targets: torch.Tensor  # [N_obj, T, S, S] bool
     mask_valid: torch.Tensor  # [N_obj] bool
     object_masks: torch.Tensor  # [N_all, T, S, S] bool
+    object_categories: torch.Tensor  # [N_all] long, -100: outside the vocabulary
+    intrinsics: torch.Tensor | None  # [3, 3] for the S x S frames
     obj_ids: list[int]  # [N_obj]
     obj_categories: torch.Tensor  # [N_obj] long
     frame_indices: torch.Tensor  # [T] source frame of each batch frame
@@ -290,6 +307,8 @@ class SceneGraphCollator:
             mask_targets=mask_targets,
             mask_valid=mask_valid,
             object_masks=self._mask_targets(s.graph, with_tube, idx)[0],
+            object_categories=torch.tensor([self.vocab_index.get(cats[i], -100) for i in with_tube], dtype=torch.long),
+            intrinsics=frame_intrinsics(s.video, cfg.image_size),
             obj_ids=list(occurrences),
             obj_categories=torch.tensor([self.vocab_index.get(cats[i], -100) for i in occurrences], dtype=torch.long),
             frame_indices=torch.from_numpy(idx),
@@ -335,6 +354,8 @@ class SceneGraphCollator:
             "mask_targets": [it.mask_targets for it in items],  # B x [N_obj, T, S, S] bool
             "mask_valid": [it.mask_valid for it in items],  # B x [N_obj] bool
             "object_masks": [it.object_masks for it in items],  # B x [N_all, T, S, S] bool
+            "object_categories": [it.object_categories for it in items],  # B x [N_all] long (-100: none)
+            "intrinsics": [it.intrinsics for it in items],  # B x [3, 3] for the S x S frames, or None
             "obj_ids": [it.obj_ids for it in items],
             "frame_indices": [it.frame_indices for it in items],  # B x [T]
             "tags": tags,  # [B, V_obj]

@@ -42,6 +42,8 @@ from psg4d.model.region import RegionConfig
 
 
 TAG_SOURCES = ("head", "segmentation")
+#: where an attribute head's size and shape words come from (model.attribute_form)
+ATTRIBUTE_FORMS = ("map", "geometry", "both")
 
 
 @dataclass
@@ -143,6 +145,10 @@ class ModelConfig:
     # category_descriptions. The chained predictor reads each tube's description with it: a
     # description training never connected to a category is an unknown object. 0: no head.
     attribute_loss_weight: float = 0.0
+    # Where the size and shape words come from: "map" (the attribute head's cells, like every field),
+    # "geometry" (psg4d.model.form_geometry: measured from the tube's depth, where a video has depth
+    # and intrinsics; the head's cells elsewhere) or "both" (the two readings' log-probabilities added).
+    attribute_form: str = "map"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.time_reversal <= 1.0:
@@ -153,6 +159,8 @@ class ModelConfig:
         if self.region.enabled and self.chain_prob > 0:
             raise ConfigError("model.region.enabled with model.chain_prob > 0: the chained grammar does not "
                               "carry region feedback yet; train the chain without it")
+        if self.attribute_form not in ATTRIBUTE_FORMS:
+            raise ConfigError(f"model.attribute_form: {self.attribute_form!r} is not one of {ATTRIBUTE_FORMS}")
         if not 0.0 <= self.chain_prob <= 1.0 or self.chain_step_tokens < 1:
             raise ConfigError(f"model.chain_prob ({self.chain_prob}) must be in [0, 1] and "
                               f"model.chain_step_tokens ({self.chain_step_tokens}) >= 1")

@@ -32,12 +32,14 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from psg4d.data.schema import Video4D
 from psg4d.model.attributes import read_attributes
-from psg4d.model.batching import resample_indices, video_tensors
+from psg4d.model.batching import frame_intrinsics, resample_indices, video_tensors
 from psg4d.model.contexts import Generation, GenerationCache, VideoContext, cache_kwarg
 from psg4d.model.encoder import disparity_scale_of
+from psg4d.model.form_geometry import snap_to_depth, tube_geometry
 from psg4d.model.packing import kv_rows
 from psg4d.model.region import region_id
 from psg4d.model.scoring import TeacherForcedScoring
@@ -267,10 +269,22 @@ class SceneGraphGenerator(TeacherForcedScoring):
         head = self.model.attribute_head
         if head is None or obj_hidden.shape[0] == 0:
             return [None] * obj_hidden.shape[0]
+        size = self.model.config.image_size
         idx = resample_indices(video.num_frames, ctx.num_frames)
-        rgb, _ = video_tensors(video, idx, self.model.config.image_size)
+        rgb, depth = video_tensors(video, idx, size)
         logits, _ = self.decode_masks(ctx, obj_hidden)  # [N, T, h, w]
-        return read_attributes(head, ctx.dense, rgb.to(self.device), logits > 0, self.model._attribute_table)
+        masks = logits > 0
+        measured = None
+        intrinsics = frame_intrinsics(video, size)
+        if head.form is not None and depth is not None and intrinsics is not None:
+            # the size and shape words measured on the tube at the frames' resolution
+            tubes = F.interpolate(masks.float().cpu(), size=(size, size), mode="nearest") > 0  # [N, T, S, S]
+            tubes = snap_to_depth(tubes, depth[:, 0])
+            geometry = tube_geometry(tubes, depth[:, 0], intrinsics)
+            measured = head.form.field_scores(geometry.to(self.device), head.values)
+        return read_attributes(head, ctx.dense, rgb.to(self.device), masks, self.model._attribute_table,
+                               measured=measured,
+                               combine="add" if self.model.config.attribute_form == "both" else "replace")
 
     @torch.inference_mode()
     def decode_masks(self, ctx: VideoContext, obj_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

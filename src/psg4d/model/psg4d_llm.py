@@ -49,7 +49,8 @@ from psg4d.data.schema import Sample
 from psg4d.data.synth.describe import attribute_values, description_fields
 from psg4d.errors import CheckpointError, ConfigError
 from psg4d.model.attributes import AttributeHead, attribute_table
-from psg4d.model.aux_losses import AuxiliaryObjectives
+from psg4d.model.form_geometry import FormReader
+from psg4d.model.aux_losses import AuxiliaryObjectives, FormBatch
 from psg4d.model.batching import SceneGraphCollator
 from psg4d.model.config import ModelConfig
 from psg4d.model.encoder import build_encoder
@@ -316,6 +317,8 @@ class PSG4DModel(TubeObjectives, RegionFeedback, PromptTags, AuxiliaryObjectives
         chain: torch.Tensor | None = None,
         target_loss_mask: torch.Tensor | None = None,
         object_masks: list[torch.Tensor] | None = None,
+        object_categories: list[torch.Tensor] | None = None,
+        intrinsics: list[torch.Tensor | None] | None = None,
         **meta: Any,
     ) -> dict[str, torch.Tensor]:
         """Losses of the configured objective (``model.transfer.objective``, set by the stage kind):
@@ -326,7 +329,8 @@ class PSG4DModel(TubeObjectives, RegionFeedback, PromptTags, AuxiliaryObjectives
         if objective == "estimators":
             return self._estimator_objective(rgb, depth, disparity_scale, lifted)
         if objective == "attributes":
-            return self._attribute_objective(rgb, depth, disparity_scale, semantic)
+            return self._attribute_objective(rgb, depth, disparity_scale, semantic,
+                                             forms=FormBatch(object_masks, object_categories, intrinsics))
         if objective == "masks":
             return self.promptable_loss(rgb, object_masks, semantic)
         tf = self.teacher_forced(target_ids=target_ids, target_mask=target_mask, rgb=rgb, depth=depth,
@@ -381,4 +385,6 @@ def _attribute_head(cfg: ModelConfig) -> AttributeHead | None:
     if not cfg.object_vocab or not any(description_fields(d) for ds in cfg.category_descriptions.values() for d in ds):
         raise ConfigError("model.attribute_loss_weight > 0 needs category descriptions made of attribute words "
                           "(model.category_descriptions, filled from the synthetic world's data)")
-    return AttributeHead(dim=cfg.encoder.dim, values=attribute_values())
+    values = attribute_values()
+    form = FormReader(shapes=values["shape"]) if cfg.attribute_form != "map" else None
+    return AttributeHead(dim=cfg.encoder.dim, values=values, form=form)
