@@ -335,12 +335,15 @@ def test_form_reading_experiment_quick(tmp_path, capsys):
     assert main(["experiment", "form_reading", "--quick", "--out", str(out), "--run-dir", str(tmp_path / "r"),
                  "--above", "0", "--above", "0.05"]) == 0
     result = json.loads((out / "form_reading.json").read_text())
-    assert result["judged"] is False and result["design_world_seed"] == 1 and result["training_seeds"] == [0]
+    assert result["judged"] is False and result["design_world_seed"] == 1 and result["training_seeds"] == [0, 1]
     assert [(a["above"], a["hidden"], a["lr"]) for a in result["arms"]] == [(0.0, 32, 0.003), (0.05, 32, 0.003)]
     for a in result["arms"]:
         v, n = a["validation"], a["novel_test"]
         assert v["objects"] > 0 and 0 <= v["both"] <= min(v["size"], v["shape"]) <= 100
         assert n["objects"] == 0 or n["both"] <= min(n["size"], n["shape"])
+        # the scores are the training seeds' means
+        assert [r["seed"] for r in a["seeds"]] == [0, 1]
+        assert v["both"] == round(sum(r["validation"]["both"] for r in a["seeds"]) / 2, 2) and v["both_std"] >= 0
     best = max(a["validation"]["both"] for a in result["arms"])
     chosen = result["chosen"]
     assert chosen["validation_both"] == best

@@ -340,8 +340,9 @@ def run(cfg: ChainExperimentConfig) -> dict[str, Any]:
             "attribute_form geometry (size and shape measured from the tube's depth), the form reader's lr "
             "(form_lr) and width, snap_to_depth's ABOVE_METRES":
                 "design world 1: psg4d experiment chain --design with each attribute_form (the reading under which "
-                "the most novel objects read right in every field; R@50 and zR@50 tied), a probe of lr, width and "
-                "ABOVE_METRES on its training and validation objects (BENCHMARKS.md); not on this world",
+                "the most novel objects read right in every field; R@50 and zR@50 tied), psg4d experiment form_reading "
+                "on its validation objects for lr and width (ABOVE_METRES 5 cm from a first probe, within the "
+                "seeds' spread of the command's 8 cm; BENCHMARKS.md); not on this world",
             "naming over the whole vocabulary by the model's own LLM, calibrated against a neutral description":
                 "a priori (psg4d experiment naming validates pretrained namers, not a model's own LLM)",
             "the namer LM of the 'vocabulary by' arm and its scoring (namer, namer_scoring)":

@@ -199,17 +199,18 @@ def form_reading_experiment(
                                        "surroundings (0: not snapped; repeatable)."),
     lrs: list[float] = typer.Option([0.003, 0.01], "--lr", help="Learning rates of the reader (repeatable)."),
     hiddens: list[int] = typer.Option([0, 32], "--hidden", help="Widths of the reader (0: linear; repeatable)."),
+    seeds: list[int] = typer.Option([0, 1, 2], "--seeds", help="Training seeds (repeatable); scores are their means."),
     quick: bool = typer.Option(False, "--quick", help="Toy size (numbers meaningless)."),
 ) -> None:
     """Design: size and shape measured from a tube's depth, by snapping threshold, width and learning rate."""
     from psg4d.experiments.form_reading import FormReadingConfig, run
 
     result = run(FormReadingConfig(out=out, run_dir=run_dir, world_seed=world_seed, aboves=list(aboves),
-                                   lrs=list(lrs), hiddens=list(hiddens), quick=quick))
+                                   lrs=list(lrs), hiddens=list(hiddens), seeds=list(seeds), quick=quick))
     for a in result["arms"]:
         v, n = a["validation"], a["novel_test"]
         typer.echo(f"above {a['above']:<6g} width {a['hidden']:<3} lr {a['lr']:<7g} validation size {v['size']} % "
-                   f"shape {v['shape']} % both {v['both']} % ({v['objects']})  novel (test) both {n['both']} % "
+                   f"shape {v['shape']} % both {v['both']} ± {v['both_std']} % ({v['objects']})  novel (test) both {n['both']} % "
                    f"({n['objects']})")
     typer.echo("chosen: " + ", ".join(f"{k} {v}" for k, v in result["chosen"].items() if k != "rule"))
 

@@ -9,14 +9,15 @@ It chooses the defaults of :mod:`psg4d.model.form_geometry` that ``attribute_fit
 (:class:`~psg4d.model.form_geometry.FormReader`) is trained alone, as ``attribute_fit`` trains it: on the
 true tubes of the training videos' described objects, cut to the mask decoder's cells (``--grid``, the tiny
 model's 16) and snapped to the pixels more than ``--above`` metres in front of the surface around them
-(``0``: not snapped), ``--steps`` steps of ``BATCH_OBJECTS`` objects with AdamW. Each setting reads the
+(``0``: not snapped), once per training seed, ``--steps`` steps of ``BATCH_OBJECTS`` objects with AdamW. Each setting reads the
 validation videos' described objects the same way; the novel objects of the design world's test videos (in
 no training data) are read too, for diagnosis only: nothing is chosen on them.
 
 Writes ``OUT/form_reading.json``: ``design_world_seed``, ``training_seeds``, ``arms`` (above, lr, hidden,
-``validation`` and ``novel_test``: percent of objects whose size, shape and both were read right, and how
-many objects), ``chosen`` (the setting with the most validation objects read right in both; ties: the first
-in grid order) and ``OUT/form_reading.svg``.
+``validation`` and ``novel_test``: percent of objects whose size, shape and both were read right, the mean over
+the training seeds (``--seeds``, default 0, 1, 2: a plateau one seed cannot rank), ``both_std``, and how many
+objects; ``seeds``: each seed's scores), ``chosen`` (the setting with the most validation objects read right in
+both, mean over the seeds; ties: the first in grid order) and ``OUT/form_reading.svg``.
 """
 
 from __future__ import annotations
@@ -57,13 +58,14 @@ class FormReadingConfig:
     lrs: list[float] = field(default_factory=lambda: [0.003, 0.01])
     hiddens: list[int] = field(default_factory=lambda: [0, 32])
     steps: int = 1500
-    seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # training seeds: scores are their means
     quick: bool = False
 
     def __post_init__(self) -> None:
         if self.quick:
             self.videos, self.val_videos, self.test_videos, self.frames, self.size = 6, 3, 3, 6, 32
             self.grid, self.steps, self.lrs, self.hiddens = 8, 5, self.lrs[:1], self.hiddens[-1:]
+            self.seeds = self.seeds[:2]
         if self.world_seed not in DESIGN_WORLDS and not self.quick:
             raise ConfigError(f"--world-seed {self.world_seed}: this experiment chooses defaults, so it runs on a "
                               f"design world ({DESIGN_WORLDS}), never on one that judges")
@@ -73,6 +75,8 @@ class FormReadingConfig:
             raise ConfigError(f"--lr must be in (0, 1), got {self.lrs}")
         if not self.hiddens or any(h < 0 for h in self.hiddens):
             raise ConfigError(f"--hidden must be >= 0 (0: a linear read-out), got {self.hiddens}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"--seeds must be distinct training seeds, got {self.seeds}")
         if self.steps < 1 or self.videos < 1 or self.val_videos < 1 or self.grid < 1:
             raise ConfigError("--steps, --videos, --val-videos and --grid must be positive")
 
@@ -106,14 +110,14 @@ def _objects(reader, split: str, limit: int, cfg: FormReadingConfig, above: floa
     return (torch.cat(feats) if feats else torch.zeros(0)), truths
 
 
-def _train(x: torch.Tensor, truths: list[dict[str, str]], cfg: FormReadingConfig, lr: float, hidden: int):
+def _train(x: torch.Tensor, truths: list[dict[str, str]], cfg: FormReadingConfig, lr: float, hidden: int, seed: int):
     from psg4d.data.synth.describe import attribute_values
     from psg4d.model.form_geometry import FormReader
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(seed)
     reader = FormReader(shapes=attribute_values()["shape"], hidden=hidden)
     opt = torch.optim.AdamW(reader.parameters(), lr=lr, weight_decay=0.01)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(seed)
     sizes, shapes = [t["size"] for t in truths], [t["shape"] for t in truths]
     reader.train()
     for _ in range(cfg.steps):
@@ -142,6 +146,16 @@ def _score(reader, x: torch.Tensor, truths: list[dict[str, str]]) -> dict[str, A
             "objects": n}
 
 
+def _mean(per_seed: list[dict[str, Any]], part: str) -> dict[str, Any]:
+    """The seeds' mean of each score of ``part`` (``both`` also its sample std, 0 for one seed)."""
+    rows = [r[part] for r in per_seed]
+    if rows[0]["objects"] == 0:
+        return {**rows[0], "both_std": None}
+    out = {k: round(float(np.mean([r[k] for r in rows])), 2) for k in ("size", "shape", "both")}
+    std = float(np.std([r["both"] for r in rows], ddof=1)) if len(rows) > 1 else 0.0
+    return {**out, "both_std": round(std, 2), "objects": rows[0]["objects"]}
+
+
 def run(cfg: FormReadingConfig) -> dict[str, Any]:
     from psg4d.data.readers import open_dataset
 
@@ -159,9 +173,12 @@ def run(cfg: FormReadingConfig) -> dict[str, Any]:
             raise ConfigError(f"{world}: no described object in the training videos to learn from")
         for hidden in cfg.hiddens:
             for lr in cfg.lrs:
-                form = _train(*train, cfg, lr, hidden)
-                arm = {"above": above, "lr": lr, "hidden": hidden, "validation": _score(form, *val),
-                       "novel_test": _score(form, *novel)}
+                per_seed = []
+                for seed in cfg.seeds:
+                    form = _train(*train, cfg, lr, hidden, seed)
+                    per_seed.append({"seed": seed, "validation": _score(form, *val), "novel_test": _score(form, *novel)})
+                arm = {"above": above, "lr": lr, "hidden": hidden, "validation": _mean(per_seed, "validation"),
+                       "novel_test": _mean(per_seed, "novel_test"), "seeds": per_seed}
                 log.info("above %g m, width %d, lr %g: validation %s, novel (test) %s", above, hidden, lr,
                          arm["validation"], arm["novel_test"])
                 arms.append(arm)
@@ -169,13 +186,15 @@ def run(cfg: FormReadingConfig) -> dict[str, Any]:
     result = {
         "design_world_seed": cfg.world_seed,
         "judged": False,
-        "training_seeds": [cfg.seed],
+        "training_seeds": list(cfg.seeds),
         "scored_on": f"validation split of world {cfg.world_seed} (first {cfg.val_videos} videos); the novel "
                      f"objects of its first {cfg.test_videos} test videos for diagnosis only",
         "arms": arms,
         "chosen": {"above": best["above"], "lr": best["lr"], "hidden": best["hidden"],
                    "validation_both": best["validation"]["both"],
-                   "rule": "the most validation objects with size and shape both read right; ties: the first"},
+                   "validation_both_std": best["validation"]["both_std"],
+                   "rule": "the most validation objects with size and shape both read right, mean over the training "
+                           "seeds; ties: the first"},
         "quick": cfg.quick,
         "machine": machine_info(),
         "config": jsonable(asdict(cfg)),
