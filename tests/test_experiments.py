@@ -177,6 +177,7 @@ def test_chain_experiment_quick(tmp_path):
                  "--data", str(run / "world29" / "4d"), "--out", str(ckpt_out)]) == 0
     got = json.loads((ckpt_out / "colour_reading_checkpoint.json").read_text())
     assert got["checkpoint"] == runs[0]["checkpoint"] and got["judged"] is False
+    assert got["training_seeds"] == [runs[0]["seed"]]  # the seed of the run that trained the checkpoint
     assert {(a["reading"], a["tube"]) for a in got["arms"]} == {  # with the form reader: geometry, and both added
         (r, t) for r in ("contrast", "sum", "geometry", "both") for t in ("true", "cells", "widened")}
     for a in got["arms"]:

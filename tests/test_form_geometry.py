@@ -84,6 +84,21 @@ def test_frames_with_too_few_pixels_are_left_out_and_summarised_over_the_rest():
     assert g[0, PER_FRAME + 10] == pytest.approx(math.log(100))  # the median pixel count of the measured frames
 
 
+def test_training_and_reading_measure_a_tube_the_same_way():
+    from psg4d.model.form_geometry import measure_tubes
+
+    rows = torch.arange(64.0)[:, None].expand(64, 64)
+    depth = (0.8 + 0.004 * rows).clone()
+    depth[30:36, 30:36] -= 0.08
+    true = torch.zeros(1, 1, 64, 64, dtype=torch.bool)
+    true[0, 0, 30:36, 30:36] = True
+    # a true tube cut to 8 cells of 8 pixels in training is the decoder's drawn tube at reading
+    drawn = grid_tubes(true, 8)
+    assert torch.equal(measure_tubes(true, depth[None], K, grid=8), measure_tubes(drawn, depth[None], K))
+    assert torch.equal(measure_tubes(drawn, depth[None], K), tube_geometry(snap_to_depth(drawn, depth[None]), depth[None], K))
+    assert torch.equal(measure_tubes(drawn, depth[None], K, above=0), tube_geometry(drawn, depth[None], K))  # 0: not snapped
+
+
 def test_grid_tubes_draw_a_tube_as_the_decoders_cells_can():
     masks = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
     masks[0, 0, 0:3, 0:1] = True  # 3 of the 4 pixels... of two cells: (0, 0) holds 2 of 4, (1, 0) 1 of 4

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from psg4d.errors import ConfigError
 from psg4d.experiments.common import DESIGN_WORLDS, refuse_design_world
+from psg4d.model.config import ATTRIBUTE_FORMS
 from psg4d.model.llm import PACKAGED_LLMS
 
 STAGE_ORDER = ("4d_init", "estimator_fit", "pseudo4d_init", "transfer_2d", "finetune_4d", "attribute_fit")
@@ -89,7 +90,7 @@ class ChainExperimentConfig:
             raise ConfigError(f"namer_scoring must be 'raw' or 'calibrated', got {self.namer_scoring!r}")
         if self.namer is not None and self.namer not in PACKAGED_LLMS:
             raise ConfigError(f"--namer: choose from {sorted(PACKAGED_LLMS)}, got {self.namer!r}")
-        if self.attribute_form not in ("geometry", "map", "both"):
+        if self.attribute_form not in ATTRIBUTE_FORMS:
             raise ConfigError(f"--attribute-form must be 'geometry', 'map' or 'both', got {self.attribute_form!r}")
         if self.device not in ("cpu", "cuda"):
             raise ConfigError(f"--device must be 'cpu' or 'cuda', got {self.device!r}")

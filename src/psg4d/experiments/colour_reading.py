@@ -243,7 +243,7 @@ def _checkpoint_arms(cfg: ColourReadingConfig) -> list[dict[str, Any]]:
     from psg4d.data.readers import open_dataset
     from psg4d.model.attributes import READINGS, read_attributes
     from psg4d.model.batching import frame_intrinsics, resample_indices, video_tensors
-    from psg4d.model.form_geometry import snap_to_depth, tube_geometry
+    from psg4d.model.form_geometry import measure_tubes
     from psg4d.model.generation import SceneGraphGenerator
     from psg4d.model.psg4d_llm import PSG4DModel
 
@@ -274,13 +274,27 @@ def _checkpoint_arms(cfg: ColourReadingConfig) -> list[dict[str, Any]]:
         if reading in ("geometry", "both"):
             if depth is None or k is None:
                 raise ConfigError(f"{cfg.data}: video {vid} has no depth or intrinsics to measure its objects' form")
-            geometry = tube_geometry(snap_to_depth(tube, depth[:, 0]), depth[:, 0], k)
+            geometry = measure_tubes(tube, depth[:, 0], k)
             measured = head.form.field_scores(geometry, head.values)
         return read_attributes(head, dense, rgb, tube, model._attribute_table,
                                reading="sum" if reading == "sum" else "contrast", measured=measured,
                                combine="add" if reading == "both" else "replace")
 
     return [{"reading": r, "tube": tb, **sc} for (r, tb), sc in _score(clips, read, readings).items()]
+
+
+def _training_seeds(ckpt: Path) -> list[int] | None:
+    """``[seed]`` of the training run that wrote ``ckpt`` (the ``experiment.yaml`` of its run folder, a stage's
+    ``final`` two levels below it), None where no run folder records one."""
+    import yaml
+
+    from psg4d.train.loop import EXPERIMENT_FILE
+
+    for folder in list(Path(ckpt).resolve().parents)[:3]:
+        if (folder / EXPERIMENT_FILE).is_file():
+            seed = (yaml.safe_load((folder / EXPERIMENT_FILE).read_text(encoding="utf-8")) or {}).get("seed")
+            return None if seed is None else [int(seed)]
+    return None
 
 
 def run(cfg: ColourReadingConfig) -> dict[str, Any]:
@@ -306,7 +320,7 @@ def run(cfg: ColourReadingConfig) -> dict[str, Any]:
     result = {
         "design_world_seed": cfg.world_seed,
         "judged": False,
-        "training_seeds": [cfg.seed] if cfg.ckpt is None else None,
+        "training_seeds": [cfg.seed] if cfg.ckpt is None else _training_seeds(cfg.ckpt),
         "scored_on": f"validation split of world {cfg.world_seed} (first {cfg.val_videos} videos)"
                      + ("" if cfg.ckpt is None else f" in {cfg.data}"),
         "checkpoint": None if cfg.ckpt is None else str(cfg.ckpt),

@@ -87,7 +87,7 @@ def _objects(reader, split: str, limit: int, cfg: FormReadingConfig, above: floa
     from psg4d.data.descriptions import object_description
     from psg4d.data.synth.describe import description_fields
     from psg4d.model.batching import frame_intrinsics, tube_target, video_tensors
-    from psg4d.model.form_geometry import grid_tubes, snap_to_depth, tube_geometry
+    from psg4d.model.form_geometry import measure_tubes
 
     feats, truths = [], []
     for vid in reader.video_ids(split)[:limit]:
@@ -102,10 +102,7 @@ def _objects(reader, split: str, limit: int, cfg: FormReadingConfig, above: floa
         if not objs:
             continue
         tubes = torch.stack([tube_target(sample.graph, o.object_id, idx, cfg.size) for o, _ in objs])
-        tubes = grid_tubes(tubes, cfg.grid)
-        if above > 0:
-            tubes = snap_to_depth(tubes, depth[:, 0], above=above)
-        feats.append(tube_geometry(tubes, depth[:, 0], k))
+        feats.append(measure_tubes(tubes, depth[:, 0], k, grid=cfg.grid, above=above))
         truths += [f for _, f in objs]
     return (torch.cat(feats) if feats else torch.zeros(0)), truths
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from psg4d.errors import ConfigError, DataError
 from psg4d.model.attributes import attribute_loss
 from psg4d.model.estimators import estimator_losses, pseudo_feature_losses
-from psg4d.model.form_geometry import grid_tubes, snap_to_depth, tube_geometry
+from psg4d.model.form_geometry import FORM_FIELDS, measure_tubes
 from psg4d.model.losses import segmentation_loss
 from psg4d.model.tokens import OBJ_TOKEN
 
@@ -131,22 +131,19 @@ class AuxiliaryObjectives:
         if depth is None or forms is None or forms.masks is None or forms.categories is None or forms.intrinsics is None:
             return None
         head, table = self.attribute_head, self._attribute_table
-        fields = {f: head.fields.index(f) for f in ("size", "shape")}
-        geometry, sizes, shapes = [], [], []
+        geometry, targets = [], {f: [] for f in FORM_FIELDS}
         for b, (masks, cats, k) in enumerate(zip(forms.masks, forms.categories, forms.intrinsics)):
             if k is None or masks.shape[0] == 0:
                 continue
-            d = depth[b, :, 0].float().cpu()  # [T, S, S]
-            tubes = snap_to_depth(grid_tubes(masks.cpu(), self.config.mask_decoder.grid), d)
-            geometry.append(tube_geometry(tubes, d, k))
+            geometry.append(measure_tubes(masks.cpu(), depth[b, :, 0].float().cpu(), k, grid=self.config.mask_decoder.grid))
             for c in cats.tolist():
-                row = table[c] if c >= 0 else None
-                sizes.append(None if row is None or row[fields["size"]] < 0 else head.values["size"][row[fields["size"]]])
-                shapes.append(None if row is None or row[fields["shape"]] < 0 else head.values["shape"][row[fields["shape"]]])
+                for f, out in targets.items():  # the category's value of the field (None: no description)
+                    value = -1 if c < 0 else int(table[c, head.fields.index(f)])
+                    out.append(head.values[f][value] if value >= 0 else None)
         if sum(g.shape[0] for g in geometry) < 2:  # the reader's batch statistics need two
             return None
         x = torch.cat(geometry).to(next(head.form.parameters()).device)
-        return head.form.loss(x, sizes, shapes)
+        return head.form.loss(x, targets["size"], targets["shape"])
 
     def attribute_objective_loss(self, dense: torch.Tensor, rgb: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
         """:func:`~psg4d.model.attributes.attribute_loss` of ``attribute_head(dense [B, T, D, h, w],

@@ -40,8 +40,6 @@ ABOVE_METRES = 0.05
 PER_FRAME = 12
 QUANTILES = (0.2, 0.5, 0.8)
 NUM_FEATURES = PER_FRAME * len(QUANTILES) + 1
-#: a uniform spread of length L has standard deviation L / sqrt(12)
-_EXTENT = 12.0 ** 0.5
 
 
 def split_size(phrase: str) -> tuple[str, str | None]:
@@ -115,8 +113,8 @@ def frame_geometry(masks: torch.Tensor, depth: torch.Tensor, intrinsics: torch.T
     metres and the pinhole ``intrinsics [3, 3]`` of an ``H x W`` frame.
 
     Each pixel back-projects to a camera-frame point. The measurements: the log extents of the points
-    along the camera axes and along their principal axes (largest first; sqrt(12) standard deviations,
-    the length of a uniform spread), the flatness (third principal spread over the first), the fill of the
+    along the camera axes and along their principal axes (largest first; their 5-95 % ranges, which a
+    few stray pixels of another surface do not stretch), the flatness (third principal spread over the first), the fill of the
     mask's bounding box (a block's face fills it, a disc pi/4), the curvature of a quadric fitted to the
     surface across its two main axes (a sphere's is large, a block face's none), the log pixel count and
     the log mean depth."""
@@ -185,6 +183,19 @@ def tube_geometry(masks: torch.Tensor, depth: torch.Tensor, intrinsics: torch.Te
     q = torch.nanquantile(per, torch.tensor(QUANTILES), dim=1)  # [Q, N, PER_FRAME]
     q = torch.nan_to_num(q.permute(1, 0, 2).flatten(1), nan=0.0)  # [N, Q * PER_FRAME]
     return torch.cat([q, seen.float().mean(dim=1, keepdim=True)], dim=1)
+
+
+def measure_tubes(masks: torch.Tensor, depth: torch.Tensor, intrinsics: torch.Tensor, *, grid: int | None = None,
+                  above: float = ABOVE_METRES) -> torch.Tensor:
+    """:func:`tube_geometry` of ``masks [N, T, H, W]`` as the form reader reads them, in training and at reading
+    alike: first cut to the mask decoder's ``grid`` (:func:`grid_tubes`; None: drawn already, a predicted
+    tube), then snapped to what stands ``above`` metres in front of its surroundings (:func:`snap_to_depth`;
+    0: not snapped) -> ``[N, NUM_FEATURES]``."""
+    if grid is not None:
+        masks = grid_tubes(masks, grid)
+    if above > 0:
+        masks = snap_to_depth(masks, depth, above=above)
+    return tube_geometry(masks, depth, intrinsics)
 
 
 class FormReader(nn.Module):

@@ -39,7 +39,7 @@ from psg4d.model.attributes import read_attributes
 from psg4d.model.batching import frame_intrinsics, resample_indices, video_tensors
 from psg4d.model.contexts import Generation, GenerationCache, VideoContext, cache_kwarg
 from psg4d.model.encoder import disparity_scale_of
-from psg4d.model.form_geometry import snap_to_depth, tube_geometry
+from psg4d.model.form_geometry import measure_tubes
 from psg4d.model.packing import kv_rows
 from psg4d.model.region import region_id
 from psg4d.model.scoring import TeacherForcedScoring
@@ -279,8 +279,7 @@ class SceneGraphGenerator(TeacherForcedScoring):
         if head.form is not None and depth is not None and intrinsics is not None:
             # the size and shape words measured on the tube at the frames' resolution
             tubes = F.interpolate(masks.float().cpu(), size=(size, size), mode="nearest") > 0  # [N, T, S, S]
-            tubes = snap_to_depth(tubes, depth[:, 0])
-            geometry = tube_geometry(tubes, depth[:, 0], intrinsics)
+            geometry = measure_tubes(tubes, depth[:, 0], intrinsics)
             measured = head.form.field_scores(geometry.to(self.device), head.values)
         return read_attributes(head, ctx.dense, rgb.to(self.device), masks, self.model._attribute_table,
                                measured=measured,
